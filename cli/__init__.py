@@ -1,0 +1,1 @@
+"""The ``se3pyg`` command line (installed as ``se3pyg.cli``)."""

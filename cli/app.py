@@ -1,0 +1,26 @@
+"""``se3pyg``: the Typer application. Parses options and calls ``se3pyg.engine``."""
+
+from __future__ import annotations
+
+import typer
+
+import se3pyg
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="SE(3)-Transformer on PyTorch Geometric.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"se3pyg {se3pyg.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """SE(3)-Transformer on PyTorch Geometric."""
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,163 @@
+r"""Equivariant bases of the TFN kernel: spherical harmonics times Clebsch-Gordan.
+
+For an edge with relative position :math:`r`, the kernel mapping degree
+:math:`l` (input, :math:`2l+1` components) to degree :math:`k` (output) is a
+sum over :math:`J = |k - l| .. k + l` of learned radial weights times
+
+.. math::
+
+    B^{l,k}_J(r)_{a f b} = \sum_m Y_J^m(\hat r)\, Q^{k,l}_{J}[b, a, m],
+
+with :math:`Y_J` e3nn's real spherical harmonics (``normalize=True``,
+integral normalization) and :math:`Q^{k,l}_J` the Wigner 3j symbol
+``wigner_3j(J, l, k).permute(2, 1, 0)``.
+
+The 3j symbols keep the sign convention of e3nn 0.3 (what NVIDIA pinned):
+for sorted degrees :math:`l_1 \le l_2 \le l_3` the tensor is made positive at
+its centre entry ``[l1, l2, l3]`` (or, where that is zero, at its first
+non-zero entry in row-major order); other orders follow by transposition with
+a factor :math:`(-1)^{l_1+l_2+l_3}` for odd permutations. e3nn 0.5+ flips
+six blocks for degrees up to 3 (e.g. ``(J, l, k) = (1, 2, 2)``).
+
+Bases are built directly in the fused layouts the convolutions consume, one
+matrix product ``Y @ G`` per layout with a precomputed Clebsch-Gordan tensor
+``G`` (cached per device and dtype).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import e3nn.o3 as o3
+import torch
+from torch import Tensor
+
+from se3pyg.fiber import degree_to_dim
+
+_ZERO = 1e-14
+
+
+@functools.cache
+def _wigner_3j_cpu(l1: int, l2: int, l3: int) -> Tensor:
+    degrees = (l1, l2, l3)
+    order = sorted(range(3), key=lambda i: degrees[i])
+    a, b, c = (degrees[i] for i in order)
+    w = o3.wigner_3j(a, b, c, dtype=torch.float64, device="cpu")
+    ref = w[a, b, c]
+    if abs(ref) < _ZERO:
+        flat = w.flatten()
+        ref = flat[(flat.abs() >= _ZERO).nonzero()[0, 0]]
+    if ref < 0:
+        w = -w
+    w = w.permute(*[order.index(i) for i in range(3)])
+    odd = sum(order[i] > order[j] for i in range(3) for j in range(i + 1, 3)) % 2
+    if odd and (l1 + l2 + l3) % 2:
+        w = -w
+    return w.contiguous()
+
+
+def wigner_3j(
+    l1: int, l2: int, l3: int, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+) -> Tensor:
+    """Wigner 3j symbol ``[2l1+1, 2l2+1, 2l3+1]`` in e3nn 0.3's (NVIDIA's) sign convention."""
+    if not abs(l2 - l3) <= l1 <= l2 + l3:
+        raise ValueError(f"wigner_3j: degrees ({l1}, {l2}, {l3}) violate the triangle inequality")
+    return _wigner_3j_cpu(l1, l2, l3).to(dtype=dtype, device=device)
+
+
+def clebsch_gordan(J: int, d_in: int, d_out: int) -> Tensor:
+    """``Q^{d_out, d_in}_J`` as ``[2 d_out + 1, 2 d_in + 1, 2J + 1]`` (float64, CPU)."""
+    return _wigner_3j_cpu(J, d_in, d_out).permute(2, 1, 0)
+
+
+def spherical_harmonics(relative_pos: Tensor, max_degree: int) -> Tensor:
+    """Real spherical harmonics of degrees ``0 .. 2 * max_degree``: ``[E, (2L + 1)^2]``."""
+    degrees = list(range(2 * max_degree + 1))
+    return o3.spherical_harmonics(degrees, relative_pos, normalize=True)
+
+
+def num_frequencies(d_in: int, d_out: int) -> int:
+    """Number of ``J`` in ``|d_in - d_out| .. d_in + d_out``: ``2 min(d_in, d_out) + 1``."""
+    return degree_to_dim(min(d_in, d_out))
+
+
+@functools.cache
+def _fused_cg_cpu(degrees_in: tuple[int, ...], degrees_out: tuple[int, ...]) -> Tensor:
+    """Clebsch-Gordan tensor ``[M, D_in, F, D_out]`` of a fused basis, float64.
+
+    ``M`` indexes every spherical-harmonic component (degree ``J`` at offset
+    ``J^2``); the frequency axis runs over output degrees, then input degrees,
+    then ``J``: NVIDIA's fused order.
+    """
+    max_j = max(degrees_in) + max(degrees_out)
+    num_m = (max_j + 1) ** 2
+    dim_in = sum(degree_to_dim(d) for d in degrees_in)
+    dim_out = sum(degree_to_dim(d) for d in degrees_out)
+    num_f = sum(num_frequencies(i, o) for o in degrees_out for i in degrees_in)
+    cg = torch.zeros(num_m, dim_in, num_f, dim_out, dtype=torch.float64)
+    f = 0
+    out_offset = 0
+    for d_out in degrees_out:
+        in_offset = 0
+        for d_in in degrees_in:
+            for J in range(abs(d_in - d_out), d_in + d_out + 1):
+                q = clebsch_gordan(J, d_in, d_out)  # [k, l, m]
+                cg[
+                    J * J : (J + 1) ** 2,
+                    in_offset : in_offset + degree_to_dim(d_in),
+                    f,
+                    out_offset : out_offset + degree_to_dim(d_out),
+                ] = q.permute(2, 1, 0)
+                f += 1
+            in_offset += degree_to_dim(d_in)
+        out_offset += degree_to_dim(d_out)
+    return cg
+
+
+@functools.cache
+def fused_clebsch_gordan(
+    degrees_in: tuple[int, ...], degrees_out: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """:func:`_fused_cg_cpu` flattened to ``[M, D_in * F * D_out]`` on ``device``, cached."""
+    cg = _fused_cg_cpu(degrees_in, degrees_out)
+    return cg.flatten(1).to(dtype=dtype, device=device)
+
+
+class Basis:
+    """The bases of one graph, built on demand per fused layout and cached.
+
+    Construct from relative positions (``[E, 3]``) or from precomputed
+    spherical harmonics (``[E, (2L + 1)^2]``, see :func:`spherical_harmonics`).
+    """
+
+    def __init__(self, sh: Tensor, max_degree: int) -> None:
+        expected = (2 * max_degree + 1) ** 2
+        if sh.dim() != 2 or sh.shape[1] < expected:
+            raise ValueError(
+                f"basis: spherical harmonics must be [E, >= {expected}] for max degree {max_degree}, "
+                f"got {list(sh.shape)}"
+            )
+        self.sh = sh
+        self.max_degree = max_degree
+        self._cache: dict[tuple[tuple[int, ...], tuple[int, ...]], Tensor] = {}
+
+    @classmethod
+    def from_relative_pos(cls, relative_pos: Tensor, max_degree: int) -> Basis:
+        return cls(spherical_harmonics(relative_pos, max_degree), max_degree)
+
+    @property
+    def num_edges(self) -> int:
+        return self.sh.shape[0]
+
+    def fused(self, degrees_in: Sequence[int], degrees_out: Sequence[int]) -> Tensor:
+        """Basis ``[E, D_in, F, D_out]`` for the given input and output degrees."""
+        key = (tuple(degrees_in), tuple(degrees_out))
+        if key not in self._cache:
+            cg = fused_clebsch_gordan(*key, self.sh.dtype, self.sh.device)
+            num_m = (max(key[0]) + max(key[1]) + 1) ** 2
+            basis = self.sh[:, :num_m] @ cg
+            dim_in = sum(degree_to_dim(d) for d in key[0])
+            dim_out = sum(degree_to_dim(d) for d in key[1])
+            self._cache[key] = basis.view(self.num_edges, dim_in, -1, dim_out)
+        return self._cache[key]

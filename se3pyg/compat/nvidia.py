@@ -1,0 +1,189 @@
+"""Load checkpoints written by NVIDIA's DGL SE(3)-Transformer.
+
+se3pyg keeps NVIDIA's parameter names, so a checkpoint loads as it is once
+its hyperparameters are read off its keys and shapes. Heads and
+``channels_div`` do not show in the weights and must be given (NVIDIA's
+defaults: 8 and 2); ``channels_div`` is checked against the shapes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from se3pyg.fiber import Fiber
+from se3pyg.model import Pooling, SE3Transformer, SE3TransformerPooled
+
+_LAYER = re.compile(r"^graph_modules\.(\d+)\.")
+
+
+def _read(checkpoint: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, Tensor], str]:
+    if isinstance(checkpoint, str | os.PathLike):
+        name = os.fspath(checkpoint)
+        if not os.path.isfile(name):
+            raise ValueError(f"{name}: no such file")
+        try:
+            checkpoint = torch.load(name, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{name}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+    else:
+        name = "checkpoint"
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{name}: not an NVIDIA SE(3)-Transformer checkpoint (a {type(checkpoint).__name__})")
+    state = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{name}: not an NVIDIA SE(3)-Transformer checkpoint (no tensor state dict)")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state, name
+
+
+def _infer_transformer(
+    state: Mapping[str, Tensor], name: str, channels_div: int, fibers: Mapping[str, Fiber | None]
+) -> dict[str, Any]:
+    """Hyperparameters of an ``SE3Transformer`` from its (unprefixed) state dict."""
+    layers: dict[int, set[str]] = {}
+    for key in state:
+        match = _LAYER.match(key)
+        if match is None:
+            raise ValueError(f"{name}: unexpected parameter {key!r} for an NVIDIA SE(3)-Transformer")
+        layers.setdefault(int(match.group(1)), set()).add(key)
+    attention = [i for i in sorted(layers) if any(".to_key_value." in k for k in layers[i])]
+    if not attention:
+        raise ValueError(f"{name}: no attention blocks (graph_modules.*.to_key_value) found")
+    norm = any(".group_norm." in k or ".layer_norms." in k for k in state)
+    use_layer_norm = any(re.search(r"radial_func\.net\.1\.weight$", k) for k in state)
+
+    def weights(prefix: str) -> dict[int, Tensor]:
+        pat = re.compile(re.escape(prefix) + r"(\d+)$")
+        return {int(m.group(1)): v for k, v in state.items() if (m := pat.match(k))}
+
+    last = attention[-1]
+    project = weights(f"graph_modules.{last}.project.weights.")
+    fiber_hidden = Fiber({d: w.shape[0] for d, w in project.items()})
+    if len(attention) > 1:
+        value_channels = project[0].shape[1] - fiber_hidden[0]
+        if fiber_hidden[0] // channels_div != value_channels:
+            raise ValueError(
+                f"{name}: channels_div={channels_div} does not fit: the checkpoint's value channels are "
+                f"{value_channels} for {fiber_hidden[0]} hidden channels"
+            )
+    first_project = weights(f"graph_modules.{attention[0]}.project.weights.")
+    fiber_in = fibers.get("fiber_in") or Fiber(
+        {d: w.shape[1] - fiber_hidden[d] // channels_div for d, w in first_project.items()}
+    )
+    radial = [v for k, v in state.items() if k.endswith("radial_func.net.0.weight")]
+    fiber_edge = fibers.get("fiber_edge") or Fiber({0: radial[0].shape[1] - 1})
+    final = max(layers)
+    self_kernels = weights(f"graph_modules.{final}.to_kernel_self.")
+    fiber_out = fibers.get("fiber_out") or Fiber({d: w.shape[0] for d, w in self_kernels.items()})
+
+    layout = "full"
+    for i in attention[1:]:
+        keys = layers[i]
+        if any(".to_key_value.conv_out." in k or ".to_key_value.conv_in." in k for k in keys):
+            layout = "partial"
+        elif any(re.search(r"\.to_key_value\.conv\.\d+,\d+\.", k) for k in keys):
+            layout = "pairwise"
+        break
+    return dict(
+        num_layers=len(attention),
+        fiber_in=fiber_in,
+        fiber_hidden=fiber_hidden,
+        fiber_out=fiber_out,
+        fiber_edge=fiber_edge,
+        norm=norm,
+        use_layer_norm=use_layer_norm,
+        layout=layout,
+    )
+
+
+def _load(model: torch.nn.Module, state: Mapping[str, Tensor], name: str) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"{name}: parameters do not match the inferred model "
+            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
+        )
+    for key, value in state.items():
+        if own[key].shape != value.shape:
+            raise ValueError(f"{name}: {key} has shape {list(value.shape)}, the model expects {list(own[key].shape)}")
+    model.load_state_dict(state)
+
+
+def load_nvidia(
+    checkpoint: str | os.PathLike | Mapping[str, Any],
+    *,
+    num_heads: int = 8,
+    channels_div: int = 2,
+    pooling: Pooling = "max",
+    fiber_in: Fiber | Mapping[int, int] | None = None,
+    fiber_edge: Fiber | Mapping[int, int] | None = None,
+    fiber_out: Fiber | Mapping[int, int] | None = None,
+) -> SE3TransformerPooled | SE3Transformer:
+    """An NVIDIA checkpoint as an se3pyg model in eval mode.
+
+    ``checkpoint``: a path, NVIDIA's training checkpoint (``{"state_dict", ...}``)
+    or a bare state dict. A ``SE3TransformerPooled`` state dict (keys
+    ``transformer.*`` and ``mlp.*``) gives an :class:`SE3TransformerPooled`;
+    a bare ``SE3Transformer`` state dict gives an :class:`SE3Transformer`
+    (fibers are inferred where the shapes determine them; pass them to be
+    sure). Raises ``ValueError`` saying what does not match.
+    """
+    state, name = _read(checkpoint)
+    fibers = {
+        "fiber_in": Fiber(fiber_in) if fiber_in is not None else None,
+        "fiber_edge": Fiber(fiber_edge) if fiber_edge is not None else None,
+        "fiber_out": Fiber(fiber_out) if fiber_out is not None else None,
+    }
+    pooled = any(k.startswith("transformer.") for k in state)
+    if pooled:
+        mlp = {k: v for k, v in state.items() if k.startswith("mlp.")}
+        if set(mlp) != {"mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"}:
+            raise ValueError(f"{name}: expected the pooled model's MLP head (mlp.0, mlp.2), found {sorted(mlp)}")
+        inner = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
+        other = sorted(set(state) - set(mlp) - {f"transformer.{k}" for k in inner})
+        if other:
+            raise ValueError(f"{name}: unexpected parameters {other[:3]}")
+        hp = _infer_transformer(inner, name, channels_div, fibers)
+        hidden = hp["fiber_hidden"]
+        if len(set(hidden.channels)) != 1 or hidden.degrees != list(range(len(hidden))):
+            raise ValueError(f"{name}: hidden fiber {hidden} is not degrees 0..n-1 with equal channels")
+        _check_heads(name, hidden, num_heads, channels_div)
+        model: torch.nn.Module = SE3TransformerPooled(
+            fiber_in=hp["fiber_in"],
+            fiber_out=hp["fiber_out"],
+            fiber_edge=hp["fiber_edge"],
+            num_degrees=len(hidden),
+            num_channels=hidden.channels[0],
+            output_dim=state["mlp.2.weight"].shape[0],
+            num_layers=hp["num_layers"],
+            num_heads=num_heads,
+            channels_div=channels_div,
+            pooling=pooling,
+            norm=hp["norm"],
+            use_layer_norm=hp["use_layer_norm"],
+            layout=hp["layout"],
+        )
+    else:
+        hp = _infer_transformer(state, name, channels_div, fibers)
+        _check_heads(name, hp["fiber_hidden"], num_heads, channels_div)
+        model = SE3Transformer(num_heads=num_heads, channels_div=channels_div, **hp)
+    _load(model, state, name)
+    return model.eval()
+
+
+def _check_heads(name: str, hidden: Fiber, num_heads: int, channels_div: int) -> None:
+    bad = [c for c in hidden.channels if (c // channels_div) % num_heads]
+    if bad:
+        raise ValueError(
+            f"{name}: num_heads={num_heads} does not divide the value channels "
+            f"{[c // channels_div for c in hidden.channels]}"
+        )

@@ -1,0 +1,20 @@
+"""Equivariant layers, one per module."""
+
+from se3pyg.nn.attention import AttentionBlockSE3, AttentionSE3
+from se3pyg.nn.conv import LAYOUTS, ConvSE3, KernelGroup
+from se3pyg.nn.linear import LinearSE3
+from se3pyg.nn.norm import NormSE3
+from se3pyg.nn.pooling import GraphPooling
+from se3pyg.nn.radial import RadialProfile
+
+__all__ = [
+    "LAYOUTS",
+    "AttentionBlockSE3",
+    "AttentionSE3",
+    "ConvSE3",
+    "GraphPooling",
+    "KernelGroup",
+    "LinearSE3",
+    "NormSE3",
+    "RadialProfile",
+]

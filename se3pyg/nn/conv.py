@@ -1,0 +1,201 @@
+r"""TFN convolution as a PyG ``MessagePassing`` layer."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.utils.checkpoint
+from torch import Tensor, nn
+from torch_geometric.nn import MessagePassing
+from torch_geometric.utils import degree as node_degree
+
+from se3pyg.basis import Basis, num_frequencies
+from se3pyg.fiber import Fiber, unfuse_features
+from se3pyg.nn.radial import RadialProfile
+
+Layout = Literal["full", "partial", "pairwise"]
+LAYOUTS: tuple[str, ...] = ("full", "partial", "pairwise")
+
+
+class KernelGroup(nn.Module):
+    r"""One radial network and the fused basis block it weighs.
+
+    For input features :math:`x \in \mathbb{R}^{E \times C_{in} \times D_{in}}`,
+    basis :math:`B \in \mathbb{R}^{E \times D_{in} \times F \times D_{out}}` and
+    radial weights :math:`R \in \mathbb{R}^{E \times C_{out} \times C_{in} F}`:
+
+    .. math::
+
+        y_{e o k} = \sum_{i f} R_{e o (i f)} \sum_l x_{e i l} B_{e l f k}.
+    """
+
+    def __init__(
+        self,
+        degrees_in: list[int],
+        degrees_out: list[int],
+        channels_in: int,
+        channels_out: int,
+        edge_dim: int,
+        use_layer_norm: bool,
+        uses_basis: bool = True,
+    ) -> None:
+        super().__init__()
+        self.uses_basis = uses_basis
+        self.degrees_in = list(degrees_in)
+        self.degrees_out = list(degrees_out)
+        num_freq = sum(num_frequencies(i, o) for o in degrees_out for i in degrees_in)
+        self.radial_func = RadialProfile(num_freq, channels_in, channels_out, edge_dim, use_layer_norm=use_layer_norm)
+
+    def forward(self, features: Tensor, edge_scalars: Tensor, basis: Tensor | None) -> Tensor:
+        """``[E, C_in, D_in]`` -> ``[E, C_out, D_out]``."""
+        weights = self.radial_func(edge_scalars)
+        if basis is None:
+            return weights @ features
+        num_edges, dim_in = features.shape[0], basis.shape[1]
+        tmp = (features @ basis.reshape(num_edges, dim_in, -1)).view(num_edges, -1, basis.shape[-1])
+        return weights @ tmp
+
+
+class ConvSE3(MessagePassing):
+    r"""SE(3)-equivariant graph convolution (Tensor Field Network).
+
+    .. math::
+
+        y^k_i = \sum_{j \to i} \sum_l W^{lk}(r_{ij}) x^l_j
+        \;[+\; \deg(i)\, W^k_{\text{self}} x^k_i]
+
+    with :math:`W^{lk}(r) = \sum_J \phi^{lk}_J(\lVert r \rVert, e) B^{lk}_J(\hat r)`.
+    Degree > 0 edge features are concatenated to the source features of
+    their degree. With ``pool=False`` the per-edge messages are returned
+    (through :meth:`edge_updater`). The self-interaction term is added per
+    edge before the sum, as in NVIDIA's implementation.
+
+    ``layout`` fixes the parameters: ``"full"`` one radial network for the
+    whole convolution (when all input and output degrees ``0..max_degree``
+    are present with equal channels), ``"partial"`` one per output (or input)
+    degree, ``"pairwise"`` one per degree pair; each falls back to the next
+    when its conditions do not hold, as NVIDIA's fuse levels.
+    """
+
+    def __init__(
+        self,
+        fiber_in: Fiber,
+        fiber_out: Fiber,
+        fiber_edge: Fiber,
+        pool: bool = True,
+        use_layer_norm: bool = False,
+        self_interaction: bool = False,
+        max_degree: int = 4,
+        layout: Layout = "full",
+        low_memory: bool = False,
+    ) -> None:
+        super().__init__(aggr="add", flow="source_to_target", node_dim=0)
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.fiber_in = fiber_in
+        self.fiber_out = fiber_out
+        self.fiber_edge = fiber_edge
+        self.pool = pool
+        self.self_interaction = self_interaction
+        self.low_memory = low_memory
+
+        self.channels_in = {d: c + fiber_edge[d] * (d > 0) for d, c in fiber_in.items()}
+        common = dict(edge_dim=fiber_edge[0] + 1, use_layer_norm=use_layer_norm)
+        all_degrees = list(range(max_degree + 1))
+        unique_in = len(set(self.channels_in.values())) == 1
+        unique_out = len(set(fiber_out.channels)) == 1
+        full_in = unique_in and fiber_in.degrees == all_degrees
+        full_out = unique_out and fiber_out.degrees == all_degrees
+        c_in = next(iter(self.channels_in.values()))
+        c_out = fiber_out.channels[0]
+
+        self.groups: list[tuple[str, KernelGroup]] = []
+        if layout == "full" and full_in and full_out:
+            self.fuse = "full"
+            self.conv = KernelGroup(all_degrees, all_degrees, c_in, c_out, **common)
+            self.groups.append(("conv", self.conv))
+        elif layout in ("full", "partial") and full_in:
+            self.fuse = "out"
+            self.conv_out = nn.ModuleDict(
+                {str(d): KernelGroup(all_degrees, [d], c_in, c, **common) for d, c in fiber_out.items()}
+            )
+            self.groups += [(f"conv_out.{k}", m) for k, m in self.conv_out.items()]
+        elif layout in ("full", "partial") and full_out:
+            self.fuse = "in"
+            self.conv_in = nn.ModuleDict(
+                {str(d): KernelGroup([d], all_degrees, c, c_out, **common) for d, c in self.channels_in.items()}
+            )
+            self.groups += [(f"conv_in.{k}", m) for k, m in self.conv_in.items()]
+        else:
+            self.fuse = "pairwise"
+            self.conv = nn.ModuleDict(
+                {
+                    # NVIDIA's pairwise 0 -> 0 kernel has no basis: a factor 1, not Y_0 = 1/sqrt(4 pi).
+                    f"{di},{do}": KernelGroup([di], [do], ci, co, **common, uses_basis=(di, do) != (0, 0))
+                    for di, ci in self.channels_in.items()
+                    for do, co in fiber_out.items()
+                }
+            )
+            self.groups += [(f"conv.{k}", m) for k, m in self.conv.items()]
+
+        if self_interaction:
+            self.to_kernel_self = nn.ParameterDict(
+                {
+                    str(d): nn.Parameter(torch.randn(c, fiber_in[d]) / fiber_in[d] ** 0.5)
+                    for d, c in fiber_out.items()
+                    if d in fiber_in
+                }
+            )
+
+    def forward(
+        self,
+        node_feats: dict[str, Tensor],
+        edge_feats: dict[str, Tensor],
+        edge_index: Tensor,
+        basis: Basis,
+    ) -> dict[str, Tensor]:
+        """Node features in, node features (``pool=True``) or edge features out."""
+        num_nodes = next(iter(node_feats.values())).shape[0]
+        x = self.fiber_in.pack(node_feats)
+        kwargs = dict(x=x, edge_feats=edge_feats, basis=basis)
+        if self.pool:
+            packed = self.propagate(edge_index, size=(num_nodes, num_nodes), **kwargs)
+        else:
+            packed = self.edge_updater(edge_index, size=(num_nodes, num_nodes), **kwargs)
+        out = self.fiber_out.unpack(packed)
+        if self.self_interaction:
+            count = node_degree(edge_index[1], num_nodes, dtype=x.dtype) if self.pool else None
+            for key, weight in self.to_kernel_self.items():
+                self_term = weight @ node_feats[key]
+                if self.pool:
+                    out[key] = out[key] + count[:, None, None] * self_term
+                else:
+                    out[key] = out[key] + self_term[edge_index[1]]
+        return out
+
+    def message(self, x_j: Tensor, edge_feats: dict[str, Tensor], basis: Basis) -> Tensor:
+        return self.edge_update(x_j, edge_feats, basis)
+
+    def edge_update(self, x_j: Tensor, edge_feats: dict[str, Tensor], basis: Basis) -> Tensor:
+        """Per-edge kernel outputs, packed as ``[E, fiber_out.num_features]``."""
+        edge_scalars = edge_feats["0"].squeeze(-1)
+        inputs = self.fiber_in.unpack(x_j)
+        for d in self.fiber_in.degrees:
+            if d > 0 and str(d) in edge_feats:
+                inputs[str(d)] = torch.cat([inputs[str(d)], edge_feats[str(d)]], dim=1)
+
+        outputs: dict[str, Tensor] = {}
+        for _, group in self.groups:
+            feats = torch.cat([inputs[str(d)] for d in group.degrees_in], dim=-1)
+            group_basis = basis.fused(group.degrees_in, group.degrees_out) if group.uses_basis else None
+            if self.low_memory and torch.is_grad_enabled():
+                y = torch.utils.checkpoint.checkpoint(group, feats, edge_scalars, group_basis, use_reentrant=False)
+            else:
+                y = group(feats, edge_scalars, group_basis)
+            for key, part in unfuse_features(y, group.degrees_out).items():
+                outputs[key] = outputs[key] + part if key in outputs else part
+        return torch.cat([outputs[str(d)].flatten(-2) for d in self.fiber_out.degrees], dim=-1)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_out}, fuse={self.fuse}, pool={self.pool})"

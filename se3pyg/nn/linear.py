@@ -1,0 +1,37 @@
+"""Degree-wise linear map (a 1x1 equivariant convolution)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from se3pyg.fiber import Fiber
+
+
+class LinearSE3(nn.Module):
+    r"""Mixes channels within each degree, never across degrees.
+
+    .. math:: y^d = W^d x^d, \qquad W^d \in \mathbb{R}^{C'_d \times C_d}
+
+    Output degrees are those of ``fiber_out``; each must be in ``fiber_in``.
+    """
+
+    def __init__(self, fiber_in: Fiber, fiber_out: Fiber) -> None:
+        super().__init__()
+        self.fiber_in = fiber_in
+        self.fiber_out = fiber_out
+        self.weights = nn.ParameterDict(
+            {str(d): nn.Parameter(torch.empty(c, fiber_in[d])) for d, c in fiber_out.items()}
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for weight in self.weights.values():
+            with torch.no_grad():
+                weight.normal_().div_(weight.shape[1] ** 0.5)
+
+    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {key: weight @ features[key] for key, weight in self.weights.items()}
+
+    def extra_repr(self) -> str:
+        return f"{self.fiber_in} -> {self.fiber_out}"

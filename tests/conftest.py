@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT.parent / "shared" / "golden"
+GOLDEN_FILES = sorted(GOLDEN.glob("*.pt"))
+
+
+def golden_batch(golden: dict) -> Batch:
+    """The golden molecules as one PyG batch, in order."""
+    return Batch.from_data_list([Data(**{k: v for k, v in mol.items() if k != "index"}) for mol in golden["molecules"]])
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / (1 + max |expected|)."""
+    return ((actual - expected).abs().max() / (1 + expected.abs().max())).item()
+
+
+def wigner_D(degree: int, R: torch.Tensor) -> torch.Tensor:
+    """``D^degree(R)`` in e3nn's real basis, float64-exact: ``Y(R x) = D Y(x)`` solved on many points.
+
+    (``e3nn.o3.wigner_D`` builds its generators in float32, so it is exact only to ~1e-7.)
+    """
+    import e3nn.o3 as o3
+
+    points = torch.randn(4 * (2 * degree + 1) + 8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    Y = o3.spherical_harmonics(degree, points, normalize=True)
+    Y_rot = o3.spherical_harmonics(degree, points @ R.double().T, normalize=True)
+    return torch.linalg.lstsq(Y, Y_rot).solution.T
+
+
+@pytest.fixture(scope="session", params=GOLDEN_FILES, ids=[p.stem for p in GOLDEN_FILES])
+def golden(request: pytest.FixtureRequest) -> dict:
+    return torch.load(request.param, weights_only=True)

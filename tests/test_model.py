@@ -1,0 +1,118 @@
+"""Model construction, parameter layouts and input validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+from se3pyg import Fiber, SE3Transformer, SE3TransformerPooled
+from se3pyg.nn import ConvSE3
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_published_recipe_parameter_count() -> None:
+    assert _n_params(SE3TransformerPooled()) == 9_279_553  # NVIDIA's fully fused layout
+    assert _n_params(SE3TransformerPooled(layout="partial")) == 9_304_321  # NVIDIA's CPU layout
+
+
+def test_layouts_build_the_expected_radial_networks() -> None:
+    hidden = Fiber.create(3, 16)
+    full = ConvSE3(hidden, hidden, Fiber({0: 4}), layout="full", max_degree=2)
+    partial = ConvSE3(hidden, hidden, Fiber({0: 4}), layout="partial", max_degree=2)
+    pairwise = ConvSE3(hidden, hidden, Fiber({0: 4}), layout="pairwise", max_degree=2)
+    assert (full.fuse, len(full.groups)) == ("full", 1)
+    assert (partial.fuse, len(partial.groups)) == ("out", 3)
+    assert (pairwise.fuse, len(pairwise.groups)) == ("pairwise", 9)
+
+
+def _molecule(n: int = 5, seed: int = 0) -> Data:
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.arange(n - 1)
+    edge_index = torch.cat([torch.stack([src, src + 1]), torch.stack([src + 1, src])], dim=1)
+    return Data(
+        x=torch.randn(n, 6, generator=gen),
+        pos=torch.randn(n, 3, generator=gen),
+        edge_index=edge_index,
+        edge_attr=torch.randn(edge_index.shape[1], 4, generator=gen),
+    )
+
+
+@pytest.fixture(scope="module")
+def small() -> SE3TransformerPooled:
+    torch.manual_seed(0)
+    return SE3TransformerPooled(num_layers=2, num_degrees=2, num_channels=8, num_heads=2).eval()
+
+
+def test_batch_prediction_equals_single_predictions(small: SE3TransformerPooled) -> None:
+    mols = [_molecule(4 + i, seed=i) for i in range(3)]
+    with torch.no_grad():
+        batched = small(Batch.from_data_list(mols))
+        single = torch.cat([small(Batch.from_data_list([m])) for m in mols])
+    assert batched.shape == (3,)
+    assert torch.allclose(batched, single, atol=1e-5)
+
+
+def test_precomputed_spherical_harmonics_give_the_same_output(small: SE3TransformerPooled) -> None:
+    from se3pyg.basis import spherical_harmonics
+
+    batch = Batch.from_data_list([_molecule()])
+    rel = batch.pos[batch.edge_index[1]] - batch.pos[batch.edge_index[0]]
+    with torch.no_grad():
+        direct = small(batch)
+        batch.sh = spherical_harmonics(rel, small.transformer.max_degree)
+        cached = small(batch)
+    assert torch.equal(direct, cached)
+
+
+def test_low_memory_gives_the_same_gradients() -> None:
+    batch = Batch.from_data_list([_molecule(), _molecule(6, 1)])
+    grads = []
+    for low_memory in (False, True):
+        torch.manual_seed(0)
+        model = SE3TransformerPooled(num_layers=2, num_degrees=2, num_channels=8, num_heads=2, low_memory=low_memory)
+        model(batch).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: setattr(d, "x", torch.randn(d.num_nodes, 5)), "node_feats"),
+        (lambda d: setattr(d, "edge_attr", torch.randn(d.edge_index.shape[1], 3)), "edge_feats"),
+        (lambda d: setattr(d, "edge_index", d.edge_index + 100), "edge_index"),
+        (lambda d: setattr(d, "edge_index", d.edge_index.float()), "edge_index"),
+        (lambda d: delattr(d, "pos"), "pos"),
+        (lambda d: setattr(d, "pos", torch.randn(d.num_nodes, 2)), "pos"),
+        (lambda d: delattr(d, "x"), "x"),
+        (lambda d: delattr(d, "edge_attr"), "edge_attr"),
+    ],
+)
+def test_bad_inputs_raise_value_errors_naming_the_field(small: SE3TransformerPooled, mutate, field: str) -> None:
+    batch = Batch.from_data_list([_molecule()])
+    mutate(batch)
+    with pytest.raises(ValueError, match=field):
+        small(batch)
+
+
+def test_bad_hyperparameters_are_refused() -> None:
+    with pytest.raises(ValueError, match="layout"):
+        SE3TransformerPooled(layout="fast")
+    with pytest.raises(ValueError, match="num_heads"):
+        SE3TransformerPooled(num_channels=8, num_heads=3)
+    with pytest.raises(ValueError, match="pooling"):
+        SE3TransformerPooled(pooling="sum")
+    with pytest.raises(ValueError, match="return_type"):
+        SE3Transformer(1, {0: 4}, {0: 4}, {0: 4}, num_heads=1, channels_div=1, pooling="max")
+
+
+def test_config_round_trip(small: SE3TransformerPooled) -> None:
+    clone = SE3TransformerPooled.from_config(small.config)
+    clone.load_state_dict(small.state_dict())
+    batch = Batch.from_data_list([_molecule()])
+    with torch.no_grad():
+        assert torch.equal(clone.eval()(batch), small(batch))
