@@ -5,8 +5,12 @@ from __future__ import annotations
 import typer
 
 import se3pyg
+from se3pyg.cli import data
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="SE(3)-Transformer on PyTorch Geometric.")
+
+
+app.add_typer(data.app, name="data")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,25 @@
+"""QM9 through PyG, offline, with NVIDIA's tasks and splits."""
+
+from se3pyg.data.errors import DataError
+from se3pyg.data.module import QM9Splits, make_loader, qm9_splits
+from se3pyg.data.qm9 import NUM_MOLECULES, load_qm9, prepare_qm9
+from se3pyg.data.splits import split_indices, split_sizes
+from se3pyg.data.tasks import TASKS, Task, get_task
+from se3pyg.data.transforms import TargetStats, TrainingView
+
+__all__ = [
+    "NUM_MOLECULES",
+    "TASKS",
+    "DataError",
+    "QM9Splits",
+    "TargetStats",
+    "Task",
+    "TrainingView",
+    "get_task",
+    "load_qm9",
+    "make_loader",
+    "prepare_qm9",
+    "qm9_splits",
+    "split_indices",
+    "split_sizes",
+]

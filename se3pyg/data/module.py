@@ -1,0 +1,83 @@
+"""QM9 for training: splits, the training view, loaders (DDP-aware)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+from torch.utils.data.distributed import DistributedSampler
+from torch_geometric.loader import DataLoader
+
+from se3pyg.data.bases import attach_spherical_harmonics
+from se3pyg.data.qm9 import Progress, load_qm9
+from se3pyg.data.splits import split_indices
+from se3pyg.data.tasks import Task
+from se3pyg.data.transforms import TargetStats, TrainingView, task_targets
+
+
+@dataclass
+class QM9Splits:
+    """Train, validation and test views of QM9 for one task, and the train target statistics."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    task: Task
+    stats: TargetStats
+    sh_bytes: int = 0
+
+
+def qm9_splits(
+    data_dir: str | os.PathLike,
+    task: Task,
+    limit: int | None = None,
+    seed: int = 0,
+    precompute_degree: int | None = None,
+    progress: Progress | None = None,
+) -> QM9Splits:
+    """NVIDIA's split (seed 0) of the first ``limit`` molecules, standardized with the train split's mean/std."""
+    dataset = load_qm9(data_dir, limit, progress=progress)
+    sh_bytes = 0
+    if precompute_degree is not None:
+        dataset = dataset.copy()
+        sh_bytes = attach_spherical_harmonics(dataset, precompute_degree)
+    train_idx, val_idx, test_idx = split_indices(len(dataset), seed)
+    stats = TargetStats.of(task_targets(dataset, task)[torch.tensor(train_idx)])
+    view = TrainingView(task, stats)
+    parts = []
+    for idx in (train_idx, val_idx, test_idx):
+        part = dataset.index_select(idx)
+        part.transform = view
+        parts.append(part)
+    return QM9Splits(*parts, task=task, stats=stats, sh_bytes=sh_bytes)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A PyG ``DataLoader``; under DDP each rank reads its share through a ``DistributedSampler``."""
+    sampler = None
+    if world_size > 1:
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+    )

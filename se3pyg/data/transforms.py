@@ -1,0 +1,63 @@
+"""The training view of a molecule: NVIDIA's inputs and one standardized target."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.transforms import BaseTransform
+
+from se3pyg.data.tasks import Task
+
+NODE_FEATURES = 6  # one-hot H, C, N, O, F and the atomic number
+EDGE_FEATURES = 4  # one-hot single, double, triple, aromatic
+
+
+class TargetStats:
+    """Mean and standard deviation of a target over the training split."""
+
+    def __init__(self, mean: float, std: float) -> None:
+        if not std > 0:
+            raise ValueError(f"target std must be > 0, got {std}")
+        self.mean, self.std = float(mean), float(std)
+
+    @classmethod
+    def of(cls, targets: Tensor) -> TargetStats:
+        return cls(targets.mean().item(), targets.std().item())
+
+    def to_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "std": self.std}
+
+
+class TrainingView(BaseTransform):
+    r"""``x[:, :6]``, ``edge_attr[:, :4]``, ``pos``, ``edge_index`` and
+    :math:`y = (y_{task} - \mu) / \sigma` (shape ``[1]``).
+
+    Precomputed spherical harmonics (``sh``, see :mod:`se3pyg.data.bases`) are kept.
+    """
+
+    def __init__(self, task: Task, stats: TargetStats) -> None:
+        self.task = task
+        self.stats = stats
+
+    def forward(self, data: Data) -> Data:
+        out = Data(
+            x=data.x[:, :NODE_FEATURES],
+            pos=data.pos,
+            edge_index=data.edge_index,
+            edge_attr=data.edge_attr[:, :EDGE_FEATURES],
+        )
+        if data.y is not None:
+            out.y = (data.y[:, self.task.column] - self.stats.mean) / self.stats.std
+        if "sh" in data:
+            out.sh = data.sh
+        return out
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(task={self.task.name}, mean={self.stats.mean:.6g}, std={self.stats.std:.6g})"
+
+
+def task_targets(dataset: object, task: Task) -> Tensor:
+    """The raw ``task`` column of every molecule of an in-memory QM9 (or subset of one)."""
+    y = dataset.y if hasattr(dataset, "y") else torch.cat([d.y for d in dataset])
+    return y[:, task.column]
