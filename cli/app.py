@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import typer
+from se3pyg.cli import data
+from se3pyg.cli.train import train
 
 import se3pyg
-from se3pyg.cli import data
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="SE(3)-Transformer on PyTorch Geometric.")
 
 
 app.add_typer(data.app, name="data")
+app.command()(train)
 
 
 def _version(value: bool) -> None:

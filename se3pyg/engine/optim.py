@@ -1,0 +1,73 @@
+"""Optimizers: AdamW (as apex FusedAdam's default), SGD, and LAMB (as apex FusedLAMB)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+OPTIMIZERS = ("adam", "sgd", "lamb")
+
+
+class Lamb(torch.optim.Optimizer):
+    r"""LAMB (You et al., 2020): Adam moments, decoupled weight decay, a per-tensor trust ratio.
+
+    .. math::
+
+        u = \frac{\hat m}{\sqrt{\hat v} + \epsilon} + \lambda w, \qquad
+        w \leftarrow w - \eta \, \frac{\lVert w \rVert}{\lVert u \rVert} \, u
+
+    with the trust ratio taken as 1 where either norm is 0 (apex FusedLAMB's behaviour).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+    ) -> None:
+        if lr <= 0:
+            raise ValueError(f"learning rate must be > 0, got {lr}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                m_hat = m / (1 - beta1 ** state["step"])
+                v_hat = v / (1 - beta2 ** state["step"])
+                update = m_hat / (v_hat.sqrt() + group["eps"]) + group["weight_decay"] * p
+                w_norm, u_norm = p.norm().item(), update.norm().item()
+                trust = w_norm / u_norm if w_norm > 0 and u_norm > 0 and math.isfinite(u_norm) else 1.0
+                p.add_(update, alpha=-group["lr"] * trust)
+        return loss
+
+
+def make_optimizer(
+    name: str, params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float
+) -> torch.optim.Optimizer:
+    """NVIDIA's choices: ``adam`` = AdamW betas (0.9, 0.999); ``sgd`` with momentum; ``lamb``."""
+    if name == "adam":
+        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "lamb":
+        return Lamb(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")

@@ -1,0 +1,105 @@
+"""MLflow tracking on rank 0: one run per command, parameters and per-epoch metrics.
+
+An unreachable store at start is an error; a store that drops later only
+disables tracking (with a warning), so training and checkpoints go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_EXPERIMENT = "se3pyg"
+
+log = logging.getLogger("se3pyg.tracking")
+
+
+class TrackingError(Exception):
+    """The tracking store cannot be used."""
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else the local SQLite store under ``mlruns/``."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts beside a local SQLite store (``.../mlruns/mlflow.db`` -> ``.../mlruns/``)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).resolve().parent.as_uri()
+    return None
+
+
+class Tracker:
+    """A started MLflow run; every call after a failure is a no-op."""
+
+    def __init__(
+        self,
+        uri: str | None,
+        experiment: str,
+        run_name: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        import mlflow
+
+        self._mlflow = mlflow
+        self.uri = resolve_tracking_uri(uri)
+        self.active = True
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            mlflow.set_tracking_uri(self.uri)
+            client = mlflow.MlflowClient()
+            exp = client.get_experiment_by_name(experiment)
+            exp_id = (
+                exp.experiment_id
+                if exp is not None
+                else client.create_experiment(experiment, artifact_location=_artifact_location(self.uri))
+            )
+            self.run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
+            self.client = client
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TrackingError(f"MLflow tracking store {self.uri} is unreachable: {first}") from None
+        self.run_id = self.run.info.run_id
+
+    def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        if not self.active:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:
+            self.active = False
+            log.warning("MLflow %s failed (%s); tracking disabled for this run, training goes on", what, exc)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        self._guard("log_params", self.client.log_batch, self.run_id, params=items)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._guard("log_metrics", self.client.log_batch, self.run_id, metrics=items)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self._guard("set_tags", self.client.log_batch, self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | os.PathLike) -> None:
+        self._guard("log_artifact", self.client.log_artifact, self.run_id, str(path))
+
+    def log_dict(self, data: dict, name: str) -> None:
+        self._guard("log_dict", self.client.log_dict, self.run_id, data, name)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._guard("set_terminated", self.client.set_terminated, self.run_id, status)

@@ -1,0 +1,15 @@
+"""Versions of the libraries a run depends on (logged and stored in checkpoints)."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in ("se3pyg", "torch", "torch_geometric", "e3nn", "mlflow"):
+        try:
+            out[f"version_{name}"] = version(name)
+        except PackageNotFoundError:
+            out[f"version_{name}"] = "not installed"
+    return out
