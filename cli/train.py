@@ -70,7 +70,7 @@ def train(
     from se3pyg.engine.checkpoint import CheckpointError
     from se3pyg.engine.config import TrainConfig
     from se3pyg.engine.tracking import TrackingError
-    from se3pyg.engine.train import TrainingStopped, run
+    from se3pyg.engine.train import TrainingError, run
 
     values = {k: v for k, v in ctx.params.items() if k != "quick"}
     if gpus is None:
@@ -99,7 +99,7 @@ def train(
         result = run(config, on_epoch=report)
     except (ValueError, DataError, CheckpointError, TrackingError) as exc:
         raise fail(str(exc)) from None
-    except TrainingStopped as exc:
+    except TrainingError as exc:
         raise fail(str(exc), exc.code) from None
     if result is not None:
         console.print(

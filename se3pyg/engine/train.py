@@ -33,8 +33,8 @@ log = logging.getLogger("se3pyg.train")
 EpochCallback = Callable[[dict[str, float]], None]
 
 
-class TrainingStopped(Exception):
-    """Training ended early; ``code`` is the exit status to return."""
+class TrainingError(Exception):
+    """Training ended early (interrupted, non-finite loss, nothing left to run); ``code`` is the exit status."""
 
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
@@ -164,7 +164,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, on_epoch: EpochCallb
         start_epoch = checkpoint["epoch"] + 1
         best_val = checkpoint.get("best_val_mae", math.inf)
     if start_epoch >= config.epochs:
-        raise TrainingStopped(f"--epochs {config.epochs}: the checkpoint has already run {start_epoch} epochs", 2)
+        raise TrainingError(f"--epochs {config.epochs}: the checkpoint has already run {start_epoch} epochs", 2)
 
     tracker: Tracker | None = None
     result = TrainResult(best_val_mae=best_val)
@@ -215,6 +215,10 @@ def _train(config: TrainConfig, info: distributed.DistInfo, on_epoch: EpochCallb
             save_checkpoint(best_path(config.save_ckpt_path) if best else config.save_ckpt_path, payload(epoch))
 
     loss_fn = nn.L1Loss()
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return _autocast(config, info.device)
+
     accumulate = config.accumulate_grad_batches
     status = "FAILED"
     last_done = start_epoch - 1
@@ -233,7 +237,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, on_epoch: EpochCallb
                     stepping = (step + 1) % accumulate == 0 or step + 1 == steps
                     sync = contextlib.nullcontext() if stepping or not info.distributed else ddp_model.no_sync()
                     with sync:
-                        with _autocast(config, info.device):
+                        with autocast():
                             loss = loss_fn(ddp_model(batch), batch.y)
                         scaler.scale(loss / accumulate).backward()
                     if stepping:
@@ -248,7 +252,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, on_epoch: EpochCallb
                     )
                     distributed.all_reduce_sum(flags, info)
                     if flags[0] > 0:
-                        raise TrainingStopped(
+                        raise TrainingError(
                             f"loss became {loss.item()} at epoch {epoch} step {step}; "
                             f"the last good checkpoint is kept ({config.save_ckpt_path or 'none saved'})",
                             3,
@@ -256,9 +260,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, on_epoch: EpochCallb
                     if flags[1] > 0:
                         save(last_done)
                         status = "KILLED"
-                        raise TrainingStopped(
-                            f"interrupted at epoch {epoch}; checkpoint of epoch {last_done} saved", 130
-                        )
+                        raise TrainingError(f"interrupted at epoch {epoch}; checkpoint of epoch {last_done} saved", 130)
                     loss_sum += loss.detach().double() * batch.num_graphs
                     molecules += batch.num_graphs
                 counts = torch.tensor([loss_sum.item(), molecules], device=info.device, dtype=torch.float64)
@@ -289,7 +291,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, on_epoch: EpochCallb
                     tracker.log_metrics(metrics, step=epoch)
                 if on_epoch is not None and info.is_main:
                     on_epoch({"epoch": epoch, **metrics})
-        result.test_mae = mean_absolute_error(ddp_model, test_loader, info, std, lambda: _autocast(config, info.device))
+        result.test_mae = mean_absolute_error(ddp_model, test_loader, info, std, autocast)
         if tracker is not None:
             tracker.log_metrics({"best_val_mae": result.best_val_mae, "test_mae": result.test_mae}, step=last_done)
             if config.save_ckpt_path:
