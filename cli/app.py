@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 from se3pyg.cli import data
+from se3pyg.cli.predict import predict
+from se3pyg.cli.runs import runs, ui
 from se3pyg.cli.train import train
 
 import se3pyg
@@ -13,6 +15,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="SE(3)-Transf
 
 app.add_typer(data.app, name="data")
 app.command()(train)
+app.command()(predict)
+app.command()(ui)
+app.command()(runs)
 
 
 def _version(value: bool) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from torch_geometric.datasets import QM9
 
 from se3pyg.data.errors import DataError
+from se3pyg.data.molecules import perceive_bonds
 
 NUM_MOLECULES = 130_831
 MANIFEST = "se3pyg-qm9.json"
@@ -94,20 +95,10 @@ def _read_qm9pack(limit: int | None) -> Iterator[dict[str, str]]:
 
 def _molblock(args: tuple[int, list[str], list[list[float]]]) -> str:
     """A Kekulé SDF record with bonds perceived by RDKit from the coordinates."""
-    from rdkit import Chem, RDLogger
-    from rdkit.Chem import rdDetermineBonds
+    from rdkit import Chem
 
-    RDLogger.DisableLog("rdApp.*")
     index, elements, coords = args
-    xyz = f"{len(elements)}\n\n" + "".join(
-        f"{e} {x:.10f} {y:.10f} {z:.10f}\n" for e, (x, y, z) in zip(elements, coords, strict=True)
-    )
-    mol = Chem.MolFromXYZBlock(xyz)
-    try:
-        rdDetermineBonds.DetermineBonds(mol, charge=0)
-    except Exception:  # noqa: BLE001 - bond orders not determinable: keep connectivity, single bonds
-        mol = Chem.MolFromXYZBlock(xyz)
-        rdDetermineBonds.DetermineConnectivity(mol)
+    mol = perceive_bonds(elements, coords)
     mol.SetProp("_Name", f"gdb_{index}")
     return Chem.MolToMolBlock(mol, kekulize=True) + "$$$$\n"
 

@@ -170,7 +170,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, on_epoch: EpochCallb
     result = TrainResult(best_val_mae=best_val)
     n_params = sum(p.numel() for p in model.parameters())
     if info.is_main:
-        tags = {"task": task.name, "se3pyg.command": "train"}
+        tags = {"task": task.name, "command": "train"}
         if checkpoint is not None and checkpoint.get("run_id"):
             tags["resumed_from"] = checkpoint["run_id"]
         tracker = Tracker(config.tracking_uri, config.experiment, config.run_name, tags)

@@ -1,0 +1,147 @@
+"""Molecules from coordinates: RDKit bond perception and se3pyg's model inputs.
+
+Used both to build QM9 and to read a user's XYZ and SDF files, so that
+predictions see bonds perceived exactly as in training (Kekulé bond types:
+single, double, triple; bonds are perceived from coordinates even when an
+SDF lists its own).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch_geometric.data import Data
+
+from se3pyg.data.errors import DataError
+
+ELEMENTS = ("H", "C", "N", "O", "F")
+ATOMIC_NUMBERS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
+INPUT_SUFFIXES = (".xyz", ".sdf", ".mol")
+
+
+def perceive_bonds(elements: Sequence[str], coords: Sequence[Sequence[float]]):  # noqa: ANN201 - rdkit.Chem.Mol
+    """An RDKit molecule with bonds and Kekulé bond orders perceived from the coordinates (neutral charge).
+
+    Where bond orders cannot be assigned, connectivity is kept with single bonds.
+    """
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import rdDetermineBonds
+
+    RDLogger.DisableLog("rdApp.*")
+    xyz = f"{len(elements)}\n\n" + "".join(
+        f"{e} {x:.10f} {y:.10f} {z:.10f}\n" for e, (x, y, z) in zip(elements, coords, strict=True)
+    )
+    mol = Chem.MolFromXYZBlock(xyz)
+    try:
+        rdDetermineBonds.DetermineBonds(mol, charge=0)
+        Chem.Kekulize(mol, clearAromaticFlags=True)
+    except Exception:  # noqa: BLE001 - bond orders not determinable: keep connectivity, single bonds
+        mol = Chem.MolFromXYZBlock(xyz)
+        rdDetermineBonds.DetermineConnectivity(mol)
+    return mol
+
+
+def to_data(name: str, elements: Sequence[str], coords: Sequence[Sequence[float]]) -> Data:
+    """Model inputs of one molecule: ``x`` [N, 6], ``pos``, ``edge_index``, ``edge_attr`` [E, 4]; ``name``."""
+    from rdkit.Chem import BondType
+
+    unknown = sorted(set(elements) - set(ELEMENTS))
+    if unknown:
+        raise DataError(f"{name}: unknown element {', '.join(unknown)} (the QM9 models know H, C, N, O, F)")
+    mol = perceive_bonds(elements, coords)
+    bond_types = {BondType.SINGLE: 0, BondType.DOUBLE: 1, BondType.TRIPLE: 2, BondType.AROMATIC: 3}
+    rows, cols, types = [], [], []
+    for bond in mol.GetBonds():
+        i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        rows += [i, j]
+        cols += [j, i]
+        types += 2 * [bond_types.get(bond.GetBondType(), 0)]
+    n = len(elements)
+    edge_index = torch.tensor([rows, cols], dtype=torch.long).view(2, -1)
+    perm = (edge_index[0] * n + edge_index[1]).argsort()
+    x = torch.zeros(n, 6)
+    for k, e in enumerate(elements):
+        x[k, ELEMENTS.index(e)] = 1.0
+        x[k, 5] = ATOMIC_NUMBERS[e]
+    return Data(
+        x=x,
+        pos=torch.tensor(coords, dtype=torch.float32).view(n, 3),
+        edge_index=edge_index[:, perm],
+        edge_attr=torch.nn.functional.one_hot(torch.tensor(types, dtype=torch.long), 4).float()[perm],
+        name=name,
+    )
+
+
+def _read_xyz(path: Path) -> Iterator[tuple[str, list[str], list[list[float]]]]:
+    lines = path.read_text().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise DataError(f"{path}: empty file")
+    i, frame = 0, 0
+    while i < len(lines):
+        try:
+            n = int(lines[i].strip())
+        except ValueError:
+            raise DataError(f"{path}:{i + 1}: expected an atom count, got {lines[i].strip()[:40]!r}") from None
+        if n < 1 or i + 2 + n > len(lines):
+            raise DataError(f"{path}:{i + 1}: frame of {n} atoms runs past the end of the file")
+        elements, coords = [], []
+        for k in range(i + 2, i + 2 + n):
+            parts = lines[k].split()
+            try:
+                elements.append(parts[0].capitalize())
+                coords.append([float(v) for v in parts[1:4]])
+            except (IndexError, ValueError):
+                raise DataError(f"{path}:{k + 1}: expected 'element x y z', got {lines[k].strip()[:40]!r}") from None
+            if len(coords[-1]) != 3:
+                raise DataError(f"{path}:{k + 1}: expected 'element x y z', got {lines[k].strip()[:40]!r}")
+        yield f"{path.name}:{frame}", elements, coords
+        i += 2 + n
+        frame += 1
+
+
+def _read_sdf(path: Path) -> Iterator[tuple[str, list[str], list[list[float]]]]:
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    if not path.read_text().strip():
+        raise DataError(f"{path}: empty file")
+    supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)
+    count = 0
+    for k, mol in enumerate(supplier):
+        if mol is None or mol.GetNumConformers() == 0:
+            raise DataError(f"{path}: record {k + 1} is not a valid molfile with coordinates")
+        conf = mol.GetConformer()
+        elements = [a.GetSymbol() for a in mol.GetAtoms()]
+        coords = [list(conf.GetAtomPosition(a.GetIdx())) for a in mol.GetAtoms()]
+        title = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
+        yield f"{path.name}:{title or k}", elements, coords
+        count += 1
+    if count == 0:
+        raise DataError(f"{path}: no molecules")
+
+
+def read_molecules(paths: Sequence[str | os.PathLike]) -> list[Data]:
+    """Every molecule of the given XYZ (multi-frame too), SDF or MOL files and folders of them, in order."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in INPUT_SUFFIXES)
+            if not found:
+                raise DataError(f"{p}: no .xyz, .sdf or .mol files in this folder")
+            files += found
+        elif p.is_file():
+            if p.suffix.lower() not in INPUT_SUFFIXES:
+                raise DataError(f"{p}: unsupported file type (expected .xyz, .sdf or .mol)")
+            files.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    molecules = []
+    for f in files:
+        reader = _read_xyz if f.suffix.lower() == ".xyz" else _read_sdf
+        molecules += [to_data(name, elements, coords) for name, elements, coords in reader(f)]
+    return molecules
