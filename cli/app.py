@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import typer
+
+import se3pyg
 from se3pyg.cli import data
 from se3pyg.cli.predict import predict
 from se3pyg.cli.runs import runs, ui
 from se3pyg.cli.train import train
-
-import se3pyg
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="SE(3)-Transformer on PyTorch Geometric.")
 

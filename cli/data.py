@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import typer
+
 from se3pyg.cli.console import console, fail, stage_progress
 
 app = typer.Typer(no_args_is_help=True, help="Prepare datasets.")

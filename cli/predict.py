@@ -11,7 +11,7 @@ from se3pyg.cli.console import console, fail
 
 def predict(
     ckpt: Path = typer.Option(..., "--ckpt", help="se3pyg or NVIDIA checkpoint."),
-    input: list[Path] | None = typer.Option(None, "--input", help="XYZ/SDF file or folder (repeatable)."),  # noqa: A002
+    input: list[Path] | None = typer.Option(None, "--input", help="XYZ/SDF file or folder (repeatable)."),
     output: Path = typer.Option(Path("predictions.csv"), "--output", help="CSV for --input predictions."),
     split: str = typer.Option("test", help="Without --input: QM9 split to evaluate, test or val."),
     batch_size: int = typer.Option(240, help="Molecules per batch."),

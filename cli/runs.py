@@ -55,7 +55,7 @@ def runs(
         found = client.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"])
     except typer.Exit:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise fail(f"MLflow tracking store {uri}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
     table = Table(title=f"{experiment} ({uri})")
     for column in ("run", "task", "status", "epochs", "best val MAE", "test MAE", "mol/ms", "duration"):

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import typer
+
 from se3pyg.cli.console import console, fail
 
 QUICK = dict(

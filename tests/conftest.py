@@ -37,3 +37,16 @@ def wigner_D(degree: int, R: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="session", params=GOLDEN_FILES, ids=[p.stem for p in GOLDEN_FILES])
 def golden(request: pytest.FixtureRequest) -> dict:
     return torch.load(request.param, weights_only=True)
+
+
+QM9_SUBSET = 300
+
+
+@pytest.fixture(scope="session")
+def qm9_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real QM9 build (qm9pack + RDKit + PyG) of the first molecules, shared by the session."""
+    from se3pyg.data import prepare_qm9
+
+    root = tmp_path_factory.mktemp("qm9")
+    prepare_qm9(root, limit=QM9_SUBSET)
+    return root

@@ -38,7 +38,7 @@ def perceive_bonds(elements: Sequence[str], coords: Sequence[Sequence[float]]): 
     try:
         rdDetermineBonds.DetermineBonds(mol, charge=0)
         Chem.Kekulize(mol, clearAromaticFlags=True)
-    except Exception:  # noqa: BLE001 - bond orders not determinable: keep connectivity, single bonds
+    except Exception:  # bond orders not determinable: keep connectivity, single bonds
         mol = Chem.MolFromXYZBlock(xyz)
         rdDetermineBonds.DetermineConnectivity(mol)
     return mol

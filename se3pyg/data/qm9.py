@@ -286,7 +286,7 @@ def load_qm9(
         dataset = OfflineQM9(str(root))
     except DataError:
         raise
-    except Exception as exc:  # noqa: BLE001 - an unreadable build is one clear error, not a traceback
+    except Exception as exc:  # an unreadable build is one clear error, not a traceback
         raise DataError(f"{root}: QM9 build cannot be loaded ({type(exc).__name__}: {exc})") from None
     if len(dataset) != manifest["count"]:
         raise DataError(f"{root}: {len(dataset)} molecules on disk, manifest says {manifest['count']}")

@@ -15,7 +15,7 @@ from torch_geometric.loader import DataLoader
 from se3pyg.compat.nvidia import load_nvidia
 from se3pyg.data import get_task, qm9_splits
 from se3pyg.data.tasks import Task
-from se3pyg.engine.checkpoint import FORMAT, CheckpointError, load_checkpoint
+from se3pyg.engine.checkpoint import CheckpointError, is_se3pyg_checkpoint, load_checkpoint, read_torch_file
 from se3pyg.engine.distributed import DistInfo
 from se3pyg.engine.evaluate import mean_absolute_error
 from se3pyg.model import SE3TransformerPooled
@@ -41,14 +41,9 @@ def load_model(
 ) -> LoadedModel:
     """The model of an se3pyg checkpoint, or of an NVIDIA one (heads and ``channels_div`` as given)."""
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such checkpoint file")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
-    if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        ckpt = load_checkpoint(p)
+    payload = read_torch_file(p)
+    if is_se3pyg_checkpoint(payload):
+        ckpt = load_checkpoint(p, payload)
         model = SE3TransformerPooled.from_config(ckpt["model_config"])
         model.load_state_dict(ckpt["state_dict"])
         if task is not None and task != ckpt["task"]:
