@@ -33,6 +33,18 @@ def _artifact_location(uri: str) -> str | None:
     return None
 
 
+def _probe(uri: str) -> None:
+    """Fail fast when a tracking server does not answer its health check."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
+            pass
+    except OSError as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"MLflow tracking store {uri} is unreachable: {reason}") from None
+
+
 class Tracker:
     """A started MLflow run; every call after a failure is a no-op."""
 
@@ -50,6 +62,11 @@ class Tracker:
         self.active = True
         if self.uri.startswith("sqlite:///"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if self.uri.startswith(("http://", "https://")):
+            # A server that drops mid-run must not stall training in MLflow's long retry loop.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+            _probe(self.uri)
         try:
             mlflow.set_tracking_uri(self.uri)
             client = mlflow.MlflowClient()

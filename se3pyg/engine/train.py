@@ -260,7 +260,8 @@ def _train(config: TrainConfig, info: distributed.DistInfo, on_epoch: EpochCallb
                     if flags[1] > 0:
                         save(last_done)
                         status = "KILLED"
-                        raise TrainingError(f"interrupted at epoch {epoch}; checkpoint of epoch {last_done} saved", 130)
+                        saved = f"checkpoint of epoch {last_done} saved" if config.save_ckpt_path else "nothing saved"
+                        raise TrainingError(f"interrupted at epoch {epoch} ({saved})", 128 + (stop.signal or 2))
                     loss_sum += loss.detach().double() * batch.num_graphs
                     molecules += batch.num_graphs
                 counts = torch.tensor([loss_sum.item(), molecules], device=info.device, dtype=torch.float64)

@@ -1,0 +1,176 @@
+"""se3pyg predict: QM9 splits, XYZ/SDF molecules to CSV, NVIDIA checkpoints, bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from se3pyg.data.molecules import read_molecules
+from se3pyg.engine.config import TrainConfig
+from se3pyg.engine.train import run
+
+from .conftest import GOLDEN, QM9_SUBSET
+
+WATER_METHANE = """3
+water
+O 0.0 0.0 0.117
+H 0.0 0.757 -0.467
+H 0.0 -0.757 -0.467
+5
+methane
+C -0.0127 1.0858 0.0080
+H 0.0022 -0.0060 0.0020
+H 1.0117 1.4638 0.0003
+H -0.5408 1.4475 -0.8766
+H -0.5238 1.4379 0.9064
+"""
+
+ETHENE_SDF = """ethene
+     se3pyg
+
+  6  5  0  0  0  0  0  0  0  0999 V2000
+   -0.6672    0.0000    0.0000 C   0  0  0  0  0  0  0  0  0  0  0  0
+    0.6672    0.0000    0.0000 C   0  0  0  0  0  0  0  0  0  0  0  0
+   -1.2360    0.9289    0.0000 H   0  0  0  0  0  0  0  0  0  0  0  0
+   -1.2360   -0.9289    0.0000 H   0  0  0  0  0  0  0  0  0  0  0  0
+    1.2360    0.9289    0.0000 H   0  0  0  0  0  0  0  0  0  0  0  0
+    1.2360   -0.9289    0.0000 H   0  0  0  0  0  0  0  0  0  0  0  0
+  1  2  2  0
+  1  3  1  0
+  1  4  1  0
+  2  5  1  0
+  2  6  1  0
+M  END
+$$$$
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(qm9_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("trained")
+    ckpt = root / "model.pt"
+    run(
+        TrainConfig(
+            num_layers=1,
+            num_degrees=2,
+            num_channels=8,
+            num_heads=2,
+            batch_size=16,
+            limit=QM9_SUBSET,
+            epochs=1,
+            data_dir=str(qm9_dir),
+            save_ckpt_path=str(ckpt),
+            tracking_uri=f"sqlite:///{root}/mlflow.db",
+        )
+    )
+    return ckpt
+
+
+@pytest.fixture()
+def inputs(tmp_path: Path) -> Path:
+    folder = tmp_path / "mols"
+    folder.mkdir()
+    (folder / "a.xyz").write_text(WATER_METHANE)
+    (folder / "b.sdf").write_text(ETHENE_SDF)
+    return folder
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run(
+        [sys.executable, "-m", "se3pyg", "predict", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_bonds_are_perceived_from_coordinates(inputs: Path) -> None:
+    water, methane, ethene = read_molecules([inputs / "a.xyz", inputs / "b.sdf"])
+    assert (water.name, methane.name, ethene.name) == ("a.xyz:0", "a.xyz:1", "b.sdf:ethene")
+    assert water.edge_index.shape[1] == 4 and methane.edge_index.shape[1] == 8
+    assert ethene.edge_attr.sum(0).tolist() == [8.0, 2.0, 0.0, 0.0]  # C=C double bond, both directions
+    assert water.x[0].tolist() == [0, 0, 0, 1, 0, 8]
+
+
+def test_predictions_to_csv_in_input_order(trained: Path, inputs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pred.csv"
+    done = _cli("--ckpt", str(trained), "--input", str(inputs / "b.sdf"), "--input", str(inputs / "a.xyz"),
+                "--output", str(out), cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [r["molecule"] for r in rows] == ["b.sdf:ethene", "a.xyz:0", "a.xyz:1"]
+    assert {r["task"] for r in rows} == {"homo"} and {r["unit"] for r in rows} == {"eV"}
+    values = [float(r["prediction"]) for r in rows]
+    assert all(-20 < v < 5 for v in values)  # standardization undone: eV, not standard units
+
+
+def test_folder_input_and_split_evaluation(trained: Path, inputs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pred.csv"
+    assert _cli("--ckpt", str(trained), "--input", str(inputs), "--output", str(out), cwd=tmp_path).returncode == 0
+    assert len(list(csv.DictReader(out.open()))) == 3
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = _cli("--ckpt", str(trained), "--split", "val", "--tracking-uri", uri, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "val MAE" in done.stdout and "on 41 molecules" in done.stdout
+
+
+def test_nvidia_checkpoint_needs_target_statistics(inputs: Path, tmp_path: Path) -> None:
+    golden = GOLDEN / "nvidia_small_full.pt"
+    out = tmp_path / "pred.csv"
+    done = _cli("--ckpt", str(golden), "--num-heads", "4", "--input", str(inputs), "--output", str(out), cwd=tmp_path)
+    assert done.returncode != 0 and "no target statistics" in done.stderr and not out.exists()
+    done = _cli("--ckpt", str(golden), "--num-heads", "4", "--input", str(inputs), "--output", str(out),
+                "--target-mean", "-6.5", "--target-std", "0.6", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(list(csv.DictReader(out.open()))) == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.xyz", "3\nwater\nO 0 0 0\nH 0 0.7\n", "bad.xyz:4: expected 'element x y z'"),
+        ("short.xyz", "5\nx\nC 0 0 0\n", "short.xyz:1: frame of 5 atoms runs past the end"),
+        ("count.xyz", "three\nx\n", "count.xyz:1: expected an atom count"),
+        ("empty.xyz", "", "empty.xyz: empty file"),
+        ("empty.sdf", "\n", "empty.sdf: empty file"),
+        ("bad.sdf", "not a molfile\n$$$$\n", "bad.sdf: record 1 is not a valid molfile"),
+        ("si.xyz", "1\nx\nSi 0 0 0\n", "si.xyz:0: unknown element Si"),
+        ("notes.txt", "hello", "notes.txt: unsupported file type"),
+    ],
+)
+def test_bad_inputs_are_refused_without_output(
+    trained: Path, tmp_path: Path, name: str, content: str, message: str
+) -> None:
+    bad = tmp_path / name
+    bad.write_text(content)
+    out = tmp_path / "pred.csv"
+    done = _cli("--ckpt", str(trained), "--input", str(bad), "--output", str(out), cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists() and not list(tmp_path.glob(".pred.csv*"))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: None, "missing.pt: no such checkpoint file"),
+        (lambda p: p.write_bytes(b"garbage"), "missing.pt: not a readable PyTorch checkpoint"),
+        (lambda p: torch.save({"weights": torch.zeros(2)}, p), "not an se3pyg or NVIDIA"),
+    ],
+)
+def test_missing_or_foreign_checkpoints_are_refused(inputs: Path, tmp_path: Path, make, message: str) -> None:
+    path = tmp_path / "missing.pt"
+    make(path)
+    out = tmp_path / "pred.csv"
+    done = _cli("--ckpt", str(path), "--input", str(inputs), "--output", str(out), cwd=tmp_path)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()

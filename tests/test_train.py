@@ -1,0 +1,196 @@
+"""Training with real parts: QM9 subset, SQLite MLflow store, gloo DDP processes, signals, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from se3pyg.data import get_task, qm9_splits
+from se3pyg.engine import distributed
+from se3pyg.engine.checkpoint import best_path, load_checkpoint
+from se3pyg.engine.config import TrainConfig
+from se3pyg.engine.optim import Lamb
+from se3pyg.engine.train import run
+from se3pyg.model import SE3TransformerPooled
+
+from .conftest import QM9_SUBSET
+
+TINY = dict(num_layers=1, num_degrees=2, num_channels=8, num_heads=2, batch_size=16, limit=QM9_SUBSET)
+
+
+def _client(uri: str) -> mlflow.MlflowClient:
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient()
+
+
+def _cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", "se3pyg", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _tiny_args(qm9_dir: Path) -> list[str]:
+    out = ["--data-dir", str(qm9_dir), "--gpus", "0"]
+    for key, value in TINY.items():
+        out += [f"--{key.replace('_', '-')}", str(value)]
+    return out
+
+
+def test_training_run_lands_in_sqlite_mlflow(qm9_dir: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    ckpt = tmp_path / "ckpt" / "model.pt"
+    config = TrainConfig(
+        **TINY, epochs=3, eval_interval=2, data_dir=str(qm9_dir), save_ckpt_path=str(ckpt), tracking_uri=uri
+    )
+    result = run(config)
+    assert result is not None and result.epochs_run == 3
+    assert result.test_mae > 0 and result.best_val_mae < float("inf")
+
+    run_info = _client(uri).get_run(result.run_id)
+    params, metrics = run_info.data.params, run_info.data.metrics
+    for name in ("task", "epochs", "batch_size", "learning_rate", "num_layers", "num_degrees", "num_channels",
+                 "world_size", "n_params", "n_train", "n_val", "n_test", "device", "version_torch"):  # fmt: skip
+        assert name in params, name
+    assert params["task"] == "homo" and params["world_size"] == "1"
+    assert (params["n_train"], params["n_val"], params["n_test"]) == ("229", "41", "30")
+    assert {"best_val_mae", "test_mae"} <= set(metrics)
+    history = {k: _client(uri).get_metric_history(result.run_id, k) for k in ("train_loss", "val_mae", "lr")}
+    assert [m.step for m in history["train_loss"]] == [0, 1, 2]
+    assert [m.step for m in history["val_mae"]] == [1, 2]  # every 2nd epoch and the last
+    assert history["lr"][0].value == pytest.approx(0.002)
+    assert run_info.info.status == "FINISHED"
+    artifacts = {a.path for a in _client(uri).list_artifacts(result.run_id)}
+    assert {"model.pt", "config.json"} <= artifacts
+
+    saved = load_checkpoint(ckpt)
+    assert saved["epoch"] == 2 and saved["task"] == "homo" and saved["model_config"]["num_channels"] == 8
+    assert best_path(ckpt).is_file() and load_checkpoint(best_path(ckpt))["best_val_mae"] == pytest.approx(
+        result.best_val_mae
+    )
+
+
+def _ddp_gradients(out: str, state: dict, batch: Batch) -> None:
+    info = distributed.init(use_cuda=False)
+    model = SE3TransformerPooled(num_layers=1, num_degrees=2, num_channels=8, num_heads=2)
+    model.load_state_dict(state)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    half = batch.num_graphs // info.world_size
+    part = Batch.from_data_list(batch.to_data_list()[info.rank * half : (info.rank + 1) * half])
+    torch.nn.functional.l1_loss(ddp(part), part.y).backward()
+    if info.is_main:
+        torch.save([p.grad for p in model.parameters()], out)
+    distributed.shutdown()
+
+
+def test_two_process_ddp_gradients_equal_one_process(qm9_dir: Path, tmp_path: Path) -> None:
+    splits = qm9_splits(qm9_dir, get_task("homo"), limit=QM9_SUBSET)
+    batch = Batch.from_data_list([splits.train[i] for i in range(8)])
+    torch.manual_seed(0)
+    model = SE3TransformerPooled(num_layers=1, num_degrees=2, num_channels=8, num_heads=2)
+    torch.nn.functional.l1_loss(model(batch), batch.y).backward()
+    out = tmp_path / "grads.pt"
+    distributed.spawn(_ddp_gradients, 2, str(out), model.state_dict(), batch)
+    ddp_grads = torch.load(out, weights_only=True)
+    for p, g in zip(model.parameters(), ddp_grads, strict=True):
+        assert torch.allclose(p.grad, g, atol=1e-6, rtol=1e-5)
+
+
+def test_cli_ddp_run_on_two_gloo_processes(qm9_dir: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = _cli("train", *_tiny_args(qm9_dir), "--epochs", "1", "--processes", "2", "--tracking-uri", uri, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    runs = _client(uri).search_runs([_client(uri).get_experiment_by_name("se3pyg").experiment_id])
+    assert len(runs) == 1 and runs[0].data.params["world_size"] == "2"
+    assert runs[0].info.status == "FINISHED" and "test_mae" in runs[0].data.metrics
+
+
+def test_sigterm_saves_marks_killed_and_resume_continues(qm9_dir: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ckpt = tmp_path / "model.pt"
+    args = ["train", *_tiny_args(qm9_dir), "--tracking-uri", uri, "--save-ckpt-path", str(ckpt)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "se3pyg", *args, "--epochs", "1000", "--ckpt-interval", "1"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert ckpt.exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in time"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in stderr and "interrupted at epoch" in stderr
+    killed = load_checkpoint(ckpt)
+    client = _client(uri)
+    first = client.search_runs([client.get_experiment_by_name("se3pyg").experiment_id])[0]
+    assert first.info.status == "KILLED"
+
+    epochs = killed["epoch"] + 3
+    resumed = _cli(*args, "--load-ckpt-path", str(ckpt), "--epochs", str(epochs), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(ckpt)["epoch"] == epochs - 1
+    runs = client.search_runs([client.get_experiment_by_name("se3pyg").experiment_id], "tags.resumed_from != ''")
+    assert len(runs) == 1 and runs[0].data.tags["resumed_from"] == first.info.run_id
+    assert runs[0].data.params["start_epoch"] == str(killed["epoch"] + 1)
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
+    assert steps == [killed["epoch"] + 1, killed["epoch"] + 2]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(qm9_dir: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "model.pt"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = _cli(
+        "train", *_tiny_args(qm9_dir), "--epochs", "5", "--optimizer", "sgd", "--lr", "1e30",
+        "--save-ckpt-path", str(ckpt), "--tracking-uri", uri, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "loss became" in done.stderr and "Traceback" not in done.stderr
+    assert (
+        not ckpt.exists()
+        or torch.isfinite(torch.cat([v.flatten() for v in load_checkpoint(ckpt)["state_dict"].values()])).all()
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "homos"], "unknown task 'homos'; valid tasks: mu, alpha, homo"),
+        (["--optimizer", "adagrad"], "--optimizer must be one of adam, sgd, lamb"),
+        (["--amp-dtype", "fp8"], "--amp-dtype must be fp16 or bf16"),
+        (["--num-heads", "3"], "--num-heads 3 must divide"),
+        (["--load-ckpt-path", "missing.pt"], "missing.pt: no such checkpoint file"),
+        (["--tracking-uri", "http://127.0.0.1:9"], "MLflow tracking store http://127.0.0.1:9 is unreachable"),
+    ],
+)
+def test_bad_training_options_are_one_line_errors(qm9_dir: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    env_uri = ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"] if "--tracking-uri" not in args else []
+    done = _cli("train", *_tiny_args(qm9_dir), "--epochs", "1", *env_uri, *args, cwd=tmp_path, timeout=120)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len([line for line in done.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_lamb_takes_trust_ratio_steps() -> None:
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    opt = Lamb([w], lr=0.1, weight_decay=0.0)
+    w.grad = torch.tensor([1.0, 1.0])
+    opt.step()
+    # First step: Adam update ~ sign(g) = (1, 1), |u| = sqrt(2); trust = |w| / |u| = 5 / sqrt(2).
+    assert torch.allclose(w.detach(), torch.tensor([3.0, 4.0]) - 0.1 * 5 / 2**0.5, atol=1e-4)

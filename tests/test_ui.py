@@ -1,0 +1,81 @@
+"""se3pyg ui: the MLflow UI on a free loopback port, its runs page rendered by headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from se3pyg.engine import distributed
+from se3pyg.engine.tracking import Tracker
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"se3pyg ui exited early: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"{url} did not answer in {timeout} s")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium is not installed")
+def test_ui_shows_the_run_in_chromium(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    tracker = Tracker(uri, "se3pyg", run_name="ui-visible-run-42", tags={"task": "homo", "command": "train"})
+    tracker.log_metrics({"val_mae": 0.05}, step=0)
+    tracker.finish()
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.MlflowClient().get_experiment_by_name("se3pyg").experiment_id
+
+    port = distributed.free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "se3pyg", "ui", "--tracking-uri", uri, "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", proc)
+        page = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
+        dom = subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={tmp_path / 'chromium'}",
+                "--virtual-time-budget=30000",
+                "--dump-dom",
+                page,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        ).stdout
+        assert "ui-visible-run-42" in dom
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
