@@ -137,7 +137,7 @@ def test_nvidia_checkpoint_needs_target_statistics(inputs: Path, tmp_path: Path)
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("bad.xyz", "3\nwater\nO 0 0 0\nH 0 0.7\n", "bad.xyz:4: expected 'element x y z'"),
+        ("bad.xyz", "2\nwater\nO 0 0 0\nH 0 0.7\n", "bad.xyz:4: expected 'element x y z'"),
         ("short.xyz", "5\nx\nC 0 0 0\n", "short.xyz:1: frame of 5 atoms runs past the end"),
         ("count.xyz", "three\nx\n", "count.xyz:1: expected an atom count"),
         ("empty.xyz", "", "empty.xyz: empty file"),

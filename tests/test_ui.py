@@ -54,7 +54,7 @@ def test_ui_shows_the_run_in_chromium(tmp_path: Path) -> None:
     )
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", proc)
-        page = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
+        page = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs"
         dom = subprocess.run(
             [
                 CHROMIUM,

@@ -34,16 +34,27 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """An se3pyg checkpoint, or :class:`CheckpointError` saying why not."""
+def read_torch_file(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, or :class:`CheckpointError` naming the file."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: no such checkpoint file")
     try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # every unreadable file gets one line
         raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+
+
+def is_se3pyg_checkpoint(payload: Any) -> bool:
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
+def load_checkpoint(path: str | os.PathLike, payload: Any = None) -> dict[str, Any]:
+    """An se3pyg checkpoint (read from ``path`` unless ``payload`` is given), or :class:`CheckpointError`."""
+    p = Path(path)
+    if payload is None:
+        payload = read_torch_file(p)
+    if not is_se3pyg_checkpoint(payload):
         raise CheckpointError(f"{p}: not an se3pyg checkpoint")
     if payload.get("version") != VERSION:
         raise CheckpointError(f"{p}: checkpoint version {payload.get('version')} is not supported")
