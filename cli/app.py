@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 import se3pyg
 from se3pyg.cli import data
+from se3pyg.cli.benchmark import benchmark
 from se3pyg.cli.predict import predict
 from se3pyg.cli.runs import runs, ui
 from se3pyg.cli.train import train
@@ -18,6 +21,7 @@ app.command()(train)
 app.command()(predict)
 app.command()(ui)
 app.command()(runs)
+app.command()(benchmark)
 
 
 def _version(value: bool) -> None:
@@ -34,4 +38,5 @@ def _root(
 
 
 def main() -> None:
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's INFO lines are not the user's business
     app()

@@ -10,8 +10,8 @@ import typer
 from se3pyg.cli.console import console, fail
 
 QUICK = dict(
-    limit=2000,
-    epochs=3,
+    limit=10_000,
+    epochs=10,
     batch_size=32,
     num_layers=2,
     num_degrees=2,
@@ -62,7 +62,7 @@ def train(
     tracking_uri: str | None = typer.Option(None, help="MLflow store (default $MLFLOW_TRACKING_URI or mlruns/)."),
     experiment: str = typer.Option("se3pyg", help="MLflow experiment."),
     run_name: str | None = typer.Option(None, help="MLflow run name."),
-    quick: bool = typer.Option(False, "--quick", help="Demo: small model on 2,000 molecules, a few minutes on CPU."),
+    quick: bool = typer.Option(False, "--quick", help="Demo: small model on 10,000 molecules, a few minutes on CPU."),
 ) -> None:
     """Train on QM9 with NVIDIA's recipe; every run is an MLflow run."""
     import torch
@@ -84,7 +84,7 @@ def train(
     if config.gpus > torch.cuda.device_count():
         raise fail(f"--gpus {config.gpus}: only {torch.cuda.device_count()} visible")
     if quick:
-        console.print("se3pyg --quick: a demo run (small model, 2,000 QM9 molecules), not the published recipe")
+        console.print("se3pyg --quick: a demo run (small model, 10,000 QM9 molecules), not the published recipe")
 
     def report(m: dict[str, float]) -> None:
         if not config.silent:
@@ -107,4 +107,5 @@ def train(
             f"done in {time.perf_counter() - start:.1f} s: best val MAE {result.best_val_mae:.5f}, "
             f"test MAE {result.test_mae:.5f} ({config.task}), MLflow run {result.run_id}",
             highlight=False,
+            soft_wrap=True,
         )
