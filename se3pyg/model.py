@@ -280,7 +280,9 @@ class SE3TransformerPooled(nn.Module):
         if basis is None:
             basis = getattr(batch, "sh", None)
         pooled = self.transformer(batch, node_feats, edge_feats, basis)
-        return self.mlp(pooled).squeeze(-1)
+        weight = self.mlp[0].weight
+        with torch.autocast(weight.device.type, enabled=False):  # the small head stays in full precision
+            return self.mlp(pooled.to(weight.dtype)).squeeze(-1)
 
     def pooled_features(self, batch: Any, basis: Basis | Tensor | None = None) -> Tensor:
         """The pooled transformer output ``[B, C_out]``, before the MLP."""

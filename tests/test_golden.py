@@ -124,3 +124,29 @@ def test_truncated_state_dict_is_refused(golden: dict) -> None:
     state.pop("transformer.graph_modules.1.group_norm.bias")
     with pytest.raises(ValueError, match="missing"):
         load_nvidia(state, num_heads=golden["nvidia_config"]["num_heads"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_autocast_stays_close_to_float32(golden: dict, dtype: torch.dtype) -> None:
+    """Mixed precision (CPU autocast here) changes predictions by at most 2e-2 relative."""
+    model = _load(golden)
+    batch = golden_batch(golden)
+    with torch.no_grad():
+        reference = model(batch)
+        with torch.autocast("cpu", dtype=dtype):
+            mixed = model(batch)
+    assert mixed.dtype == torch.float32
+    assert ((mixed - reference).abs().max() / reference.abs().max()).item() <= 2e-2
+
+
+def test_every_edge_chunking_gives_the_same_function(golden: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU kernel's edge chunks are a speed choice only."""
+    from se3pyg.nn.conv import KernelGroup
+
+    batch = golden_batch(golden)
+    model = _load(golden)
+    for chunk in (1, 1000, 1 << 40):
+        monkeypatch.setattr(KernelGroup, "CPU_CHUNK_FLOATS", chunk)
+        with torch.no_grad():
+            prediction = model(batch)
+        assert relative_error(prediction, golden["expected_prediction"]) <= TOL

@@ -67,9 +67,11 @@ class AttentionSE3(MessagePassing):
     def message(
         self, q_i: Tensor, k: Tensor, v: Tensor, index: Tensor, ptr: Tensor | None, size_i: int | None
     ) -> Tensor:
-        logits = (q_i * k).sum(-1) / math.sqrt(self.key_fiber.num_features)
+        # Logits and softmax in at least float32, whatever autocast gave the keys and queries.
+        dtype = torch.promote_types(v.dtype, torch.float32)
+        logits = (q_i.to(dtype) * k.to(dtype)).sum(-1) / math.sqrt(self.key_fiber.num_features)
         alpha = softmax(logits, index, ptr, size_i)
-        return v * alpha.unsqueeze(-1)
+        return v.to(dtype) * alpha.unsqueeze(-1)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(heads={self.num_heads}, key={self.key_fiber}, value={self.value_fiber})"

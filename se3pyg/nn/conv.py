@@ -28,7 +28,16 @@ class KernelGroup(nn.Module):
     .. math::
 
         y_{e o k} = \sum_{i f} R_{e o (i f)} \sum_l x_{e i l} B_{e l f k}.
+
+    The frequencies run over output degrees first, so the sum is taken one
+    output degree at a time with that degree's basis block only (the fused
+    basis is zero elsewhere): about 3x fewer multiplications than the dense
+    contraction for degrees 0..3. On CPU, edges go in chunks whose radial
+    weights stay in cache.
     """
+
+    #: Radial weights per CPU chunk (floats): about 8 MB.
+    CPU_CHUNK_FLOATS = 1 << 21
 
     def __init__(
         self,
@@ -44,17 +53,45 @@ class KernelGroup(nn.Module):
         self.uses_basis = uses_basis
         self.degrees_in = list(degrees_in)
         self.degrees_out = list(degrees_out)
-        num_freq = sum(num_frequencies(i, o) for o in degrees_out for i in degrees_in)
+        self.channels_in = channels_in
+        self.channels_out = channels_out
+        self.freq_blocks = [sum(num_frequencies(i, o) for i in degrees_in) for o in degrees_out]
+        num_freq = sum(self.freq_blocks)
         self.radial_func = RadialProfile(num_freq, channels_in, channels_out, edge_dim, use_layer_norm=use_layer_norm)
 
-    def forward(self, features: Tensor, edge_scalars: Tensor, basis: Tensor | None) -> Tensor:
+    def _block_weights(self) -> list[Tensor]:
+        """The radial network's last weight split per output degree: ``[C_out * C_in * F_d, hidden]`` each."""
+        weight = self.radial_func.net[-1].weight
+        if len(self.freq_blocks) == 1:
+            return [weight]
+        per_pair = weight.view(self.channels_out, self.channels_in, sum(self.freq_blocks), -1)
+        return [b.reshape(-1, weight.shape[-1]) for b in per_pair.split(self.freq_blocks, dim=2)]
+
+    def forward(self, features: Tensor, edge_scalars: Tensor, basis: Basis | None) -> Tensor:
         """``[E, C_in, D_in]`` -> ``[E, C_out, D_out]``."""
-        weights = self.radial_func(edge_scalars)
-        if basis is None:
+        hidden = self.radial_func.hidden(edge_scalars)
+        if basis is None:  # NVIDIA's pairwise 0 -> 0 kernel
+            weights = (hidden @ self.radial_func.net[-1].weight.T).view(-1, self.channels_out, self.channels_in)
             return weights @ features
-        num_edges, dim_in = features.shape[0], basis.shape[1]
-        tmp = (features @ basis.reshape(num_edges, dim_in, -1)).view(num_edges, -1, basis.shape[-1])
-        return weights @ tmp
+        blocks = [basis.fused(self.degrees_in, [d]) for d in self.degrees_out]
+        block_weights = self._block_weights()
+        num_edges = features.shape[0]
+        chunk = num_edges
+        if features.device.type == "cpu":
+            chunk = max(1, self.CPU_CHUNK_FLOATS // (self.channels_out * self.channels_in * sum(self.freq_blocks)))
+        outputs = []
+        for start in range(0, num_edges, chunk):
+            stop = min(start + chunk, num_edges)
+            x, h = features[start:stop], hidden[start:stop]
+            parts = []
+            for weight, block, freq in zip(block_weights, blocks, self.freq_blocks, strict=True):
+                b = block[start:stop]
+                dim_out = b.shape[-1]
+                tmp = (x @ b.reshape(stop - start, b.shape[1], -1)).view(stop - start, -1, dim_out)
+                radial = (h @ weight.T).view(stop - start, self.channels_out, self.channels_in * freq)
+                parts.append(radial @ tmp)
+            outputs.append(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
 class ConvSE3(MessagePassing):
@@ -188,7 +225,7 @@ class ConvSE3(MessagePassing):
         outputs: dict[str, Tensor] = {}
         for _, group in self.groups:
             feats = torch.cat([inputs[str(d)] for d in group.degrees_in], dim=-1)
-            group_basis = basis.fused(group.degrees_in, group.degrees_out) if group.uses_basis else None
+            group_basis = basis if group.uses_basis else None
             if self.low_memory and torch.is_grad_enabled():
                 y = torch.utils.checkpoint.checkpoint(group, feats, edge_scalars, group_basis, use_reentrant=False)
             else:

@@ -31,7 +31,9 @@ class LinearSE3(nn.Module):
                 weight.normal_().div_(weight.shape[1] ** 0.5)
 
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {key: weight @ features[key] for key, weight in self.weights.items()}
+        # Channel mixing is cheap and precision-sensitive: it stays in the weights' dtype under autocast.
+        with torch.autocast(features[next(iter(self.weights))].device.type, enabled=False):
+            return {key: weight @ features[key].to(weight.dtype) for key, weight in self.weights.items()}
 
     def extra_repr(self) -> str:
         return f"{self.fiber_in} -> {self.fiber_out}"

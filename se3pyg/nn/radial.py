@@ -36,6 +36,12 @@ class RadialProfile(nn.Module):
         layers += [nn.ReLU(), nn.Linear(mid_dim, num_freq * channels_in * channels_out, bias=False)]
         self.net = nn.Sequential(*layers)
 
+    def hidden(self, edge_scalars: Tensor) -> Tensor:
+        """The MLP up to its last layer: ``[E, mid_dim]``."""
+        for layer in self.net[:-1]:
+            edge_scalars = layer(edge_scalars)
+        return edge_scalars
+
     def forward(self, edge_scalars: Tensor) -> Tensor:
         """``[E, edge_dim]`` -> ``[E, channels_out, channels_in * num_freq]``."""
         return self.net(edge_scalars).view(-1, self.channels_out, self.channels_in * self.num_freq)
