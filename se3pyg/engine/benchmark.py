@@ -13,11 +13,13 @@ import itertools
 import math
 import resource
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 from se3pyg.data import get_task, qm9_splits
@@ -73,8 +75,8 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
-    """One benchmark; returns the figures (see :data:`RESULT_KEYS`)."""
+def run_benchmark(config: BenchmarkConfig, molecules: Sequence[Data] | None = None) -> dict[str, Any]:
+    """One benchmark on random QM9 training molecules (or on ``molecules``, training view); returns the figures."""
     if config.mode not in ("train", "predict"):
         raise ValueError(f"mode must be train or predict, got {config.mode!r}")
     if config.steps < 1 or config.batch_size < 1:
@@ -82,14 +84,15 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
     device = torch.device("cuda" if config.gpus > 0 and torch.cuda.is_available() else "cpu")
     torch.manual_seed(config.seed)
     model = SE3TransformerPooled(**config.model_kwargs()).to(device)
-    degree = model.transformer.max_degree if config.precompute_bases else None
-    splits = qm9_splits(config.data_dir, get_task("homo"), config.limit, precompute_degree=degree)
+    if molecules is None:
+        degree = model.transformer.max_degree if config.precompute_bases else None
+        molecules = qm9_splits(config.data_dir, get_task("homo"), config.limit, precompute_degree=degree).train
     needed = (config.steps + config.warmup + 1) * config.batch_size
     generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(splits.train, batch_size=config.batch_size, shuffle=True, generator=generator, drop_last=True)
+    loader = DataLoader(molecules, batch_size=config.batch_size, shuffle=True, generator=generator, drop_last=True)
     if len(loader) < config.steps + config.warmup + 1:
         raise ValueError(
-            f"{len(splits.train)} training molecules give {len(loader)} batches of {config.batch_size}; "
+            f"{len(molecules)} training molecules give {len(loader)} batches of {config.batch_size}; "
             f"{config.steps + config.warmup + 1} needed ({needed} molecules): raise --limit or lower --steps"
         )
     batches = []

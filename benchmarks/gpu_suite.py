@@ -1,0 +1,112 @@
+"""GPU checks and benchmarks in one go, for a lent GPU machine; writes JSON to $OUT (or --out).
+
+Needs only torch, torch_geometric and e3nn on the GPU machine (no mlflow,
+rdkit or qm9pack): molecules come from a file exported beforehand on a
+machine with the QM9 build (``--export``), the golden files from
+``../shared/golden``.
+
+    python benchmarks/gpu_suite.py --export benchmarks/qm9_sample.pt --data-dir data/qm9   # here
+    python benchmarks/gpu_suite.py --molecules benchmarks/qm9_sample.pt                  # on the GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+from torch_geometric.data import Batch, Data
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from se3pyg.compat.nvidia import load_nvidia  # noqa: E402
+from se3pyg.engine.benchmark import BenchmarkConfig, run_benchmark  # noqa: E402
+
+KEYS = ("x", "pos", "edge_index", "edge_attr")
+
+
+def export(data_dir: str, path: str, count: int, seed: int = 0) -> None:
+    """``count`` random QM9 molecules (training view, standardized homo) as a list of tensor dicts."""
+    from se3pyg.data import get_task, qm9_splits
+
+    splits = qm9_splits(data_dir, get_task("homo"))
+    order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))[:count]
+    mols = [{k: getattr(splits.train[int(i)], k) for k in (*KEYS, "y")} for i in order]
+    torch.save(mols, path)
+
+
+def golden_checks(device: torch.device) -> dict:
+    out = {}
+    for path in sorted((ROOT.parent / "shared" / "golden").glob("*.pt")):
+        g = torch.load(path, weights_only=True)
+        model = load_nvidia(g["state_dict"], num_heads=g["nvidia_config"]["num_heads"]).to(device)
+        batch = Batch.from_data_list([Data(**{k: m[k] for k in KEYS}) for m in g["molecules"]]).to(device)
+        expected = g["expected_prediction"].to(device)
+        row = {}
+        with torch.no_grad():
+            torch.backends.cuda.matmul.allow_tf32 = False
+            fp32 = model(batch)
+            row["fp32_rel_error"] = ((fp32 - expected).abs().max() / (1 + expected.abs().max())).item()
+            torch.backends.cuda.matmul.allow_tf32 = True
+            row["tf32_rel_to_fp32"] = ((model(batch) - fp32).abs().max() / fp32.abs().max()).item()
+            for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+                with torch.autocast(device.type, dtype=dtype):
+                    mixed = model(batch).float()
+                row[f"{name}_rel_to_fp32"] = ((mixed - fp32).abs().max() / fp32.abs().max()).item()
+        row["pass"] = (
+            row["fp32_rel_error"] <= 1e-4
+            and max(row["tf32_rel_to_fp32"], row["fp16_rel_to_fp32"], row["bf16_rel_to_fp32"]) <= 2e-2
+        )
+        out[path.stem] = row
+    return out
+
+
+def throughput(mols: list[dict], mode: str, batch_size: int, amp: str | None) -> dict:
+    """se3pyg's benchmark (NVIDIA's method) on the GPU for the published recipe."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    config = BenchmarkConfig(
+        mode=mode, batch_size=batch_size, steps=20, amp=amp is not None, amp_dtype=amp or "fp16", gpus=1
+    )
+    result = run_benchmark(config, [Data(**m) for m in mols])
+    result["precision"] = amp or "tf32"
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--export", help="write a molecule sample to this file and stop")
+    parser.add_argument("--data-dir", default="data/qm9")
+    parser.add_argument("--count", type=int, default=3200)
+    parser.add_argument("--molecules", default=str(ROOT / "benchmarks" / "qm9_sample.pt"))
+    parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_results.json"))
+    args = parser.parse_args()
+    if args.export:
+        export(args.data_dir, args.export, args.count)
+        return
+    device = torch.device("cuda")
+    report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    mols = torch.load(args.molecules, weights_only=True)
+    jobs = [
+        ("golden", lambda: golden_checks(device)),
+        ("train_amp_fp16_b240", lambda: throughput(mols, "train", 240, "fp16")),
+        ("train_amp_bf16_b240", lambda: throughput(mols, "train", 240, "bf16")),
+        ("train_tf32_b240", lambda: throughput(mols, "train", 240, None)),
+        ("predict_amp_fp16_b1600", lambda: throughput(mols, "predict", 1600, "fp16")),
+        ("predict_tf32_b1600", lambda: throughput(mols, "predict", 1600, None)),
+    ]
+    for name, job in jobs:
+        try:
+            report[name] = job()
+        except Exception:  # one failing measurement must not lose the others
+            report[name] = {"error": traceback.format_exc(limit=3)}
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        print(name, json.dumps(report[name]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""se3pyg benchmark: NVIDIA's method, a table and one JSON line last, logged to MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+
+from .conftest import QM9_SUBSET
+
+KEYS = {
+    "mode", "batch_size", "throughput_mol_per_ms", "latency_ms_mean", "latency_ms_p90", "latency_ms_p95",
+    "latency_ms_p99", "peak_memory_mb", "device", "edges_per_molecule", "matmul_gflops",
+}  # fmt: skip
+
+
+def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run(
+        [sys.executable, "-m", "se3pyg", "benchmark", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_benchmark_prints_json_last_and_logs_to_mlflow(qm9_dir: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tiny = ["--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2"]
+    for mode in ("train", "predict"):
+        done = _bench(mode, "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--batch-size", "8",
+                      "--steps", "5", "--gpus", "0", "--tracking-uri", uri, *tiny, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert set(result) >= KEYS
+        assert result["mode"] == mode and result["batch_size"] == 8
+        assert result["throughput_mol_per_ms"] > 0 and result["matmul_gflops"] > 0
+        assert result["latency_ms_mean"] <= result["latency_ms_p99"] * 1.0001
+        assert 5 < result["edges_per_molecule"] < 60
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("se3pyg-benchmark").experiment_id])
+    assert len(runs) == 2 and all("throughput_mol_per_ms" in r.data.metrics for r in runs)
+
+
+def test_benchmark_refuses_what_cannot_run(qm9_dir: Path, tmp_path: Path) -> None:
+    done = _bench("fit", "--no-tracking", cwd=tmp_path)
+    assert done.returncode == 2 and "mode must be train or predict" in done.stderr
+    done = _bench("train", "--data-dir", str(qm9_dir), "--limit", "50", "--batch-size", "64", "--gpus", "0",
+                  "--no-tracking", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and "raise --limit or lower --steps" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,47 @@
+"""MLflow tracking: the default store, and a store that drops mid-run."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from se3pyg.engine.tracking import DEFAULT_TRACKING_URI, Tracker, TrackingError, resolve_tracking_uri
+
+
+def test_default_store_is_sqlite_under_mlruns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None) == DEFAULT_TRACKING_URI == "sqlite:///mlruns/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    assert resolve_tracking_uri(None) == "sqlite:///elsewhere.db"
+    assert resolve_tracking_uri("sqlite:///given.db") == "sqlite:///given.db"
+
+
+def test_artifacts_go_beside_the_sqlite_store(tmp_path: Path) -> None:
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "exp")
+    note = tmp_path / "note.txt"
+    note.write_text("hello")
+    tracker.log_artifact(note)
+    tracker.finish()
+    run = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").get_run(tracker.run_id)
+    assert run.info.artifact_uri.startswith((tmp_path / "mlruns").as_uri())
+    assert list((tmp_path / "mlruns").rglob("note.txt"))
+
+
+def test_a_store_that_drops_later_only_disables_tracking(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = tmp_path / "mlflow.db"
+    tracker = Tracker(f"sqlite:///{db}", "exp")
+    tracker.log_metrics({"train_loss": 1.0}, step=0)
+    tracker.client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/gone/missing/mlflow.db")  # the store is gone
+    with caplog.at_level(logging.WARNING, logger="se3pyg.tracking"):
+        tracker.log_metrics({"train_loss": 0.5}, step=1)
+        tracker.log_metrics({"train_loss": 0.25}, step=2)  # a no-op now: no second warning
+    assert not tracker.active
+    assert len([r for r in caplog.records if "tracking disabled" in r.getMessage()]) == 1
+
+
+def test_unreachable_store_at_start_is_one_error(tmp_path: Path) -> None:
+    with pytest.raises(TrackingError, match=r"MLflow tracking store http://127\.0\.0\.1:9 is unreachable"):
+        Tracker("http://127.0.0.1:9", "exp")
