@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +53,12 @@ def qm9_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("qm9")
     prepare_qm9(root, limit=QM9_SUBSET)
     return root
+
+
+def run_se3pyg(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m se3pyg ARGS`` in a real process, without the caller's MLFLOW_TRACKING_URI."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONUNBUFFERED"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "se3pyg", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )

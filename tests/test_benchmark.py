@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 
-from .conftest import QM9_SUBSET
+from .conftest import QM9_SUBSET, run_se3pyg
 
 KEYS = {
     "mode", "batch_size", "throughput_mol_per_ms", "latency_ms_mean", "latency_ms_p90", "latency_ms_p95",
@@ -19,15 +17,7 @@ KEYS = {
 
 
 def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run(
-        [sys.executable, "-m", "se3pyg", "benchmark", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_se3pyg("benchmark", *args, cwd=cwd)
 
 
 def test_benchmark_prints_json_last_and_logs_to_mlflow(qm9_dir: Path, tmp_path: Path) -> None:

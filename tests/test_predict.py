@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from se3pyg.data.molecules import read_molecules
 from se3pyg.engine.config import TrainConfig
 from se3pyg.engine.train import run
 
-from .conftest import GOLDEN, QM9_SUBSET
+from .conftest import GOLDEN, QM9_SUBSET, run_se3pyg
 
 WATER_METHANE = """3
 water
@@ -82,15 +80,7 @@ def inputs(tmp_path: Path) -> Path:
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run(
-        [sys.executable, "-m", "se3pyg", "predict", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_se3pyg("predict", *args, cwd=cwd)
 
 
 def test_bonds_are_perceived_from_coordinates(inputs: Path) -> None:

@@ -22,7 +22,7 @@ from se3pyg.engine.optim import Lamb
 from se3pyg.engine.train import run
 from se3pyg.model import SE3TransformerPooled
 
-from .conftest import QM9_SUBSET
+from .conftest import QM9_SUBSET, run_se3pyg
 
 TINY = dict(num_layers=1, num_degrees=2, num_channels=8, num_heads=2, batch_size=16, limit=QM9_SUBSET)
 
@@ -30,14 +30,6 @@ TINY = dict(num_layers=1, num_degrees=2, num_channels=8, num_heads=2, batch_size
 def _client(uri: str) -> mlflow.MlflowClient:
     mlflow.set_tracking_uri(uri)
     return mlflow.MlflowClient()
-
-
-def _cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(
-        [sys.executable, "-m", "se3pyg", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def _tiny_args(qm9_dir: Path) -> list[str]:
@@ -108,7 +100,9 @@ def test_two_process_ddp_gradients_equal_one_process(qm9_dir: Path, tmp_path: Pa
 
 def test_cli_ddp_run_on_two_gloo_processes(qm9_dir: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    done = _cli("train", *_tiny_args(qm9_dir), "--epochs", "1", "--processes", "2", "--tracking-uri", uri, cwd=tmp_path)
+    done = run_se3pyg(
+        "train", *_tiny_args(qm9_dir), "--epochs", "1", "--processes", "2", "--tracking-uri", uri, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     runs = _client(uri).search_runs([_client(uri).get_experiment_by_name("se3pyg").experiment_id])
     assert len(runs) == 1 and runs[0].data.params["world_size"] == "2"
@@ -142,7 +136,7 @@ def test_sigterm_saves_marks_killed_and_resume_continues(qm9_dir: Path, tmp_path
     assert first.info.status == "KILLED"
 
     epochs = killed["epoch"] + 3
-    resumed = _cli(*args, "--load-ckpt-path", str(ckpt), "--epochs", str(epochs), cwd=tmp_path)
+    resumed = run_se3pyg(*args, "--load-ckpt-path", str(ckpt), "--epochs", str(epochs), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(ckpt)["epoch"] == epochs - 1
     runs = client.search_runs([client.get_experiment_by_name("se3pyg").experiment_id], "tags.resumed_from != ''")
@@ -155,7 +149,7 @@ def test_sigterm_saves_marks_killed_and_resume_continues(qm9_dir: Path, tmp_path
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(qm9_dir: Path, tmp_path: Path) -> None:
     ckpt = tmp_path / "model.pt"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    done = _cli(
+    done = run_se3pyg(
         "train", *_tiny_args(qm9_dir), "--epochs", "5", "--optimizer", "sgd", "--lr", "1e30",
         "--save-ckpt-path", str(ckpt), "--tracking-uri", uri, cwd=tmp_path,
     )  # fmt: skip
@@ -180,7 +174,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(qm9_dir: Path,
 )
 def test_bad_training_options_are_one_line_errors(qm9_dir: Path, tmp_path: Path, args: list[str], message: str) -> None:
     env_uri = ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"] if "--tracking-uri" not in args else []
-    done = _cli("train", *_tiny_args(qm9_dir), "--epochs", "1", *env_uri, *args, cwd=tmp_path, timeout=120)
+    done = run_se3pyg("train", *_tiny_args(qm9_dir), "--epochs", "1", *env_uri, *args, cwd=tmp_path, timeout=120)
     assert done.returncode != 0
     assert message in done.stderr
     assert "Traceback" not in done.stderr

@@ -23,12 +23,13 @@ from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 from se3pyg.data import get_task, qm9_splits
+from se3pyg.engine.config import ModelOptions
 from se3pyg.engine.optim import make_optimizer
 from se3pyg.model import SE3TransformerPooled
 
 
 @dataclass
-class BenchmarkConfig:
+class BenchmarkConfig(ModelOptions):
     mode: str = "train"
     batch_size: int = 240
     steps: int = 20
@@ -40,22 +41,7 @@ class BenchmarkConfig:
     limit: int | None = None
     precompute_bases: bool = False
     compile: bool = False
-    num_layers: int = 7
-    num_heads: int = 8
-    channels_div: int = 2
-    pooling: str = "max"
-    norm: bool = True
-    use_layer_norm: bool = True
-    low_memory: bool = False
-    num_degrees: int = 4
-    num_channels: int = 32
-    layout: str = "full"
     gpus: int = 0
-
-    def model_kwargs(self) -> dict[str, Any]:
-        names = ("num_layers", "num_heads", "channels_div", "pooling", "norm", "use_layer_norm", "low_memory")
-        extra = ("num_degrees", "num_channels", "layout")
-        return {k: getattr(self, k) for k in names + extra}
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:

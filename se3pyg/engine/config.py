@@ -5,22 +5,28 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-MODEL_FIELDS = (
-    "num_layers",
-    "num_degrees",
-    "num_channels",
-    "num_heads",
-    "channels_div",
-    "pooling",
-    "norm",
-    "use_layer_norm",
-    "low_memory",
-    "layout",
-)
+
+@dataclass
+class ModelOptions:
+    """The model hyperparameters a command takes (defaults: NVIDIA's published recipe)."""
+
+    num_layers: int = 7
+    num_heads: int = 8
+    channels_div: int = 2
+    pooling: str = "max"
+    norm: bool = True
+    use_layer_norm: bool = True
+    low_memory: bool = False
+    num_degrees: int = 4
+    num_channels: int = 32
+    layout: str = "full"
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(ModelOptions)}
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelOptions):
     task: str = "homo"
     epochs: int = 100
     batch_size: int = 240
@@ -43,16 +49,6 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.1
     precompute_bases: bool = False
-    num_layers: int = 7
-    num_heads: int = 8
-    channels_div: int = 2
-    pooling: str = "max"
-    norm: bool = True
-    use_layer_norm: bool = True
-    low_memory: bool = False
-    num_degrees: int = 4
-    num_channels: int = 32
-    layout: str = "full"
     gpus: int = 0
     processes: int = 1
     tracking_uri: str | None = None
@@ -61,9 +57,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def model_kwargs(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in MODEL_FIELDS}
 
     def validate(self) -> None:
         """``ValueError`` naming the first option that cannot work."""
@@ -94,7 +87,3 @@ class TrainConfig:
                 f"--num-heads {self.num_heads} must divide num_channels / channels_div = "
                 f"{self.num_channels // self.channels_div}"
             )
-
-
-def field_names() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
