@@ -51,7 +51,10 @@ class TrainResult:
 
 
 def run(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResult | None:
-    """Train as ``config`` says: in this process, under torchrun, or in ``--gpus``/``--processes`` spawned ones."""
+    """Train as ``config`` says: in this process, under torchrun, or in ``--gpus``/``--processes`` spawned ones.
+
+    Returns the result in the process that holds rank 0, ``None`` elsewhere (and in a launcher that spawned).
+    """
     config.validate()
     world = config.gpus if config.gpus > 0 else config.processes
     if world > 1 and not distributed.launched_by_torchrun():
@@ -97,10 +100,12 @@ def _build_model(config: TrainConfig, checkpoint: dict | None) -> SE3Transformer
     return SE3TransformerPooled(**config.model_kwargs())
 
 
-def train_worker(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResult:
+def train_worker(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResult | None:
+    """One rank's training; the result on rank 0, ``None`` on the others."""
     info = distributed.init(use_cuda=config.gpus > 0 and torch.cuda.is_available())
     try:
-        return _train(config, info, on_epoch)
+        result = _train(config, info, on_epoch)
+        return result if info.is_main else None
     finally:
         distributed.shutdown()
 
