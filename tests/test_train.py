@@ -150,9 +150,20 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(qm9_dir: Path,
     ckpt = tmp_path / "model.pt"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     done = run_se3pyg(
-        "train", *_tiny_args(qm9_dir), "--epochs", "5", "--optimizer", "sgd", "--lr", "1e30",
-        "--save-ckpt-path", str(ckpt), "--tracking-uri", uri, cwd=tmp_path,
-    )  # fmt: skip
+        "train",
+        *_tiny_args(qm9_dir),
+        "--epochs",
+        "5",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e30",
+        "--save-ckpt-path",
+        str(ckpt),
+        "--tracking-uri",
+        uri,
+        cwd=tmp_path,
+    )
     assert done.returncode == 3, done.stderr
     assert "loss became" in done.stderr and "Traceback" not in done.stderr
     assert (
@@ -188,3 +199,37 @@ def test_lamb_takes_trust_ratio_steps() -> None:
     opt.step()
     # First step: Adam update ~ sign(g) = (1, 1), |u| = sqrt(2); trust = |w| / |u| = 5 / sqrt(2).
     assert torch.allclose(w.detach(), torch.tensor([3.0, 4.0]) - 0.1 * 5 / 2**0.5, atol=1e-4)
+
+
+def test_torchrun_launch_joins_its_process_group(qm9_dir: Path, tmp_path: Path) -> None:
+    """``torchrun -m se3pyg train``: each rank joins torchrun's group; one MLflow run, one final line."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(distributed.free_port()),
+            "-m",
+            "se3pyg",
+            "train",
+            *_tiny_args(qm9_dir),
+            "--epochs",
+            "1",
+            "--tracking-uri",
+            uri,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("done in") == 1
+    client = _client(uri)
+    runs = client.search_runs([client.get_experiment_by_name("se3pyg").experiment_id])
+    assert len(runs) == 1 and runs[0].data.params["world_size"] == "2"
