@@ -41,7 +41,8 @@ def qm9_splits(
     dataset = load_qm9(data_dir, limit, progress=progress)
     sh_bytes = 0
     if precompute_degree is not None:
-        dataset = dataset.copy()
+        if dataset._indices is not None:  # a --limit view: compact it so only its bonds get harmonics
+            dataset = dataset.copy()
         sh_bytes = attach_spherical_harmonics(dataset, precompute_degree)
     train_idx, val_idx, test_idx = split_indices(len(dataset), seed)
     stats = TargetStats.of(task_targets(dataset, task)[torch.tensor(train_idx)])
