@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -15,6 +16,7 @@ def benchmark(
     mode: str = typer.Argument(..., help="train or predict."),
     batch_size: int = typer.Option(240, help="Molecules per batch."),
     steps: int = typer.Option(20, help="Timed steps after the warm-up."),
+    epochs: int = typer.Option(0, help="Instead of --steps: time this many epochs after a warm-up epoch."),
     warmup: int = typer.Option(2, help="Untimed warm-up steps."),
     amp: bool = typer.Option(False, "--amp/--no-amp", help="Mixed precision."),
     amp_dtype: str = typer.Option("fp16", help="fp16 or bf16."),
@@ -33,7 +35,8 @@ def benchmark(
     num_degrees: int = typer.Option(4),
     num_channels: int = typer.Option(32),
     layout: str = typer.Option("full", help="full, partial or pairwise."),
-    gpus: int | None = typer.Option(None, help="1: the GPU, 0: the CPU (default: GPU if visible)."),
+    gpus: int | None = typer.Option(None, help="GPUs, one process each (0: the CPU; default: all visible)."),
+    processes: int = typer.Option(1, help="CPU processes under DDP (gloo)."),
     tracking_uri: str | None = typer.Option(None, help="MLflow store (default $MLFLOW_TRACKING_URI or mlruns/)."),
     experiment: str = typer.Option("se3pyg-benchmark", help="MLflow experiment."),
     no_tracking: bool = typer.Option(False, "--no-tracking", help="Do not log to MLflow."),
@@ -48,21 +51,23 @@ def benchmark(
     if mode not in ("train", "predict"):
         raise fail(f"mode must be train or predict, got {mode!r}")
     if gpus is None:
-        gpus = int(torch.cuda.is_available())
+        gpus = torch.cuda.device_count()
     config = BenchmarkConfig(
         mode=mode, batch_size=batch_size, steps=steps, warmup=warmup, amp=amp, amp_dtype=amp_dtype, seed=seed,
         data_dir=str(data_dir), limit=limit, precompute_bases=precompute_bases, compile=compile,
         num_layers=num_layers, num_heads=num_heads, channels_div=channels_div, pooling=pooling, norm=norm,
         use_layer_norm=use_layer_norm, low_memory=low_memory, num_degrees=num_degrees, num_channels=num_channels,
-        layout=layout, gpus=gpus,
+        layout=layout, gpus=gpus, epochs=epochs, processes=processes,
     )  # fmt: skip
     try:
         tracker = None
-        if not no_tracking:
+        if not no_tracking and os.environ.get("RANK", "0") == "0":
             from se3pyg.engine.tracking import Tracker
 
             tracker = Tracker(tracking_uri, experiment, None, {"command": "benchmark", "mode": mode})
         result = run_benchmark(config)
+        if result is None:  # a torchrun rank other than 0
+            return
         if tracker is not None:
             tracker.log_params(result["config"])
             numbers = {k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}

@@ -46,3 +46,17 @@ def test_benchmark_refuses_what_cannot_run(qm9_dir: Path, tmp_path: Path) -> Non
                   "--no-tracking", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2 and "raise --limit or lower --steps" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_epochs_and_processes(qm9_dir: Path, tmp_path: Path) -> None:
+    """``--epochs``: whole epochs timed after a warm-up epoch; ``--processes 2``: two gloo ranks under DDP."""
+    tiny = ["--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2", "--no-tracking"]
+    common = ["train", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--gpus", "0", *tiny]
+    done = _bench(*common, "--batch-size", "32", "--epochs", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["steps"] == 229 // 32  # one timed epoch of the 229 training molecules, full batches
+    done = _bench(*common, "--batch-size", "8", "--steps", "4", "--processes", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["world_size"] == 2 and result["steps"] == 4

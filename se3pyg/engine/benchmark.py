@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
 import resource
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.data import Data
-from torch_geometric.loader import DataLoader
 
-from se3pyg.data import get_task, qm9_splits
+from se3pyg.data import get_task, make_loader, prepare_qm9, qm9_splits
+from se3pyg.engine import distributed
 from se3pyg.engine.config import ModelOptions
 from se3pyg.engine.optim import make_optimizer
 from se3pyg.model import SE3TransformerPooled
@@ -41,7 +45,9 @@ class BenchmarkConfig(ModelOptions):
     limit: int | None = None
     precompute_bases: bool = False
     compile: bool = False
+    epochs: int = 0
     gpus: int = 0
+    processes: int = 1
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -61,68 +67,110 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-def run_benchmark(config: BenchmarkConfig, molecules: Sequence[Data] | None = None) -> dict[str, Any]:
-    """One benchmark on random QM9 training molecules (or on ``molecules``, training view); returns the figures."""
+def run_benchmark(config: BenchmarkConfig, molecules: Sequence[Data] | None = None) -> dict[str, Any] | None:
+    """One benchmark on random QM9 training molecules (or on ``molecules``, training view); returns the figures.
+
+    With ``processes`` (CPU, gloo) or ``gpus`` above 1, that many ranks run under DDP (spawned here, or
+    torchrun's); the figures come back in the launching process and on rank 0, ``None`` elsewhere.
+    """
     if config.mode not in ("train", "predict"):
         raise ValueError(f"mode must be train or predict, got {config.mode!r}")
-    if config.steps < 1 or config.batch_size < 1:
-        raise ValueError("--steps and --batch-size must be >= 1")
-    device = torch.device("cuda" if config.gpus > 0 and torch.cuda.is_available() else "cpu")
+    if config.steps < 1 or config.batch_size < 1 or config.processes < 1 or config.epochs < 0:
+        raise ValueError("--steps, --batch-size and --processes must be >= 1, --epochs >= 0")
+    world = config.gpus if config.gpus > 1 else config.processes
+    if world > 1 and not distributed.launched_by_torchrun():
+        if molecules is None:
+            prepare_qm9(config.data_dir, config.limit)
+        with tempfile.TemporaryDirectory() as scratch:
+            out = Path(scratch) / "result.json"
+            distributed.spawn(_worker, world, config, molecules, str(out))
+            return json.loads(out.read_text())
+    return _worker(config, molecules, None)
+
+
+def _worker(config: BenchmarkConfig, molecules: Sequence[Data] | None, out: str | None) -> dict[str, Any] | None:
+    info = distributed.init(use_cuda=config.gpus > 0 and torch.cuda.is_available())
+    try:
+        result = _measure(config, molecules, info)
+        if info.is_main and out is not None:
+            Path(out).write_text(json.dumps(result))
+        return result if info.is_main else None
+    finally:
+        distributed.shutdown()
+
+
+def _measure(config: BenchmarkConfig, molecules: Sequence[Data] | None, info: distributed.DistInfo) -> dict[str, Any]:
+    device = info.device
     torch.manual_seed(config.seed)
     model = SE3TransformerPooled(**config.model_kwargs()).to(device)
     if molecules is None:
+        if info.local_rank == 0:
+            prepare_qm9(config.data_dir, config.limit)
+        distributed.barrier(info)
         degree = model.transformer.max_degree if config.precompute_bases else None
         molecules = qm9_splits(config.data_dir, get_task("homo"), config.limit, precompute_degree=degree).train
-    needed = (config.steps + config.warmup + 1) * config.batch_size
-    generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(molecules, batch_size=config.batch_size, shuffle=True, generator=generator, drop_last=True)
-    if len(loader) < config.steps + config.warmup + 1:
-        raise ValueError(
-            f"{len(molecules)} training molecules give {len(loader)} batches of {config.batch_size}; "
-            f"{config.steps + config.warmup + 1} needed ({needed} molecules): raise --limit or lower --steps"
-        )
-    batches = []
-    for batch in loader:
-        batches.append(batch.to(device))
-        if len(batches) == config.steps + config.warmup + 1:
-            break
+    loader = make_loader(molecules, config.batch_size, True, 0, info.rank, info.world_size, config.seed, drop_last=True)
+    if config.epochs:
+        if len(loader) < 2:
+            raise ValueError(f"{len(molecules)} molecules give {len(loader)} batch(es) a rank: raise --limit")
+        batches = None  # read from the loader each epoch; the first epoch is the warm-up
+    else:
+        needed = config.steps + config.warmup + 1
+        if len(loader) < needed:
+            raise ValueError(
+                f"{len(molecules)} training molecules give {len(loader)} batches of {config.batch_size} a rank; "
+                f"{needed} needed: raise --limit or lower --steps"
+            )
+        batches = [b.to(device) for b, _ in zip(loader, range(needed), strict=False)]
 
-    forward = torch.compile(model, dynamic=True) if config.compile else model
+    net: nn.Module = torch.compile(model, dynamic=True) if config.compile else model
+    if info.distributed:
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer("adam", model.parameters(), 0.002, 0.1, 0.9)
     dtype = torch.float16 if config.amp_dtype == "fp16" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and dtype == torch.float16)
     loss_fn = nn.L1Loss()
 
-    def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=dtype) if config.amp else contextlib.nullcontext()
-
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
+
+    def step(batch: Data) -> None:
+        with torch.autocast(device.type, dtype=dtype) if config.amp else contextlib.nullcontext():
+            prediction = net(batch)
+        if config.mode == "train":
+            scaler.scale(loss_fn(prediction.float(), batch.y)).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
 
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats()
     model.train(config.mode == "train")
     stamps: list[float] = []
-    grad = torch.enable_grad() if config.mode == "train" else torch.inference_mode()
-    with grad:
-        for i, batch in enumerate(batches):
-            if i >= config.warmup:
-                sync()
-                stamps.append(time.perf_counter())
-            if i == len(batches) - 1:
-                break
-            with autocast():
-                prediction = forward(batch)
-            if config.mode == "train":
-                loss = loss_fn(prediction.float(), batch.y)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+    timed: list[Data] = []
+    with torch.enable_grad() if config.mode == "train" else torch.inference_mode():
+        if batches is not None:
+            for i, batch in enumerate(batches[:-1]):
+                if i >= config.warmup:
+                    sync()
+                    stamps.append(time.perf_counter())
+                    timed.append(batch)
+                step(batch)
+        else:
+            for epoch in range(config.epochs + 1):
+                if info.distributed:
+                    loader.sampler.set_epoch(epoch)
+                for batch in loader:
+                    if epoch > 0:
+                        sync()
+                        stamps.append(time.perf_counter())
+                        timed.append(batch)
+                    step(batch.to(device, non_blocking=True))
+        sync()
+        stamps.append(time.perf_counter())
     deltas = [b - a for a, b in itertools.pairwise(stamps)]
-    timed = batches[config.warmup : config.warmup + len(deltas)]
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
         device_name = torch.cuda.get_device_name()
@@ -133,7 +181,8 @@ def run_benchmark(config: BenchmarkConfig, molecules: Sequence[Data] | None = No
     return {
         "mode": config.mode,
         "batch_size": config.batch_size,
-        "throughput_mol_per_ms": config.batch_size / (mean * 1000),
+        "world_size": info.world_size,
+        "throughput_mol_per_ms": config.batch_size * info.world_size / (mean * 1000),
         "latency_ms_mean": mean * 1000,
         "latency_ms_median": _percentile(deltas, 50) * 1000,
         "latency_ms_p90": _percentile(deltas, 90) * 1000,
