@@ -18,12 +18,12 @@ def ui(
     port: int = typer.Option(5000, help="Port."),
 ) -> None:
     """The MLflow UI over the run store."""
-    from se3pyg.engine.tracking import _artifact_location, resolve_tracking_uri
+    from se3pyg.engine.tracking import artifact_location, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
     cmd += ["--host", host, "--port", str(port), "--workers", "1"]
-    artifacts = _artifact_location(uri)
+    artifacts = artifact_location(uri)
     if artifacts:
         cmd += ["--default-artifact-root", artifacts]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

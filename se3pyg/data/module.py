@@ -36,8 +36,12 @@ def qm9_splits(
     seed: int = 0,
     precompute_degree: int | None = None,
     progress: Progress | None = None,
+    stats: TargetStats | None = None,
 ) -> QM9Splits:
-    """NVIDIA's split (seed 0) of the first ``limit`` molecules, standardized with the train split's mean/std."""
+    """NVIDIA's split (seed 0) of the first ``limit`` molecules, standardized with the train split's mean/std.
+
+    ``stats`` standardizes with given statistics instead (a checkpoint's, for evaluation).
+    """
     dataset = load_qm9(data_dir, limit, progress=progress)
     sh_bytes = 0
     if precompute_degree is not None:
@@ -45,7 +49,8 @@ def qm9_splits(
             dataset = dataset.copy()
         sh_bytes = attach_spherical_harmonics(dataset, precompute_degree)
     train_idx, val_idx, test_idx = split_indices(len(dataset), seed)
-    stats = TargetStats.of(task_targets(dataset, task)[torch.tensor(train_idx)])
+    if stats is None:
+        stats = TargetStats.of(task_targets(dataset, task)[torch.tensor(train_idx)])
     view = TrainingView(task, stats)
     parts = []
     for idx in (train_idx, val_idx, test_idx):

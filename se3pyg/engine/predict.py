@@ -13,7 +13,7 @@ from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 from se3pyg.compat.nvidia import load_nvidia
-from se3pyg.data import get_task, qm9_splits
+from se3pyg.data import TargetStats, get_task, qm9_splits
 from se3pyg.data.tasks import Task
 from se3pyg.engine.checkpoint import CheckpointError, is_se3pyg_checkpoint, load_checkpoint, read_torch_file
 from se3pyg.engine.distributed import DistInfo
@@ -101,10 +101,9 @@ def evaluate_split(
     """
     if split not in ("test", "val"):
         raise ValueError(f"--split must be test or val, got {split!r}")
-    splits = qm9_splits(data_dir, loaded.task, limit)
+    stats = TargetStats(loaded.mean, loaded.std) if loaded.source == "se3pyg" else None
+    splits = qm9_splits(data_dir, loaded.task, limit, stats=stats)
     dataset = splits.test if split == "test" else splits.val
-    if loaded.source == "se3pyg":
-        splits.stats.mean, splits.stats.std = loaded.mean, loaded.std
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     model = loaded.model.to(device)
     mae = mean_absolute_error(model, loader, DistInfo(device=device), splits.stats.std, lambda: _autocast(amp, device))

@@ -26,7 +26,7 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def _artifact_location(uri: str) -> str | None:
+def artifact_location(uri: str) -> str | None:
     """Artifacts beside a local SQLite store (``.../mlruns/mlflow.db`` -> ``.../mlruns/``)."""
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///")).resolve().parent.as_uri()
@@ -74,7 +74,7 @@ class Tracker:
             exp_id = (
                 exp.experiment_id
                 if exp is not None
-                else client.create_experiment(experiment, artifact_location=_artifact_location(self.uri))
+                else client.create_experiment(experiment, artifact_location=artifact_location(self.uri))
             )
             self.run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
             self.client = client
