@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import mlflow
@@ -73,7 +74,7 @@ def test_training_run_lands_in_sqlite_mlflow(qm9_dir: Path, tmp_path: Path) -> N
 
 
 def _ddp_gradients(out: str, state: dict, batch: Batch) -> None:
-    info = distributed.init(use_cuda=False)
+    info = distributed.init(use_cuda=False, timeout=timedelta(seconds=120))  # a stuck rank fails, not hangs
     model = SE3TransformerPooled(num_layers=1, num_degrees=2, num_channels=8, num_heads=2)
     model.load_state_dict(state)
     ddp = torch.nn.parallel.DistributedDataParallel(model)

@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -38,8 +39,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def init(use_cuda: bool) -> DistInfo:
-    """Join the process group described by the environment (``RANK``, ``WORLD_SIZE``, ...), if any."""
+def init(use_cuda: bool, timeout: timedelta | None = None) -> DistInfo:
+    """Join the process group described by the environment (``RANK``, ``WORLD_SIZE``, ...), if any.
+
+    ``timeout`` bounds each collective (torch's default, 30 min for gloo and NCCL, leaves room for a data build).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -49,7 +53,8 @@ def init(use_cuda: bool) -> DistInfo:
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)
+        backend = "nccl" if use_cuda else "gloo"
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
     return DistInfo(rank, local_rank, world_size, device)
 
 
