@@ -147,23 +147,23 @@ class ConvSE3(MessagePassing):
         c_in = next(iter(self.channels_in.values()))
         c_out = fiber_out.channels[0]
 
-        self.groups: list[tuple[str, KernelGroup]] = []
+        self.groups: list[KernelGroup] = []
         if layout == "full" and full_in and full_out:
             self.fuse = "full"
             self.conv = KernelGroup(all_degrees, all_degrees, c_in, c_out, **common)
-            self.groups.append(("conv", self.conv))
+            self.groups.append(self.conv)
         elif layout in ("full", "partial") and full_in:
             self.fuse = "out"
             self.conv_out = nn.ModuleDict(
                 {str(d): KernelGroup(all_degrees, [d], c_in, c, **common) for d, c in fiber_out.items()}
             )
-            self.groups += [(f"conv_out.{k}", m) for k, m in self.conv_out.items()]
+            self.groups += list(self.conv_out.values())
         elif layout in ("full", "partial") and full_out:
             self.fuse = "in"
             self.conv_in = nn.ModuleDict(
                 {str(d): KernelGroup([d], all_degrees, c, c_out, **common) for d, c in self.channels_in.items()}
             )
-            self.groups += [(f"conv_in.{k}", m) for k, m in self.conv_in.items()]
+            self.groups += list(self.conv_in.values())
         else:
             self.fuse = "pairwise"
             self.conv = nn.ModuleDict(
@@ -174,7 +174,7 @@ class ConvSE3(MessagePassing):
                     for do, co in fiber_out.items()
                 }
             )
-            self.groups += [(f"conv.{k}", m) for k, m in self.conv.items()]
+            self.groups += list(self.conv.values())
 
         if self_interaction:
             self.to_kernel_self = nn.ParameterDict(
@@ -223,8 +223,12 @@ class ConvSE3(MessagePassing):
                 inputs[str(d)] = torch.cat([inputs[str(d)], edge_feats[str(d)]], dim=1)
 
         outputs: dict[str, Tensor] = {}
-        for _, group in self.groups:
-            feats = torch.cat([inputs[str(d)] for d in group.degrees_in], dim=-1)
+        fused_inputs: dict[tuple[int, ...], Tensor] = {}  # groups of one convolution often share their inputs
+        for group in self.groups:
+            key_in = tuple(group.degrees_in)
+            if key_in not in fused_inputs:
+                fused_inputs[key_in] = torch.cat([inputs[str(d)] for d in key_in], dim=-1)
+            feats = fused_inputs[key_in]
             group_basis = basis if group.uses_basis else None
             if self.low_memory and torch.is_grad_enabled():
                 y = torch.utils.checkpoint.checkpoint(group, feats, edge_scalars, group_basis, use_reentrant=False)
