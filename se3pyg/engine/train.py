@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from se3pyg.data import QM9Splits, get_task, make_loader, prepare_qm9, qm9_splits
+from se3pyg.data import QM9Splits, TargetStats, get_task, make_loader, prepare_qm9, qm9_splits
 from se3pyg.engine import distributed
 from se3pyg.engine.checkpoint import best_path, load_checkpoint, save_checkpoint
 from se3pyg.engine.config import TrainConfig
@@ -125,7 +125,9 @@ def _train(config: TrainConfig, info: distributed.DistInfo, on_epoch: EpochCallb
         prepare_qm9(config.data_dir, config.limit)
     distributed.barrier(info)
     degree = model.transformer.max_degree if config.precompute_bases else None
-    splits: QM9Splits = qm9_splits(config.data_dir, task, config.limit, precompute_degree=degree)
+    # A resumed model keeps the target statistics it was trained with.
+    stats = TargetStats(checkpoint["target_mean"], checkpoint["target_std"]) if checkpoint else None
+    splits: QM9Splits = qm9_splits(config.data_dir, task, config.limit, precompute_degree=degree, stats=stats)
     std = splits.stats.std
 
     def loader(dataset: Any, shuffle: bool) -> Any:
