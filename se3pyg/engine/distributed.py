@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -69,8 +70,17 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+_SPAWNED = "SE3PYG_SPAWNED_WORKER"
+
+
 def shutdown() -> None:
-    if dist.is_initialized():
+    """Leave the process group; in workers of :func:`spawn` it is left by the process's exit instead.
+
+    Destroying a gloo group joins its threads while holding the GIL, and a thread still releasing the
+    last work item needs the GIL: an occasional deadlock at the very end of a run. Spawned workers skip
+    the destructor and end with ``os._exit`` once their work is done.
+    """
+    if dist.is_initialized() and not os.environ.get(_SPAWNED):
         dist.destroy_process_group()
 
 
@@ -82,8 +92,12 @@ def _worker(local_rank: int, world_size: int, port: int, fn: Callable[..., Any],
         LOCAL_RANK=str(local_rank),
         WORLD_SIZE=str(world_size),
         LOCAL_WORLD_SIZE=str(world_size),
+        **{_SPAWNED: "1"},
     )
-    fn(*args)
+    fn(*args)  # an exception propagates to torch.multiprocessing, which reports it and exits non-zero
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn(fn: Callable[..., Any], nprocs: int, *args: Any) -> None:
