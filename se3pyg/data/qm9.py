@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -165,8 +166,15 @@ def _write_raw(raw_dir: Path, limit: int | None, progress: Progress | None, work
 
 
 def _sha256(path: Path) -> str:
+    """SHA-256 of a file; a file unchanged since (same inode, size and mtime) is not read again."""
+    st = path.stat()
+    return _sha256_of(str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(path: str, inode: int, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
