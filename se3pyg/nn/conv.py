@@ -32,8 +32,11 @@ class KernelGroup(nn.Module):
     The frequencies run over output degrees first, so the sum is taken one
     output degree at a time with that degree's basis block only (the fused
     basis is zero elsewhere): about 3x fewer multiplications than the dense
-    contraction for degrees 0..3. On CPU, edges go in chunks whose radial
-    weights stay in cache.
+    contraction for degrees 0..3. The product with :math:`R` is taken
+    transposed, :math:`y^T = T^T R^T` with :math:`T = x B`, and :math:`R^T` is
+    what the radial network writes: batched products with few output columns
+    run 2-4x faster on CPU that way, and no gradient needs a copy. On CPU,
+    edges go in chunks whose radial weights stay in cache.
     """
 
     #: Radial weights per CPU chunk (floats): about 8 MB.
@@ -60,12 +63,14 @@ class KernelGroup(nn.Module):
         self.radial_func = RadialProfile(num_freq, channels_in, channels_out, edge_dim, use_layer_norm=use_layer_norm)
 
     def _block_weights(self) -> list[Tensor]:
-        """The radial network's last weight split per output degree: ``[C_out * C_in * F_d, hidden]`` each."""
+        """The radial network's last weight per output degree, rows reordered to ``(i, f, o)``: ``[C_in F_d C_out, H]``.
+
+        Radial weights come out transposed (``[E, C_in F_d, C_out]``), the layout the contraction reads
+        fastest and whose gradient needs no copy.
+        """
         weight = self.radial_func.net[-1].weight
-        if len(self.freq_blocks) == 1:
-            return [weight]
         per_pair = weight.view(self.channels_out, self.channels_in, sum(self.freq_blocks), -1)
-        return [b.reshape(-1, weight.shape[-1]) for b in per_pair.split(self.freq_blocks, dim=2)]
+        return [b.permute(1, 2, 0, 3).reshape(-1, weight.shape[-1]) for b in per_pair.split(self.freq_blocks, dim=2)]
 
     def forward(self, features: Tensor, edge_scalars: Tensor, basis: Basis | None) -> Tensor:
         """``[E, C_in, D_in]`` -> ``[E, C_out, D_out]``."""
@@ -88,10 +93,10 @@ class KernelGroup(nn.Module):
                 b = block[start:stop]
                 dim_out = b.shape[-1]
                 tmp = (x @ b.reshape(stop - start, b.shape[1], -1)).view(stop - start, -1, dim_out)
-                radial = (h @ weight.T).view(stop - start, self.channels_out, self.channels_in * freq)
-                parts.append(radial @ tmp)
-            outputs.append(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])
-        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+                radial_t = (h @ weight.T).view(stop - start, self.channels_in * freq, self.channels_out)
+                parts.append(torch.bmm(tmp.transpose(1, 2), radial_t))
+            outputs.append(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+        return (torch.cat(outputs) if len(outputs) > 1 else outputs[0]).transpose(1, 2)
 
 
 class ConvSE3(MessagePassing):
