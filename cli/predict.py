@@ -33,6 +33,7 @@ def predict(
 
     from se3pyg.data import DataError
     from se3pyg.data.molecules import read_molecules
+    from se3pyg.engine.allocator import keep_freed_memory
     from se3pyg.engine.checkpoint import CheckpointError
     from se3pyg.engine.predict import evaluate_split, load_model, predict_molecules, write_predictions_csv
     from se3pyg.engine.tracking import Tracker, TrackingError
@@ -43,6 +44,7 @@ def predict(
     if use_gpu and not torch.cuda.is_available():
         raise fail("--gpus: no GPU is visible")
     device = torch.device("cuda" if use_gpu else "cpu")
+    keep_freed_memory()
     try:
         loaded = load_model(ckpt, task, target_mean, target_std, num_heads, channels_div)
         if input:

@@ -27,6 +27,7 @@ from torch_geometric.data import Data
 
 from se3pyg.data import get_task, make_loader, prepare_qm9, qm9_splits
 from se3pyg.engine import distributed
+from se3pyg.engine.allocator import keep_freed_memory
 from se3pyg.engine.config import ModelOptions
 from se3pyg.engine.optim import make_optimizer
 from se3pyg.model import SE3TransformerPooled
@@ -89,6 +90,7 @@ def run_benchmark(config: BenchmarkConfig, molecules: Sequence[Data] | None = No
 
 
 def _worker(config: BenchmarkConfig, molecules: Sequence[Data] | None, out: str | None) -> dict[str, Any] | None:
+    keep_freed_memory()
     info = distributed.init(use_cuda=config.gpus > 0 and torch.cuda.is_available())
     try:
         result = _measure(config, molecules, info)

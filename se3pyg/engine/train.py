@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from se3pyg.data import QM9Splits, TargetStats, get_task, make_loader, prepare_qm9, qm9_splits
 from se3pyg.engine import distributed
+from se3pyg.engine.allocator import keep_freed_memory
 from se3pyg.engine.checkpoint import best_path, load_checkpoint, save_checkpoint
 from se3pyg.engine.config import TrainConfig
 from se3pyg.engine.evaluate import mean_absolute_error
@@ -102,6 +103,7 @@ def _build_model(config: TrainConfig, checkpoint: dict | None) -> SE3Transformer
 
 def train_worker(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResult | None:
     """One rank's training; the result on rank 0, ``None`` on the others."""
+    keep_freed_memory()
     info = distributed.init(use_cuda=config.gpus > 0 and torch.cuda.is_available())
     try:
         result = _train(config, info, on_epoch)
