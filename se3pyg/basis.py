@@ -115,6 +115,7 @@ def _fused_cg_cpu(degrees_in: tuple[int, ...], degrees_out: tuple[int, ...]) -> 
     return cg
 
 
+@torch.compiler.disable  # a cached constant: nothing for torch.compile to trace (it fails inside e3nn's 3j)
 @functools.cache
 def fused_clebsch_gordan(
     degrees_in: tuple[int, ...], degrees_out: tuple[int, ...], dtype: torch.dtype, device: torch.device

@@ -60,3 +60,13 @@ def test_epochs_and_processes(qm9_dir: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["world_size"] == 2 and result["steps"] == 4
+
+
+def test_compiled_model(qm9_dir: Path, tmp_path: Path) -> None:
+    """``--compile``: the model runs under torch.compile (the Clebsch-Gordan constants stay outside the graph)."""
+    tiny = ["--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2", "--no-tracking"]
+    done = _bench("predict", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--gpus", "0", *tiny,
+                  "--batch-size", "8", "--steps", "3", "--compile", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["steps"] == 3 and result["throughput_mol_per_ms"] > 0
