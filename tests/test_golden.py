@@ -7,6 +7,7 @@ import torch
 
 from se3pyg.compat.nvidia import load_nvidia
 from se3pyg.model import SE3Transformer, SE3TransformerPooled
+from se3pyg.nn.conv import KernelGroup
 
 from .conftest import GOLDEN_FILES, golden_batch, relative_error
 
@@ -34,6 +35,20 @@ def test_prediction_and_pooled_match_nvidia(golden: dict) -> None:
     assert prediction.shape == golden["expected_prediction"].shape
     assert relative_error(prediction, golden["expected_prediction"]) <= TOL
     assert relative_error(pooled, golden["expected_pooled"]) <= TOL
+
+
+@pytest.mark.parametrize("chunk_floats", [1 << 12, 1 << 30])
+def test_every_kernel_path_matches_nvidia(golden: dict, chunk_floats: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many CPU edge chunks, one chunk, and the autograd path (always one chunk) give NVIDIA's outputs."""
+    monkeypatch.setattr(KernelGroup, "CPU_CHUNK_FLOATS", chunk_floats)
+    model = _load(golden)
+    batch = golden_batch(golden)
+    with torch.no_grad():
+        assert relative_error(model(batch), golden["expected_prediction"]) <= TOL
+    prediction = model(batch)
+    assert relative_error(prediction.detach(), golden["expected_prediction"]) <= TOL
+    prediction.sum().backward()
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters() if p.requires_grad)
 
 
 def test_inferred_hyperparameters(golden: dict) -> None:
