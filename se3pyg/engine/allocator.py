@@ -4,8 +4,9 @@ glibc serves each allocation above its mmap threshold (at most 32 MiB) with
 fresh pages from the kernel and unmaps them on free. A batch's radial weights
 and their gradients run to hundreds of MiB, so every step page-faults them in
 again: 40% of a CPU training step of the published recipe. Served from the
-heap and kept there, they are reused instead (1.7x on that step, peak
-resident memory about the same).
+heap and kept there, they are reused instead once the heap has grown to a
+step's working size (1.7x on that step, peak resident memory about the
+same; glibc may keep a second slot for a large aligned block).
 """
 
 from __future__ import annotations
