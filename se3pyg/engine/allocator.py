@@ -5,8 +5,10 @@ fresh pages from the kernel and unmaps them on free. A batch's radial weights
 and their gradients run to hundreds of MiB, so every step page-faults them in
 again: 40% of a CPU training step of the published recipe. Served from the
 heap and kept there, they are reused instead once the heap has grown to a
-step's working size (1.7x on that step, peak resident memory about the
-same; glibc may keep a second slot for a large aligned block).
+step's working size: 36 steps of the published recipe at batch 64 took
+99.7 s instead of 159.1 s, with a peak resident memory of 4.65 GB instead
+of 4.50 GB. The price: the process holds its peak between steps instead of
+returning memory to the system.
 """
 
 from __future__ import annotations
