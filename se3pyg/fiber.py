@@ -40,11 +40,6 @@ class Fiber(Mapping[int, int]):
         """Degrees ``0 .. num_degrees - 1``, each with ``num_channels`` channels."""
         return Fiber({d: num_channels for d in range(num_degrees)})
 
-    @staticmethod
-    def from_features(features: Mapping[str, Tensor]) -> Fiber:
-        """The fiber of a feature dict ``{"d": [N, C, 2d + 1]}``."""
-        return Fiber({int(k): v.shape[-2] for k, v in features.items()})
-
     def __getitem__(self, degree: int) -> int:
         return self._structure.get(int(degree), 0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
@@ -12,8 +13,25 @@ from se3pyg.basis import Basis
 from se3pyg.fiber import Fiber, degree_to_dim
 from se3pyg.nn import AttentionBlockSE3, ConvSE3, GraphPooling, NormSE3
 from se3pyg.nn.conv import LAYOUTS, Layout
+from se3pyg.options import option
 
 Pooling = Literal["max", "avg"]
+
+
+@dataclass
+class ModelOptions:
+    """The hyperparameters of :class:`SE3TransformerPooled` (defaults: NVIDIA's published QM9 recipe)."""
+
+    num_layers: int = option(7, "Attention layers.")
+    num_degrees: int = option(4, "Hidden degrees 0 .. N-1.")
+    num_channels: int = option(32, "Hidden channels per degree.")
+    num_heads: int = option(8, "Attention heads.")
+    channels_div: int = option(2, "Channel division for keys and values.")
+    pooling: str = option("max", "Graph pooling: max or avg.")
+    norm: bool = option(True, "Equivariant norm after each attention block.")
+    use_layer_norm: bool = option(True, "LayerNorm in the radial networks.")
+    layout: str = option("full", "Parameter layout: full, partial or pairwise.")
+    low_memory: bool = option(False, "Recompute convolution kernels in the backward pass (less memory).")
 
 
 def _fiber(value: Fiber | Mapping[int, int] | None) -> Fiber:
@@ -40,18 +58,13 @@ def _graph_tensors(graph: Any) -> tuple[Tensor, Tensor, Tensor | None]:
             raise ValueError("pos: the graph has no node positions (pos [N, 3]) and no rel_pos [E, 3]")
         if pos.dim() != 2 or pos.shape[1] != 3:
             raise ValueError(f"pos: expected [N, 3], got {list(pos.shape)}")
-        _check_edge_index(edge_index, pos.shape[0])
-        rel_pos = pos[edge_index[1]] - pos[edge_index[0]]
+        try:
+            rel_pos = pos[edge_index[1]] - pos[edge_index[0]]
+        except IndexError:  # raised on CPU; on CUDA an out-of-range index is a device-side assert
+            raise ValueError(f"edge_index: node ids must lie in [0, {pos.shape[0]})") from None
     elif rel_pos.shape != (edge_index.shape[1], 3):
         raise ValueError(f"rel_pos: expected [{edge_index.shape[1]}, 3], got {list(rel_pos.shape)}")
     return edge_index, rel_pos, batch
-
-
-def _check_edge_index(edge_index: Tensor, num_nodes: int) -> None:
-    if edge_index.numel():
-        low, high = int(edge_index.min()), int(edge_index.max())
-        if low < 0 or high >= num_nodes:
-            raise ValueError(f"edge_index: node ids must lie in [0, {num_nodes}), got {low}..{high}")
 
 
 def _describe(value: Any) -> str:
@@ -73,17 +86,35 @@ def _check_features(name: str, feats: Mapping[str, Tensor], fiber: Fiber, count:
 
 
 class SE3Transformer(nn.Module):
-    """NVIDIA's ``SE3Transformer`` on PyG graphs.
+    r"""NVIDIA's ``SE3Transformer`` on PyG graphs.
 
-    ``forward(graph, node_feats, edge_feats, basis)`` takes the same feature
-    dicts as NVIDIA's (``{"d": [N, C, 2d + 1]}``) with a PyG ``Data``/``Batch``
+    ``num_layers`` attention blocks (each followed by an equivariant norm when
+    ``norm``), then a TFN convolution with self-interaction to ``fiber_out``:
+
+    .. math:: h^{(t+1)} = \mathrm{Norm}\big(\mathrm{Attention}(h^{(t)})\big), \qquad
+        y = \mathrm{Conv}(h^{(T)}) \;[\text{pooled per graph}]
+
+    ``forward(graph, node_feats, edge_feats, basis)`` takes NVIDIA's feature
+    dicts (``{"d": [N, C, 2d + 1]}``) with a PyG ``Data``/``Batch``
     (``edge_index``, ``pos`` or ``rel_pos``, ``batch``) or an
     ``(edge_index, pos)`` pair in place of the DGL graph. Edge direction: row 0
     source, row 1 destination, relative position ``pos[dst] - pos[src]``.
+    Returns the output feature dict, the degree-``return_type`` features
+    ``[N, C, 2d + 1]``, or with ``pooling`` those features pooled per graph.
 
-    ``layout`` ("full", "partial", "pairwise") fixes how radial networks are
-    shared, and so the parameters; ``low_memory`` recomputes convolution
-    kernels in the backward pass (activation checkpointing).
+    Args:
+        num_layers: attention blocks.
+        fiber_in, fiber_hidden, fiber_out: node fibers of the input, the hidden blocks and the output.
+        num_heads: attention heads (they split the channels of every degree).
+        channels_div: keys and values have the hidden channels divided by this.
+        fiber_edge: edge features (degree 0 gets the edge length appended).
+        return_type: return only the features of this degree.
+        pooling: ``"max"`` or ``"avg"`` over each graph's nodes (needs ``return_type``).
+        norm: equivariant norm after each attention block.
+        use_layer_norm: LayerNorm inside the radial networks.
+        layout: ``"full"``, ``"partial"`` or ``"pairwise"``: how radial networks are shared, and so the
+            parameters (NVIDIA's fuse levels).
+        low_memory: recompute convolution kernels in the backward pass (activation checkpointing).
     """
 
     def __init__(
@@ -174,7 +205,6 @@ class SE3Transformer(nn.Module):
         _check_features("node_feats", node_feats, self.fiber_in, num_nodes, exact=False)
         edge_feats = dict(edge_feats or {})
         _check_features("edge_feats", edge_feats, self.fiber_edge, edge_index.shape[1], exact=True)
-        _check_edge_index(edge_index, num_nodes)
 
         if basis is None:
             basis = Basis.from_relative_pos(rel_pos, self.max_degree)
@@ -195,15 +225,28 @@ class SE3Transformer(nn.Module):
             return feats[str(self.return_type)]
         return feats
 
+    def reset_parameters(self) -> None:
+        for module in self.graph_modules:
+            module.reset_parameters()
+
 
 class SE3TransformerPooled(nn.Module):
-    """Graph-level regression: ``SE3Transformer`` -> pooled degree-0 features -> MLP.
+    r"""Graph-level regression: ``SE3Transformer`` -> pooled degree-0 features -> MLP.
 
-    Defaults are NVIDIA's published QM9 recipe. ``forward(batch)`` takes a PyG
-    ``Batch`` with ``x`` [N, C_in], ``pos`` [N, 3], ``edge_index``,
-    ``edge_attr`` [E, C_edge] and ``batch``; precomputed spherical harmonics
-    may come as ``batch.sh`` (see :mod:`se3pyg.basis`). Returns ``[B]`` (or
-    ``[B, output_dim]`` when ``output_dim > 1``).
+    .. math:: \hat y_g = \mathrm{MLP}\big(\operatorname{pool}_{i \in g} h^0_i\big)
+
+    ``forward(batch)`` takes a PyG ``Batch`` with ``x`` [N, C_in], ``pos``
+    [N, 3], ``edge_index`` [2, E], ``edge_attr`` [E, C_edge] and ``batch`` [N];
+    precomputed spherical harmonics may come as ``batch.sh`` (see
+    :mod:`se3pyg.basis`). Returns ``[B]`` (``[B, output_dim]`` when
+    ``output_dim > 1``).
+
+    Args:
+        fiber_in: node input fiber, degree 0 only (default ``{0: 6}``, QM9's node features).
+        fiber_out: transformer output fiber, degree 0 only (default ``{0: num_degrees * num_channels}``).
+        fiber_edge: edge input fiber, degree 0 only (default ``{0: 4}``, QM9's bond types).
+        output_dim: targets predicted per graph.
+        **options: the fields of :class:`ModelOptions` (``num_layers``, ``num_degrees``, ...).
     """
 
     def __init__(
@@ -211,61 +254,51 @@ class SE3TransformerPooled(nn.Module):
         fiber_in: Fiber | Mapping[int, int] | None = None,
         fiber_out: Fiber | Mapping[int, int] | None = None,
         fiber_edge: Fiber | Mapping[int, int] | None = None,
-        num_degrees: int = 4,
-        num_channels: int = 32,
         output_dim: int = 1,
-        num_layers: int = 7,
-        num_heads: int = 8,
-        channels_div: int = 2,
-        pooling: Pooling = "max",
-        norm: bool = True,
-        use_layer_norm: bool = True,
-        layout: Layout = "full",
-        low_memory: bool = False,
+        **options: Any,
     ) -> None:
         super().__init__()
+        self.options = opts = ModelOptions(**options)
         fiber_in = _fiber(fiber_in if fiber_in is not None else {0: 6})
         fiber_edge = _fiber(fiber_edge if fiber_edge is not None else {0: 4})
-        fiber_out = _fiber(fiber_out if fiber_out is not None else {0: num_degrees * num_channels})
+        fiber_out = _fiber(fiber_out if fiber_out is not None else {0: opts.num_degrees * opts.num_channels})
         if fiber_in.degrees != [0] or fiber_out.degrees != [0] or fiber_edge.degrees not in ([0], []):
             raise ValueError("SE3TransformerPooled takes degree-0 node, edge and output fibers")
-        if pooling not in ("max", "avg"):
-            raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+        if opts.pooling not in ("max", "avg"):
+            raise ValueError(f"pooling must be 'max' or 'avg', got {opts.pooling!r}")
+        #: Everything :meth:`from_config` needs to build the same model (stored in checkpoints).
         self.config: dict[str, Any] = dict(
             fiber_in=fiber_in.to_dict(),
             fiber_out=fiber_out.to_dict(),
             fiber_edge=fiber_edge.to_dict(),
-            num_degrees=num_degrees,
-            num_channels=num_channels,
             output_dim=output_dim,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            channels_div=channels_div,
-            pooling=pooling,
-            norm=norm,
-            use_layer_norm=use_layer_norm,
-            layout=layout,
-            low_memory=low_memory,
+            **asdict(opts),
         )
         self.transformer = SE3Transformer(
-            num_layers=num_layers,
+            num_layers=opts.num_layers,
             fiber_in=fiber_in,
-            fiber_hidden=Fiber.create(num_degrees, num_channels),
+            fiber_hidden=Fiber.create(opts.num_degrees, opts.num_channels),
             fiber_out=fiber_out,
             fiber_edge=fiber_edge,
-            num_heads=num_heads,
-            channels_div=channels_div,
+            num_heads=opts.num_heads,
+            channels_div=opts.channels_div,
             return_type=0,
-            pooling=pooling,
-            norm=norm,
-            use_layer_norm=use_layer_norm,
-            layout=layout,
-            low_memory=low_memory,
+            pooling=opts.pooling,
+            norm=opts.norm,
+            use_layer_norm=opts.use_layer_norm,
+            layout=opts.layout,
+            low_memory=opts.low_memory,
         )
         n_features = fiber_out.num_features
         self.mlp = nn.Sequential(nn.Linear(n_features, n_features), nn.ReLU(), nn.Linear(n_features, output_dim))
 
-    def forward(self, batch: Any, basis: Basis | Tensor | None = None) -> Tensor:
+    def reset_parameters(self) -> None:
+        self.transformer.reset_parameters()
+        for layer in (self.mlp[0], self.mlp[2]):
+            layer.reset_parameters()
+
+    def pool(self, batch: Any, basis: Basis | Tensor | None = None) -> Tensor:
+        """The pooled transformer output ``[B, C_out]``, the MLP's input."""
         x = getattr(batch, "x", None)
         if not isinstance(x, Tensor) or x.dim() != 2:
             raise ValueError(f"x: expected node features [N, {self.transformer.fiber_in[0]}], got {_describe(x)}")
@@ -279,21 +312,15 @@ class SE3TransformerPooled(nn.Module):
             edge_feats["0"] = edge_attr.unsqueeze(-1)
         if basis is None:
             basis = getattr(batch, "sh", None)
-        pooled = self.transformer(batch, node_feats, edge_feats, basis)
+        return self.transformer(batch, node_feats, edge_feats, basis)
+
+    def forward(self, batch: Any, basis: Basis | Tensor | None = None) -> Tensor:
+        pooled = self.pool(batch, basis)
         weight = self.mlp[0].weight
         with torch.autocast(weight.device.type, enabled=False):  # the small head stays in full precision
             return self.mlp(pooled.to(weight.dtype)).squeeze(-1)
 
-    def pooled_features(self, batch: Any, basis: Basis | Tensor | None = None) -> Tensor:
-        """The pooled transformer output ``[B, C_out]``, before the MLP."""
-        captured: list[Tensor] = []
-        handle = self.mlp.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
-        try:
-            self(batch, basis)
-        finally:
-            handle.remove()
-        return captured[0]
-
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SE3TransformerPooled:
+        """The model described by :attr:`config` (untrained: load a state dict into it)."""
         return cls(**config)

@@ -11,7 +11,7 @@ from torch_geometric.data import Batch, Data
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT.parent / "shared" / "golden"
-GOLDEN_FILES = sorted(GOLDEN.glob("*.pt"))
+GOLDEN_FILES = sorted(GOLDEN.glob("nvidia_*.pt"))  # NVIDIA's SE3TransformerPooled goldens
 
 
 def golden_batch(golden: dict) -> Batch:

@@ -31,7 +31,7 @@ def test_prediction_and_pooled_match_nvidia(golden: dict) -> None:
     batch = golden_batch(golden)
     with torch.no_grad():
         prediction = model(batch)
-        pooled = model.pooled_features(batch)
+        pooled = model.pool(batch)
     assert prediction.shape == golden["expected_prediction"].shape
     assert relative_error(prediction, golden["expected_prediction"]) <= TOL
     assert relative_error(pooled, golden["expected_pooled"]) <= TOL

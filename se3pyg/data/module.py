@@ -19,12 +19,11 @@ from se3pyg.data.transforms import TargetStats, TrainingView, task_targets
 
 @dataclass
 class QM9Splits:
-    """Train, validation and test views of QM9 for one task, and the train target statistics."""
+    """Train, validation and test views of QM9 for one task, and the train split's target statistics."""
 
     train: Dataset
     val: Dataset
     test: Dataset
-    task: Task
     stats: TargetStats
     sh_bytes: int = 0
 
@@ -57,7 +56,7 @@ def qm9_splits(
         part = dataset.index_select(idx)
         part.transform = view
         parts.append(part)
-    return QM9Splits(*parts, task=task, stats=stats, sh_bytes=sh_bytes)
+    return QM9Splits(*parts, stats=stats, sh_bytes=sh_bytes)
 
 
 def make_loader(

@@ -25,9 +25,6 @@ class TargetStats:
     def of(cls, targets: Tensor) -> TargetStats:
         return cls(targets.mean().item(), targets.std().item())
 
-    def to_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "std": self.std}
-
 
 class TrainingView(BaseTransform):
     r"""``x[:, :6]``, ``edge_attr[:, :4]``, ``pos``, ``edge_index`` and

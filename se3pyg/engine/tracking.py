@@ -107,11 +107,6 @@ class Tracker:
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self._guard("log_metrics", self.client.log_batch, self.run_id, metrics=items)
 
-    def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        self._guard("set_tags", self.client.log_batch, self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-
     def log_artifact(self, path: str | os.PathLike) -> None:
         self._guard("log_artifact", self.client.log_artifact, self.run_id, str(path))
 

@@ -33,8 +33,18 @@ class AttentionSE3(MessagePassing):
 
     with keys and values per edge, queries per node, :math:`n_k` the key
     fiber's number of features, and heads splitting the channels of every
-    degree.
+    degree. Logits and softmax run in at least float32 under autocast.
+
+    Args:
+        num_heads: heads; each divides every key and value channel count.
+        key_fiber, value_fiber: fibers of keys (and queries) and of values.
+
+    Shapes:
+        ``forward(value {"d": [E, C_d, 2d+1]}, key {"d": [E, ...]}, query {"d": [N, ...]}, edge_index [2, E])``
+        -> ``{"d": [N, C_d, 2d+1]}`` with the value fiber.
     """
+
+    __repr__ = nn.Module.__repr__  # one style for every layer: torch's, with extra_repr
 
     def __init__(self, num_heads: int, key_fiber: Fiber, value_fiber: Fiber) -> None:
         super().__init__(aggr="add", flow="source_to_target", node_dim=0)
@@ -73,8 +83,8 @@ class AttentionSE3(MessagePassing):
         alpha = softmax(logits, index, ptr, size_i)
         return v.to(dtype) * alpha.unsqueeze(-1)
 
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}(heads={self.num_heads}, key={self.key_fiber}, value={self.value_fiber})"
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, key={self.key_fiber}, value={self.value_fiber}"
 
 
 class AttentionBlockSE3(nn.Module):
@@ -83,6 +93,15 @@ class AttentionBlockSE3(nn.Module):
     Values have ``fiber_out``'s degrees with channels divided by ``channels_div``;
     keys and queries the value degrees present in ``fiber_in``. The output is
     ``project(cat(attention, input))`` per degree.
+
+    Args:
+        fiber_in, fiber_out: node fibers in and out.
+        fiber_edge: edge fiber of the key/value convolution.
+        num_heads, channels_div: attention heads; value channels are ``fiber_out``'s divided by ``channels_div``.
+        use_layer_norm, max_degree, layout, low_memory: as in :class:`~se3pyg.nn.conv.ConvSE3`.
+
+    Shapes:
+        ``forward(node_feats {"d": [N, C_d, 2d+1]}, edge_feats, edge_index [2, E], basis)`` -> ``fiber_out`` features.
     """
 
     def __init__(
@@ -115,6 +134,10 @@ class AttentionBlockSE3(nn.Module):
         self.to_query = LinearSE3(fiber_in, key_fiber)
         self.attention = AttentionSE3(num_heads, key_fiber, value_fiber)
         self.project = LinearSE3(Fiber({d: c + fiber_in[d] for d, c in value_fiber.items()}), fiber_out)
+
+    def reset_parameters(self) -> None:
+        for module in (self.to_key_value, self.to_query, self.project):
+            module.reset_parameters()
 
     def forward(
         self,

@@ -40,6 +40,17 @@ class KernelGroup(nn.Module):
     under autograd every chunk's weights are kept for the backward pass
     anyway, and one chunk is faster (fewer, larger weight-gradient products:
     1.2x on a published-recipe training step).
+
+    Args:
+        degrees_in, degrees_out: the degrees fused on each side.
+        channels_in, channels_out: channels of every input and output degree.
+        edge_dim: invariant edge features of the radial network.
+        use_layer_norm: LayerNorm inside the radial network.
+        uses_basis: ``False`` for NVIDIA's pairwise 0 -> 0 kernel, a plain radial weight.
+
+    Shapes:
+        ``forward(features [E, C_in, D_in], edge_scalars [E, edge_dim], basis)`` -> ``[E, C_out, D_out]``,
+        ``D = sum_d (2d + 1)`` over the fused degrees.
     """
 
     #: Radial weights per CPU chunk (floats): about 8 MB.
@@ -71,15 +82,17 @@ class KernelGroup(nn.Module):
         Radial weights come out transposed (``[E, C_in F_d, C_out]``), the layout the contraction reads
         fastest and whose gradient needs no copy.
         """
-        weight = self.radial_func.net[-1].weight
+        weight = self.radial_func.last.weight
         per_pair = weight.view(self.channels_out, self.channels_in, sum(self.freq_blocks), -1)
         return [b.permute(1, 2, 0, 3).reshape(-1, weight.shape[-1]) for b in per_pair.split(self.freq_blocks, dim=2)]
 
+    def reset_parameters(self) -> None:
+        self.radial_func.reset_parameters()
+
     def forward(self, features: Tensor, edge_scalars: Tensor, basis: Basis | None) -> Tensor:
-        """``[E, C_in, D_in]`` -> ``[E, C_out, D_out]``."""
         hidden = self.radial_func.hidden(edge_scalars)
         if basis is None:  # NVIDIA's pairwise 0 -> 0 kernel
-            weights = (hidden @ self.radial_func.net[-1].weight.T).view(-1, self.channels_out, self.channels_in)
+            weights = (hidden @ self.radial_func.last.weight.T).view(-1, self.channels_out, self.channels_in)
             return weights @ features
         blocks = [basis.fused(self.degrees_in, [d]) for d in self.degrees_out]
         block_weights = self._block_weights()
@@ -101,6 +114,9 @@ class KernelGroup(nn.Module):
             outputs.append(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
         return (torch.cat(outputs) if len(outputs) > 1 else outputs[0]).transpose(1, 2)
 
+    def extra_repr(self) -> str:
+        return f"degrees {self.degrees_in} -> {self.degrees_out}, channels {self.channels_in} -> {self.channels_out}"
+
 
 class ConvSE3(MessagePassing):
     r"""SE(3)-equivariant graph convolution (Tensor Field Network).
@@ -121,7 +137,22 @@ class ConvSE3(MessagePassing):
     are present with equal channels), ``"partial"`` one per output (or input)
     degree, ``"pairwise"`` one per degree pair; each falls back to the next
     when its conditions do not hold, as NVIDIA's fuse levels.
+
+    Args:
+        fiber_in, fiber_out, fiber_edge: node input, output and edge fibers.
+        pool: sum messages into the destination nodes (else return them per edge).
+        use_layer_norm: LayerNorm inside the radial networks.
+        self_interaction: add :math:`W^k_{\text{self}} x^k_i` (per incoming edge).
+        max_degree: the largest degree of the bases.
+        layout: ``"full"``, ``"partial"`` or ``"pairwise"`` (the parameters).
+        low_memory: recompute the kernels in the backward pass.
+
+    Shapes:
+        ``forward(node_feats {"d": [N, C_d, 2d+1]}, edge_feats {"d": [E, C_d, 2d+1]}, edge_index [2, E], basis)``
+        -> ``{"d": [N, C'_d, 2d+1]}`` (``pool=True``) or ``{"d": [E, C'_d, 2d+1]}``.
     """
+
+    __repr__ = nn.Module.__repr__  # one style for every layer: torch's, with extra_repr
 
     def __init__(
         self,
@@ -186,12 +217,17 @@ class ConvSE3(MessagePassing):
 
         if self_interaction:
             self.to_kernel_self = nn.ParameterDict(
-                {
-                    str(d): nn.Parameter(torch.randn(c, fiber_in[d]) / fiber_in[d] ** 0.5)
-                    for d, c in fiber_out.items()
-                    if d in fiber_in
-                }
+                {str(d): nn.Parameter(torch.empty(c, fiber_in[d])) for d, c in fiber_out.items() if d in fiber_in}
             )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for group in self.groups:
+            group.reset_parameters()
+        if self.self_interaction:
+            with torch.no_grad():
+                for weight in self.to_kernel_self.values():
+                    weight.normal_().div_(weight.shape[1] ** 0.5)
 
     def forward(
         self,
@@ -246,5 +282,5 @@ class ConvSE3(MessagePassing):
                 outputs[key] = outputs[key] + part if key in outputs else part
         return torch.cat([outputs[str(d)].flatten(-2) for d in self.fiber_out.degrees], dim=-1)
 
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_out}, fuse={self.fuse}, pool={self.pool})"
+    def extra_repr(self) -> str:
+        return f"{self.fiber_in} -> {self.fiber_out}, fuse={self.fuse}, pool={self.pool}"

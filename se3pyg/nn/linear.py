@@ -14,6 +14,13 @@ class LinearSE3(nn.Module):
     .. math:: y^d = W^d x^d, \qquad W^d \in \mathbb{R}^{C'_d \times C_d}
 
     Output degrees are those of ``fiber_out``; each must be in ``fiber_in``.
+    Runs in the weights' dtype under autocast (cheap, precision-sensitive).
+
+    Args:
+        fiber_in, fiber_out: channels per degree in and out.
+
+    Shapes:
+        ``forward({"d": [N, C_d, 2d+1]})`` -> ``{"d": [N, C'_d, 2d+1]}`` for the degrees of ``fiber_out``.
     """
 
     def __init__(self, fiber_in: Fiber, fiber_out: Fiber) -> None:

@@ -16,6 +16,13 @@ class NormSE3(nn.Module):
     The layer norm runs over the channels of each degree. When all degrees
     have the same channels the per-degree norms are one ``GroupNorm``.
     Norms are clamped at ``2^-24`` (fp16's smallest subnormal).
+
+    Args:
+        fiber: the degrees and channels normalized.
+        nonlinearity: applied to the normalized norms (default ReLU).
+
+    Shapes:
+        ``forward({"d": [N, C_d, 2d+1]})`` -> the same shapes.
     """
 
     NORM_CLAMP = 2**-24
@@ -28,6 +35,10 @@ class NormSE3(nn.Module):
             self.group_norm = nn.GroupNorm(num_groups=len(fiber), num_channels=sum(fiber.channels))
         else:
             self.layer_norms = nn.ModuleDict({str(d): nn.LayerNorm(c) for d, c in fiber.items()})
+
+    def reset_parameters(self) -> None:
+        for norm in [self.group_norm] if hasattr(self, "group_norm") else self.layer_norms.values():
+            norm.reset_parameters()
 
     def forward(self, features: dict[str, Tensor], *args: object, **kwargs: object) -> dict[str, Tensor]:
         keys = [str(d) for d in self.fiber.degrees]

@@ -13,6 +13,13 @@ class GraphPooling(nn.Module):
 
     Mean pooling is equivariant for any degree; max pooling only for degree 0.
     Returns ``[B, C]`` for degree 0, ``[B, C, 2d + 1]`` otherwise.
+
+    Args:
+        pool: ``"max"`` or ``"avg"``.
+        feat_type: the degree pooled.
+
+    Shapes:
+        ``forward({"d": [N, C, 2d+1]}, batch [N])`` -> ``[B, C]`` or ``[B, C, 2d+1]``.
     """
 
     def __init__(self, pool: Literal["max", "avg"] = "max", feat_type: int = 0) -> None:

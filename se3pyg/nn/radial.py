@@ -9,9 +9,26 @@ class RadialProfile(nn.Module):
     r"""Radial weights :math:`\phi(r, e)` of a TFN kernel (TFN's :math:`R^{l,k}`).
 
     An MLP shared by all edges, ``Linear -> [LayerNorm] -> ReLU -> Linear ->
-    [LayerNorm] -> ReLU -> Linear(bias=False)``, from the invariant edge
-    features (edge length included) to ``num_freq * channels_in * channels_out``
-    weights per edge.
+    [LayerNorm] -> ReLU -> Linear(bias=False)``:
+
+    .. math:: R_e = W_{\text{last}}\, h_e, \qquad h_e = \mathrm{hidden}(e) \in \mathbb{R}^{\text{mid}}
+
+    with ``W_last`` of shape ``[C_out * C_in * F, mid]``, rows ordered
+    ``(c_out, c_in, f)`` (NVIDIA's parameter layout). The kernels
+    (:class:`se3pyg.nn.conv.KernelGroup`) call :meth:`hidden` and apply
+    :attr:`last` themselves, in the row order and edge chunks their
+    contraction reads fastest, so the ``[E, C_out * C_in * F]`` weights are
+    never formed in NVIDIA's order.
+
+    Args:
+        num_freq: basis frequencies :math:`F` the weights multiply.
+        channels_in, channels_out: channels of the kernel's input and output.
+        edge_dim: invariant edge features (edge length included).
+        mid_dim: width of the hidden layers.
+        use_layer_norm: LayerNorm after each hidden linear layer.
+
+    Shapes:
+        :meth:`hidden`: ``[E, edge_dim]`` -> ``[E, mid_dim]``; :attr:`last`: weight ``[C_out * C_in * F, mid_dim]``.
     """
 
     def __init__(
@@ -36,15 +53,16 @@ class RadialProfile(nn.Module):
         layers += [nn.ReLU(), nn.Linear(mid_dim, num_freq * channels_in * channels_out, bias=False)]
         self.net = nn.Sequential(*layers)
 
+    @property
+    def last(self) -> nn.Linear:
+        """The last linear layer (no bias), which the kernels apply themselves."""
+        return self.net[-1]
+
     def hidden(self, edge_scalars: Tensor) -> Tensor:
-        """The MLP up to its last layer: ``[E, mid_dim]``."""
+        """The MLP up to its last layer: ``[E, edge_dim]`` -> ``[E, mid_dim]``."""
         for layer in self.net[:-1]:
             edge_scalars = layer(edge_scalars)
         return edge_scalars
-
-    def forward(self, edge_scalars: Tensor) -> Tensor:
-        """``[E, edge_dim]`` -> ``[E, channels_out, channels_in * num_freq]``."""
-        return self.net(edge_scalars).view(-1, self.channels_out, self.channels_in * self.num_freq)
 
     def reset_parameters(self) -> None:
         for layer in self.net:
