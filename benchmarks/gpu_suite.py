@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from se3pyg.compat.nvidia import load_nvidia  # noqa: E402
-from se3pyg.engine.benchmark import BenchmarkConfig, run_benchmark  # noqa: E402
+from se3pyg.engine.benchmark import run_benchmark  # noqa: E402
+from se3pyg.engine.config import BenchmarkConfig  # noqa: E402
 
 KEYS = ("x", "pos", "edge_index", "edge_attr")
 
@@ -70,7 +71,7 @@ def throughput(mols: list[dict], mode: str, batch_size: int, amp: str | None) ->
     """se3pyg's benchmark (NVIDIA's method) on the GPU for the published recipe."""
     torch.backends.cuda.matmul.allow_tf32 = True
     config = BenchmarkConfig(
-        mode=mode, batch_size=batch_size, steps=20, amp=amp is not None, amp_dtype=amp or "fp16", gpus=1
+        mode=mode, batch_size=batch_size, steps=20, amp=amp is not None, amp_dtype=amp or "fp16", gpus=1, tracking=False
     )
     result = run_benchmark(config, [Data(**m) for m in mols])
     result["precision"] = amp or "tf32"

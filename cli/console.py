@@ -22,6 +22,21 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 @contextmanager
+def one_line_errors() -> Iterator[None]:
+    """What se3pyg refuses (bad options, data, checkpoints, stores) or stops for ends as one line and an exit code."""
+    from se3pyg.data import DataError
+    from se3pyg.engine.tracking import TrackingError
+    from se3pyg.engine.train import TrainingError
+
+    try:
+        yield
+    except TrainingError as exc:
+        raise fail(str(exc), exc.code) from None
+    except (ValueError, DataError, TrackingError) as exc:
+        raise fail(str(exc)) from None
+
+
+@contextmanager
 def stage_progress() -> Iterator[Callable[[str, int, int], None]]:
     """A ``progress(stage, done, total)`` callback: a rich bar on a terminal, one line per stage otherwise."""
     if console.is_terminal:

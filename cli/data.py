@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from se3pyg.cli.console import console, fail, stage_progress
+from se3pyg.cli.console import console, one_line_errors, stage_progress
 
 app = typer.Typer(no_args_is_help=True, help="Prepare datasets.")
 
@@ -20,14 +20,11 @@ def prepare(
     limit: int | None = typer.Option(None, "--limit", help="Keep only the first N characterized molecules."),
 ) -> None:
     """Build QM9 from the qm9pack package (no network), once; an existing complete build is kept."""
-    from se3pyg.data import DataError, prepare_qm9
+    from se3pyg.data import prepare_qm9
 
     start = time.perf_counter()
-    try:
-        with stage_progress() as progress:
-            manifest = prepare_qm9(data_dir, limit, progress=progress)
-    except DataError as exc:
-        raise fail(str(exc)) from None
+    with one_line_errors(), stage_progress() as progress:
+        manifest = prepare_qm9(data_dir, limit, progress=progress)
     console.print(
         f"QM9 ready in {data_dir}: {manifest['count']} molecules ({time.perf_counter() - start:.1f} s)",
         markup=False,

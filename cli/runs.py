@@ -9,7 +9,7 @@ import sys
 import typer
 from rich.table import Table
 
-from se3pyg.cli.console import console, fail
+from se3pyg.cli.console import console, one_line_errors
 
 
 def ui(
@@ -40,37 +40,20 @@ def runs(
     tracking_uri: str | None = typer.Option(None, help="MLflow store (default $MLFLOW_TRACKING_URI or mlruns/)."),
 ) -> None:
     """A table comparing training runs."""
-    import mlflow
+    from se3pyg.engine.tracking import list_runs, resolve_tracking_uri
 
-    from se3pyg.engine.tracking import resolve_tracking_uri
-
-    uri = resolve_tracking_uri(tracking_uri)
-    try:
-        mlflow.set_tracking_uri(uri)
-        client = mlflow.MlflowClient()
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            raise fail(f"--experiment {experiment!r}: no such experiment in {uri}")
-        query = "tags.command = 'train'" + (f" and tags.task = '{task}'" if task else "")
-        found = client.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"])
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        raise fail(f"MLflow tracking store {uri}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
-    table = Table(title=f"{experiment} ({uri})")
+    with one_line_errors():
+        found = list_runs(tracking_uri, experiment, task)
+    table = Table(title=f"{experiment} ({resolve_tracking_uri(tracking_uri)})")
     for column in ("run", "task", "status", "epochs", "best val MAE", "test MAE", "mol/ms", "duration"):
         table.add_column(column)
+
+    def number(value: float | None, digits: int) -> str:
+        return "" if value is None else f"{value:.{digits}f}"
+
     for r in found:
-        m, p = r.data.metrics, r.data.params
-        duration = ((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000
         table.add_row(
-            r.info.run_name or r.info.run_id[:8],
-            r.data.tags.get("task", ""),
-            r.info.status,
-            p.get("epochs", ""),
-            f"{m['best_val_mae']:.5f}" if "best_val_mae" in m else "",
-            f"{m['test_mae']:.5f}" if "test_mae" in m else "",
-            f"{m['throughput_mol_per_ms']:.3f}" if "throughput_mol_per_ms" in m else "",
-            f"{duration:.0f} s",
-        )
+            r.name, r.task, r.status, r.epochs, number(r.best_val_mae, 5), number(r.test_mae, 5),
+            number(r.throughput_mol_per_ms, 3), f"{r.duration_s:.0f} s",
+        )  # fmt: skip
     console.print(table)

@@ -60,7 +60,8 @@ def test_runs_table_compares_training_runs(qm9_dir: Path, tmp_path: Path) -> Non
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
 )
-def test_training_options_run(qm9_dir: Path, tmp_path: Path, options: dict) -> None:
+def test_every_training_option_completes_a_run(qm9_dir: Path, tmp_path: Path, options: dict) -> None:
+    """Each option end to end; what each does is asserted in test_engine.py (precision, accumulation, ...)."""
     result = run(TrainConfig(**TINY, **options, data_dir=str(qm9_dir), tracking_uri=f"sqlite:///{tmp_path}/m.db"))
     assert result is not None and result.epochs_run == 1
     assert torch.isfinite(torch.tensor([result.best_val_mae, result.test_mae])).all()

@@ -152,7 +152,7 @@ def test_bad_inputs_are_refused_without_output(
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda p: None, "missing.pt: no such checkpoint file"),
+        (lambda p: None, "missing.pt: no such file"),
         (lambda p: p.write_bytes(b"garbage"), "missing.pt: not a readable PyTorch checkpoint"),
         (lambda p: torch.save({"weights": torch.zeros(2)}, p), "not an se3pyg or NVIDIA"),
     ],

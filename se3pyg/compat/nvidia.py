@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from se3pyg.fiber import Fiber
+from se3pyg.io import read_torch_file
 from se3pyg.model import Pooling, SE3Transformer, SE3TransformerPooled
 
 _LAYER = re.compile(r"^graph_modules\.(\d+)\.")
@@ -25,12 +26,7 @@ _LAYER = re.compile(r"^graph_modules\.(\d+)\.")
 def _read(checkpoint: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, Tensor], str]:
     if isinstance(checkpoint, str | os.PathLike):
         name = os.fspath(checkpoint)
-        if not os.path.isfile(name):
-            raise ValueError(f"{name}: no such file")
-        try:
-            checkpoint = torch.load(name, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{name}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+        checkpoint = read_torch_file(name)
     else:
         name = "checkpoint"
     if not isinstance(checkpoint, Mapping):

@@ -32,6 +32,7 @@ from pathlib import Path
 from torch_geometric.datasets import QM9
 
 from se3pyg.data.errors import DataError
+from se3pyg.io import atomic_write
 from se3pyg.data.molecules import perceive_bonds
 
 NUM_MOLECULES = 130_831
@@ -260,9 +261,8 @@ def prepare_qm9(
         for name in ("raw", "processed"):
             shutil.rmtree(root / name, ignore_errors=True)
             os.replace(scratch / name, root / name)
-        tmp = root / f"{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, root / MANIFEST)
+        with atomic_write(root / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2))
         return manifest
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -8,12 +8,20 @@ from typing import Any
 
 import torch
 
+from se3pyg.io import CheckpointError, atomic_write, read_torch_file
+from se3pyg.model import SE3TransformerPooled
+
 FORMAT = "se3pyg-checkpoint"
 VERSION = 1
 
-
-class CheckpointError(Exception):
-    """A checkpoint file that cannot be used; the message names it."""
+__all__ = [
+    "CheckpointError",
+    "best_path",
+    "is_se3pyg_checkpoint",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "save_checkpoint",
+]
 
 
 def best_path(path: str | os.PathLike) -> Path:
@@ -24,25 +32,8 @@ def best_path(path: str | os.PathLike) -> Path:
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` through a temporary file and an atomic rename."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_write(path) as tmp:
         torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def read_torch_file(path: str | os.PathLike) -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU, or :class:`CheckpointError` naming the file."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such checkpoint file")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # every unreadable file gets one line
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
 
 
 def is_se3pyg_checkpoint(payload: Any) -> bool:
@@ -59,3 +50,10 @@ def load_checkpoint(path: str | os.PathLike, payload: Any = None) -> dict[str, A
     if payload.get("version") != VERSION:
         raise CheckpointError(f"{p}: checkpoint version {payload.get('version')} is not supported")
     return payload
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> SE3TransformerPooled:
+    """The trained model of an se3pyg checkpoint, on CPU, in training mode."""
+    model = SE3TransformerPooled.from_config(checkpoint["model_config"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model

@@ -1,85 +1,91 @@
-"""Configuration of a training run: NVIDIA's options and defaults (the published QM9 recipe)."""
+"""What a command runs: its options as dataclasses, NVIDIA's names and defaults (the published QM9 recipe).
+
+Each field carries its help text (:func:`se3pyg.options.option`); the command
+line is generated from these classes. ``validate`` refuses what cannot work
+with a ``ValueError`` naming the option; :meth:`DeviceOptions.resolve_gpus`
+turns "all visible GPUs" into a count.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
+
+import torch
+
+from se3pyg.model import ModelOptions
+from se3pyg.options import option
+
+AMP_DTYPES = ("auto", "fp16", "bf16")
+_Options = TypeVar("_Options", bound="DeviceOptions")
 
 
 @dataclass
-class ModelOptions:
-    """The model hyperparameters a command takes (defaults: NVIDIA's published recipe)."""
+class DeviceOptions:
+    """Where and in what precision a command computes, and where it is tracked."""
 
-    num_layers: int = 7
-    num_heads: int = 8
-    channels_div: int = 2
-    pooling: str = "max"
-    norm: bool = True
-    use_layer_norm: bool = True
-    low_memory: bool = False
-    num_degrees: int = 4
-    num_channels: int = 32
-    layout: str = "full"
+    batch_size: int = option(240, "Molecules per batch and process.")
+    amp: bool = option(False, "Automatic mixed precision.", "--amp/--no-amp")
+    amp_dtype: str = option("auto", "AMP dtype: fp16 (with a GradScaler), bf16, or auto (fp16 on GPUs, bf16 on CPU).")
+    gpus: int | None = option(None, "GPUs on this node, one process each (0: the CPU; default: all visible).")
+    tracking_uri: str | None = option(None, "MLflow store (default $MLFLOW_TRACKING_URI or mlruns/).")
+    experiment: str = option("se3pyg", "MLflow experiment.")
 
-    def model_kwargs(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(ModelOptions)}
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"--amp-dtype must be fp16 or bf16 (or auto), got {self.amp_dtype!r}")
+        if self.gpus is not None and self.gpus < 0:
+            raise ValueError(f"--gpus must be >= 0, got {self.gpus}")
 
+    def resolve_gpus(self: _Options) -> _Options:
+        """A copy with ``gpus`` counted (``None``: every visible GPU), validated; ``ValueError`` when too many."""
+        self.validate()
+        visible = torch.cuda.device_count()
+        gpus = visible if self.gpus is None else self.gpus
+        if gpus > visible:
+            raise ValueError(f"--gpus {gpus}: only {visible} visible")
+        return dataclasses.replace(self, gpus=gpus)
 
-@dataclass
-class TrainConfig(ModelOptions):
-    task: str = "homo"
-    epochs: int = 100
-    batch_size: int = 240
-    seed: int = 0
-    num_workers: int = 0
-    amp: bool = False
-    amp_dtype: str = "fp16"
-    gradient_clip: float | None = None
-    accumulate_grad_batches: int = 1
-    ckpt_interval: int = -1
-    eval_interval: int = 20
-    silent: bool = False
-    data_dir: str = "data/qm9"
-    limit: int | None = None
-    save_ckpt_path: str | None = None
-    load_ckpt_path: str | None = None
-    optimizer: str = "adam"
-    learning_rate: float = 0.002
-    min_learning_rate: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 0.1
-    precompute_bases: bool = False
-    gpus: int = 0
-    processes: int = 1
-    tracking_uri: str | None = None
-    experiment: str = "se3pyg"
-    run_name: str | None = None
+    @property
+    def use_cuda(self) -> bool:
+        return bool(self.gpus)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def validate(self) -> None:
-        """``ValueError`` naming the first option that cannot work."""
-        from se3pyg.data.tasks import get_task
-        from se3pyg.engine.optim import OPTIMIZERS
 
-        get_task(self.task)
-        positive = ("epochs", "batch_size", "accumulate_grad_batches", "num_layers", "num_degrees", "num_channels")
+@dataclass
+class RunOptions(DeviceOptions, ModelOptions):
+    """Options of the commands that run a model on QM9: the model's, the devices', the data's."""
+
+    seed: int = option(0, "Random seed (model initialization and batch order).")
+    data_dir: str = option("data/qm9", "QM9 folder (built when missing).")
+    limit: int | None = option(None, "Use only the first N QM9 molecules.")
+    precompute_bases: bool = option(False, "Keep every bond's spherical harmonics in RAM.")
+    processes: int = option(1, "Processes when not on GPUs (DDP over gloo), e.g. to test DDP on CPU.")
+
+    def model_options(self) -> dict[str, Any]:
+        """The :class:`ModelOptions` fields, as ``SE3TransformerPooled`` keywords."""
+        return {f.name: getattr(self, f.name) for f in fields(ModelOptions)}
+
+    @property
+    def world_size(self) -> int:
+        """Processes of the run: one per GPU, else ``processes``."""
+        return self.gpus if self.gpus else self.processes
+
+    def validate(self) -> None:
+        super().validate()
+        positive = ("num_layers", "num_degrees", "num_channels", "processes")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.num_heads < 1 or self.channels_div < 1:
             raise ValueError("--num-heads and --channels-div must be >= 1")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.amp_dtype not in ("fp16", "bf16"):
-            raise ValueError(f"--amp-dtype must be fp16 or bf16, got {self.amp_dtype!r}")
         if self.pooling not in ("max", "avg"):
             raise ValueError(f"--pooling must be max or avg, got {self.pooling!r}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
-        if self.num_workers < 0 or self.processes < 1 or self.gpus < 0:
-            raise ValueError("--num-workers and --gpus must be >= 0, --processes >= 1")
         if self.limit is not None and self.limit < 10:
             raise ValueError(f"--limit must be >= 10 (train, validation and test need molecules), got {self.limit}")
         if (self.num_channels // self.channels_div) % self.num_heads:
@@ -87,3 +93,98 @@ class TrainConfig(ModelOptions):
                 f"--num-heads {self.num_heads} must divide num_channels / channels_div = "
                 f"{self.num_channels // self.channels_div}"
             )
+
+
+@dataclass
+class TrainConfig(RunOptions):
+    """``se3pyg train``: NVIDIA's training options."""
+
+    task: str | None = option(None, "QM9 target by NVIDIA's name (homo, lumo, gap, U0, ...); default homo.")
+    epochs: int = option(100, "Total number of epochs (also when resuming).")
+    num_workers: int = option(0, "DataLoader worker processes.")
+    gradient_clip: float | None = option(None, "Clip the gradient norm to this value.")
+    accumulate_grad_batches: int = option(1, "Batches per optimizer step.")
+    ckpt_interval: int = option(-1, "Save a checkpoint every N epochs (-1: only the last).")
+    eval_interval: int = option(20, "Validate every N epochs (and after the last).")
+    save_ckpt_path: str | None = option(None, "Last checkpoint; the best one is saved beside it.")
+    load_ckpt_path: str | None = option(None, "Resume from this se3pyg checkpoint (its task, model and statistics).")
+    optimizer: str = option("adam", "adam (AdamW), sgd or lamb.")
+    learning_rate: float = option(0.002, "Initial learning rate.", "--learning-rate", "--lr")
+    min_learning_rate: float | None = option(None, "Cosine schedule floor (default lr / 10).")
+    momentum: float = option(0.9, "SGD momentum.")
+    weight_decay: float = option(0.1, "Weight decay (decoupled for adam and lamb).")
+    run_name: str | None = option(None, "MLflow run name.")
+
+    def validate(self) -> None:
+        from se3pyg.data.tasks import get_task
+        from se3pyg.engine.optim import OPTIMIZERS
+
+        super().validate()
+        get_task(self.task or "homo")
+        for name in ("epochs", "accumulate_grad_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if self.num_workers < 0:
+            raise ValueError(f"--num-workers must be >= 0, got {self.num_workers}")
+
+    def resumed_from(self, checkpoint: dict[str, Any]) -> TrainConfig:
+        """This config with the task and model options of ``checkpoint``; a different ``task`` is an error."""
+        if self.task is not None and self.task != checkpoint["task"]:
+            raise ValueError(
+                f"--task {self.task}: {self.load_ckpt_path} was trained for {checkpoint['task']!r}; "
+                "leave --task out to resume it"
+            )
+        model = {k: v for k, v in checkpoint["model_config"].items() if k in self.model_options()}
+        return dataclasses.replace(self, task=checkpoint["task"], **model)
+
+
+@dataclass
+class BenchmarkConfig(RunOptions):
+    """``se3pyg benchmark``: NVIDIA's throughput method on the training step or on inference."""
+
+    mode: str = option("train", "train or predict.")
+    steps: int = option(20, "Timed steps after the warm-up.")
+    warmup: int = option(2, "Untimed warm-up steps.")
+    epochs: int = option(0, "Instead of --steps: time this many epochs after a warm-up epoch.")
+    compile: bool = option(False, "torch.compile the model (dynamic shapes).", "--compile")
+    tracking: bool = option(True, "Log the figures to MLflow.", "--tracking/--no-tracking")
+    experiment: str = option("se3pyg-benchmark", "MLflow experiment.")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.mode not in ("train", "predict"):
+            raise ValueError(f"mode must be train or predict, got {self.mode!r}")
+        if self.steps < 1 or self.epochs < 0 or self.warmup < 0:
+            raise ValueError("--steps must be >= 1, --epochs and --warmup >= 0")
+
+    def training(self) -> TrainConfig:
+        """The training run whose step this benchmark times (NVIDIA's optimizer and schedule)."""
+        shared = {f.name: getattr(self, f.name) for f in fields(RunOptions)}
+        return TrainConfig(**shared)
+
+
+@dataclass
+class PredictConfig(DeviceOptions):
+    """``se3pyg predict``: a checkpoint on a QM9 split, or on the user's molecules."""
+
+    ckpt: str = option(..., "se3pyg or NVIDIA checkpoint.", "--ckpt")
+    input: list[str] | None = option(None, "XYZ/SDF file or folder (repeatable).")
+    output: str = option("predictions.csv", "CSV for --input predictions.")
+    split: str = option("test", "Without --input: the QM9 split to evaluate, test or val.")
+    data_dir: str | None = option(None, "QM9 folder (default: the checkpoint's).")
+    limit: int | None = option(None, "First N QM9 molecules (default: the checkpoint's).")
+    task: str | None = option(None, "Task of an NVIDIA checkpoint (default homo).")
+    target_mean: float | None = option(None, "NVIDIA checkpoints: train mean of the task.")
+    target_std: float | None = option(None, "NVIDIA checkpoints: train std of the task.")
+    num_heads: int = option(8, "NVIDIA checkpoints: attention heads.")
+    channels_div: int = option(2, "NVIDIA checkpoints: channels_div.")
+    run_name: str | None = option(None, "MLflow run name.")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.split not in ("test", "val"):
+            raise ValueError(f"--split must be test or val, got {self.split!r}")

@@ -1,17 +1,28 @@
-"""Process groups: one process, N spawned processes on this node, or a torchrun launch."""
+"""Process groups: one process, N spawned processes on this node, or a torchrun launch.
+
+:func:`launch` is the one launcher of training and benchmarks; :func:`run_worker`
+is what every rank runs around the work itself.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from se3pyg.engine.allocator import keep_freed_memory
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,11 @@ class DistInfo:
 
 def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+
+
+def is_main_process() -> bool:
+    """Whether this process is (or will be) rank 0: the launcher, or torchrun's rank 0."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def free_port() -> int:
@@ -103,3 +119,59 @@ def _worker(local_rank: int, world_size: int, port: int, fn: Callable[..., Any],
 def spawn(fn: Callable[..., Any], nprocs: int, *args: Any) -> None:
     """Run ``fn(*args)`` in ``nprocs`` processes of one process group on this node."""
     torch.multiprocessing.spawn(_worker, args=(nprocs, free_port(), fn, args), nprocs=nprocs, join=True)
+
+
+def spawns(world_size: int) -> bool:
+    """Whether :func:`launch` starts ``world_size`` processes itself (not one process, not under torchrun)."""
+    return world_size > 1 and not launched_by_torchrun()
+
+
+def launch(
+    worker: Callable[..., R],
+    world_size: int,
+    use_cuda: bool,
+    *args: Any,
+    prepare: Callable[[], object] | None = None,
+) -> R | None:
+    """Run ``worker(info, *args)`` on every rank: in this process, as a torchrun rank, or in spawned ones.
+
+    ``prepare`` runs once before processes are spawned (e.g. a data build they would otherwise race for).
+    Returns rank 0's result, also in a launcher that spawned; ``None`` on the other ranks. An exception
+    of a spawned rank is raised again here, as itself.
+    """
+    if not spawns(world_size):
+        return run_worker(worker, use_cuda, *args)
+    if prepare is not None:
+        prepare()
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "result.pkl"
+        try:
+            spawn(_run_and_report, world_size, worker, use_cuda, args, str(out))
+        except Exception:
+            errors = sorted(Path(scratch).glob("error-*.pkl"))
+            if errors:
+                raise pickle.loads(errors[0].read_bytes()) from None
+            raise
+        return pickle.loads(out.read_bytes())
+
+
+def run_worker(worker: Callable[..., R], use_cuda: bool, *args: Any) -> R | None:
+    """One rank: keep freed host memory, join the process group, ``worker(info, *args)``, leave the group."""
+    keep_freed_memory()
+    info = init(use_cuda)
+    try:
+        result = worker(info, *args)
+        return result if info.is_main else None
+    finally:
+        shutdown()
+
+
+def _run_and_report(worker: Callable[..., Any], use_cuda: bool, args: tuple, out: str) -> None:
+    """A spawned rank: rank 0 leaves its result in ``out``; a failing rank leaves its exception beside it."""
+    try:
+        result = run_worker(worker, use_cuda, *args)
+    except Exception as exc:
+        Path(out).with_name(f"error-{os.environ['RANK']}.pkl").write_bytes(pickle.dumps(exc))
+        raise
+    if result is not None:
+        Path(out).write_bytes(pickle.dumps(result))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 from dataclasses import dataclass
@@ -14,10 +13,22 @@ from torch_geometric.loader import DataLoader
 
 from se3pyg.compat.nvidia import load_nvidia
 from se3pyg.data import TargetStats, get_task, qm9_splits
+from se3pyg.data.molecules import read_molecules
 from se3pyg.data.tasks import Task
-from se3pyg.engine.checkpoint import CheckpointError, is_se3pyg_checkpoint, load_checkpoint, read_torch_file
+from se3pyg.engine.allocator import keep_freed_memory
+from se3pyg.engine.checkpoint import (
+    CheckpointError,
+    is_se3pyg_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+)
+from se3pyg.engine.config import PredictConfig
 from se3pyg.engine.distributed import DistInfo
 from se3pyg.engine.evaluate import mean_absolute_error
+from se3pyg.engine.precision import Precision
+from se3pyg.engine.step import predict_step
+from se3pyg.engine.tracking import Tracker
+from se3pyg.io import atomic_write, read_torch_file
 from se3pyg.model import SE3TransformerPooled
 
 
@@ -44,12 +55,11 @@ def load_model(
     payload = read_torch_file(p)
     if is_se3pyg_checkpoint(payload):
         ckpt = load_checkpoint(p, payload)
-        model = SE3TransformerPooled.from_config(ckpt["model_config"])
-        model.load_state_dict(ckpt["state_dict"])
         if task is not None and task != ckpt["task"]:
             raise CheckpointError(f"{p}: trained for task {ckpt['task']!r}, not {task!r}")
+        model = model_from_checkpoint(ckpt).eval()
         return LoadedModel(
-            model.eval(), get_task(ckpt["task"]), ckpt["target_mean"], ckpt["target_std"], "se3pyg", ckpt["config"]
+            model, get_task(ckpt["task"]), ckpt["target_mean"], ckpt["target_std"], "se3pyg", ckpt["config"]
         )
     try:
         model = load_nvidia(payload, num_heads=num_heads, channels_div=channels_div)
@@ -60,16 +70,9 @@ def load_model(
     return LoadedModel(model, get_task(task or "homo"), target_mean, target_std, "nvidia")
 
 
-def _autocast(amp: bool, device: torch.device) -> contextlib.AbstractContextManager:
-    if not amp:
-        return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 @torch.no_grad()
 def predict_molecules(
-    loaded: LoadedModel, molecules: list[Data], batch_size: int, device: torch.device, amp: bool = False
+    loaded: LoadedModel, molecules: list[Data], batch_size: int, device: torch.device, precision: Precision
 ) -> torch.Tensor:
     """Predictions in the task's unit, one per molecule, in order."""
     if loaded.mean is None or loaded.std is None:
@@ -78,11 +81,7 @@ def predict_molecules(
             f"(the mean and std of {loaded.task.name} over the training split, in {loaded.task.unit})"
         )
     model = loaded.model.to(device).eval()
-    out = []
-    for batch in DataLoader(molecules, batch_size=batch_size, shuffle=False):
-        batch = batch.to(device)
-        with _autocast(amp, device):
-            out.append(model(batch).float().cpu())
+    out = [predict_step(model, batch.to(device), precision).cpu() for batch in DataLoader(molecules, batch_size)]
     return torch.cat(out) * loaded.std + loaded.mean
 
 
@@ -93,11 +92,11 @@ def evaluate_split(
     split: str,
     batch_size: int,
     device: torch.device,
-    amp: bool = False,
+    precision: Precision,
 ) -> tuple[float, int]:
     """``(MAE in the task's unit, molecules)`` on NVIDIA's ``test`` or ``val`` split of the first ``limit`` molecules.
 
-    Targets are standardized with the train split's statistics, as in training.
+    Targets are standardized with the checkpoint's statistics (an se3pyg checkpoint) or the train split's.
     """
     if split not in ("test", "val"):
         raise ValueError(f"--split must be test or val, got {split!r}")
@@ -105,22 +104,56 @@ def evaluate_split(
     splits = qm9_splits(data_dir, loaded.task, limit, stats=stats)
     dataset = splits.test if split == "test" else splits.val
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    model = loaded.model.to(device)
-    mae = mean_absolute_error(model, loader, DistInfo(device=device), splits.stats.std, lambda: _autocast(amp, device))
+    mae = mean_absolute_error(loaded.model.to(device), loader, DistInfo(device=device), splits.stats.std, precision)
     return mae, len(dataset)
 
 
 def write_predictions_csv(path: str | os.PathLike, names: list[str], task: Task, values: torch.Tensor) -> None:
     """``molecule,task,prediction,unit``, one row a molecule, written atomically."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    with atomic_write(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["molecule", "task", "prediction", "unit"])
+        for name, value in zip(names, values.tolist(), strict=True):
+            writer.writerow([name, task.name, f"{value:.6f}", task.unit])
+
+
+@dataclass
+class PredictResult:
+    """What ``se3pyg predict`` did: predictions written to ``output``, or the MAE on ``split``."""
+
+    task: Task
+    count: int
+    output: str | None = None
+    split: str | None = None
+    mae: float | None = None
+
+
+def run_predict(config: PredictConfig) -> PredictResult:
+    """Predict for ``config.input`` into a CSV, or evaluate on a QM9 split (an MLflow run)."""
+    config = config.resolve_gpus()
+    device = torch.device("cuda" if config.gpus else "cpu")
+    precision = Precision.choose(config.amp, config.amp_dtype, device)
+    keep_freed_memory()
+    loaded = load_model(
+        config.ckpt, config.task, config.target_mean, config.target_std, config.num_heads, config.channels_div
+    )
+    if config.input:
+        molecules = read_molecules(config.input)
+        values = predict_molecules(loaded, molecules, config.batch_size, device, precision)
+        write_predictions_csv(config.output, [m.name for m in molecules], loaded.task, values)
+        return PredictResult(loaded.task, len(molecules), output=config.output)
+    trained = loaded.config or {}
+    data_dir = config.data_dir or trained.get("data_dir", "data/qm9")
+    limit = config.limit if config.limit is not None else trained.get("limit")
+    tags = {"task": loaded.task.name, "command": "predict"}
+    tracker = Tracker(config.tracking_uri, config.experiment, config.run_name, tags)
+    status = "FAILED"
     try:
-        with tmp.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["molecule", "task", "prediction", "unit"])
-            for name, value in zip(names, values.tolist(), strict=True):
-                writer.writerow([name, task.name, f"{value:.6f}", task.unit])
-        os.replace(tmp, target)
+        mae, n = evaluate_split(loaded, data_dir, limit, config.split, config.batch_size, device, precision)
+        params = {"ckpt": config.ckpt, "split": config.split, "task": loaded.task.name, "n": n, "source": loaded.source}
+        tracker.log_params(params)
+        tracker.log_metrics({f"{config.split}_mae": mae}, step=0)
+        status = "FINISHED"
     finally:
-        tmp.unlink(missing_ok=True)
+        tracker.finish(status)
+    return PredictResult(loaded.task, n, split=config.split, mae=mae)

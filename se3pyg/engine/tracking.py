@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,11 @@ def _probe(uri: str) -> None:
         raise TrackingError(f"MLflow tracking store {uri} is unreachable: {reason}") from None
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class Tracker:
     """A started MLflow run; every call after a failure is a no-op."""
 
@@ -79,8 +85,7 @@ class Tracker:
             self.run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
             self.client = client
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TrackingError(f"MLflow tracking store {self.uri} is unreachable: {first}") from None
+            raise TrackingError(f"MLflow tracking store {self.uri} is unreachable: {_first_line(exc)}") from None
         self.run_id = self.run.info.run_id
 
     def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
@@ -115,3 +120,54 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self._guard("set_terminated", self.client.set_terminated, self.run_id, status)
+
+
+@dataclass
+class RunSummary:
+    """One training run as ``se3pyg runs`` lists it."""
+
+    name: str
+    task: str
+    status: str
+    epochs: str
+    best_val_mae: float | None
+    test_mae: float | None
+    throughput_mol_per_ms: float | None
+    duration_s: float
+
+
+def list_runs(uri: str | None, experiment: str, task: str | None = None) -> list[RunSummary]:
+    """The training runs of ``experiment`` (of ``task`` only, when given), newest first."""
+    import mlflow
+
+    uri = resolve_tracking_uri(uri)
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise TrackingError(f"--experiment {experiment!r}: no such experiment in {uri}")
+        found = client.search_runs(
+            [exp.experiment_id], filter_string="tags.command = 'train'", order_by=["attributes.start_time DESC"]
+        )
+    except TrackingError:
+        raise
+    except Exception as exc:
+        raise TrackingError(f"MLflow tracking store {uri}: {_first_line(exc)}") from None
+    rows = []
+    for r in found:
+        if task is not None and r.data.tags.get("task") != task:
+            continue
+        metrics = r.data.metrics
+        rows.append(
+            RunSummary(
+                name=r.info.run_name or r.info.run_id[:8],
+                task=r.data.tags.get("task", ""),
+                status=r.info.status,
+                epochs=r.data.params.get("epochs", ""),
+                best_val_mae=metrics.get("best_val_mae"),
+                test_mae=metrics.get("test_mae"),
+                throughput_mol_per_ms=metrics.get("throughput_mol_per_ms"),
+                duration_s=((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000,
+            )
+        )
+    return rows

@@ -1,36 +1,35 @@
-"""The training loop: DDP, AMP, accumulation, clipping, evaluation, checkpoints, MLflow.
+"""Training: NVIDIA's recipe in a loop that reads top to bottom.
 
-Read top to bottom: :func:`run` launches processes, :func:`train_worker` is
-one rank's whole training.
+:func:`run` resolves the config and launches the ranks; :func:`train_worker`
+is one rank's whole training; :func:`train_epoch` is one pass over the
+training split, a :func:`~se3pyg.engine.step.train_step` per batch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
+import dataclasses
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from se3pyg.data import QM9Splits, TargetStats, get_task, make_loader, prepare_qm9, qm9_splits
 from se3pyg.engine import distributed
-from se3pyg.engine.allocator import keep_freed_memory
 from se3pyg.engine.checkpoint import best_path, load_checkpoint, save_checkpoint
 from se3pyg.engine.config import TrainConfig
+from se3pyg.engine.distributed import DistInfo
 from se3pyg.engine.evaluate import mean_absolute_error
-from se3pyg.engine.optim import make_optimizer
+from se3pyg.engine.state import TrainState
+from se3pyg.engine.step import train_step
 from se3pyg.engine.tracking import Tracker
 from se3pyg.engine.versions import library_versions
-from se3pyg.model import SE3TransformerPooled
 
-log = logging.getLogger("se3pyg.train")
 EpochCallback = Callable[[dict[str, float]], None]
 
 
@@ -41,9 +40,13 @@ class TrainingError(Exception):
         super().__init__(message)
         self.code = code
 
+    def __reduce__(self) -> tuple:  # raised again in the launcher of spawned ranks
+        return (TrainingError, (str(self), self.code))
+
 
 @dataclass
 class TrainResult:
+    task: str
     best_val_mae: float = math.inf
     test_mae: float = math.nan
     epochs_run: int = 0
@@ -54,22 +57,203 @@ class TrainResult:
 def run(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResult | None:
     """Train as ``config`` says: in this process, under torchrun, or in ``--gpus``/``--processes`` spawned ones.
 
-    Returns the result in the process that holds rank 0, ``None`` elsewhere (and in a launcher that spawned).
+    A ``load_ckpt_path`` sets the task and the model options (the checkpoint's). Returns rank 0's result
+    (also in a launcher that spawned), ``None`` on the other ranks. ``on_epoch`` is called on rank 0
+    after each epoch, except in spawned processes.
     """
-    config.validate()
-    world = config.gpus if config.gpus > 0 else config.processes
-    if world > 1 and not distributed.launched_by_torchrun():
-        prepare_qm9(config.data_dir, config.limit)  # once, before the workers start
-        distributed.spawn(train_worker, world, config, None)
-        return None
-    return train_worker(config, on_epoch)
+    config = config.resolve_gpus()
+    checkpoint = load_checkpoint(config.load_ckpt_path) if config.load_ckpt_path else None
+    config = config.resumed_from(checkpoint) if checkpoint else dataclasses.replace(config, task=config.task or "homo")
+    if checkpoint is not None and checkpoint["epoch"] + 1 >= config.epochs:
+        raise TrainingError(f"--epochs {config.epochs}: the checkpoint has already run {checkpoint['epoch'] + 1}", 2)
+    callback = None if distributed.spawns(config.world_size) else on_epoch
+    return distributed.launch(
+        train_worker,
+        config.world_size,
+        config.use_cuda,
+        config,
+        checkpoint,
+        callback,
+        prepare=lambda: prepare_qm9(config.data_dir, config.limit),
+    )
 
 
-def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    if not config.amp:
-        return contextlib.nullcontext()
-    dtype = torch.float16 if config.amp_dtype == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+@dataclass
+class _Data:
+    splits: QM9Splits
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+
+
+def _load_data(config: TrainConfig, info: DistInfo, state: TrainState, stats: TargetStats | None) -> _Data:
+    """NVIDIA's splits (local rank 0 builds what is missing), each rank's share of them as loaders."""
+    if info.local_rank == 0:
+        prepare_qm9(config.data_dir, config.limit)
+    distributed.barrier(info)
+    degree = state.model.transformer.max_degree if config.precompute_bases else None
+    splits = qm9_splits(config.data_dir, get_task(config.task), config.limit, precompute_degree=degree, stats=stats)
+
+    def loader(dataset: Any, train: bool) -> DataLoader:
+        return make_loader(
+            dataset, config.batch_size, train, config.num_workers, info.rank, info.world_size, config.seed,
+            drop_last=train, pin_memory=info.device.type == "cuda",
+        )  # fmt: skip
+
+    return _Data(splits, loader(splits.train, True), loader(splits.val, False), loader(splits.test, False))
+
+
+def _start_tracking(
+    config: TrainConfig, info: DistInfo, state: TrainState, data: _Data, resumed: str | None
+) -> Tracker:
+    tags = {"task": config.task, "command": "train", **({"resumed_from": resumed} if resumed else {})}
+    tracker = Tracker(config.tracking_uri, config.experiment, config.run_name, tags)
+    params = {k: v for k, v in config.to_dict().items() if k != "tracking_uri"}
+    params.update(
+        world_size=info.world_size,
+        n_params=sum(p.numel() for p in state.model.parameters()),
+        n_train=len(data.splits.train),
+        n_val=len(data.splits.val),
+        n_test=len(data.splits.test),
+        device=str(info.device),
+        start_epoch=state.epoch,
+        **library_versions(),
+    )
+    tracker.log_params(params)
+    tracker.log_dict(config.to_dict(), "config.json")
+    return tracker
+
+
+def train_worker(
+    info: DistInfo, config: TrainConfig, checkpoint: dict[str, Any] | None, on_epoch: EpochCallback | None
+) -> TrainResult:
+    """One rank's training: state, data, tracking (rank 0), the epochs, the test MAE."""
+    state = TrainState.build(config, info, checkpoint)
+    stats = TargetStats(checkpoint["target_mean"], checkpoint["target_std"]) if checkpoint else None
+    data = _load_data(config, info, state, stats)
+    tracker = (
+        _start_tracking(config, info, state, data, checkpoint and checkpoint.get("run_id")) if info.is_main else None
+    )
+    result = TrainResult(config.task, state.best_val_mae, run_id=tracker.run_id if tracker else None)
+    task = get_task(config.task)
+    saver = _Saver(
+        config.save_ckpt_path if info.is_main else None, state,
+        dict(task=task.name, unit=task.unit, target_mean=data.splits.stats.mean, target_std=data.splits.stats.std,
+             run_id=result.run_id, versions=library_versions(), config=config.to_dict()),
+    )  # fmt: skip
+    status = "FAILED"
+    try:
+        with _StopFlag() as stop:
+            for metrics in _epochs(state, data, config, info, saver, stop):
+                result.history.append(metrics)
+                result.epochs_run += 1
+                result.best_val_mae = state.best_val_mae
+                if tracker is not None:
+                    tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
+                if on_epoch is not None and info.is_main:
+                    on_epoch(metrics)
+        result.test_mae = mean_absolute_error(state.net, data.test, info, data.splits.stats.std, state.precision)
+        if tracker is not None:
+            tracker.log_metrics({"best_val_mae": result.best_val_mae, "test_mae": result.test_mae}, state.epoch - 1)
+            if config.save_ckpt_path:
+                tracker.log_artifact(config.save_ckpt_path)
+        status = "FINISHED"
+        return result
+    except _InterruptError:
+        status = "KILLED"
+        raise
+    finally:
+        if tracker is not None:
+            tracker.finish(status)
+
+
+def _epochs(
+    state: TrainState, data: _Data, config: TrainConfig, info: DistInfo, saver: _Saver, stop: _StopFlag
+) -> Iterator[dict[str, float]]:
+    """Run the remaining epochs, yielding each one's metrics; validate and save on their intervals."""
+    for epoch in range(state.epoch, config.epochs):
+        if info.distributed:
+            data.train.sampler.set_epoch(epoch)
+        try:
+            metrics = train_epoch(state, data.train, info, stop)
+        except _InterruptError as exc:
+            saver.save(epoch - 1)
+            saved = f"checkpoint of epoch {epoch - 1} saved" if saver.path else "nothing saved"
+            raise _InterruptError(f"interrupted at epoch {epoch} ({saved})", exc.code) from None
+        except _NonFiniteLossError as exc:
+            kept = config.save_ckpt_path or "none saved"
+            raise TrainingError(
+                f"loss became {exc.value} at epoch {epoch} step {exc.step}; the last good checkpoint is kept ({kept})",
+                3,
+            ) from None
+        state.scheduler.step()
+        state.epoch = epoch + 1
+        last = epoch == config.epochs - 1
+        if last or (config.eval_interval > 0 and (epoch + 1) % config.eval_interval == 0):
+            metrics["val_mae"] = mean_absolute_error(state.net, data.val, info, data.splits.stats.std, state.precision)
+            if metrics["val_mae"] < state.best_val_mae:
+                state.best_val_mae = metrics["val_mae"]
+                saver.save(epoch, best=True)
+        if last or (config.ckpt_interval > 0 and (epoch + 1) % config.ckpt_interval == 0):
+            saver.save(epoch)
+        yield {"epoch": epoch, **metrics}
+
+
+def train_epoch(state: TrainState, loader: DataLoader, info: DistInfo, stop: _StopFlag) -> dict[str, float]:
+    """One pass over the training batches: a :func:`train_step` each, an optimizer update every
+    ``state.accumulate`` batches (and after the last); mean loss and throughput over all ranks."""
+    state.net.train()
+    start = time.perf_counter()
+    totals = torch.zeros(2, dtype=torch.float64, device=info.device)
+    steps = len(loader)
+    for step, batch in enumerate(loader):
+        batch = batch.to(info.device, non_blocking=True)
+        loss = train_step(state, batch, update=(step + 1) % state.accumulate == 0 or step + 1 == steps)
+        _check(loss, stop, info, step)
+        totals[0] += loss.double() * batch.num_graphs
+        totals[1] += batch.num_graphs
+    distributed.all_reduce_sum(totals, info)
+    loss_sum, molecules = totals.tolist()
+    elapsed = time.perf_counter() - start
+    return {
+        "train_loss": loss_sum / max(molecules, 1),
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "epoch_time_s": elapsed,
+        "throughput_mol_per_ms": molecules / (elapsed * 1000),
+    }
+
+
+class _InterruptError(TrainingError):
+    """SIGINT or SIGTERM on any rank."""
+
+
+class _NonFiniteLossError(Exception):
+    """A rank's loss is NaN or infinite."""
+
+    def __init__(self, value: float, step: int) -> None:
+        super().__init__(value, step)
+        self.value, self.step = value, step
+
+
+def _check(loss: torch.Tensor, stop: _StopFlag, info: DistInfo, step: int) -> None:
+    """Stop every rank together when one has a non-finite loss or was told to stop."""
+    flags = torch.stack([~torch.isfinite(loss), torch.tensor(stop.signal is not None, device=info.device)]).double()
+    distributed.all_reduce_sum(flags, info)
+    if flags[0] > 0:
+        raise _NonFiniteLossError(loss.item(), step)
+    if flags[1] > 0:
+        raise _InterruptError("interrupted", 128 + (stop.signal or signal.SIGINT))
+
+
+class _Saver:
+    """Checkpoints of rank 0 to ``path`` (the last) and beside it (the best); nothing without a path."""
+
+    def __init__(self, path: str | None, state: TrainState, extra: dict[str, Any]) -> None:
+        self.path, self.state, self.extra = path, state, extra
+
+    def save(self, epoch: int, best: bool = False) -> None:
+        if self.path:
+            save_checkpoint(best_path(self.path) if best else self.path, self.state.to_checkpoint(epoch, **self.extra))
 
 
 class _StopFlag:
@@ -91,223 +275,3 @@ class _StopFlag:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def _build_model(config: TrainConfig, checkpoint: dict | None) -> SE3TransformerPooled:
-    if checkpoint is not None:
-        model = SE3TransformerPooled.from_config(checkpoint["model_config"])
-        model.load_state_dict(checkpoint["state_dict"])
-        return model
-    return SE3TransformerPooled(**config.model_kwargs())
-
-
-def train_worker(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResult | None:
-    """One rank's training; the result on rank 0, ``None`` on the others."""
-    keep_freed_memory()
-    info = distributed.init(use_cuda=config.gpus > 0 and torch.cuda.is_available())
-    try:
-        result = _train(config, info, on_epoch)
-        return result if info.is_main else None
-    finally:
-        distributed.shutdown()
-
-
-def _train(config: TrainConfig, info: distributed.DistInfo, on_epoch: EpochCallback | None) -> TrainResult:
-    torch.manual_seed(config.seed)
-    if info.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    checkpoint = load_checkpoint(config.load_ckpt_path) if config.load_ckpt_path else None
-    task = get_task(checkpoint["task"] if checkpoint else config.task)
-    model = _build_model(config, checkpoint).to(info.device)
-
-    # Data: local rank 0 builds what is missing, the others wait.
-    if info.local_rank == 0:
-        prepare_qm9(config.data_dir, config.limit)
-    distributed.barrier(info)
-    degree = model.transformer.max_degree if config.precompute_bases else None
-    # A resumed model keeps the target statistics it was trained with.
-    stats = TargetStats(checkpoint["target_mean"], checkpoint["target_std"]) if checkpoint else None
-    splits: QM9Splits = qm9_splits(config.data_dir, task, config.limit, precompute_degree=degree, stats=stats)
-    std = splits.stats.std
-
-    def loader(dataset: Any, shuffle: bool) -> Any:
-        return make_loader(
-            dataset,
-            config.batch_size,
-            shuffle,
-            config.num_workers,
-            info.rank,
-            info.world_size,
-            config.seed,
-            drop_last=shuffle,
-            pin_memory=info.device.type == "cuda",
-        )
-
-    train_loader, val_loader, test_loader = (
-        loader(splits.train, True),
-        loader(splits.val, False),
-        loader(splits.test, False),
-    )
-
-    ddp_model: nn.Module = model
-    if info.distributed:
-        ddp_model = DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
-        )
-        ddp_model._set_static_graph()
-    optimizer = make_optimizer(
-        config.optimizer, model.parameters(), config.learning_rate, config.weight_decay, config.momentum
-    )
-    eta_min = config.min_learning_rate if config.min_learning_rate is not None else config.learning_rate / 10
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=config.epochs, eta_min=eta_min)
-    scaler = torch.amp.GradScaler(info.device.type, enabled=config.amp and config.amp_dtype == "fp16")
-    start_epoch = 0
-    best_val = math.inf
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scheduler.T_0 = scheduler.T_i = config.epochs  # --epochs is the total; the schedule follows it
-        scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch = checkpoint["epoch"] + 1
-        best_val = checkpoint.get("best_val_mae", math.inf)
-    if start_epoch >= config.epochs:
-        raise TrainingError(f"--epochs {config.epochs}: the checkpoint has already run {start_epoch} epochs", 2)
-
-    tracker: Tracker | None = None
-    result = TrainResult(best_val_mae=best_val)
-    n_params = sum(p.numel() for p in model.parameters())
-    if info.is_main:
-        tags = {"task": task.name, "command": "train"}
-        if checkpoint is not None and checkpoint.get("run_id"):
-            tags["resumed_from"] = checkpoint["run_id"]
-        tracker = Tracker(config.tracking_uri, config.experiment, config.run_name, tags)
-        result.run_id = tracker.run_id
-        params = {k: v for k, v in config.to_dict().items() if k not in ("tracking_uri",)}
-        if checkpoint is not None:
-            params.update(checkpoint["model_config"])
-        params.update(
-            task=task.name,
-            world_size=info.world_size,
-            n_params=n_params,
-            n_train=len(splits.train),
-            n_val=len(splits.val),
-            n_test=len(splits.test),
-            device=str(info.device),
-            start_epoch=start_epoch,
-            **library_versions(),
-        )
-        tracker.log_params(params)
-        tracker.log_dict(config.to_dict(), "config.json")
-
-    def payload(epoch: int) -> dict[str, Any]:
-        return {
-            "model_config": model.config,
-            "state_dict": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "task": task.name,
-            "unit": task.unit,
-            "target_mean": splits.stats.mean,
-            "target_std": splits.stats.std,
-            "best_val_mae": result.best_val_mae,
-            "run_id": result.run_id,
-            "versions": library_versions(),
-            "config": config.to_dict(),
-        }
-
-    def save(epoch: int, best: bool = False) -> None:
-        if info.is_main and config.save_ckpt_path:
-            save_checkpoint(best_path(config.save_ckpt_path) if best else config.save_ckpt_path, payload(epoch))
-
-    loss_fn = nn.L1Loss()
-
-    def autocast() -> contextlib.AbstractContextManager:
-        return _autocast(config, info.device)
-
-    accumulate = config.accumulate_grad_batches
-    status = "FAILED"
-    last_done = start_epoch - 1
-    try:
-        with _StopFlag() as stop:
-            for epoch in range(start_epoch, config.epochs):
-                if info.distributed:
-                    train_loader.sampler.set_epoch(epoch)
-                ddp_model.train()
-                epoch_start = time.perf_counter()
-                loss_sum = torch.zeros((), device=info.device, dtype=torch.float64)
-                molecules = 0
-                steps = len(train_loader)
-                for step, batch in enumerate(train_loader):
-                    batch = batch.to(info.device, non_blocking=True)
-                    stepping = (step + 1) % accumulate == 0 or step + 1 == steps
-                    sync = contextlib.nullcontext() if stepping or not info.distributed else ddp_model.no_sync()
-                    with sync:
-                        with autocast():
-                            loss = loss_fn(ddp_model(batch), batch.y)
-                        scaler.scale(loss / accumulate).backward()
-                    if stepping:
-                        if config.gradient_clip is not None:
-                            scaler.unscale_(optimizer)
-                            torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip)
-                        scaler.step(optimizer)
-                        scaler.update()
-                        optimizer.zero_grad(set_to_none=True)
-                    flags = torch.tensor(
-                        [float(not torch.isfinite(loss)), float(stop.signal is not None)], device=info.device
-                    )
-                    distributed.all_reduce_sum(flags, info)
-                    if flags[0] > 0:
-                        raise TrainingError(
-                            f"loss became {loss.item()} at epoch {epoch} step {step}; "
-                            f"the last good checkpoint is kept ({config.save_ckpt_path or 'none saved'})",
-                            3,
-                        )
-                    if flags[1] > 0:
-                        save(last_done)
-                        status = "KILLED"
-                        saved = f"checkpoint of epoch {last_done} saved" if config.save_ckpt_path else "nothing saved"
-                        raise TrainingError(f"interrupted at epoch {epoch} ({saved})", 128 + (stop.signal or 2))
-                    loss_sum += loss.detach().double() * batch.num_graphs
-                    molecules += batch.num_graphs
-                counts = torch.tensor([loss_sum.item(), molecules], device=info.device, dtype=torch.float64)
-                distributed.all_reduce_sum(counts, info)
-                elapsed = time.perf_counter() - epoch_start
-                metrics = {
-                    "train_loss": counts[0].item() / max(counts[1].item(), 1),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "epoch_time_s": elapsed,
-                    "throughput_mol_per_ms": counts[1].item() / (elapsed * 1000),
-                }
-                scheduler.step()
-                last_done = epoch
-                is_last = epoch == config.epochs - 1
-                if is_last or (config.eval_interval > 0 and (epoch + 1) % config.eval_interval == 0):
-                    val_mae = mean_absolute_error(
-                        ddp_model, val_loader, info, std, lambda: _autocast(config, info.device)
-                    )
-                    metrics["val_mae"] = val_mae
-                    if val_mae < result.best_val_mae:
-                        result.best_val_mae = val_mae
-                        save(epoch, best=True)
-                if is_last or (config.ckpt_interval > 0 and (epoch + 1) % config.ckpt_interval == 0):
-                    save(epoch)
-                result.history.append({"epoch": epoch, **metrics})
-                result.epochs_run += 1
-                if tracker is not None:
-                    tracker.log_metrics(metrics, step=epoch)
-                if on_epoch is not None and info.is_main:
-                    on_epoch({"epoch": epoch, **metrics})
-        result.test_mae = mean_absolute_error(ddp_model, test_loader, info, std, autocast)
-        if tracker is not None:
-            tracker.log_metrics({"best_val_mae": result.best_val_mae, "test_mae": result.test_mae}, step=last_done)
-            if config.save_ckpt_path:
-                tracker.log_artifact(config.save_ckpt_path)
-        status = "FINISHED"
-        return result
-    finally:
-        if tracker is not None:
-            tracker.finish(status)

@@ -1,0 +1,73 @@
+"""Command options generated from the config dataclasses, so each option is declared once."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from se3pyg.options import help_of
+
+
+def _fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of ``cls``, its own first, then those of each base class (the order of ``--help``)."""
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    ordered: dict[str, dataclasses.Field] = {}
+    for klass in cls.__mro__:
+        for name in vars(klass).get("__annotations__", {}):
+            if name in by_name:
+                ordered.setdefault(name, by_name[name])
+    return list(ordered.values())
+
+
+def _flags(f: dataclasses.Field, annotation: Any) -> tuple[str, ...]:
+    """The field's own flags; else typer's, except that an option off by default is a plain switch."""
+    if f.metadata.get("flags"):
+        return f.metadata["flags"]
+    if annotation is bool and f.default is False:
+        return (f"--{f.name.replace('_', '-')}",)
+    return ()
+
+
+def config_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command one option per field of the dataclass ``cls`` (its default, help text and flags).
+
+    The command receives them as ``values``, a dict by field name, beside its own parameters.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in _fields(cls) if f.name not in exclude]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command)
+        own = [p for p in signature.parameters.values() if p.name != "values"]
+        generated = [
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(f.default, *_flags(f, hints[f.name]), help=help_of(f)),
+                annotation=hints[f.name],
+            )
+            for f in fields
+        ]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            values = {f.name: kwargs.pop(f.name) for f in fields}
+            return command(values=values, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=own + generated)
+        wrapper.__annotations__ = {**typing.get_type_hints(command), **{p.name: p.annotation for p in generated}}
+        return wrapper
+
+    return decorate
+
+
+def typed_by_user(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` came from the command line (not from its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
