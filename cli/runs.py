@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import typer
 from rich.table import Table
@@ -18,15 +16,10 @@ def ui(
     port: int = typer.Option(5000, help="Port."),
 ) -> None:
     """The MLflow UI over the run store."""
-    from se3pyg.engine.tracking import artifact_location, resolve_tracking_uri
+    from se3pyg.engine.tracking import resolve_tracking_uri, ui_server_command
 
     uri = resolve_tracking_uri(tracking_uri)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
-    cmd += ["--host", host, "--port", str(port), "--workers", "1"]
-    artifacts = artifact_location(uri)
-    if artifacts:
-        cmd += ["--default-artifact-root", artifacts]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd, env = ui_server_command(uri, host, port)
     console.print(f"MLflow UI for {uri} at http://{host}:{port}", highlight=False)
     try:
         raise typer.Exit(subprocess.call(cmd, env=env))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 
@@ -65,6 +66,17 @@ def test_every_training_option_completes_a_run(qm9_dir: Path, tmp_path: Path, op
     result = run(TrainConfig(**TINY, **options, data_dir=str(qm9_dir), tracking_uri=f"sqlite:///{tmp_path}/m.db"))
     assert result is not None and result.epochs_run == 1
     assert torch.isfinite(torch.tensor([result.best_val_mae, result.test_mae])).all()
+
+
+def test_quick_sets_defaults_that_typed_options_override(qm9_dir: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    typed = ["--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--epochs", "1", "--num-channels", "8"]
+    done = run_se3pyg("train", "--quick", *typed, "--tracking-uri", uri, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.strip().splitlines()[-1].rsplit(" ", 1)[-1]
+    params = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).data.params
+    assert (params["epochs"], params["limit"], params["num_channels"]) == ("1", str(QM9_SUBSET), "8")  # typed
+    assert (params["num_layers"], params["batch_size"], params["gpus"]) == ("2", "32", "0")  # --quick's
 
 
 def test_readme_python_examples_run() -> None:

@@ -116,3 +116,31 @@ def test_config_round_trip(small: SE3TransformerPooled) -> None:
     batch = Batch.from_data_list([_molecule()])
     with torch.no_grad():
         assert torch.equal(clone.eval()(batch), small(batch))
+
+
+def test_every_layer_with_parameters_resets_them() -> None:
+    torch.manual_seed(0)
+    model = SE3TransformerPooled(num_layers=2, num_degrees=2, num_channels=8, num_heads=2)
+    containers = (
+        torch.nn.ParameterDict,
+        torch.nn.ParameterList,
+        torch.nn.ModuleDict,
+        torch.nn.ModuleList,
+        torch.nn.Sequential,
+    )
+    for name, module in model.named_modules():
+        if isinstance(module, containers) or not any(True for _ in module.parameters()):
+            continue
+        assert hasattr(module, "reset_parameters"), name
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.reset_parameters()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    random = {k for k, v in before.items() if not (torch.all(v == 0) or torch.all(v == 1))}  # not LayerNorm's 0/1
+    assert random <= changed
+
+
+def test_layers_print_in_torch_style() -> None:
+    conv = ConvSE3(Fiber.create(2, 4), Fiber.create(2, 4), Fiber({0: 1}), max_degree=1)
+    text = repr(conv)
+    assert text.startswith("ConvSE3(\n  Fiber({0: 4, 1: 4}) -> Fiber({0: 4, 1: 4}), fuse=full, pool=True\n")
+    assert "(conv): KernelGroup(\n    degrees [0, 1] -> [0, 1], channels 4 -> 4\n" in text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,16 @@ def artifact_location(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///")).resolve().parent.as_uri()
     return None
+
+
+def ui_server_command(uri: str, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of an MLflow UI server over ``uri``: one worker, no job runner."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
+    cmd += ["--host", host, "--port", str(port), "--workers", "1"]
+    artifacts = artifact_location(uri)
+    if artifacts:
+        cmd += ["--default-artifact-root", artifacts]
+    return cmd, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def _probe(uri: str) -> None:
