@@ -32,6 +32,7 @@ class ModelOptions:
     use_layer_norm: bool = option(True, "LayerNorm in the radial networks.")
     layout: str = option("full", "Parameter layout: full, partial or pairwise.")
     low_memory: bool = option(False, "Recompute convolution kernels in the backward pass (less memory).")
+    kernel: str = option("auto", "Kernel: edge_weights, reassociated, or auto (reassociated on GPUs).")
 
 
 def _fiber(value: Fiber | Mapping[int, int] | None) -> Fiber:
@@ -115,6 +116,9 @@ class SE3Transformer(nn.Module):
         layout: ``"full"``, ``"partial"`` or ``"pairwise"``: how radial networks are shared, and so the
             parameters (NVIDIA's fuse levels).
         low_memory: recompute convolution kernels in the backward pass (activation checkpointing).
+        kernel: how convolution kernels compute, separate from ``layout`` (:data:`se3pyg.nn.conv.KERNELS`;
+            ``"auto"`` picks per device type, :func:`se3pyg.nn.conv.auto_kernel`); every kernel computes the
+            same function.
     """
 
     def __init__(
@@ -132,6 +136,7 @@ class SE3Transformer(nn.Module):
         use_layer_norm: bool = True,
         layout: Layout = "full",
         low_memory: bool = False,
+        kernel: str = "auto",
     ) -> None:
         super().__init__()
         fiber_in, fiber_hidden, fiber_out = _fiber(fiber_in), _fiber(fiber_hidden), _fiber(fiber_out)
@@ -173,6 +178,7 @@ class SE3Transformer(nn.Module):
                     max_degree=self.max_degree,
                     layout=layout,
                     low_memory=low_memory,
+                    kernel=kernel,
                 )
             )
             if norm:
@@ -187,6 +193,7 @@ class SE3Transformer(nn.Module):
                 self_interaction=True,
                 use_layer_norm=use_layer_norm,
                 max_degree=self.max_degree,
+                kernel=kernel,
             )
         )
         self.graph_modules = nn.ModuleList(modules)
@@ -219,8 +226,9 @@ class SE3Transformer(nn.Module):
 
         if self.pooling is not None:
             if batch is None:
-                batch = edge_index.new_zeros(num_nodes)
-            return self.pooling_module(feats, batch)
+                return self.pooling_module(feats, edge_index.new_zeros(num_nodes), num_graphs=1)
+            # A PyG Batch knows its graph count on the host: counting it on the device would sync.
+            return self.pooling_module(feats, batch, num_graphs=getattr(graph, "num_graphs", None))
         if self.return_type is not None:
             return feats[str(self.return_type)]
         return feats
@@ -288,6 +296,7 @@ class SE3TransformerPooled(nn.Module):
             use_layer_norm=opts.use_layer_norm,
             layout=opts.layout,
             low_memory=opts.low_memory,
+            kernel=opts.kernel,
         )
         n_features = fiber_out.num_features
         self.mlp = nn.Sequential(nn.Linear(n_features, n_features), nn.ReLU(), nn.Linear(n_features, output_dim))

@@ -142,5 +142,7 @@ def test_every_layer_with_parameters_resets_them() -> None:
 def test_layers_print_in_torch_style() -> None:
     conv = ConvSE3(Fiber.create(2, 4), Fiber.create(2, 4), Fiber({0: 1}), max_degree=1)
     text = repr(conv)
-    assert text.startswith("ConvSE3(\n  Fiber({0: 4, 1: 4}) -> Fiber({0: 4, 1: 4}), fuse=full, pool=True\n")
+    assert text.startswith(
+        "ConvSE3(\n  Fiber({0: 4, 1: 4}) -> Fiber({0: 4, 1: 4}), fuse=full, pool=True, kernel=auto\n"
+    )
     assert "(conv): KernelGroup(\n    degrees [0, 1] -> [0, 1], channels 4 -> 4\n" in text

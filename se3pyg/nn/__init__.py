@@ -1,13 +1,14 @@
 """Equivariant layers, one per module."""
 
 from se3pyg.nn.attention import AttentionBlockSE3, AttentionSE3
-from se3pyg.nn.conv import LAYOUTS, ConvSE3, KernelGroup
+from se3pyg.nn.conv import KERNELS, LAYOUTS, ConvSE3, KernelGroup, auto_kernel
 from se3pyg.nn.linear import LinearSE3
 from se3pyg.nn.norm import NormSE3
 from se3pyg.nn.pooling import GraphPooling
 from se3pyg.nn.radial import RadialProfile
 
 __all__ = [
+    "KERNELS",
     "LAYOUTS",
     "AttentionBlockSE3",
     "AttentionSE3",
@@ -17,4 +18,5 @@ __all__ = [
     "LinearSE3",
     "NormSE3",
     "RadialProfile",
+    "auto_kernel",
 ]

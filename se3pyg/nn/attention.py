@@ -98,7 +98,7 @@ class AttentionBlockSE3(nn.Module):
         fiber_in, fiber_out: node fibers in and out.
         fiber_edge: edge fiber of the key/value convolution.
         num_heads, channels_div: attention heads; value channels are ``fiber_out``'s divided by ``channels_div``.
-        use_layer_norm, max_degree, layout, low_memory: as in :class:`~se3pyg.nn.conv.ConvSE3`.
+        use_layer_norm, max_degree, layout, low_memory, kernel: as in :class:`~se3pyg.nn.conv.ConvSE3`.
 
     Shapes:
         ``forward(node_feats {"d": [N, C_d, 2d+1]}, edge_feats, edge_index [2, E], basis)`` -> ``fiber_out`` features.
@@ -115,6 +115,7 @@ class AttentionBlockSE3(nn.Module):
         max_degree: int = 4,
         layout: Layout = "full",
         low_memory: bool = False,
+        kernel: str = "auto",
     ) -> None:
         super().__init__()
         fiber_edge = fiber_edge if fiber_edge is not None else Fiber()
@@ -130,6 +131,7 @@ class AttentionBlockSE3(nn.Module):
             max_degree=max_degree,
             layout=layout,
             low_memory=low_memory,
+            kernel=kernel,
         )
         self.to_query = LinearSE3(fiber_in, key_fiber)
         self.attention = AttentionSE3(num_heads, key_fiber, value_fiber)

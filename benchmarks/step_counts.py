@@ -1,0 +1,60 @@
+"""Host syncs, kernel launches and bytes written by one forward + backward, counted on this CPU.
+
+    python benchmarks/step_counts.py --data-dir data/qm9 --batch-size 240 [--kernel cuda]
+
+The published recipe on a random QM9 training batch; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from torch_geometric.data import Batch
+
+from se3pyg import SE3TransformerPooled
+from se3pyg.data import get_task, qm9_splits
+from se3pyg.engine.counting import count_ops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="data/qm9")
+    parser.add_argument("--limit", type=int, default=20_000)
+    parser.add_argument("--batch-size", type=int, default=240)
+    parser.add_argument("--kernel", default=None, help="a kernel of se3pyg.nn.conv.KERNELS, or auto for a device type")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    train = qm9_splits(args.data_dir, get_task("homo"), args.limit).train
+    generator = torch.Generator().manual_seed(args.seed)
+    picks = torch.randperm(len(train), generator=generator)[: args.batch_size].tolist()
+    batch = Batch.from_data_list([train[i] for i in picks])
+    torch.manual_seed(args.seed)
+    options = {} if args.kernel is None else {"kernel": args.kernel}
+    model = SE3TransformerPooled(**options)
+    model(batch).sum().backward()  # warm caches (Clebsch-Gordan tensors) outside the count
+    model.zero_grad(set_to_none=True)
+
+    counts = count_ops(lambda: torch.nn.functional.l1_loss(model(batch), batch.y).backward())
+    edges = batch.edge_index.shape[1]
+    print(f"{batch.num_graphs} molecules, {edges} directed bonds, kernel {args.kernel or 'default'}")
+    print(f"host syncs {counts.host_syncs} {dict(counts.syncs_by_op)}")
+    print(f"operator calls (launches) {counts.launches}: {counts.by_op.most_common(12)}")
+    print(f"bytes written {counts.bytes_written / 1e9:.2f} GB, {counts.bytes_written / edges / 1e6:.2f} MB per bond")
+    print("GB written by operator:", [(k, round(v / 1e9, 2)) for k, v in counts.bytes_by_op.most_common(10)])
+    result = {
+        "batch_size": batch.num_graphs,
+        "directed_bonds": edges,
+        "kernel": args.kernel,
+        "host_syncs": counts.host_syncs,
+        "launches": counts.launches,
+        "bytes_written": counts.bytes_written,
+        "mb_written_per_bond": counts.bytes_written / edges / 1e6,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""What a step asks of a device, counted on any device: host syncs, operator calls, bytes written.
+
+Counted with a ``TorchDispatchMode`` under autograd, so the backward pass is
+seen too. A *host sync* is an operator whose result the host must wait for
+(``.item()``, ``int()``/``bool()`` of a tensor, ``nonzero``, ``unique``,
+``masked_select``): on a GPU each drains the queue. Every other operator
+that is not a view is one kernel launch on a GPU; its outputs (or, for an
+in-place operator, its mutated input) are the bytes it writes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+SYNC_OPS = ("_local_scalar_dense", "nonzero", "unique", "_unique", "_unique2", "unique_dim", "masked_select", "item")
+
+
+@dataclass
+class OpCounts:
+    """Host syncs, non-view operator calls and bytes written, with the calls by operator name."""
+
+    host_syncs: int = 0
+    launches: int = 0
+    bytes_written: int = 0
+    by_op: Counter = field(default_factory=Counter)
+    bytes_by_op: Counter = field(default_factory=Counter)
+    syncs_by_op: Counter = field(default_factory=Counter)
+
+
+class _Counter(TorchDispatchMode):
+    def __init__(self, counts: OpCounts) -> None:
+        super().__init__()
+        self.counts = counts
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name in SYNC_OPS or name.startswith("unique"):
+            self.counts.host_syncs += 1
+            self.counts.syncs_by_op[name] += 1
+        if func.is_view or name in ("detach", "alias", "lift_fresh", "_unsafe_view"):
+            return out
+        self.counts.launches += 1
+        self.counts.by_op[name] += 1
+        mutated = [a for a, s in zip(args, func._schema.arguments, strict=False) if s.is_write]
+        written = mutated if mutated else tree_flatten(out)[0]
+        nbytes = sum(t.nbytes for t in written if isinstance(t, torch.Tensor))
+        self.counts.bytes_written += nbytes
+        self.counts.bytes_by_op[name] += nbytes
+        return out
+
+
+def count_ops(fn: Callable[[], object]) -> OpCounts:
+    """Run ``fn()`` once and count what it dispatched (forward and, if ``fn`` calls it, backward)."""
+    counts = OpCounts()
+    with _Counter(counts):
+        fn()
+    return counts
