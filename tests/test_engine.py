@@ -150,3 +150,17 @@ def test_resume_takes_the_checkpoints_task_and_refuses_another(qm9_dir: Path, tm
     assert resumed is not None and resumed.task == "lumo" and resumed.epochs_run == 1
     saved = load_checkpoint(ckpt)
     assert saved["task"] == saved["config"]["task"] == "lumo" and saved["epoch"] == 1
+
+
+def test_non_finite_losses_are_caught_between_host_checks(qm9_dir: Path, tmp_path: Path) -> None:
+    """Losses are read on the host every ``check_interval`` steps; the first bad step is still named."""
+    from se3pyg.engine.train import TrainingError
+
+    config = _config(qm9_dir, tmp_path, epochs=2, optimizer="sgd", learning_rate=1e30, check_interval=4)
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 0 step (\d+)") as caught:
+        run(config)
+    assert caught.value.code == 3
+    first = int(caught.value.args[0].split(" step ")[1].split(";")[0])
+    assert first < 4  # noted when it happened, read at the next check
+    with pytest.raises(ValueError, match="--check-interval must be >= 1"):
+        run(dataclasses.replace(config, check_interval=0))

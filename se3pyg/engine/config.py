@@ -114,6 +114,15 @@ class TrainConfig(RunOptions):
     momentum: float = option(0.9, "SGD momentum.")
     weight_decay: float = option(0.1, "Weight decay (decoupled for adam and lamb).")
     run_name: str | None = option(None, "MLflow run name.")
+    check_interval: int | None = option(
+        None, "Read non-finite losses and stop signals on the host every N steps (default: 1 on CPU, 50 on GPUs)."
+    )
+
+    def check_every(self, device: torch.device) -> int:
+        """Steps between host reads of the loss health (each drains a GPU's queue; free on CPU)."""
+        if self.check_interval is not None:
+            return self.check_interval
+        return 1 if device.type == "cpu" else 50
 
     def validate(self) -> None:
         from se3pyg.data.tasks import get_task
@@ -121,6 +130,8 @@ class TrainConfig(RunOptions):
 
         super().validate()
         get_task(self.task or "homo")
+        if self.check_interval is not None and self.check_interval < 1:
+            raise ValueError(f"--check-interval must be >= 1, got {self.check_interval}")
         for name in ("epochs", "accumulate_grad_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

@@ -175,7 +175,7 @@ def _epochs(
         if info.distributed:
             data.train.sampler.set_epoch(epoch)
         try:
-            metrics = train_epoch(state, data.train, info, stop)
+            metrics = train_epoch(state, data.train, info, _Health(info, stop, config.check_every(info.device)))
         except _InterruptError as exc:
             saver.save(epoch - 1)
             saved = f"checkpoint of epoch {epoch - 1} saved" if saver.path else "nothing saved"
@@ -199,17 +199,19 @@ def _epochs(
         yield {"epoch": epoch, **metrics}
 
 
-def train_epoch(state: TrainState, loader: DataLoader, info: DistInfo, stop: _StopFlag) -> dict[str, float]:
+def train_epoch(state: TrainState, loader: DataLoader, info: DistInfo, health: _Health) -> dict[str, float]:
     """One pass over the training batches: a :func:`train_step` each, an optimizer update every
-    ``state.accumulate`` batches (and after the last); mean loss and throughput over all ranks."""
+    ``state.accumulate`` batches (and after the last); mean loss and throughput over all ranks.
+    Nothing is read on the host inside the loop but ``health``'s periodic check."""
     state.net.train()
     start = time.perf_counter()
     totals = torch.zeros(2, dtype=torch.float64, device=info.device)
     steps = len(loader)
     for step, batch in enumerate(loader):
         batch = batch.to(info.device, non_blocking=True)
-        loss = train_step(state, batch, update=(step + 1) % state.accumulate == 0 or step + 1 == steps)
-        _check(loss, stop, info, step)
+        last = step + 1 == steps
+        loss = train_step(state, batch, update=(step + 1) % state.accumulate == 0 or last)
+        health.after_step(loss, step, last)
         totals[0] += loss.double() * batch.num_graphs
         totals[1] += batch.num_graphs
     distributed.all_reduce_sum(totals, info)
@@ -230,19 +232,36 @@ class _InterruptError(TrainingError):
 class _NonFiniteLossError(Exception):
     """A rank's loss is NaN or infinite."""
 
-    def __init__(self, value: float, step: int) -> None:
+    def __init__(self, value: float | str, step: int) -> None:
         super().__init__(value, step)
         self.value, self.step = value, step
 
 
-def _check(loss: torch.Tensor, stop: _StopFlag, info: DistInfo, step: int) -> None:
-    """Stop every rank together when one has a non-finite loss or was told to stop."""
-    flags = torch.stack([~torch.isfinite(loss), torch.tensor(stop.signal is not None, device=info.device)]).double()
-    distributed.all_reduce_sum(flags, info)
-    if flags[0] > 0:
-        raise _NonFiniteLossError(loss.item(), step)
-    if flags[1] > 0:
-        raise _InterruptError("interrupted", 128 + (stop.signal or signal.SIGINT))
+class _Health:
+    """Non-finite losses and stop signals, noted on the device each step and read on the host every
+    ``every`` steps and after the last (all ranks together), so that a GPU's queue is not drained each step.
+    Without DDP a stop signal is acted on at the next step.
+    """
+
+    def __init__(self, info: DistInfo, stop: _StopFlag, every: int) -> None:
+        self.info, self.stop, self.every = info, stop, every
+        self.first_bad = torch.tensor(-1, device=info.device)  # the first step with a non-finite loss
+        self.bad_loss = torch.tensor(0.0, device=info.device)
+
+    def after_step(self, loss: torch.Tensor, step: int, last: bool) -> None:
+        new = (self.first_bad < 0) & ~torch.isfinite(loss)
+        self.first_bad = torch.where(new, step, self.first_bad)
+        self.bad_loss = torch.where(new, loss, self.bad_loss)
+        stopping = self.stop.signal is not None and not self.info.distributed
+        if not (last or stopping or (step + 1) % self.every == 0):
+            return
+        flags = torch.stack([self.first_bad >= 0, torch.tensor(self.stop.signal is not None, device=self.info.device)])
+        flags = distributed.all_reduce_sum(flags.double(), self.info)
+        if flags[0] > 0:
+            first = int(self.first_bad)
+            raise _NonFiniteLossError(float(self.bad_loss) if first >= 0 else "non-finite (on another rank)", first)
+        if flags[1] > 0:
+            raise _InterruptError("interrupted", 128 + (self.stop.signal or signal.SIGINT))
 
 
 class _Saver:
