@@ -1,4 +1,4 @@
-"""``se3pyg benchmark train|predict``: NVIDIA's throughput method, plus latency and peak memory."""
+"""``se3pyg benchmark train|predict|data``: NVIDIA's throughput method, plus latency and peak memory."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from se3pyg.engine.config import BenchmarkConfig
 
 
 @config_options(BenchmarkConfig, exclude=("mode",))
-def benchmark(values: dict[str, Any], mode: str = typer.Argument(..., help="train or predict.")) -> None:
+def benchmark(
+    values: dict[str, Any], mode: str = typer.Argument(..., help="train, predict or data (the loader alone).")
+) -> None:
     """Measure throughput (mol/ms), latency and peak memory; the last line is one JSON object."""
     from se3pyg.engine.benchmark import run_benchmark
 

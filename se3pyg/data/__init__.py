@@ -1,7 +1,8 @@
 """QM9 through PyG, offline, with NVIDIA's tasks and splits."""
 
 from se3pyg.data.errors import DataError
-from se3pyg.data.module import QM9Splits, make_loader, qm9_splits
+from se3pyg.data.batches import FlatLoader
+from se3pyg.data.module import Loader, QM9Splits, make_loader, qm9_splits, set_epoch
 from se3pyg.data.qm9 import NUM_MOLECULES, load_qm9, prepare_qm9
 from se3pyg.data.splits import split_indices, split_sizes
 from se3pyg.data.tasks import TASKS, Task, get_task
@@ -11,6 +12,8 @@ __all__ = [
     "NUM_MOLECULES",
     "TASKS",
     "DataError",
+    "FlatLoader",
+    "Loader",
     "QM9Splits",
     "TargetStats",
     "Task",
@@ -20,6 +23,7 @@ __all__ = [
     "make_loader",
     "prepare_qm9",
     "qm9_splits",
+    "set_epoch",
     "split_indices",
     "split_sizes",
 ]

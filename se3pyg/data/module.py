@@ -11,6 +11,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.loader import DataLoader
 
 from se3pyg.data.bases import attach_spherical_harmonics
+from se3pyg.data.batches import FlatLoader, flat_loadable, storage_bytes
 from se3pyg.data.qm9 import Progress, load_qm9
 from se3pyg.data.splits import split_indices
 from se3pyg.data.tasks import Task
@@ -59,6 +60,10 @@ def qm9_splits(
     return QM9Splits(*parts, stats=stats, sh_bytes=sh_bytes)
 
 
+#: What :func:`make_loader` returns: both iterate PyG ``Batch`` objects and have a length.
+Loader = FlatLoader | DataLoader
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -69,8 +74,17 @@ def make_loader(
     seed: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
-) -> DataLoader:
-    """A PyG ``DataLoader``; under DDP each rank reads its share through a ``DistributedSampler``."""
+    device: torch.device | str = "cpu",
+) -> Loader:
+    """Batches of ``dataset`` for one rank: a :class:`FlatLoader` on ``device`` for a QM9 split (its storage
+    held there when it fits in half the free memory, else on the host), a PyG ``DataLoader`` for other
+    datasets or with worker processes; under DDP each rank reads its share.
+    """
+    if num_workers == 0 and flat_loadable(dataset):
+        device = torch.device(device)
+        if device.type == "cuda" and storage_bytes(dataset) > torch.cuda.mem_get_info(device)[0] / 2:
+            device = torch.device("cpu")
+        return FlatLoader(dataset, batch_size, shuffle, drop_last, rank, world_size, seed, device)
     sampler = None
     if world_size > 1:
         sampler = DistributedSampler(
@@ -86,3 +100,11 @@ def make_loader(
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
     )
+
+
+def set_epoch(loader: Loader, epoch: int) -> None:
+    """Give ``loader`` the order of ``epoch`` (reshuffles a DDP share; a single process reshuffles by itself)."""
+    if isinstance(loader, FlatLoader):
+        loader.set_epoch(epoch)
+    elif isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)

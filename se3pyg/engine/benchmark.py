@@ -3,7 +3,8 @@
 ``throughput = batch_size * world_size / mean(delta)``; latency statistics are
 over the same deltas. ``train`` times :func:`~se3pyg.engine.step.train_step`
 on a :class:`~se3pyg.engine.state.TrainState` built as ``se3pyg train``
-builds it; ``predict`` times :func:`~se3pyg.engine.step.predict_step`. On CPU
+builds it; ``predict`` times :func:`~se3pyg.engine.step.predict_step`;
+``data`` times the batches' arrival on the training device alone. On CPU
 the speed of a 2048x2048 float32 matmul on the same threads is measured
 beside, so that figures from a busy machine can be scaled.
 """
@@ -14,15 +15,14 @@ import itertools
 import math
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import torch
 from torch_geometric.data import Data
-from torch_geometric.loader import DataLoader
 
-from se3pyg.data import get_task, make_loader, prepare_qm9, qm9_splits
+from se3pyg.data import Loader, get_task, make_loader, prepare_qm9, qm9_splits, set_epoch
 from se3pyg.engine import distributed
 from se3pyg.engine.config import BenchmarkConfig
 from se3pyg.engine.distributed import DistInfo
@@ -76,82 +76,96 @@ def run_benchmark(config: BenchmarkConfig, molecules: Sequence[Data] | None = No
             tracker.finish(status)
 
 
-def _batches(
-    config: BenchmarkConfig, info: DistInfo, state: TrainState, molecules: Sequence[Data] | None
-) -> tuple[DataLoader, list | None]:
-    """The loader of this rank's molecules, and with ``--steps`` the batches to time, already on the device."""
+def _loader(config: BenchmarkConfig, info: DistInfo, molecules: Sequence[Data] | None) -> Loader:
+    """This rank's share of random QM9 training molecules (or of ``molecules``), as training reads them."""
     if molecules is None:
         if info.local_rank == 0:
             prepare_qm9(config.data_dir, config.limit)
         distributed.barrier(info)
-        degree = state.model.transformer.max_degree if config.precompute_bases else None
+        degree = config.num_degrees - 1 if config.precompute_bases else None
         molecules = qm9_splits(config.data_dir, get_task("homo"), config.limit, precompute_degree=degree).train
-    loader = make_loader(molecules, config.batch_size, True, 0, info.rank, info.world_size, config.seed, drop_last=True)
-    if config.epochs:
-        if len(loader) < 2:
-            raise ValueError(f"{len(molecules)} molecules give {len(loader)} batch(es) a rank: raise --limit")
-        return loader, None  # read each epoch; the first epoch is the warm-up
+    loader = make_loader(
+        molecules, config.batch_size, True, 0, info.rank, info.world_size, config.seed, drop_last=True,
+        device=info.device,
+    )  # fmt: skip
+    if config.epochs and len(loader) < 2:
+        raise ValueError(f"{len(molecules)} molecules give {len(loader)} batch(es) a rank: raise --limit")
     needed = config.steps + config.warmup + 1
-    if len(loader) < needed:
+    if not config.epochs and len(loader) < needed:
         raise ValueError(
             f"{len(molecules)} training molecules give {len(loader)} batches of {config.batch_size} a rank; "
             f"{needed} needed: raise --limit or lower --steps"
         )
-    return loader, [b.to(info.device) for b, _ in zip(loader, range(needed), strict=False)]
+    return loader
+
+
+def _stream(config: BenchmarkConfig, loader: Loader) -> Iterator[tuple[bool, Data]]:
+    """``(timed, batch)``: with ``--epochs`` a warm-up epoch then timed ones, else ``--warmup`` then ``--steps``
+    batches (read ahead onto the device when a model step is timed, so that only the step is)."""
+    if config.epochs:
+        for epoch in range(config.epochs + 1):
+            set_epoch(loader, epoch)
+            yield from ((epoch > 0, batch) for batch in loader)
+        return
+    count = config.warmup + config.steps + (config.mode == "data")  # data: one more arrival ends the last step
+    batches = zip(range(count), loader, strict=False)
+    if config.mode != "data":
+        batches = list(batches)
+    yield from ((i >= config.warmup, batch) for i, batch in batches)
 
 
 def _time(
-    config: BenchmarkConfig, info: DistInfo, step: Callable[[Data], object], loader: DataLoader, batches: list | None
+    config: BenchmarkConfig, info: DistInfo, step: Callable[[Data], object], loader: Loader
 ) -> tuple[list[float], list[Data]]:
-    """Timestamps at the start of each timed step (and after the last): their deltas, and the timed batches."""
+    """Timestamps at the start of each timed step (for a model, also after the last): deltas and timed batches.
 
-    def sync() -> None:
+    ``data`` mode times the loader alone: the stamps are the batches' arrivals on the device.
+    """
+
+    def stamp(batch: Data | None = None) -> None:
         if info.device.type == "cuda":
             torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+        if batch is not None:
+            timed.append(batch)
 
     stamps: list[float] = []
     timed: list[Data] = []
-    if batches is not None:
-        for i, batch in enumerate(batches[:-1]):
-            if i >= config.warmup:
-                sync()
-                stamps.append(time.perf_counter())
-                timed.append(batch)
-            step(batch)
+    for is_timed, batch in _stream(config, loader):
+        batch = batch.to(info.device, non_blocking=True)
+        if is_timed:
+            stamp(batch)
+        step(batch)
+    if config.mode == "data":
+        timed.pop()  # the last arrival only ends the last timed step
     else:
-        for epoch in range(config.epochs + 1):
-            if info.distributed:
-                loader.sampler.set_epoch(epoch)
-            for batch in loader:
-                if epoch > 0:
-                    sync()
-                    stamps.append(time.perf_counter())
-                    timed.append(batch)
-                step(batch.to(info.device, non_blocking=True))
-    sync()
-    stamps.append(time.perf_counter())
+        stamp()
     return [b - a for a, b in itertools.pairwise(stamps)], timed
 
 
 def _measure(info: DistInfo, config: BenchmarkConfig, molecules: Sequence[Data] | None) -> dict[str, Any]:
-    """One rank's benchmark: the training state ``se3pyg train`` would build, its step timed."""
-    state = TrainState.build(config.training(), info, compile=config.compile)
-    loader, batches = _batches(config, info, state, molecules)
-    training = config.mode == "train"
-    state.net.train(training)
+    """One rank's benchmark: the training state ``se3pyg train`` would build, its step timed (or the loader)."""
     if info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    if config.mode == "data":
+        deltas, timed = _time(config, info, lambda _batch: None, _loader(config, info, molecules))
+        return _figures(config, info, deltas, timed, None)
+    state = TrainState.build(config.training(), info, compile=config.compile)
+    loader = _loader(config, info, molecules)
+    training = config.mode == "train"
+    state.net.train(training)
     with torch.enable_grad() if training else torch.inference_mode():
         if training:
-            deltas, timed = _time(config, info, lambda b: train_step(state, b), loader, batches)
+            deltas, timed = _time(config, info, lambda b: train_step(state, b), loader)
         else:
-            deltas, timed = _time(config, info, lambda b: predict_step(state.net, b, state.precision), loader, batches)
+            deltas, timed = _time(config, info, lambda b: predict_step(state.net, b, state.precision), loader)
     return _figures(config, info, deltas, timed, state)
 
 
 def _figures(
-    config: BenchmarkConfig, info: DistInfo, deltas: list[float], timed: list[Data], state: TrainState
+    config: BenchmarkConfig, info: DistInfo, deltas: list[float], timed: list[Data], state: TrainState | None
 ) -> dict[str, Any]:
+    """The result: throughput (``data`` mode: molecules delivered per ms by this process), latency, memory."""
     if info.device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
         device_name = torch.cuda.get_device_name()
@@ -164,7 +178,7 @@ def _figures(
         "mode": config.mode,
         "batch_size": config.batch_size,
         "world_size": info.world_size,
-        "throughput_mol_per_ms": config.batch_size * info.world_size / (mean * 1000),
+        "throughput_mol_per_ms": config.batch_size * (1 if state is None else info.world_size) / (mean * 1000),
         "latency_ms_mean": mean * 1000,
         "latency_ms_median": _percentile(deltas, 50) * 1000,
         "latency_ms_p90": _percentile(deltas, 90) * 1000,
@@ -176,7 +190,7 @@ def _figures(
         "atoms_per_molecule": sum(b.num_nodes for b in timed) / molecules,
         "matmul_gflops": matmul_gflops() if info.device.type == "cpu" else None,
         "amp": config.amp,
-        "precision": state.precision.name,
+        "precision": None if state is None else state.precision.name,
         "steps": len(deltas),
         "config": asdict(config),
     }

@@ -155,9 +155,9 @@ class TrainConfig(RunOptions):
 
 @dataclass
 class BenchmarkConfig(RunOptions):
-    """``se3pyg benchmark``: NVIDIA's throughput method on the training step or on inference."""
+    """``se3pyg benchmark``: NVIDIA's throughput method on the training step, on inference, or on the data."""
 
-    mode: str = option("train", "train or predict.")
+    mode: str = option("train", "train, predict or data (the loader alone).")
     steps: int = option(20, "Timed steps after the warm-up.")
     warmup: int = option(2, "Untimed warm-up steps.")
     epochs: int = option(0, "Instead of --steps: time this many epochs after a warm-up epoch.")
@@ -167,8 +167,8 @@ class BenchmarkConfig(RunOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.mode not in ("train", "predict"):
-            raise ValueError(f"mode must be train or predict, got {self.mode!r}")
+        if self.mode not in ("train", "predict", "data"):
+            raise ValueError(f"mode must be train, predict or data, got {self.mode!r}")
         if self.steps < 1 or self.epochs < 0 or self.warmup < 0:
             raise ValueError("--steps must be >= 1, --epochs and --warmup >= 0")
 

@@ -12,7 +12,7 @@ from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 from se3pyg.compat.nvidia import load_nvidia
-from se3pyg.data import TargetStats, get_task, qm9_splits
+from se3pyg.data import TargetStats, get_task, make_loader, qm9_splits
 from se3pyg.data.molecules import read_molecules
 from se3pyg.data.tasks import Task
 from se3pyg.engine.allocator import keep_freed_memory
@@ -103,7 +103,7 @@ def evaluate_split(
     stats = TargetStats(loaded.mean, loaded.std) if loaded.source == "se3pyg" else None
     splits = qm9_splits(data_dir, loaded.task, limit, stats=stats)
     dataset = splits.test if split == "test" else splits.val
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = make_loader(dataset, batch_size, shuffle=False, device=device)
     mae = mean_absolute_error(loaded.model.to(device), loader, DistInfo(device=device), splits.stats.std, precision)
     return mae, len(dataset)
 

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
-from se3pyg.data import QM9Splits, TargetStats, get_task, make_loader, prepare_qm9, qm9_splits
+from se3pyg.data import Loader, QM9Splits, TargetStats, get_task, make_loader, prepare_qm9, qm9_splits, set_epoch
 from se3pyg.engine import distributed
 from se3pyg.engine.checkpoint import best_path, load_checkpoint, save_checkpoint
 from se3pyg.engine.config import TrainConfig
@@ -81,9 +80,9 @@ def run(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResu
 @dataclass
 class _Data:
     splits: QM9Splits
-    train: DataLoader
-    val: DataLoader
-    test: DataLoader
+    train: Loader
+    val: Loader
+    test: Loader
 
 
 def _load_data(config: TrainConfig, info: DistInfo, state: TrainState, stats: TargetStats | None) -> _Data:
@@ -94,10 +93,10 @@ def _load_data(config: TrainConfig, info: DistInfo, state: TrainState, stats: Ta
     degree = state.model.transformer.max_degree if config.precompute_bases else None
     splits = qm9_splits(config.data_dir, get_task(config.task), config.limit, precompute_degree=degree, stats=stats)
 
-    def loader(dataset: Any, train: bool) -> DataLoader:
+    def loader(dataset: Any, train: bool) -> Loader:
         return make_loader(
             dataset, config.batch_size, train, config.num_workers, info.rank, info.world_size, config.seed,
-            drop_last=train, pin_memory=info.device.type == "cuda",
+            drop_last=train, pin_memory=info.device.type == "cuda", device=info.device,
         )  # fmt: skip
 
     return _Data(splits, loader(splits.train, True), loader(splits.val, False), loader(splits.test, False))
@@ -172,8 +171,7 @@ def _epochs(
 ) -> Iterator[dict[str, float]]:
     """Run the remaining epochs, yielding each one's metrics; validate and save on their intervals."""
     for epoch in range(state.epoch, config.epochs):
-        if info.distributed:
-            data.train.sampler.set_epoch(epoch)
+        set_epoch(data.train, epoch)
         try:
             metrics = train_epoch(state, data.train, info, _Health(info, stop, config.check_every(info.device)))
         except _InterruptError as exc:
@@ -199,7 +197,7 @@ def _epochs(
         yield {"epoch": epoch, **metrics}
 
 
-def train_epoch(state: TrainState, loader: DataLoader, info: DistInfo, health: _Health) -> dict[str, float]:
+def train_epoch(state: TrainState, loader: Loader, info: DistInfo, health: _Health) -> dict[str, float]:
     """One pass over the training batches: a :func:`train_step` each, an optimizer update every
     ``state.accumulate`` batches (and after the last); mean loss and throughput over all ranks.
     Nothing is read on the host inside the loop but ``health``'s periodic check."""
