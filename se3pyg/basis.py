@@ -27,6 +27,7 @@ matrix product ``Y @ G`` per layout with a precomputed Clebsch-Gordan tensor
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import e3nn.o3 as o3
@@ -71,10 +72,45 @@ def clebsch_gordan(J: int, d_in: int, d_out: int) -> Tensor:
     return _wigner_3j_cpu(J, d_in, d_out).permute(2, 1, 0)
 
 
+@functools.cache
+def _harmonic_recurrence(max_l: int) -> list[Tensor]:
+    """Matrices ``A_l`` ``[3 (2l + 1), 2l + 3]`` with :math:`Y_{l+1}(\\hat r) = (Y_l(\\hat r) \\otimes \\hat r)\\, A_l`
+    for e3nn's real spherical harmonics (float64).
+
+    :math:`Y_l \\otimes \\hat r` holds degrees :math:`l - 1` and :math:`l + 1` only, and its degree-:math:`(l+1)`
+    part is a multiple of :math:`Y_{l+1}`: the relation is linear and exact, and ``A_l`` is its least-squares
+    solution on random unit vectors.
+    """
+    points = torch.nn.functional.normalize(
+        torch.randn(512, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
+    steps = []
+    for degree in range(max_l):
+        lower = o3.spherical_harmonics(degree, points, normalize=True)
+        products = (lower.unsqueeze(-1) * points.unsqueeze(-2)).flatten(1)
+        upper = o3.spherical_harmonics(degree + 1, points, normalize=True)
+        steps.append(torch.linalg.pinv(products) @ upper)
+    return steps
+
+
+@torch.compiler.disable  # cached constants
+@functools.cache
+def _recurrence_on(max_l: int, dtype: torch.dtype, device: torch.device) -> list[Tensor]:
+    return [a.to(dtype=dtype, device=device) for a in _harmonic_recurrence(max_l)]
+
+
 def spherical_harmonics(relative_pos: Tensor, max_degree: int) -> Tensor:
-    """Real spherical harmonics of degrees ``0 .. 2 * max_degree``: ``[E, (2L + 1)^2]``."""
-    degrees = list(range(2 * max_degree + 1))
-    return o3.spherical_harmonics(degrees, relative_pos, normalize=True)
+    r"""Real spherical harmonics of degrees ``0 .. 2 * max_degree``: ``[E, (2L + 1)^2]``, as e3nn's
+    (``normalize=True``, integral normalization; a zero vector gives :math:`Y_0` only).
+
+    Built degree by degree, :math:`Y_{l+1} = (Y_l \otimes \hat r)\, A_l` (:func:`_harmonic_recurrence`): two
+    operators a degree instead of one per polynomial term (e3nn's generated code: about 380 for degrees 0..6).
+    """
+    unit = torch.nn.functional.normalize(relative_pos, dim=-1)
+    harmonics = [torch.full_like(unit[:, :1], 1 / math.sqrt(4 * math.pi))]
+    for step in _recurrence_on(2 * max_degree, unit.dtype, unit.device):
+        harmonics.append((harmonics[-1].unsqueeze(-1) * unit.unsqueeze(-2)).flatten(1) @ step)
+    return torch.cat(harmonics, dim=-1)
 
 
 def num_frequencies(d_in: int, d_out: int) -> int:

@@ -77,3 +77,16 @@ def test_fused_basis_matches_pairwise_blocks() -> None:
 def test_basis_rejects_too_few_harmonics() -> None:
     with pytest.raises(ValueError, match="spherical harmonics"):
         Basis(torch.zeros(3, 9), max_degree=2)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+def test_spherical_harmonics_are_e3nns(dtype: torch.dtype, tol: float) -> None:
+    import e3nn.o3 as o3
+
+    from se3pyg.basis import spherical_harmonics
+
+    x = torch.randn(500, 3, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    x[0] = 0  # a self-loop: Y_0 only, as e3nn
+    ours = spherical_harmonics(x, 3)
+    assert ours.shape == (500, 49)
+    assert (ours - o3.spherical_harmonics(list(range(7)), x, normalize=True)).abs().max() <= tol
