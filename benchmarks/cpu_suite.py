@@ -1,15 +1,14 @@
-"""CPU benchmark suite: se3pyg against NVIDIA's figures measured on this machine type.
+"""CPU suite: se3pyg and NVIDIA's DGL implementation side by side, runs alternated on this machine.
 
-Runs ``se3pyg benchmark`` (one process a run, so that peak memory is the
-run's own) for the published recipe and the small configuration, training
-and inference, float32 and bf16 autocast, batch 64 on random QM9 molecules,
-``--repeats`` times each (median), and the DataLoader's molecules per second
-per worker. NVIDIA's figures were taken with a 2048x2048 float32 matmul at
-about 110 GFLOP/s on molecules with 38.7 directed bonds; each figure here is
-also given scaled to that speed, and the ratio also per bond. Writes one
-JSON file.
+For the published recipe and the small configuration, training and inference, float32, batch 64 on random QM9
+molecules: ``--repeats`` pairs of runs, NVIDIA's (``../shared/nvidia_ref/bench.py``, its partially fused layout,
+its faster one on CPU) then se3pyg's (``se3pyg benchmark``, one process a run), alternated so that both sides see
+the same minutes of this shared machine. Both time the model step alone (median step); the ratio is taken per
+directed bond, since the molecules drawn differ. Writes one JSON file.
 
-    python benchmarks/cpu_suite.py --data-dir data/qm9 --out benchmarks/results/cpu.json
+    PYREF=$(../shared/nvidia_ref/setup.sh)
+    python ../shared/nvidia_ref/export_sample.py data/qm9 nvidia_sample.pt --count 3200
+    python benchmarks/cpu_suite.py --nvidia-python $PYREF --sample nvidia_sample.pt --out benchmarks/results/cpu.json
 """
 
 from __future__ import annotations
@@ -20,55 +19,78 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
-from torch_geometric.loader import DataLoader
 
-from se3pyg.data import get_task, qm9_splits
 from se3pyg.engine.benchmark import matmul_gflops
 
-NVIDIA_MATMUL_GFLOPS = 110.0
-NVIDIA_EDGES = 38.7  # directed bonds per molecule in NVIDIA's sample
-NVIDIA_MOL_PER_S = {  # REFERENCE.md: NVIDIA's DGL implementation on this machine type, batch 64
-    ("published", "train"): 5.8,
-    ("published", "predict"): 14.2,
-    ("small", "train"): 102.0,
-    ("small", "predict"): 200.0,
-}
+NVIDIA_BENCH = Path(__file__).resolve().parents[2] / "shared" / "nvidia_ref" / "bench.py"
 CONFIGS = {
-    "published": ["--num-layers", "7", "--num-degrees", "4", "--num-channels", "32", "--num-heads", "8"],
     "small": ["--num-layers", "4", "--num-degrees", "3", "--num-channels", "16", "--num-heads", "4"],
+    "published": ["--num-layers", "7", "--num-degrees", "4", "--num-channels", "32", "--num-heads", "8"],
 }
 
 
-def run_benchmark(data_dir: str, mode: str, config: list[str], amp: bool, steps: int, seed: int) -> dict:
-    """One ``se3pyg benchmark`` run in its own process; its JSON line."""
-    command = [sys.executable, "-m", "se3pyg", "benchmark", mode, "--data-dir", data_dir, "--batch-size", "64",
-               "--steps", str(steps), "--seed", str(seed), "--gpus", "0", "--no-tracking", *config]  # fmt: skip
-    if amp:
-        command += ["--amp", "--amp-dtype", "bf16"]
+def _last_json(command: list[str]) -> dict:
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def loader_throughput(data_dir: str, workers: int, batches: int = 60, batch_size: int = 64) -> float:
-    """Molecules per second a DataLoader delivers (training view, shuffled) with ``workers`` workers."""
-    splits = qm9_splits(data_dir, get_task("homo"))
-    loader = DataLoader(splits.train, batch_size=batch_size, shuffle=True, num_workers=workers)
-    it = iter(loader)
-    next(it)  # workers started
-    start = time.perf_counter()
-    count = 0
-    for _ in range(batches):
-        count += next(it).num_graphs
-    return count / (time.perf_counter() - start)
+def nvidia(python: str, sample: str, name: str, mode: str, steps: int, seed: int) -> dict:
+    command = [python, str(NVIDIA_BENCH), mode, "--sample", sample, "--config", name, "--layout", "partial",
+               "--batch-size", "64", "--steps", str(steps), "--seed", str(seed)]  # fmt: skip
+    run = _last_json(command)
+    return {"mol_per_s": run["throughput_mol_per_s"], "edges_per_molecule": run["edges_per_molecule"]}
+
+
+def se3pyg(data_dir: str, limit: int, name: str, mode: str, steps: int, seed: int) -> dict:
+    command = [sys.executable, "-m", "se3pyg", "benchmark", mode, "--data-dir", data_dir, "--limit", str(limit),
+               "--batch-size", "64", "--steps", str(steps), "--seed", str(seed), "--gpus", "0", "--no-tracking",
+               *CONFIGS[name]]  # fmt: skip
+    run = _last_json(command)
+    return {
+        "mol_per_s": 64 / (run["latency_ms_median"] / 1000),
+        "edges_per_molecule": run["edges_per_molecule"],
+        "peak_memory_mb": run["peak_memory_mb"],
+        "matmul_gflops": run["matmul_gflops"],
+    }
+
+
+def row(args: argparse.Namespace, name: str, mode: str) -> dict:
+    steps = args.steps if name == "published" else 4 * args.steps
+    pairs = []
+    for repeat in range(args.repeats):  # A B A B: both sides in the same minutes
+        theirs = nvidia(args.nvidia_python, args.sample, name, mode, steps, repeat)
+        ours = se3pyg(args.data_dir, args.limit, name, mode, steps, repeat)
+        pairs.append((theirs, ours))
+    nv = statistics.median(t["mol_per_s"] for t, _ in pairs)
+    us = statistics.median(o["mol_per_s"] for _, o in pairs)
+    nv_edges = statistics.mean(t["edges_per_molecule"] for t, _ in pairs)
+    us_edges = statistics.mean(o["edges_per_molecule"] for _, o in pairs)
+    return {
+        "config": name,
+        "mode": mode,
+        "precision": "fp32",
+        "nvidia_partial_mol_per_s": nv,
+        "se3pyg_mol_per_s": us,
+        "nvidia_runs": [t["mol_per_s"] for t, _ in pairs],
+        "se3pyg_runs": [o["mol_per_s"] for _, o in pairs],
+        "nvidia_edges_per_molecule": nv_edges,
+        "se3pyg_edges_per_molecule": us_edges,
+        "speedup": us / nv,
+        "speedup_per_bond": (us * us_edges) / (nv * nv_edges),
+        "se3pyg_peak_memory_mb": max(o["peak_memory_mb"] for _, o in pairs),
+        "matmul_gflops_runs": [o["matmul_gflops"] for _, o in pairs],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nvidia-python", required=True, help="the python that ../shared/nvidia_ref/setup.sh prints")
+    parser.add_argument("--sample", required=True, help="molecules written by nvidia_ref/export_sample.py")
     parser.add_argument("--data-dir", default="data/qm9")
+    parser.add_argument("--limit", type=int, default=20_000)
     parser.add_argument("--out", default="benchmarks/results/cpu.json")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=6)
@@ -78,41 +100,14 @@ def main() -> None:
     results = []
     for name in args.configs:
         for mode in ("train", "predict"):
-            for amp in (False, True):
-                steps = args.steps if name == "published" else 4 * args.steps
-                runs = [
-                    run_benchmark(args.data_dir, mode, CONFIGS[name], amp, steps, seed=repeat)
-                    for repeat in range(args.repeats)
-                ]
-                mol_s = [64 / (r["latency_ms_median"] / 1000) for r in runs]
-                gflops = [r["matmul_gflops"] for r in runs]
-                scaled = [m * NVIDIA_MATMUL_GFLOPS / g for m, g in zip(mol_s, gflops, strict=True)]
-                nvidia = NVIDIA_MOL_PER_S[(name, mode)]
-                edges = statistics.mean(r["edges_per_molecule"] for r in runs)
-                row = {
-                    "config": name,
-                    "mode": mode,
-                    "precision": "bf16-autocast" if amp else "fp32",
-                    "mol_per_s_median_step": statistics.median(mol_s),
-                    "mol_per_s_runs": mol_s,
-                    "matmul_gflops_runs": gflops,
-                    "mol_per_s_at_110_gflops": statistics.median(scaled),
-                    "nvidia_mol_per_s_at_110_gflops": nvidia,
-                    "speedup_vs_nvidia": statistics.median(scaled) / nvidia,
-                    "edges_per_molecule": edges,
-                    "speedup_vs_nvidia_per_bond": statistics.median(scaled) / nvidia * edges / NVIDIA_EDGES,
-                    "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
-                }
-                results.append(row)
-                print(json.dumps(row), flush=True)
-    loaders = {str(w): loader_throughput(args.data_dir, w) for w in (0, 1, 2)}
-    print(json.dumps({"loader_mol_per_s": loaders}), flush=True)
+            results.append(row(args, name, mode))
+            print(json.dumps(results[-1]), flush=True)
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
         "matmul_gflops_end": matmul_gflops(),
+        "batch_size": 64,
         "results": results,
-        "loader_mol_per_s_by_workers": loaders,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))

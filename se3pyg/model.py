@@ -184,7 +184,6 @@ class SE3Transformer(nn.Module):
             if norm:
                 modules.append(NormSE3(fiber_hidden))
             fiber = fiber_hidden
-        # As NVIDIA's: the last convolution is always built with the fullest fusing its fibers allow.
         modules.append(
             ConvSE3(
                 fiber,
@@ -193,6 +192,7 @@ class SE3Transformer(nn.Module):
                 self_interaction=True,
                 use_layer_norm=use_layer_norm,
                 max_degree=self.max_degree,
+                layout=layout,
                 kernel=kernel,
             )
         )
@@ -323,11 +323,14 @@ class SE3TransformerPooled(nn.Module):
             basis = getattr(batch, "sh", None)
         return self.transformer(batch, node_feats, edge_feats, basis)
 
-    def forward(self, batch: Any, basis: Basis | Tensor | None = None) -> Tensor:
-        pooled = self.pool(batch, basis)
+    def head(self, pooled: Tensor) -> Tensor:
+        """The MLP on pooled features ``[B, C_out]``, in full precision whatever autocast says (it is small)."""
         weight = self.mlp[0].weight
-        with torch.autocast(weight.device.type, enabled=False):  # the small head stays in full precision
+        with torch.autocast(weight.device.type, enabled=False):
             return self.mlp(pooled.to(weight.dtype)).squeeze(-1)
+
+    def forward(self, batch: Any, basis: Basis | Tensor | None = None) -> Tensor:
+        return self.head(self.pool(batch, basis))
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SE3TransformerPooled:

@@ -82,7 +82,7 @@ def test_quick_sets_defaults_that_typed_options_override(qm9_dir: Path, tmp_path
 def test_readme_python_examples_run() -> None:
     """The README's self-contained model examples execute as written."""
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    examples = [b for b in blocks if "SE3Transformer" in b and "load_nvidia" not in b and "my_" not in b]
+    examples = [b for b in blocks if "SE3Transformer" in b and "compat" not in b and "my_" not in b]
     assert len(examples) == 2
     namespace: dict = {}
     for code in examples:

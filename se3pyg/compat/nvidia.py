@@ -1,9 +1,16 @@
-"""Load checkpoints written by NVIDIA's DGL SE(3)-Transformer.
+"""NVIDIA's DGL SE(3)-Transformer, without DGL: its classes by their own arguments, and its checkpoints.
 
-se3pyg keeps NVIDIA's parameter names, so a checkpoint loads as it is once
-its hyperparameters are read off its keys and shapes. Heads and
-``channels_div`` do not show in the weights and must be given (NVIDIA's
-defaults: 8 and 2); ``channels_div`` is checked against the shapes.
+:class:`SE3Transformer`, :class:`SE3TransformerPooled` and :class:`Fiber`
+take NVIDIA's constructor arguments and calls, so that code vendoring
+NVIDIA's ``se3_transformer`` package (RFdiffusion, RoseTTAFold) changes its
+imports and its graph construction only: the DGL graph becomes a PyG
+``Data`` with ``edge_index`` (row 0 source, row 1 destination), ``rel_pos``
+[E, 3] and ``num_nodes``, or the tuple ``(edge_index, rel_pos, num_nodes)``.
+
+se3pyg keeps NVIDIA's parameter names, so a checkpoint loads as it is
+(:func:`load_nvidia` reads its hyperparameters off its keys and shapes).
+Heads and ``channels_div`` do not show in the weights and must be given
+(NVIDIA's defaults: 8 and 2); ``channels_div`` is checked against the shapes.
 """
 
 from __future__ import annotations
@@ -16,9 +23,117 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from se3pyg import model
+from se3pyg.basis import Basis
 from se3pyg.fiber import Fiber
 from se3pyg.io import read_torch_file
-from se3pyg.model import Pooling, SE3Transformer, SE3TransformerPooled
+from se3pyg.model import ModelOptions, Pooling
+from se3pyg.nn.conv import Layout
+
+__all__ = ["Fiber", "SE3Transformer", "SE3TransformerPooled", "load_nvidia", "nvidia_layout"]
+
+
+def nvidia_layout(tensor_cores: bool = False, low_memory: bool = False) -> Layout:
+    """The parameter layout NVIDIA's flags give: its fuse level NONE (``"pairwise"``) with ``low_memory``,
+    FULL with ``tensor_cores``, else PARTIAL (what RFdiffusion's and NVIDIA's CPU models have)."""
+    if low_memory:
+        return "pairwise"
+    return "full" if tensor_cores else "partial"
+
+
+def _pyg_graph(graph: Any) -> Any:
+    """A PyG ``Data`` (or ``Batch``) as it is; ``(edge_index, rel_pos, num_nodes)`` as a ``Data``."""
+    from torch_geometric.data import Data
+
+    if isinstance(graph, tuple) and len(graph) == 3:
+        edge_index, rel_pos, num_nodes = graph
+        return Data(edge_index=edge_index, rel_pos=rel_pos, num_nodes=int(num_nodes))
+    if type(graph).__module__.split(".")[0] == "dgl":
+        raise ValueError(
+            "graph: a DGL graph; pass a PyG Data(edge_index=[2, E] (row 0 source), rel_pos=[E, 3], num_nodes=N) "
+            "or the tuple (edge_index, rel_pos, num_nodes)"
+        )
+    return graph
+
+
+def _no_basis_dict(basis: Any) -> Basis | Tensor | None:
+    if isinstance(basis, Mapping):
+        raise ValueError("basis: NVIDIA's precomputed basis dicts are not used; pass None (or se3pyg's Basis)")
+    return basis
+
+
+class SE3Transformer(model.SE3Transformer):
+    """NVIDIA's ``SE3Transformer(num_layers, fiber_in, fiber_hidden, fiber_out, num_heads, channels_div,
+    fiber_edge, return_type, pooling, norm, use_layer_norm, tensor_cores, low_memory)``, called as
+    ``forward(graph, node_feats, edge_feats=None, basis=None)`` with a PyG graph (module docstring).
+
+    The parameter layout follows NVIDIA's flags (:func:`nvidia_layout`); other keyword arguments are
+    ignored, as NVIDIA's class ignores them.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        fiber_in: Fiber | Mapping[int, int],
+        fiber_hidden: Fiber | Mapping[int, int],
+        fiber_out: Fiber | Mapping[int, int],
+        num_heads: int,
+        channels_div: int,
+        fiber_edge: Fiber | Mapping[int, int] | None = None,
+        return_type: int | None = None,
+        pooling: Pooling | None = None,
+        norm: bool = True,
+        use_layer_norm: bool = True,
+        tensor_cores: bool = False,
+        low_memory: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            num_layers, fiber_in, fiber_hidden, fiber_out, num_heads, channels_div, fiber_edge, return_type, pooling,
+            norm, use_layer_norm, layout=nvidia_layout(tensor_cores, low_memory), low_memory=low_memory,
+        )  # fmt: skip
+        self.tensor_cores = tensor_cores
+
+    def forward(
+        self,
+        graph: Any,
+        node_feats: Mapping[str, Tensor],
+        edge_feats: Mapping[str, Tensor] | None = None,
+        basis: Any = None,
+    ) -> Tensor | dict[str, Tensor]:
+        return super().forward(_pyg_graph(graph), node_feats, edge_feats, _no_basis_dict(basis))
+
+
+class SE3TransformerPooled(model.SE3TransformerPooled):
+    """NVIDIA's ``SE3TransformerPooled(fiber_in, fiber_out, fiber_edge, num_degrees, num_channels, output_dim,
+    **kwargs)`` (``kwargs``: the :class:`SE3Transformer` arguments; others are ignored), called as
+    ``forward(graph, node_feats, edge_feats, basis=None)``; the graph carries ``batch`` for several graphs.
+    """
+
+    def __init__(
+        self,
+        fiber_in: Fiber | Mapping[int, int],
+        fiber_out: Fiber | Mapping[int, int],
+        fiber_edge: Fiber | Mapping[int, int],
+        num_degrees: int,
+        num_channels: int,
+        output_dim: int,
+        **kwargs: Any,
+    ) -> None:
+        known = {f for f in ModelOptions.__dataclass_fields__} - {"layout", "num_degrees", "num_channels"}
+        options = {k: v for k, v in kwargs.items() if k in known and v is not None}
+        layout = nvidia_layout(kwargs.get("tensor_cores", False), kwargs.get("low_memory", False))
+        super().__init__(
+            fiber_in, fiber_out, fiber_edge, output_dim, num_degrees=num_degrees, num_channels=num_channels,
+            layout=layout, **options,
+        )  # fmt: skip
+
+    def forward(  # type: ignore[override]  # NVIDIA's call
+        self, graph: Any, node_feats: Mapping[str, Tensor], edge_feats: Mapping[str, Tensor], basis: Any = None
+    ) -> Tensor:
+        pooled = self.transformer(_pyg_graph(graph), node_feats, edge_feats, _no_basis_dict(basis))
+        return self.head(pooled)
+
 
 _LAYER = re.compile(r"^graph_modules\.(\d+)\.")
 
@@ -123,7 +238,7 @@ def load_nvidia(
     fiber_in: Fiber | Mapping[int, int] | None = None,
     fiber_edge: Fiber | Mapping[int, int] | None = None,
     fiber_out: Fiber | Mapping[int, int] | None = None,
-) -> SE3TransformerPooled | SE3Transformer:
+) -> model.SE3TransformerPooled | model.SE3Transformer:
     """An NVIDIA checkpoint as an se3pyg model in eval mode.
 
     ``checkpoint``: a path, NVIDIA's training checkpoint (``{"state_dict", ...}``)
@@ -153,7 +268,7 @@ def load_nvidia(
         if len(set(hidden.channels)) != 1 or hidden.degrees != list(range(len(hidden))):
             raise ValueError(f"{name}: hidden fiber {hidden} is not degrees 0..n-1 with equal channels")
         _check_heads(name, hidden, num_heads, channels_div)
-        model: torch.nn.Module = SE3TransformerPooled(
+        built: torch.nn.Module = model.SE3TransformerPooled(
             fiber_in=hp["fiber_in"],
             fiber_out=hp["fiber_out"],
             fiber_edge=hp["fiber_edge"],
@@ -171,9 +286,9 @@ def load_nvidia(
     else:
         hp = _infer_transformer(state, name, channels_div, fibers)
         _check_heads(name, hp["fiber_hidden"], num_heads, channels_div)
-        model = SE3Transformer(num_heads=num_heads, channels_div=channels_div, **hp)
-    _load(model, state, name)
-    return model.eval()
+        built = model.SE3Transformer(num_heads=num_heads, channels_div=channels_div, **hp)
+    _load(built, state, name)
+    return built.eval()
 
 
 def _check_heads(name: str, hidden: Fiber, num_heads: int, channels_div: int) -> None:

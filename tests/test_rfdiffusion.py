@@ -1,0 +1,129 @@
+"""The DGL-free drop-in for RFdiffusion's vendored SE(3)-Transformer: strict loading, its outputs, equivariance."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch_geometric.data import Data
+
+from se3pyg.compat.nvidia import Fiber, SE3Transformer, SE3TransformerPooled
+
+from .conftest import GOLDEN, ROOT, wigner_D
+
+TOL = 1e-5
+RFDIFFUSION = GOLDEN / "rfdiffusion_full_L16_B2.pt"
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict:
+    return torch.load(RFDIFFUSION, weights_only=True)
+
+
+def _model(config: dict) -> SE3Transformer:
+    """Built with the arguments RFdiffusion's SE3TransformerWrapper passes."""
+    return SE3Transformer(
+        num_layers=config["num_layers"],
+        fiber_in=Fiber(config["fiber_in"]),
+        fiber_hidden=Fiber(config["fiber_hidden"]),
+        fiber_out=Fiber(config["fiber_out"]),
+        num_heads=config["num_heads"],
+        channels_div=config["channels_div"],
+        fiber_edge=Fiber(config["fiber_edge"]),
+        use_layer_norm=config["use_layer_norm"],
+        tensor_cores=config["tensor_cores"],
+        low_memory=config["low_memory"],
+    )
+
+
+def _error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).abs().max() / (1 + expected.abs().max())).item()
+
+
+@pytest.mark.parametrize("form", ["data", "tuple"])
+def test_outputs_of_rfdiffusions_module(golden: dict, form: str) -> None:
+    model = _model(golden["config"]).eval()
+    model.load_state_dict(golden["state_dict"], strict=True)
+    graph = (golden["edge_index"], golden["rel_pos"], golden["num_nodes"])
+    if form == "data":
+        graph = Data(edge_index=graph[0], rel_pos=graph[1], num_nodes=graph[2])
+    with torch.no_grad():
+        out = model(graph, golden["node_feats"], golden["edge_feats"])
+    assert set(out) == set(golden["expected"])
+    for degree, expected in golden["expected"].items():
+        assert out[degree].shape == expected.shape
+        assert _error(out[degree], expected) <= TOL, degree
+
+
+def _rotate(feats: dict, R: torch.Tensor) -> dict:
+    return {k: torch.einsum("ij,ncj->nci", wigner_D(int(k), R).float(), v) for k, v in feats.items()}
+
+
+def _self_loops(golden: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = golden["num_nodes"]
+    loops = torch.arange(n).repeat(2, 1)
+    edge_index = torch.cat([golden["edge_index"], loops], 1)
+    rel_pos = torch.cat([golden["rel_pos"], torch.zeros(n, 3)])
+    edge_feats = torch.cat([golden["edge_feats"]["0"], torch.randn(n, *golden["edge_feats"]["0"].shape[1:])])
+    return edge_index, rel_pos, edge_feats
+
+
+@pytest.mark.parametrize("self_loops", [False, True])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_rotation_equivariance(golden: dict, self_loops: bool, num_layers: int) -> None:
+    torch.manual_seed(0)
+    model = _model({**golden["config"], "num_layers": num_layers}).eval()
+    if num_layers == 1:
+        model.load_state_dict(golden["state_dict"], strict=True)
+    edge_index, rel_pos, edge_feats = (golden["edge_index"], golden["rel_pos"], golden["edge_feats"]["0"])
+    if self_loops:
+        edge_index, rel_pos, edge_feats = _self_loops(golden)
+    R = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(3)))[0]
+    R = R * torch.sign(torch.det(R))  # a rotation
+    n = golden["num_nodes"]
+    with torch.no_grad():
+        out = model((edge_index, rel_pos, n), golden["node_feats"], {"0": edge_feats})
+        rotated = model((edge_index, rel_pos @ R.T, n), _rotate(golden["node_feats"], R), {"0": edge_feats})
+    assert all(torch.isfinite(v).all() for v in out.values())
+    assert _error(rotated["0"], out["0"]) <= TOL
+    assert _error(rotated["1"], _rotate({"1": out["1"]}, R)["1"]) <= TOL
+
+
+def test_nvidia_flags_choose_the_layout_and_foreign_inputs_are_refused(golden: dict) -> None:
+    config = golden["config"]
+    assert _model(config).graph_modules[0].to_key_value.fuse == "in"  # conv_in, as RFdiffusion's copy
+    assert _model({**config, "low_memory": True}).layout == "pairwise"
+    assert _model({**config, "tensor_cores": True}).layout == "full"
+    model = _model(config)
+    graph = (golden["edge_index"], golden["rel_pos"], golden["num_nodes"])
+    with pytest.raises(ValueError, match="basis dicts are not used"):
+        model(graph, golden["node_feats"], golden["edge_feats"], basis={"0,0": torch.zeros(1)})
+
+
+def test_pooled_model_takes_nvidias_arguments_and_call() -> None:
+    torch.manual_seed(0)
+    model = SE3TransformerPooled(
+        fiber_in=Fiber({0: 6}), fiber_out=Fiber({0: 32}), fiber_edge=Fiber({0: 4}), num_degrees=2, num_channels=16,
+        output_dim=1, num_layers=1, num_heads=4, channels_div=2, pooling=None, norm=True, use_layer_norm=True,
+        tensor_cores=False, low_memory=False, amp=True, seed=0,  # argparse leftovers are ignored, as NVIDIA's
+    )  # fmt: skip
+    assert model.config["layout"] == "partial" and model.config["pooling"] == "max"
+    edge_index = torch.tensor([[0, 1, 1, 2, 3, 4], [1, 0, 2, 1, 4, 3]])
+    graph = Data(edge_index=edge_index, rel_pos=torch.randn(6, 3), num_nodes=5, batch=torch.tensor([0, 0, 0, 1, 1]))
+    graph.num_graphs = 2
+    out = model(graph, {"0": torch.randn(5, 6, 1)}, {"0": torch.randn(6, 4, 1)})
+    assert out.shape == (2,) and torch.isfinite(out).all()
+
+
+def test_readme_section_runs() -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Replacing the DGL SE(3)-Transformer in RFdiffusion", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    out = namespace["out"]
+    assert out["0"].shape == (32, 8, 1) and out["1"].shape == (32, 2, 3)
+    assert all(torch.isfinite(v).all() for v in out.values())
+    graph = namespace["G"]
+    assert (graph.edge_index[0] == graph.edge_index[1]).sum() == 32  # L <= top_k: self-loops included
