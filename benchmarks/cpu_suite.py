@@ -44,10 +44,10 @@ def nvidia(python: str, sample: str, name: str, mode: str, steps: int, seed: int
     return {"mol_per_s": run["throughput_mol_per_s"], "edges_per_molecule": run["edges_per_molecule"]}
 
 
-def se3pyg(data_dir: str, limit: int, name: str, mode: str, steps: int, seed: int) -> dict:
-    command = [sys.executable, "-m", "se3pyg", "benchmark", mode, "--data-dir", data_dir, "--limit", str(limit),
+def se3pyg(data_dir: str, limit: int | None, name: str, mode: str, steps: int, seed: int) -> dict:
+    command = [sys.executable, "-m", "se3pyg", "benchmark", mode, "--data-dir", data_dir,
                "--batch-size", "64", "--steps", str(steps), "--seed", str(seed), "--gpus", "0", "--no-tracking",
-               *CONFIGS[name]]  # fmt: skip
+               *CONFIGS[name], *(["--limit", str(limit)] if limit else [])]  # fmt: skip
     run = _last_json(command)
     return {
         "mol_per_s": 64 / (run["latency_ms_median"] / 1000),
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--nvidia-python", required=True, help="the python that ../shared/nvidia_ref/setup.sh prints")
     parser.add_argument("--sample", required=True, help="molecules written by nvidia_ref/export_sample.py")
     parser.add_argument("--data-dir", default="data/qm9")
-    parser.add_argument("--limit", type=int, default=20_000)
+    parser.add_argument("--limit", type=int, default=None, help="draw from the first N molecules (default: all)")
     parser.add_argument("--out", default="benchmarks/results/cpu.json")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=6)
