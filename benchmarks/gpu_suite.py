@@ -71,7 +71,7 @@ def throughput(mols: list[dict], mode: str, batch_size: int, amp: str | None) ->
     """se3pyg's benchmark (NVIDIA's method) on the GPU for the published recipe."""
     torch.backends.cuda.matmul.allow_tf32 = True
     config = BenchmarkConfig(
-        mode=mode, batch_size=batch_size, steps=20, amp=amp is not None, amp_dtype=amp or "fp16", gpus=1, tracking=False
+        mode=mode, batch_size=batch_size, steps=20, amp=amp is not None, amp_dtype=amp or "auto", gpus=1, tracking=False
     )
     result = run_benchmark(config, [Data(**m) for m in mols])
     result["precision"] = amp or "tf32"

@@ -31,6 +31,20 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def check_writable(path: str | os.PathLike, option: str) -> None:
+    """``ValueError`` naming ``option`` when ``path`` cannot be written (a directory, a parent that cannot be
+    created or written): checked before the work whose result it will hold."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{option} {p}: is a directory")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{option} {p}: cannot create {p.parent} ({exc.strerror})") from None
+    if not os.access(p.parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ValueError(f"{option} {p}: not writable")
+
+
 def read_torch_file(path: str | os.PathLike) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU, or :class:`CheckpointError` naming the file."""
     p = Path(path)

@@ -113,6 +113,17 @@ def test_folder_input_and_split_evaluation(trained: Path, inputs: Path, tmp_path
     assert "val MAE" in done.stdout and "on 41 molecules" in done.stdout
 
 
+def test_an_output_that_is_an_input_or_unwritable_is_refused_first(trained: Path, inputs: Path, tmp_path: Path) -> None:
+    source = tmp_path / "same.xyz"
+    source.write_text((inputs / "a.xyz").read_text())
+    before = source.read_bytes()
+    done = _cli("--ckpt", str(trained), "--input", str(source), "--output", str(source), cwd=tmp_path)
+    assert done.returncode == 2 and "is one of the --input files" in done.stderr and "Traceback" not in done.stderr
+    assert source.read_bytes() == before
+    done = _cli("--ckpt", str(trained), "--input", str(source), "--output", str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 2 and f"--output {tmp_path}: is a directory" in done.stderr
+
+
 def test_nvidia_checkpoint_needs_target_statistics(inputs: Path, tmp_path: Path) -> None:
     golden = GOLDEN / "nvidia_small_full.pt"
     out = tmp_path / "pred.csv"

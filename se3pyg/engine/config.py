@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from se3pyg.io import check_writable
 from se3pyg.model import ModelOptions
 from se3pyg.options import option
 
@@ -37,6 +38,8 @@ class DeviceOptions:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.amp_dtype not in AMP_DTYPES:
             raise ValueError(f"--amp-dtype must be fp16 or bf16 (or auto), got {self.amp_dtype!r}")
+        if self.amp_dtype != "auto" and not self.amp:
+            raise ValueError(f"--amp-dtype {self.amp_dtype} needs --amp (without it everything runs in float32)")
         if self.gpus is not None and self.gpus < 0:
             raise ValueError(f"--gpus must be >= 0, got {self.gpus}")
 
@@ -128,8 +131,10 @@ class TrainConfig(RunOptions):
         from se3pyg.data.tasks import get_task
         from se3pyg.engine.optim import OPTIMIZERS
 
+        get_task(self.task or "homo")  # the task first: a typo there is the commonest mistake
         super().validate()
-        get_task(self.task or "homo")
+        if self.gradient_clip is not None and not self.gradient_clip > 0:
+            raise ValueError(f"--gradient-clip must be > 0, got {self.gradient_clip}")
         if self.check_interval is not None and self.check_interval < 1:
             raise ValueError(f"--check-interval must be >= 1, got {self.check_interval}")
         for name in ("epochs", "accumulate_grad_batches"):
@@ -141,6 +146,20 @@ class TrainConfig(RunOptions):
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
         if self.num_workers < 0:
             raise ValueError(f"--num-workers must be >= 0, got {self.num_workers}")
+
+    def check_before_training(self) -> None:
+        """Refuse what would only fail or do nothing after the data build: a training split smaller than one
+        batch a process, a checkpoint path that cannot be written."""
+        from se3pyg.data import NUM_MOLECULES, split_sizes
+
+        train = split_sizes(self.limit or NUM_MOLECULES)[0] // self.world_size
+        if train < self.batch_size:
+            raise ValueError(
+                f"--batch-size {self.batch_size}: the training split has {train} molecules a process, fewer than "
+                "one batch; lower --batch-size or raise --limit"
+            )
+        if self.save_ckpt_path:
+            check_writable(self.save_ckpt_path, "--save-ckpt-path")
 
     def resumed_from(self, checkpoint: dict[str, Any]) -> TrainConfig:
         """This config with the task and model options of ``checkpoint``; a different ``task`` is an error."""

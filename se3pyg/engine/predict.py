@@ -28,7 +28,7 @@ from se3pyg.engine.evaluate import mean_absolute_error
 from se3pyg.engine.precision import Precision
 from se3pyg.engine.step import predict_step
 from se3pyg.engine.tracking import Tracker
-from se3pyg.io import atomic_write, read_torch_file
+from se3pyg.io import atomic_write, check_writable, read_torch_file
 from se3pyg.model import SE3TransformerPooled
 
 
@@ -138,6 +138,10 @@ def run_predict(config: PredictConfig) -> PredictResult:
         config.ckpt, config.task, config.target_mean, config.target_std, config.num_heads, config.channels_div
     )
     if config.input:
+        output = Path(config.output).resolve()
+        if any(Path(path).resolve() == output for path in config.input):
+            raise ValueError(f"--output {config.output}: is one of the --input files; it would be overwritten")
+        check_writable(config.output, "--output")
         molecules = read_molecules(config.input)
         values = predict_molecules(loaded, molecules, config.batch_size, device, precision)
         write_predictions_csv(config.output, [m.name for m in molecules], loaded.task, values)

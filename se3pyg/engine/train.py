@@ -61,6 +61,7 @@ def run(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResu
     after each epoch, except in spawned processes.
     """
     config = config.resolve_gpus()
+    config.check_before_training()
     checkpoint = load_checkpoint(config.load_ckpt_path) if config.load_ckpt_path else None
     config = config.resumed_from(checkpoint) if checkpoint else dataclasses.replace(config, task=config.task or "homo")
     if checkpoint is not None and checkpoint["epoch"] + 1 >= config.epochs:
