@@ -26,17 +26,27 @@ matrix product ``Y @ G`` per layout with a precomputed Clebsch-Gordan tensor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-import e3nn.o3 as o3
 import torch
 from torch import Tensor
 
 from se3pyg.fiber import degree_to_dim
+from se3pyg.thirdparty import jit_deprecation_silenced
 
 _ZERO = 1e-14
+
+
+@contextlib.contextmanager
+def _e3nn() -> Iterator:
+    """e3nn's ``o3``, used only to build cached constants (see :mod:`se3pyg.thirdparty`)."""
+    with jit_deprecation_silenced():
+        import e3nn.o3
+
+        yield e3nn.o3
 
 
 @functools.cache
@@ -44,7 +54,8 @@ def _wigner_3j_cpu(l1: int, l2: int, l3: int) -> Tensor:
     degrees = (l1, l2, l3)
     order = sorted(range(3), key=lambda i: degrees[i])
     a, b, c = (degrees[i] for i in order)
-    w = o3.wigner_3j(a, b, c, dtype=torch.float64, device="cpu")
+    with _e3nn() as o3:
+        w = o3.wigner_3j(a, b, c, dtype=torch.float64, device="cpu")
     ref = w[a, b, c]
     if abs(ref) < _ZERO:
         flat = w.flatten()
@@ -85,11 +96,12 @@ def _harmonic_recurrence(max_l: int) -> list[Tensor]:
         torch.randn(512, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), dim=-1
     )
     steps = []
-    for degree in range(max_l):
-        lower = o3.spherical_harmonics(degree, points, normalize=True)
-        products = (lower.unsqueeze(-1) * points.unsqueeze(-2)).flatten(1)
-        upper = o3.spherical_harmonics(degree + 1, points, normalize=True)
-        steps.append(torch.linalg.pinv(products) @ upper)
+    with _e3nn() as o3:
+        for degree in range(max_l):
+            lower = o3.spherical_harmonics(degree, points, normalize=True)
+            products = (lower.unsqueeze(-1) * points.unsqueeze(-2)).flatten(1)
+            upper = o3.spherical_harmonics(degree + 1, points, normalize=True)
+            steps.append(torch.linalg.pinv(products) @ upper)
     return steps
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -89,3 +91,17 @@ def test_readme_python_examples_run() -> None:
         exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["prediction"].shape == (1,)
     assert namespace["out"]["1"].shape == (10, 4, 3)
+
+
+def test_no_third_party_deprecation_warnings(tmp_path: Path) -> None:
+    """Even with every warning shown, se3pyg's imports and a model run print none of PyG's or e3nn's (as in
+    every se3pyg command, se3pyg is imported first: a user's own earlier PyG import is the user's)."""
+    code = (
+        "from se3pyg import SE3TransformerPooled; import torch; from torch_geometric.data import Batch, Data;"
+        "m = SE3TransformerPooled(num_layers=1, num_degrees=2, num_channels=8, num_heads=2);"
+        "d = Data(x=torch.randn(2, 6), pos=torch.randn(2, 3), edge_index=torch.tensor([[0, 1], [1, 0]]),"
+        " edge_attr=torch.randn(2, 4)); m(Batch.from_data_list([d]))"
+    )
+    done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr, done.stderr
