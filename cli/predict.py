@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from se3pyg.cli.console import console, one_line_errors
@@ -12,11 +13,13 @@ from se3pyg.engine.config import PredictConfig
 @config_options(PredictConfig)
 def predict(values: dict[str, Any]) -> None:
     """Evaluate a checkpoint on a QM9 split (an MLflow run), or predict for XYZ/SDF molecules."""
-    from se3pyg.engine.predict import run_predict
+    from se3pyg.engine.predict import run_predict, write_predictions_csv
 
     with one_line_errors():
         done = run_predict(PredictConfig(**values))
-    if done.output is not None:
+    if done.values is not None and done.output is None:  # the CSV is the output: nothing else on stdout
+        write_predictions_csv(sys.stdout, done.names, done.task, done.values)
+    elif done.output is not None:
         console.print(f"{done.count} predictions of {done.task.name} written to {done.output}", highlight=False)
     else:
         console.print(f"{done.split} MAE {done.mae:.5f} {done.task.unit} on {done.count} molecules ({done.task.name})")

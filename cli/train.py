@@ -9,12 +9,13 @@ import typer
 
 from se3pyg.cli.console import console, one_line_errors
 from se3pyg.cli.options import config_options, typed_by_user
+from se3pyg.engine.checkpoint import best_path
 from se3pyg.engine.config import TrainConfig
 
 #: ``--quick``: defaults of a demo run (small model, 10,000 molecules, minutes on a CPU); typed options win.
 QUICK = dict(
     limit=10_000, epochs=10, batch_size=32, num_layers=2, num_degrees=2, num_channels=16, num_heads=4,
-    eval_interval=1, gpus=0,
+    eval_interval=1, gpus=0, save_ckpt_path="quick.pt",
 )  # fmt: skip
 
 
@@ -44,10 +45,19 @@ def train(
     start = time.perf_counter()
     with one_line_errors():
         result = run(TrainConfig(**values), on_epoch=report)
-    if result is not None:
+    if result is None:
+        return
+    console.print(
+        f"done in {time.perf_counter() - start:.1f} s: best val MAE {result.best_val_mae:.5f}, "
+        f"test MAE {result.test_mae:.5f} ({result.task}), MLflow run {result.run_id}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if values["save_ckpt_path"]:
+        best = best_path(values["save_ckpt_path"])
         console.print(
-            f"done in {time.perf_counter() - start:.1f} s: best val MAE {result.best_val_mae:.5f}, "
-            f"test MAE {result.test_mae:.5f} ({result.task}), MLflow run {result.run_id}",
+            f"checkpoint: {best if best.exists() else values['save_ckpt_path']} (best validation), "
+            f"last epoch: {values['save_ckpt_path']}",
             highlight=False,
             soft_wrap=True,
         )

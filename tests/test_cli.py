@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import subprocess
 import sys
@@ -105,3 +107,24 @@ def test_no_third_party_deprecation_warnings(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr, done.stderr
+
+
+def test_quick_start_from_training_to_a_prediction(qm9_dir: Path, tmp_path: Path) -> None:
+    """The README's Quick start, with fewer molecules and one epoch, using only what it and the output say."""
+    quick_start = re.search(r"## Quick start\n\n```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    lines = [line.split("  #")[0].strip() for line in quick_start.splitlines()]
+    train = next(line for line in lines if line.startswith("se3pyg train --quick")).split()[1:]
+    reduced = ["--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--epochs", "1"]
+    done = run_se3pyg(*train, *reduced, "--tracking-uri", f"sqlite:///{tmp_path}/m.db", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    named = re.search(r"checkpoint: (\S+) \(best validation\)", done.stdout.splitlines()[-1]).group(1)
+    assert (tmp_path / named).is_file()
+    molecule = next(line for line in lines if line.startswith("printf"))
+    subprocess.run(["bash", "-c", molecule], cwd=tmp_path, check=True)
+    predict = next(line for line in lines if line.startswith("se3pyg predict")).split()[1:]
+    assert predict[predict.index("--ckpt") + 1] == named
+    done = run_se3pyg(*predict, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert [r["molecule"] for r in rows] == ["water.xyz:0"] and rows[0]["unit"] == "eV"
+    assert -20 < float(rows[0]["prediction"]) < 5

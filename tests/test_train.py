@@ -64,7 +64,7 @@ def test_training_run_lands_in_sqlite_mlflow(qm9_dir: Path, tmp_path: Path) -> N
     assert history["lr"][0].value == pytest.approx(0.002)
     assert run_info.info.status == "FINISHED"
     artifacts = {a.path for a in _client(uri).list_artifacts(result.run_id)}
-    assert {"model.pt", "config.json"} <= artifacts
+    assert {"model.pt", "model.best.pt", "config.json"} <= artifacts
 
     saved = load_checkpoint(ckpt)
     assert saved["epoch"] == 2 and saved["task"] == "homo" and saved["model_config"]["num_channels"] == 8

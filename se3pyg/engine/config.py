@@ -203,7 +203,7 @@ class PredictConfig(DeviceOptions):
 
     ckpt: str = option(..., "se3pyg or NVIDIA checkpoint.", "--ckpt")
     input: list[str] | None = option(None, "XYZ/SDF file or folder (repeatable).")
-    output: str = option("predictions.csv", "CSV for --input predictions.")
+    output: str | None = option(None, "CSV file for --input predictions (default: standard output).")
     split: str = option("test", "Without --input: the QM9 split to evaluate, test or val.")
     data_dir: str | None = option(None, "QM9 folder (default: the checkpoint's).")
     limit: int | None = option(None, "First N QM9 molecules (default: the checkpoint's).")

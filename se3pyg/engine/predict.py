@@ -6,6 +6,7 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import torch
 from torch_geometric.data import Data
@@ -108,22 +109,23 @@ def evaluate_split(
     return mae, len(dataset)
 
 
-def write_predictions_csv(path: str | os.PathLike, names: list[str], task: Task, values: torch.Tensor) -> None:
-    """``molecule,task,prediction,unit``, one row a molecule, written atomically."""
-    with atomic_write(path) as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["molecule", "task", "prediction", "unit"])
-        for name, value in zip(names, values.tolist(), strict=True):
-            writer.writerow([name, task.name, f"{value:.6f}", task.unit])
+def write_predictions_csv(handle: TextIO, names: list[str], task: Task, values: torch.Tensor) -> None:
+    """``molecule,task,prediction,unit``, one row a molecule, to an open text file."""
+    writer = csv.writer(handle)
+    writer.writerow(["molecule", "task", "prediction", "unit"])
+    for name, value in zip(names, values.tolist(), strict=True):
+        writer.writerow([name, task.name, f"{value:.6f}", task.unit])
 
 
 @dataclass
 class PredictResult:
-    """What ``se3pyg predict`` did: predictions written to ``output``, or the MAE on ``split``."""
+    """What ``se3pyg predict`` did: predictions (written to ``output`` when given), or the MAE on ``split``."""
 
     task: Task
     count: int
     output: str | None = None
+    names: list[str] | None = None
+    values: torch.Tensor | None = None
     split: str | None = None
     mae: float | None = None
 
@@ -138,14 +140,18 @@ def run_predict(config: PredictConfig) -> PredictResult:
         config.ckpt, config.task, config.target_mean, config.target_std, config.num_heads, config.channels_div
     )
     if config.input:
-        output = Path(config.output).resolve()
-        if any(Path(path).resolve() == output for path in config.input):
-            raise ValueError(f"--output {config.output}: is one of the --input files; it would be overwritten")
-        check_writable(config.output, "--output")
+        if config.output is not None:
+            output = Path(config.output).resolve()
+            if any(Path(path).resolve() == output for path in config.input):
+                raise ValueError(f"--output {config.output}: is one of the --input files; it would be overwritten")
+            check_writable(config.output, "--output")
         molecules = read_molecules(config.input)
         values = predict_molecules(loaded, molecules, config.batch_size, device, precision)
-        write_predictions_csv(config.output, [m.name for m in molecules], loaded.task, values)
-        return PredictResult(loaded.task, len(molecules), output=config.output)
+        names = [m.name for m in molecules]
+        if config.output is not None:
+            with atomic_write(config.output) as tmp, tmp.open("w", newline="") as handle:
+                write_predictions_csv(handle, names, loaded.task, values)
+        return PredictResult(loaded.task, len(molecules), config.output, names, values)
     trained = loaded.config or {}
     data_dir = config.data_dir or trained.get("data_dir", "data/qm9")
     limit = config.limit if config.limit is not None else trained.get("limit")

@@ -157,6 +157,8 @@ def train_worker(
             tracker.log_metrics({"best_val_mae": result.best_val_mae, "test_mae": result.test_mae}, state.epoch - 1)
             if config.save_ckpt_path:
                 tracker.log_artifact(config.save_ckpt_path)
+                if best_path(config.save_ckpt_path).is_file():
+                    tracker.log_artifact(best_path(config.save_ckpt_path))
         status = "FINISHED"
         return result
     except _InterruptError:
