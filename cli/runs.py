@@ -14,13 +14,14 @@ def ui(
     tracking_uri: str | None = typer.Option(None, help="MLflow store (default $MLFLOW_TRACKING_URI or mlruns/)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless told otherwise)."),
     port: int = typer.Option(5000, help="Port."),
+    experiment: str = typer.Option("se3pyg", help="MLflow experiment whose runs page to print."),
 ) -> None:
     """The MLflow UI over the run store."""
-    from se3pyg.engine.tracking import resolve_tracking_uri, ui_server_command
+    from se3pyg.engine.tracking import resolve_tracking_uri, runs_page, ui_server_command
 
     uri = resolve_tracking_uri(tracking_uri)
     cmd, env = ui_server_command(uri, host, port)
-    console.print(f"MLflow UI for {uri} at http://{host}:{port}", highlight=False)
+    console.print(f"MLflow UI for {uri}: {runs_page(uri, experiment, f'http://{host}:{port}')}", highlight=False)
     try:
         raise typer.Exit(subprocess.call(cmd, env=env))
     except KeyboardInterrupt:
@@ -38,7 +39,7 @@ def runs(
     with one_line_errors():
         found = list_runs(tracking_uri, experiment, task)
     table = Table(title=f"{experiment} ({resolve_tracking_uri(tracking_uri)})")
-    for column in ("run", "task", "status", "epochs", "best val MAE", "test MAE", "mol/ms", "duration"):
+    for column in ("run", "task", "status", "epochs", "best val MAE", "test MAE", "mol/s", "duration"):
         table.add_column(column)
 
     def number(value: float | None, digits: int) -> str:
@@ -46,7 +47,7 @@ def runs(
 
     for r in found:
         table.add_row(
-            r.name, r.task, r.status, r.epochs, number(r.best_val_mae, 5), number(r.test_mae, 5),
-            number(r.throughput_mol_per_ms, 3), f"{r.duration_s:.0f} s",
+            r.name, r.task, r.status, f"{r.epochs_done}/{r.epochs}", number(r.best_val_mae, 5),
+            number(r.test_mae, 5), number(r.throughput_mol_per_s, 1), f"{r.duration_s:.0f} s",
         )  # fmt: skip
     console.print(table)

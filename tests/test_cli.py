@@ -46,6 +46,13 @@ def test_runs_table_compares_training_runs(qm9_dir: Path, tmp_path: Path) -> Non
     done = run_se3pyg("runs", "--tracking-uri", uri, "--task", "homo", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "table-run-7" in done.stdout and "FINISHED" in done.stdout
+    row = next(line for line in done.stdout.splitlines() if "table-run-7" in line)
+    assert "1/1" in row  # epochs done of planned
+    from se3pyg.engine.tracking import list_runs
+
+    (summary,) = list_runs(uri, "se3pyg", "homo")
+    assert summary.epochs_done == 1 and summary.throughput_mol_per_s > 0
+    assert f"{summary.throughput_mol_per_s:.1f}" in row  # whole-run molecules per second, as training prints
     assert "table-run-7" not in run_se3pyg("runs", "--tracking-uri", uri, "--task", "gap", cwd=tmp_path).stdout
     missing = run_se3pyg("runs", "--tracking-uri", uri, "--experiment", "nope", cwd=tmp_path)
     assert missing.returncode == 2 and "--experiment 'nope': no such experiment" in missing.stderr

@@ -40,21 +40,22 @@ def test_ui_shows_the_run_in_chromium(tmp_path: Path) -> None:
     tracker = Tracker(uri, "se3pyg", run_name="ui-visible-run-42", tags={"task": "homo", "command": "train"})
     tracker.log_metrics({"val_mae": 0.05}, step=0)
     tracker.finish()
-    mlflow.set_tracking_uri(uri)
-    experiment_id = mlflow.MlflowClient().get_experiment_by_name("se3pyg").experiment_id
+    experiment = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name("se3pyg")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's training view
 
     port = distributed.free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "se3pyg", "ui", "--tracking-uri", uri, "--port", str(port)],
         cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
     try:
+        page = proc.stdout.readline().split(": ", 1)[1].strip()  # the runs page se3pyg ui prints
+        assert page == f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs"
         _wait_http(f"http://127.0.0.1:{port}/health", proc)
-        page = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs"
         dom = subprocess.run(
             [
                 CHROMIUM,

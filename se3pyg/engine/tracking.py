@@ -15,6 +15,9 @@ from typing import Any
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_EXPERIMENT = "se3pyg"
+#: MLflow 3 opens an experiment in its model-training view (charts, run comparison) rather than its GenAI
+#: view (traces, evaluations) when the experiment carries this tag.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 log = logging.getLogger("se3pyg.tracking")
 
@@ -33,6 +36,17 @@ def artifact_location(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///")).resolve().parent.as_uri()
     return None
+
+
+def runs_page(uri: str, experiment: str, base_url: str) -> str:
+    """The UI page of ``experiment``'s runs under ``base_url`` (the UI's root when it has no runs yet)."""
+    import mlflow
+
+    try:
+        exp = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    except Exception:
+        exp = None
+    return f"{base_url}/#/experiments/{exp.experiment_id}/runs" if exp is not None else base_url
 
 
 def ui_server_command(uri: str, host: str, port: int) -> tuple[list[str], dict[str, str]]:
@@ -93,6 +107,8 @@ class Tracker:
                 if exp is not None
                 else client.create_experiment(experiment, artifact_location=artifact_location(self.uri))
             )
+            if exp is None or exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+                client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
             self.run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
             self.client = client
         except Exception as exc:
@@ -135,16 +151,22 @@ class Tracker:
 
 @dataclass
 class RunSummary:
-    """One training run as ``se3pyg runs`` lists it."""
+    """One training run as ``se3pyg runs`` lists it: ``epochs_done`` of ``epochs`` planned, and the whole run's
+    throughput (molecules over all epochs' time, in molecules per second as training prints it)."""
 
     name: str
     task: str
     status: str
+    epochs_done: int
     epochs: str
     best_val_mae: float | None
     test_mae: float | None
-    throughput_mol_per_ms: float | None
+    throughput_mol_per_s: float | None
     duration_s: float
+
+
+def _history(client: Any, run_id: str, key: str) -> list[float]:
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
 def list_runs(uri: str | None, experiment: str, task: str | None = None) -> list[RunSummary]:
@@ -160,25 +182,29 @@ def list_runs(uri: str | None, experiment: str, task: str | None = None) -> list
         found = client.search_runs(
             [exp.experiment_id], filter_string="tags.command = 'train'", order_by=["attributes.start_time DESC"]
         )
+        found = [r for r in found if task is None or r.data.tags.get("task") == task]
+        histories = {r.info.run_id: [_history(client, r.info.run_id, k) for k in _EPOCH_KEYS] for r in found}
     except TrackingError:
         raise
     except Exception as exc:
         raise TrackingError(f"MLflow tracking store {uri}: {_first_line(exc)}") from None
-    rows = []
-    for r in found:
-        if task is not None and r.data.tags.get("task") != task:
-            continue
-        metrics = r.data.metrics
-        rows.append(
-            RunSummary(
-                name=r.info.run_name or r.info.run_id[:8],
-                task=r.data.tags.get("task", ""),
-                status=r.info.status,
-                epochs=r.data.params.get("epochs", ""),
-                best_val_mae=metrics.get("best_val_mae"),
-                test_mae=metrics.get("test_mae"),
-                throughput_mol_per_ms=metrics.get("throughput_mol_per_ms"),
-                duration_s=((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000,
-            )
-        )
-    return rows
+    return [_summary(r, *histories[r.info.run_id]) for r in found]
+
+
+_EPOCH_KEYS = ("epoch_time_s", "throughput_mol_per_ms")
+
+
+def _summary(run: Any, times: list[float], rates: list[float]) -> RunSummary:
+    molecules = sum(rate * 1000 * t for rate, t in zip(rates, times, strict=False))
+    metrics = run.data.metrics
+    return RunSummary(
+        name=run.info.run_name or run.info.run_id[:8],
+        task=run.data.tags.get("task", ""),
+        status=run.info.status,
+        epochs_done=len(times),
+        epochs=run.data.params.get("epochs", ""),
+        best_val_mae=metrics.get("best_val_mae"),
+        test_mae=metrics.get("test_mae"),
+        throughput_mol_per_s=molecules / sum(times) if times else None,
+        duration_s=((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000,
+    )
