@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,14 +16,35 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names it."""
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def _remove_dead_temporaries(target: Path) -> None:
+    """Temporary files of writes to ``target`` whose process died mid-write (``.NAME.tmp-PID``)."""
+    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on failure removed.
 
-    Readers see the old file or the whole new one, never a part.
+    Readers see the old file or the whole new one, never a part. Temporary files that killed writers left
+    beside ``path`` are removed first.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temporaries(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         yield tmp
@@ -54,3 +76,31 @@ def read_torch_file(path: str | os.PathLike) -> Any:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # every unreadable file gets one line
         raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+
+
+@contextlib.contextmanager
+def exclusive_use(path: str | os.PathLike, option: str) -> Iterator[None]:
+    """Hold ``path`` for this process (a lock file ``.NAME.lock`` beside it with the pid and host), so that
+    a second run writing the same file is refused; a lock whose process is gone is stale and taken over."""
+    target = Path(path)
+    lock = target.with_name(f".{target.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname()
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            held = lock.read_text().split()
+            if len(held) == 2 and held[0].isdigit() and (held[1] != host or pid_alive(int(held[0]))):
+                raise ValueError(f"{option} {target}: in use by process {held[0]} on {held[1]}") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{os.getpid()} {host}")
+        break
+    else:
+        raise ValueError(f"{option} {target}: its lock {lock} could not be taken")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)

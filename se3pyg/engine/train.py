@@ -28,6 +28,7 @@ from se3pyg.engine.state import TrainState
 from se3pyg.engine.step import train_step
 from se3pyg.engine.tracking import Tracker
 from se3pyg.engine.versions import library_versions
+from se3pyg.io import exclusive_use, read_torch_file
 
 EpochCallback = Callable[[dict[str, float]], None]
 
@@ -67,15 +68,17 @@ def run(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResu
     if checkpoint is not None and checkpoint["epoch"] + 1 >= config.epochs:
         raise TrainingError(f"--epochs {config.epochs}: the checkpoint has already run {checkpoint['epoch'] + 1}", 2)
     callback = None if distributed.spawns(config.world_size) else on_epoch
-    return distributed.launch(
-        train_worker,
-        config.world_size,
-        config.use_cuda,
-        config,
-        checkpoint,
-        callback,
-        prepare=lambda: prepare_qm9(config.data_dir, config.limit),
-    )
+    held = config.save_ckpt_path and distributed.is_main_process()
+    with exclusive_use(config.save_ckpt_path, "--save-ckpt-path") if held else contextlib.nullcontext():
+        return distributed.launch(
+            train_worker,
+            config.world_size,
+            config.use_cuda,
+            config,
+            checkpoint,
+            callback,
+            prepare=lambda: prepare_qm9(config.data_dir, config.limit),
+        )
 
 
 @dataclass
@@ -129,6 +132,8 @@ def train_worker(
 ) -> TrainResult:
     """One rank's training: state, data, tracking (rank 0), the epochs, the test MAE."""
     state = TrainState.build(config, info, checkpoint)
+    if checkpoint is not None and config.save_ckpt_path:
+        state.best_val_mae = min(state.best_val_mae, _recorded_best(config.save_ckpt_path))
     stats = TargetStats(checkpoint["target_mean"], checkpoint["target_std"]) if checkpoint else None
     data = _load_data(config, info, state, stats)
     tracker = (
@@ -167,6 +172,18 @@ def train_worker(
     finally:
         if tracker is not None:
             tracker.finish(status)
+
+
+def _recorded_best(path: str) -> float:
+    """The validation MAE the best checkpoint beside ``path`` records (inf when there is none): a resumed run
+    replaces it only with a better model, whatever its last checkpoint says (it may be older)."""
+    best = best_path(path)
+    if not best.is_file():
+        return math.inf
+    try:
+        return float(read_torch_file(best).get("best_val_mae", math.inf))
+    except (ValueError, AttributeError):
+        return math.inf
 
 
 def _epochs(

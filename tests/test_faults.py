@@ -1,0 +1,66 @@
+"""Nothing lost: checkpoint paths held by one run at a time, leftovers of killed writes, the best model kept."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from se3pyg.engine.checkpoint import best_path, load_checkpoint, save_checkpoint
+from se3pyg.engine.config import TrainConfig
+from se3pyg.engine.train import run
+
+from .conftest import QM9_SUBSET
+
+TINY = dict(num_layers=1, num_degrees=2, num_channels=8, num_heads=2, batch_size=16, limit=QM9_SUBSET)
+
+
+def _dead_pid() -> int:
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
+def _config(qm9_dir: Path, tmp_path: Path, **options: object) -> TrainConfig:
+    return TrainConfig(**{**TINY, **options}, data_dir=str(qm9_dir), tracking_uri=f"sqlite:///{tmp_path}/m.db")
+
+
+def test_a_checkpoint_path_held_by_a_live_run_is_refused(qm9_dir: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "model.pt"
+    lock = tmp_path / ".model.pt.lock"
+    lock.write_text(f"{os.getpid()} {socket.gethostname()}")  # a live process holds it
+    with pytest.raises(ValueError, match=rf"--save-ckpt-path {ckpt}: in use by process {os.getpid()}"):
+        run(_config(qm9_dir, tmp_path, epochs=1, save_ckpt_path=str(ckpt)))
+    assert not ckpt.exists()
+    lock.write_text(f"{_dead_pid()} {socket.gethostname()}")  # left by a killed run: stale
+    assert run(_config(qm9_dir, tmp_path, epochs=1, save_ckpt_path=str(ckpt))) is not None
+    assert ckpt.is_file() and not lock.exists()  # released at the end
+
+
+def test_temporaries_of_killed_writes_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    ckpt = tmp_path / "model.pt"
+    dead = tmp_path / f".model.pt.tmp-{_dead_pid()}"
+    live = tmp_path / ".model.pt.tmp-1"  # pid 1 is alive: a write in progress elsewhere is left alone
+    dead.write_bytes(b"partial")
+    live.write_bytes(b"partial")
+    save_checkpoint(ckpt, {"epoch": 0})
+    assert load_checkpoint(ckpt)["epoch"] == 0
+    assert not dead.exists() and live.exists()
+
+
+def test_resume_replaces_the_best_checkpoint_only_with_a_better_model(qm9_dir: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "model.pt"
+    run(_config(qm9_dir, tmp_path, epochs=1, eval_interval=1, save_ckpt_path=str(ckpt)))
+    best = load_checkpoint(best_path(ckpt))
+    best["best_val_mae"] = 1e-9  # a better model than any this run will train (as after a kill between saves)
+    save_checkpoint(best_path(ckpt), {k: v for k, v in best.items() if k not in ("format", "version")})
+    before = best_path(ckpt).read_bytes()
+    resumed = run(_config(qm9_dir, tmp_path, epochs=3, eval_interval=1, load_ckpt_path=str(ckpt),
+                          save_ckpt_path=str(ckpt)))  # fmt: skip
+    assert resumed is not None and resumed.epochs_run == 2
+    assert best_path(ckpt).read_bytes() == before
+    assert load_checkpoint(ckpt)["epoch"] == 2 and torch.isfinite(torch.tensor(resumed.test_mae))
