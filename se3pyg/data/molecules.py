@@ -8,6 +8,7 @@ SDF lists its own).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ from se3pyg.data.errors import DataError
 ELEMENTS = ("H", "C", "N", "O", "F")
 ATOMIC_NUMBERS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
 INPUT_SUFFIXES = (".xyz", ".sdf", ".mol")
+MAX_COORDINATE = 1e4  # Å: far beyond any molecule
+MIN_DISTANCE = 0.1  # Å: closer atoms coincide
 
 
 def perceive_bonds(elements: Sequence[str], coords: Sequence[Sequence[float]]):  # noqa: ANN201 - rdkit.Chem.Mol
@@ -99,6 +102,8 @@ def _read_xyz(path: Path) -> Iterator[tuple[str, list[str], list[list[float]]]]:
                 raise DataError(f"{path}:{k + 1}: expected 'element x y z', got {lines[k].strip()[:40]!r}") from None
             if len(coords[-1]) != 3:
                 raise DataError(f"{path}:{k + 1}: expected 'element x y z', got {lines[k].strip()[:40]!r}")
+            if not all(math.isfinite(v) and abs(v) < MAX_COORDINATE for v in coords[-1]):
+                raise DataError(f"{path}:{k + 1}: coordinates must be finite Å below {MAX_COORDINATE:g} in size")
         yield f"{path.name}:{frame}", elements, coords
         i += 2 + n
         frame += 1
@@ -118,6 +123,8 @@ def _read_sdf(path: Path) -> Iterator[tuple[str, list[str], list[list[float]]]]:
         conf = mol.GetConformer()
         elements = [a.GetSymbol() for a in mol.GetAtoms()]
         coords = [list(conf.GetAtomPosition(a.GetIdx())) for a in mol.GetAtoms()]
+        if not all(math.isfinite(v) and abs(v) < MAX_COORDINATE for xyz in coords for v in xyz):
+            raise DataError(f"{path}: record {k + 1} has coordinates that are not finite Å below {MAX_COORDINATE:g}")
         title = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
         yield f"{path.name}:{title or k}", elements, coords
         count += 1
@@ -143,5 +150,21 @@ def read_molecules(paths: Sequence[str | os.PathLike]) -> list[Data]:
     molecules = []
     for f in files:
         reader = _read_xyz if f.suffix.lower() == ".xyz" else _read_sdf
-        molecules += [to_data(name, elements, coords) for name, elements, coords in reader(f)]
+        molecules += [_checked(to_data(name, elements, coords)) for name, elements, coords in reader(f)]
     return molecules
+
+
+def _checked(molecule: Data) -> Data:
+    """A molecule the model can predict for: no coinciding atoms, at least one bond (the model reads bonds:
+    without any, every such molecule would get the same value)."""
+    if molecule.num_nodes > 1:
+        distances = torch.cdist(molecule.pos, molecule.pos) + torch.eye(molecule.num_nodes) * MIN_DISTANCE
+        if distances.min() < MIN_DISTANCE:
+            i, j = divmod(int(distances.argmin()), molecule.num_nodes)
+            raise DataError(f"{molecule.name}: atoms {i + 1} and {j + 1} are closer than {MIN_DISTANCE} Å")
+    if molecule.edge_index.shape[1] == 0:
+        raise DataError(
+            f"{molecule.name}: no bonds perceived (a single atom, or atoms too far apart); "
+            "the model predicts from bonds"
+        )
+    return molecule
