@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import typer
 from rich.table import Table
 
-from se3pyg.cli.console import console, one_line_errors
+from se3pyg.cli.console import console, err_console, one_line_errors
 
 
 def ui(
@@ -16,16 +14,22 @@ def ui(
     port: int = typer.Option(5000, help="Port."),
     experiment: str = typer.Option("se3pyg", help="MLflow experiment whose runs page to print."),
 ) -> None:
-    """The MLflow UI over the run store."""
-    from se3pyg.engine.tracking import resolve_tracking_uri, runs_page, ui_server_command
+    """The MLflow UI over the run store, until Ctrl-C (the server stops with it)."""
+    from se3pyg.engine.tracking import check_port_free, is_loopback, resolve_tracking_uri, runs_page, serve_ui
 
     uri = resolve_tracking_uri(tracking_uri)
-    cmd, env = ui_server_command(uri, host, port)
-    console.print(f"MLflow UI for {uri}: {runs_page(uri, experiment, f'http://{host}:{port}')}", highlight=False)
-    try:
-        raise typer.Exit(subprocess.call(cmd, env=env))
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+    if not is_loopback(host):
+        err_console.print(
+            f"warning: --host {host} serves the MLflow UI and its API, without authentication, to the network",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    with one_line_errors():
+        check_port_free(host, port)
+        console.print(f"MLflow UI for {uri}: {runs_page(uri, experiment, f'http://{host}:{port}')}", highlight=False)
+        status = serve_ui(uri, host, port)
+    raise typer.Exit(status)
 
 
 def runs(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,8 @@ import pytest
 
 from se3pyg.engine import distributed
 from se3pyg.engine.tracking import Tracker
+
+from .conftest import run_se3pyg
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -80,3 +83,40 @@ def test_ui_shows_the_run_in_chromium(tmp_path: Path) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_ui_refuses_a_taken_port_and_warns_beyond_loopback(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        uri = f"sqlite:///{tmp_path}/mlflow.db"
+        done = run_se3pyg("ui", "--tracking-uri", uri, "--port", str(port), cwd=tmp_path, timeout=60)
+        assert done.returncode == 2 and f"--port {port}: 127.0.0.1:{port} cannot be served" in done.stderr
+        assert "Traceback" not in done.stderr
+        done = run_se3pyg("ui", "--tracking-uri", uri, "--host", "0.0.0.0", "--port", str(port), cwd=tmp_path)
+        assert "warning: --host 0.0.0.0 serves the MLflow UI and its API, without authentication" in done.stderr
+        assert done.returncode == 2  # the port is taken there too: nothing was served
+
+
+def test_sigterm_to_ui_stops_its_server(tmp_path: Path) -> None:
+    port = distributed.free_port()
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "se3pyg", "ui", "--tracking-uri", uri, "--port", str(port)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", proc)
+    except BaseException:
+        proc.kill()
+        raise
+    proc.send_signal(signal.SIGTERM)  # to se3pyg ui alone, not its process group
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return  # nothing listens any more
+        time.sleep(0.5)
+    pytest.fail(f"the MLflow server still listens on {port} after se3pyg ui ended")

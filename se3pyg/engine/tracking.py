@@ -6,6 +6,7 @@ disables tracking (with a warning), so training and checkpoints go on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -57,6 +58,56 @@ def ui_server_command(uri: str, host: str, port: int) -> tuple[list[str], dict[s
     if artifacts:
         cmd += ["--default-artifact-root", artifacts]
     return cmd, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_port_free(host: str, port: int) -> None:
+    """:class:`TrackingError` naming ``--port`` when ``host:port`` cannot be bound (in use, not an address here)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise TrackingError(f"--port {port}: {host}:{port} cannot be served ({exc.strerror})") from None
+
+
+def serve_ui(uri: str, host: str, port: int) -> int:
+    """Run the MLflow UI server over ``uri`` until it ends or this process is told to stop (SIGINT or SIGTERM,
+    passed on to the server's whole process group, so that nothing is left listening). Returns the server's exit
+    status, or 128 + the signal that stopped it.
+    """
+    import signal
+    import subprocess
+
+    check_port_free(host, port)
+    cmd, env = ui_server_command(uri, host, port)
+    server = subprocess.Popen(cmd, env=env, start_new_session=True)
+    stopped_by: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        stopped_by.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        status = server.wait()
+        return 128 + stopped_by[0] if stopped_by else status
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)  # workers the server left behind
 
 
 def _probe(uri: str) -> None:
