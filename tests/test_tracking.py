@@ -45,3 +45,29 @@ def test_a_store_that_drops_later_only_disables_tracking(tmp_path: Path, caplog:
 def test_unreachable_store_at_start_is_one_error(tmp_path: Path) -> None:
     with pytest.raises(TrackingError, match=r"MLflow tracking store http://127\.0\.0\.1:9 is unreachable"):
         Tracker("http://127.0.0.1:9", "exp")
+
+
+def test_a_run_left_running_by_a_killed_process_is_shown_stale(tmp_path: Path) -> None:
+    """kill -9 leaves the run RUNNING in MLflow; se3pyg runs tells it from a live one."""
+    import signal
+    import subprocess
+    import sys
+
+    from se3pyg.engine.tracking import list_runs
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    code = (
+        "import sys, time; from se3pyg.engine.tracking import Tracker;"
+        f"t = Tracker({uri!r}, 'se3pyg', 'killed-run', {{'command': 'train', 'task': 'homo'}});"
+        "t.log_metrics({'epoch_time_s': 2.0, 'throughput_mol_per_ms': 0.5}, step=0); print('ready', flush=True);"
+        "time.sleep(600)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    (alive,) = list_runs(uri, "se3pyg")
+    assert alive.status == "RUNNING" and alive.duration_s > 0
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    (killed,) = list_runs(uri, "se3pyg")
+    assert killed.status == "STALE (process gone)" and killed.epochs_done == 1
+    assert killed.throughput_mol_per_s == pytest.approx(500.0)

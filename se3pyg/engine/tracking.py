@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ DEFAULT_EXPERIMENT = "se3pyg"
 #: MLflow 3 opens an experiment in its model-training view (charts, run comparison) rather than its GenAI
 #: view (traces, evaluations) when the experiment carries this tag.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+#: The process that owns a run, so that a run left RUNNING by a killed process can be shown as such.
+PID_TAG, HOST_TAG = "se3pyg.pid", "se3pyg.host"
 
 log = logging.getLogger("se3pyg.tracking")
 
@@ -160,7 +164,8 @@ class Tracker:
             )
             if exp is None or exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
                 client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
-            self.run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
+            owner = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}  # so a dead run can be told
+            self.run = client.create_run(exp_id, run_name=run_name, tags={**(tags or {}), **owner})
             self.client = client
         except Exception as exc:
             raise TrackingError(f"MLflow tracking store {self.uri} is unreachable: {_first_line(exc)}") from None
@@ -182,8 +187,6 @@ class Tracker:
         self._guard("log_params", self.client.log_batch, self.run_id, params=items)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -216,8 +219,9 @@ class RunSummary:
     duration_s: float
 
 
-def _history(client: Any, run_id: str, key: str) -> list[float]:
-    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+def _history(client: Any, run_id: str, key: str) -> list[Any]:
+    """The run's ``key`` metric objects, by step."""
+    return sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
 
 
 def list_runs(uri: str | None, experiment: str, task: str | None = None) -> list[RunSummary]:
@@ -245,17 +249,33 @@ def list_runs(uri: str | None, experiment: str, task: str | None = None) -> list
 _EPOCH_KEYS = ("epoch_time_s", "throughput_mol_per_ms")
 
 
-def _summary(run: Any, times: list[float], rates: list[float]) -> RunSummary:
+def _status(run: Any, last_metric_ms: int | None) -> tuple[str, float]:
+    """The run's status and its duration in seconds; a RUNNING run whose process on this machine is gone is
+    ``STALE`` (killed without a word), lasting until its last epoch's metrics."""
+    from se3pyg.io import pid_alive
+
+    info, tags = run.info, run.data.tags
+    if info.status != "RUNNING":
+        return info.status, ((info.end_time or info.start_time) - info.start_time) / 1000
+    pid, host = tags.get(PID_TAG, ""), tags.get(HOST_TAG)
+    if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
+        return "STALE (process gone)", ((last_metric_ms or info.start_time) - info.start_time) / 1000
+    return "RUNNING", time.time() - info.start_time / 1000
+
+
+def _summary(run: Any, time_history: list[Any], rate_history: list[Any]) -> RunSummary:
+    times, rates = [m.value for m in time_history], [m.value for m in rate_history]
     molecules = sum(rate * 1000 * t for rate, t in zip(rates, times, strict=False))
     metrics = run.data.metrics
+    status, duration = _status(run, max((m.timestamp for m in time_history), default=None))
     return RunSummary(
         name=run.info.run_name or run.info.run_id[:8],
         task=run.data.tags.get("task", ""),
-        status=run.info.status,
+        status=status,
         epochs_done=len(times),
         epochs=run.data.params.get("epochs", ""),
         best_val_mae=metrics.get("best_val_mae"),
         test_mae=metrics.get("test_mae"),
         throughput_mol_per_s=molecules / sum(times) if times else None,
-        duration_s=((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000,
+        duration_s=duration,
     )
