@@ -71,3 +71,31 @@ def test_a_run_left_running_by_a_killed_process_is_shown_stale(tmp_path: Path) -
     (killed,) = list_runs(uri, "se3pyg")
     assert killed.status == "STALE (process gone)" and killed.epochs_done == 1
     assert killed.throughput_mol_per_s == pytest.approx(500.0)
+
+
+def test_concurrent_first_use_of_a_new_sqlite_store(tmp_path: Path) -> None:
+    """Three processes open one new store at once: each gets its run (the first creates the tables)."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path}/new/mlflow.db"
+    code = f"from se3pyg.engine.tracking import Tracker; Tracker({uri!r}, 'se3pyg').finish()"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errors = [p.communicate(timeout=180)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert len(client.search_runs([client.get_experiment_by_name("se3pyg").experiment_id])) == 3
+
+
+def test_runs_listing_neither_creates_a_store_nor_waits_for_an_absent_server(tmp_path: Path) -> None:
+    import time
+
+    from .conftest import run_se3pyg
+
+    db = tmp_path / "mlruns" / "mlflow.db"
+    done = run_se3pyg("runs", "--tracking-uri", f"sqlite:///{db}", cwd=tmp_path)
+    assert done.returncode == 2 and "no store there yet" in done.stderr and not db.exists()
+    start = time.monotonic()
+    done = run_se3pyg("runs", "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path)
+    assert done.returncode == 2 and "http://127.0.0.1:9 is unreachable" in done.stderr
+    assert time.monotonic() - start < 60 and "Traceback" not in done.stderr

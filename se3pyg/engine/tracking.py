@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,6 @@ def is_loopback(host: str) -> bool:
 
 def check_port_free(host: str, port: int) -> None:
     """:class:`TrackingError` naming ``--port`` when ``host:port`` cannot be bound (in use, not an address here)."""
-    import socket
-
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:
             probe.bind((host, port))
@@ -114,6 +113,31 @@ def serve_ui(uri: str, host: str, port: int) -> int:
             os.killpg(server.pid, signal.SIGTERM)  # workers the server left behind
 
 
+def _reachable(uri: str) -> None:
+    """A tracking server must answer within seconds: fail fast, and never stall a run in MLflow's retries."""
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        _probe(uri)
+
+
+@contextlib.contextmanager
+def _first_use_lock(uri: str) -> Iterator[None]:
+    """Processes opening one SQLite store take turns (the first creates its tables: two at once collide)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _probe(uri: str) -> None:
     """Fail fast when a tracking server does not answer its health check."""
     import urllib.request
@@ -148,28 +172,30 @@ class Tracker:
         self.active = True
         if self.uri.startswith("sqlite:///"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        if self.uri.startswith(("http://", "https://")):
-            # A server that drops mid-run must not stall training in MLflow's long retry loop.
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-            _probe(self.uri)
+        _reachable(self.uri)
         try:
-            mlflow.set_tracking_uri(self.uri)
-            client = mlflow.MlflowClient()
-            exp = client.get_experiment_by_name(experiment)
-            exp_id = (
-                exp.experiment_id
-                if exp is not None
-                else client.create_experiment(experiment, artifact_location=artifact_location(self.uri))
-            )
-            if exp is None or exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
-                client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
-            owner = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}  # so a dead run can be told
-            self.run = client.create_run(exp_id, run_name=run_name, tags={**(tags or {}), **owner})
-            self.client = client
+            with _first_use_lock(self.uri):
+                self._start(experiment, run_name, tags)
         except Exception as exc:
             raise TrackingError(f"MLflow tracking store {self.uri} is unreachable: {_first_line(exc)}") from None
         self.run_id = self.run.info.run_id
+
+    def _start(self, experiment: str, run_name: str | None, tags: dict[str, str] | None) -> None:
+        """The experiment (created and tagged for the training view when new) and a new run in it."""
+        mlflow = self._mlflow
+        mlflow.set_tracking_uri(self.uri)
+        client = mlflow.MlflowClient()
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = (
+            exp.experiment_id
+            if exp is not None
+            else client.create_experiment(experiment, artifact_location=artifact_location(self.uri))
+        )
+        if exp is None or exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+        owner = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}  # so a dead run can be told
+        self.run = client.create_run(exp_id, run_name=run_name, tags={**(tags or {}), **owner})
+        self.client = client
 
     def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
         if not self.active:
@@ -229,6 +255,9 @@ def list_runs(uri: str | None, experiment: str, task: str | None = None) -> list
     import mlflow
 
     uri = resolve_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingError(f"MLflow tracking store {uri}: no store there yet (nothing has been tracked)")
+    _reachable(uri)
     try:
         client = mlflow.MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
