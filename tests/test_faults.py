@@ -64,3 +64,41 @@ def test_resume_replaces_the_best_checkpoint_only_with_a_better_model(qm9_dir: P
     assert resumed is not None and resumed.epochs_run == 2
     assert best_path(ckpt).read_bytes() == before
     assert load_checkpoint(ckpt)["epoch"] == 2 and torch.isfinite(torch.tensor(resumed.test_mae))
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        found += [int(c) for c in task.read_text().split()]
+    return found
+
+
+def test_kill_9_during_data_prepare_leaves_no_worker_and_the_next_build_cleans_up(tmp_path: Path) -> None:
+    import signal
+    import sys
+    import time
+
+    root = tmp_path / "qm9"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "se3pyg", "data", "prepare", "--data-dir", str(root), "--limit", "8000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout.readline().startswith("perceiving bonds")
+    deadline = time.monotonic() + 60
+    while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:  # the bond-perception workers
+        time.sleep(0.1)
+    workers = _children(proc.pid)
+    assert workers, "no worker processes seen"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()], "workers outlived the killed build"
+    assert list(root.glob(".build-*"))  # the killed build's scratch folder
+    done = subprocess.run(
+        [sys.executable, "-m", "se3pyg", "data", "prepare", "--data-dir", str(root), "--limit", "20"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert not list(root.glob(".build-*"))

@@ -32,7 +32,7 @@ from pathlib import Path
 from torch_geometric.datasets import QM9
 
 from se3pyg.data.errors import DataError
-from se3pyg.io import atomic_write
+from se3pyg.io import atomic_write, pid_alive
 from se3pyg.data.molecules import perceive_bonds
 
 NUM_MOLECULES = 130_831
@@ -131,6 +131,19 @@ def _csv_row(index: int, row: dict[str, str]) -> str:
     return f"gdb_{index}," + ",".join(str(v) for v in values) + "\n"
 
 
+def _end_with_parent() -> None:
+    """In a bond-perception worker: be killed when the building process dies, even by SIGKILL (Linux), so that
+    no worker outlives an interrupted build."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before the call
+            os._exit(1)
+
+
 def _write_raw(raw_dir: Path, limit: int | None, progress: Progress | None, workers: int) -> int:
     raw_dir.mkdir(parents=True, exist_ok=True)
     rows = list(_read_qm9pack(limit))
@@ -144,7 +157,7 @@ def _write_raw(raw_dir: Path, limit: int | None, progress: Progress | None, work
     by_index = dict(zip(indices, rows, strict=True))
     empty_row = "," + ",".join(["0"] * 19) + "\n"
 
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_end_with_parent) as pool:
         blocks = pool.map(_molblock, jobs, chunksize=256)
         with (raw_dir / "gdb9.sdf").open("w") as sdf, (raw_dir / "gdb9.sdf.csv").open("w") as table:
             table.write(_CSV_HEADER + "\n")
@@ -227,7 +240,13 @@ def prepare_qm9(
     except DataError:
         pass
 
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: is a file, not a folder for the QM9 build")
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".build-*"):  # folders of builds whose process was killed
+        pid = stale.name.removeprefix(".build-")
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     scratch = root / f".build-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     try:
