@@ -165,12 +165,26 @@ def test_bad_inputs_are_refused_without_output(
     assert not out.exists() and not list(tmp_path.glob(".pred.csv*"))
 
 
+def _damaged(path: Path, drop: str | None = None, **config: object) -> None:
+    """An se3pyg checkpoint of a small model with a weight missing or a model_config that does not fit."""
+    from se3pyg.engine.checkpoint import save_checkpoint
+    from se3pyg.model import SE3TransformerPooled
+
+    model = SE3TransformerPooled(num_layers=1, num_degrees=2, num_channels=8, num_heads=2)
+    state = {k: v for k, v in model.state_dict().items() if k != drop}
+    payload = dict(model_config={**model.config, **config}, state_dict=state, task="homo", target_mean=0.0,
+                   target_std=1.0, config={}, epoch=0)  # fmt: skip
+    save_checkpoint(path, payload)
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
         (lambda p: None, "missing.pt: no such file"),
         (lambda p: p.write_bytes(b"garbage"), "missing.pt: not a readable PyTorch checkpoint"),
         (lambda p: torch.save({"weights": torch.zeros(2)}, p), "not an se3pyg or NVIDIA"),
+        (lambda p: _damaged(p, drop="transformer.graph_modules.0.project.weights.0"), "do not match"),
+        (lambda p: _damaged(p, num_channels=12), "model_config and weights do not match"),
     ],
 )
 def test_missing_or_foreign_checkpoints_are_refused(inputs: Path, tmp_path: Path, make, message: str) -> None:

@@ -52,8 +52,13 @@ def load_checkpoint(path: str | os.PathLike, payload: Any = None) -> dict[str, A
     return payload
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any]) -> SE3TransformerPooled:
-    """The trained model of an se3pyg checkpoint, on CPU, in training mode."""
-    model = SE3TransformerPooled.from_config(checkpoint["model_config"])
-    model.load_state_dict(checkpoint["state_dict"])
+def model_from_checkpoint(checkpoint: dict[str, Any], name: str = "checkpoint") -> SE3TransformerPooled:
+    """The trained model of an se3pyg checkpoint, on CPU, in training mode; :class:`CheckpointError` naming
+    ``name`` when its ``model_config`` and weights do not make a model."""
+    try:
+        model = SE3TransformerPooled.from_config(checkpoint["model_config"])
+        model.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{name}: its model_config and weights do not match ({first[:200]})") from None
     return model

@@ -58,7 +58,7 @@ def load_model(
         ckpt = load_checkpoint(p, payload)
         if task is not None and task != ckpt["task"]:
             raise CheckpointError(f"{p}: trained for task {ckpt['task']!r}, not {task!r}")
-        model = model_from_checkpoint(ckpt).eval()
+        model = model_from_checkpoint(ckpt, str(p)).eval()
         return LoadedModel(
             model, get_task(ckpt["task"]), ckpt["target_mean"], ckpt["target_std"], "se3pyg", ckpt["config"]
         )

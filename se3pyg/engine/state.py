@@ -47,7 +47,11 @@ class TrainState:
         torch.manual_seed(config.seed)
         precision = Precision.choose(config.amp, config.amp_dtype, info.device)
         precision.configure_backends()
-        model = model_from_checkpoint(checkpoint) if checkpoint else SE3TransformerPooled(**config.model_options())
+        model = (
+            model_from_checkpoint(checkpoint, str(config.load_ckpt_path))
+            if checkpoint
+            else SE3TransformerPooled(**config.model_options())
+        )
         model = model.to(info.device)
         net: nn.Module = torch.compile(model, dynamic=True) if compile else model
         if info.distributed:
