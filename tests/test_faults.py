@@ -102,3 +102,13 @@ def test_kill_9_during_data_prepare_leaves_no_worker_and_the_next_build_cleans_u
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert not list(root.glob(".build-*"))
+
+
+def test_an_unreachable_store_is_reported_before_the_data_build(tmp_path: Path) -> None:
+    from .conftest import run_se3pyg
+
+    data = tmp_path / "qm9"
+    done = run_se3pyg("train", "--data-dir", str(data), "--limit", "300", "--batch-size", "16", "--gpus", "0",
+                      "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and "http://127.0.0.1:9 is unreachable" in done.stderr
+    assert not data.exists()  # nothing was built first

@@ -113,7 +113,7 @@ def serve_ui(uri: str, host: str, port: int) -> int:
             os.killpg(server.pid, signal.SIGTERM)  # workers the server left behind
 
 
-def _reachable(uri: str) -> None:
+def check_reachable(uri: str) -> None:
     """A tracking server must answer within seconds: fail fast, and never stall a run in MLflow's retries."""
     if uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -172,7 +172,7 @@ class Tracker:
         self.active = True
         if self.uri.startswith("sqlite:///"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        _reachable(self.uri)
+        check_reachable(self.uri)
         try:
             with _first_use_lock(self.uri):
                 self._start(experiment, run_name, tags)
@@ -257,7 +257,7 @@ def list_runs(uri: str | None, experiment: str, task: str | None = None) -> list
     uri = resolve_tracking_uri(uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise TrackingError(f"MLflow tracking store {uri}: no store there yet (nothing has been tracked)")
-    _reachable(uri)
+    check_reachable(uri)
     try:
         client = mlflow.MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)

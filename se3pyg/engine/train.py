@@ -26,7 +26,7 @@ from se3pyg.engine.distributed import DistInfo
 from se3pyg.engine.evaluate import mean_absolute_error
 from se3pyg.engine.state import TrainState
 from se3pyg.engine.step import train_step
-from se3pyg.engine.tracking import Tracker
+from se3pyg.engine.tracking import Tracker, check_reachable, resolve_tracking_uri
 from se3pyg.engine.versions import library_versions
 from se3pyg.io import exclusive_use, read_torch_file
 
@@ -63,6 +63,8 @@ def run(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResu
     """
     config = config.resolve_gpus()
     config.check_before_training()
+    if distributed.is_main_process():
+        check_reachable(resolve_tracking_uri(config.tracking_uri))  # before the data build, not after
     checkpoint = load_checkpoint(config.load_ckpt_path) if config.load_ckpt_path else None
     config = config.resumed_from(checkpoint) if checkpoint else dataclasses.replace(config, task=config.task or "homo")
     if checkpoint is not None and checkpoint["epoch"] + 1 >= config.epochs:
