@@ -11,20 +11,11 @@ from typing import Any
 
 import torch
 
+from se3pyg.processes import pid_alive
+
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names it."""
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True
 
 
 def _remove_dead_temporaries(target: Path) -> None:

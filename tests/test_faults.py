@@ -112,3 +112,37 @@ def test_an_unreachable_store_is_reported_before_the_data_build(tmp_path: Path) 
                       "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2 and "http://127.0.0.1:9 is unreachable" in done.stderr
     assert not data.exists()  # nothing was built first
+
+
+def test_two_runs_on_one_checkpoint_path_and_a_killed_launcher(qm9_dir: Path, tmp_path: Path) -> None:
+    """A second training on a live run's checkpoint path is refused; kill -9 of a DDP launcher takes its
+    ranks with it, and its stale lock no longer blocks the path."""
+    import signal
+    import sys
+    import time
+
+    from .conftest import run_se3pyg
+
+    ckpt = tmp_path / "model.pt"
+    common = ["train", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--batch-size", "16", "--gpus", "0",
+              "--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2",
+              "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--save-ckpt-path", str(ckpt)]  # fmt: skip
+    first = subprocess.Popen([sys.executable, "-m", "se3pyg", *common, "--epochs", "1000", "--processes", "2"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)  # fmt: skip
+    lock = tmp_path / ".model.pt.lock"
+    deadline = time.monotonic() + 120
+    while len(_children(first.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ranks = _children(first.pid)
+    assert lock.exists() and len(ranks) >= 2, first.stderr.read() if first.poll() is not None else "no ranks"
+    second = run_se3pyg(*common, "--epochs", "1", cwd=tmp_path)
+    assert second.returncode == 2 and f"--save-ckpt-path {ckpt}: in use by process {first.pid}" in second.stderr
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{r}").exists() for r in ranks) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [r for r in ranks if Path(f"/proc/{r}").exists()], "DDP ranks outlived their launcher"
+    third = run_se3pyg(*common, "--epochs", "1", cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert load_checkpoint(ckpt)["epoch"] == 0 and not lock.exists()

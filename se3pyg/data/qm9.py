@@ -32,7 +32,8 @@ from pathlib import Path
 from torch_geometric.datasets import QM9
 
 from se3pyg.data.errors import DataError
-from se3pyg.io import atomic_write, pid_alive
+from se3pyg.io import atomic_write
+from se3pyg.processes import end_with_parent, pid_alive
 from se3pyg.data.molecules import perceive_bonds
 
 NUM_MOLECULES = 130_831
@@ -131,19 +132,6 @@ def _csv_row(index: int, row: dict[str, str]) -> str:
     return f"gdb_{index}," + ",".join(str(v) for v in values) + "\n"
 
 
-def _end_with_parent() -> None:
-    """In a bond-perception worker: be killed when the building process dies, even by SIGKILL (Linux), so that
-    no worker outlives an interrupted build."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before the call
-            os._exit(1)
-
-
 def _write_raw(raw_dir: Path, limit: int | None, progress: Progress | None, workers: int) -> int:
     raw_dir.mkdir(parents=True, exist_ok=True)
     rows = list(_read_qm9pack(limit))
@@ -157,7 +145,7 @@ def _write_raw(raw_dir: Path, limit: int | None, progress: Progress | None, work
     by_index = dict(zip(indices, rows, strict=True))
     empty_row = "," + ",".join(["0"] * 19) + "\n"
 
-    with ProcessPoolExecutor(max_workers=workers, initializer=_end_with_parent) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=end_with_parent) as pool:
         blocks = pool.map(_molblock, jobs, chunksize=256)
         with (raw_dir / "gdb9.sdf").open("w") as sdf, (raw_dir / "gdb9.sdf.csv").open("w") as table:
             table.write(_CSV_HEADER + "\n")
@@ -242,7 +230,12 @@ def prepare_qm9(
 
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: is a file, not a folder for the QM9 build")
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{root}: cannot create the QM9 folder ({exc.strerror})") from None
+    if not os.access(root, os.W_OK):
+        raise DataError(f"{root}: not writable, so QM9 cannot be built there")
     for stale in root.glob(".build-*"):  # folders of builds whose process was killed
         pid = stale.name.removeprefix(".build-")
         if pid.isdigit() and not pid_alive(int(pid)):

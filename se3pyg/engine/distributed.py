@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from se3pyg.engine.allocator import keep_freed_memory
+from se3pyg.processes import end_with_parent
 
 R = TypeVar("R")
 
@@ -101,6 +102,7 @@ def shutdown() -> None:
 
 
 def _worker(local_rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple) -> None:
+    end_with_parent()  # a killed launcher takes its ranks with it
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),

@@ -281,7 +281,7 @@ _EPOCH_KEYS = ("epoch_time_s", "throughput_mol_per_ms")
 def _status(run: Any, last_metric_ms: int | None) -> tuple[str, float]:
     """The run's status and its duration in seconds; a RUNNING run whose process on this machine is gone is
     ``STALE`` (killed without a word), lasting until its last epoch's metrics."""
-    from se3pyg.io import pid_alive
+    from se3pyg.processes import pid_alive
 
     info, tags = run.info, run.data.tags
     if info.status != "RUNNING":
