@@ -84,10 +84,11 @@ def test_quick_sets_defaults_that_typed_options_override(qm9_dir: Path, tmp_path
     typed = ["--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--epochs", "1", "--num-channels", "8"]
     done = run_se3pyg("train", "--quick", *typed, "--tracking-uri", uri, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    run_id = done.stdout.strip().splitlines()[-1].rsplit(" ", 1)[-1]
+    run_id = re.search(r"MLflow run (\w+)", done.stdout).group(1)
     params = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).data.params
     assert (params["epochs"], params["limit"], params["num_channels"]) == ("1", str(QM9_SUBSET), "8")  # typed
     assert (params["num_layers"], params["batch_size"], params["gpus"]) == ("2", "32", "0")  # --quick's
+    assert params["save_ckpt_path"] == "quick.pt" and (tmp_path / "quick.best.pt").is_file()
 
 
 def test_readme_python_examples_run() -> None:
