@@ -73,10 +73,26 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def test_kill_9_during_data_prepare_leaves_no_worker_and_the_next_build_cleans_up(tmp_path: Path) -> None:
+def _kill_9_and_survivors(proc: subprocess.Popen, at_least: int, timeout: float = 120) -> list[int]:
+    """Wait for ``at_least`` children of ``proc``, kill -9 it, and return the children still alive 30 s later."""
     import signal
-    import sys
     import time
+
+    deadline = time.monotonic() + timeout
+    while len(_children(proc.pid)) < at_least and time.monotonic() < deadline:
+        time.sleep(0.1)
+    children = _children(proc.pid)
+    assert len(children) >= at_least, f"{len(children)} child processes seen"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{c}").exists() for c in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [c for c in children if Path(f"/proc/{c}").exists()]
+
+
+def test_kill_9_during_data_prepare_leaves_no_worker_and_the_next_build_cleans_up(tmp_path: Path) -> None:
+    import sys
 
     root = tmp_path / "qm9"
     proc = subprocess.Popen(
@@ -84,17 +100,7 @@ def test_kill_9_during_data_prepare_leaves_no_worker_and_the_next_build_cleans_u
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout.readline().startswith("perceiving bonds")
-    deadline = time.monotonic() + 60
-    while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:  # the bond-perception workers
-        time.sleep(0.1)
-    workers = _children(proc.pid)
-    assert workers, "no worker processes seen"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [w for w in workers if Path(f"/proc/{w}").exists()], "workers outlived the killed build"
+    assert not _kill_9_and_survivors(proc, at_least=2), "bond-perception workers outlived the killed build"
     assert list(root.glob(".build-*"))  # the killed build's scratch folder
     done = subprocess.run(
         [sys.executable, "-m", "se3pyg", "data", "prepare", "--data-dir", str(root), "--limit", "20"],
@@ -117,7 +123,6 @@ def test_an_unreachable_store_is_reported_before_the_data_build(tmp_path: Path) 
 def test_two_runs_on_one_checkpoint_path_and_a_killed_launcher(qm9_dir: Path, tmp_path: Path) -> None:
     """A second training on a live run's checkpoint path is refused; kill -9 of a DDP launcher takes its
     ranks with it, and its stale lock no longer blocks the path."""
-    import signal
     import sys
     import time
 
@@ -131,18 +136,11 @@ def test_two_runs_on_one_checkpoint_path_and_a_killed_launcher(qm9_dir: Path, tm
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)  # fmt: skip
     lock = tmp_path / ".model.pt.lock"
     deadline = time.monotonic() + 120
-    while len(_children(first.pid)) < 2 and time.monotonic() < deadline:
+    while not lock.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
-    ranks = _children(first.pid)
-    assert lock.exists() and len(ranks) >= 2, first.stderr.read() if first.poll() is not None else "no ranks"
     second = run_se3pyg(*common, "--epochs", "1", cwd=tmp_path)
     assert second.returncode == 2 and f"--save-ckpt-path {ckpt}: in use by process {first.pid}" in second.stderr
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{r}").exists() for r in ranks) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [r for r in ranks if Path(f"/proc/{r}").exists()], "DDP ranks outlived their launcher"
+    assert not _kill_9_and_survivors(first, at_least=2), "DDP ranks outlived their launcher"
     third = run_se3pyg(*common, "--epochs", "1", cwd=tmp_path)
     assert third.returncode == 0, third.stderr
     assert load_checkpoint(ckpt)["epoch"] == 0 and not lock.exists()
