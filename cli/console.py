@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 # Off a terminal (logs, pipes) lines are not wrapped at rich's default 80 columns, and tables get room.
 console = Console(soft_wrap=not sys.stdout.isatty(), width=None if sys.stdout.isatty() else 200)
@@ -36,26 +44,39 @@ def one_line_errors() -> Iterator[None]:
         raise fail(str(exc)) from None
 
 
+#: Off a terminal, a stage's progress is printed when it starts and then at most this often (seconds).
+PLAIN_PROGRESS_EVERY_S = 30.0
+
+
 @contextmanager
-def stage_progress() -> Iterator[Callable[[str, int, int], None]]:
-    """A ``progress(stage, done, total)`` callback: a rich bar on a terminal, one line per stage otherwise."""
+def stage_progress() -> Iterator[Callable[..., None]]:
+    """A ``progress(stage, done, total, unit="molecules")`` callback: a rich bar a stage on a terminal; off
+    one, a line when a stage starts and a ``done/total`` line at most every :data:`PLAIN_PROGRESS_EVERY_S`."""
     if console.is_terminal:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        columns = (
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )  # fmt: skip
         with Progress(*columns, console=console, transient=False) as progress:
             tasks: dict[str, int] = {}
 
-            def update(stage: str, done: int, total: int) -> None:
+            def update(stage: str, done: int, total: int, unit: str = "molecules") -> None:
                 if stage not in tasks:
                     tasks[stage] = progress.add_task(stage, total=total)
                 progress.update(tasks[stage], completed=done, total=total)
 
             yield update
     else:
-        seen: set[str] = set()
+        last: dict[str, float] = {}
 
-        def update(stage: str, done: int, total: int) -> None:
-            if stage not in seen:
-                seen.add(stage)
-                console.print(f"{stage} ({total} molecules)", markup=False, highlight=False)
+        def update(stage: str, done: int, total: int, unit: str = "molecules") -> None:
+            now = time.monotonic()
+            if stage not in last:
+                console.print(f"{stage} ({total} {unit})", markup=False, highlight=False)
+            elif now - last[stage] >= PLAIN_PROGRESS_EVERY_S and done < total:
+                console.print(f"{stage}: {done}/{total} {unit}", markup=False, highlight=False)
+            else:
+                return
+            last[stage] = now
 
         yield update

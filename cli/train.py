@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from se3pyg.cli.console import console, one_line_errors
+from se3pyg.cli.console import console, one_line_errors, stage_progress
 from se3pyg.cli.options import config_options, typed_by_user
 from se3pyg.engine.checkpoint import best_path
 from se3pyg.engine.config import TrainConfig
@@ -43,8 +43,8 @@ def train(
             )
 
     start = time.perf_counter()
-    with one_line_errors():
-        result = run(TrainConfig(**values), on_epoch=report)
+    with one_line_errors(), stage_progress() as progress:
+        result = run(TrainConfig(**values), on_epoch=report, on_progress=None if silent else progress)
     if result is None:
         return
     console.print(

@@ -125,6 +125,7 @@ def test_quick_start_from_training_to_a_prediction(qm9_dir: Path, tmp_path: Path
     reduced = ["--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--epochs", "1"]
     done = run_se3pyg(*train, *reduced, "--tracking-uri", f"sqlite:///{tmp_path}/m.db", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert "epoch 0 (7 batches)" in done.stdout  # 229 training molecules in batches of 32: a line as it starts
     named = re.search(r"checkpoint: (\S+) \(best validation\)", done.stdout.splitlines()[-1]).group(1)
     assert (tmp_path / named).is_file()
     molecule = next(line for line in lines if line.startswith("printf"))
@@ -136,3 +137,22 @@ def test_quick_start_from_training_to_a_prediction(qm9_dir: Path, tmp_path: Path
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert [r["molecule"] for r in rows] == ["water.xyz:0"] and rows[0]["unit"] == "eV"
     assert -20 < float(rows[0]["prediction"]) < 5
+
+
+def test_plain_progress_prints_a_stage_once_then_at_most_every_interval(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from se3pyg.cli import console
+
+    monkeypatch.setattr(console, "PLAIN_PROGRESS_EVERY_S", 0.0)
+    with console.stage_progress() as progress:
+        for done in range(1, 4):
+            progress("epoch 0", done, 3, "batches")
+        progress("perceiving bonds", 10, 20)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["epoch 0 (3 batches)", "epoch 0: 2/3 batches", "perceiving bonds (20 molecules)"]
+    monkeypatch.setattr(console, "PLAIN_PROGRESS_EVERY_S", 3600.0)
+    with console.stage_progress() as progress:
+        for done in range(1, 100):
+            progress("epoch 1", done, 100, "batches")
+    assert capsys.readouterr().out.splitlines() == ["epoch 1 (100 batches)"]  # no flood in logs

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import signal
 import time
@@ -31,6 +32,8 @@ from se3pyg.engine.versions import library_versions
 from se3pyg.io import exclusive_use, read_torch_file
 
 EpochCallback = Callable[[dict[str, float]], None]
+#: ``progress(stage, done, total, unit)``: data preparation (molecules) and each epoch (batches), on rank 0.
+ProgressCallback = Callable[..., None]
 
 
 class TrainingError(Exception):
@@ -54,12 +57,15 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def run(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResult | None:
+def run(
+    config: TrainConfig, on_epoch: EpochCallback | None = None, on_progress: ProgressCallback | None = None
+) -> TrainResult | None:
     """Train as ``config`` says: in this process, under torchrun, or in ``--gpus``/``--processes`` spawned ones.
 
     A ``load_ckpt_path`` sets the task and the model options (the checkpoint's). Returns rank 0's result
     (also in a launcher that spawned), ``None`` on the other ranks. ``on_epoch`` is called on rank 0
-    after each epoch, except in spawned processes.
+    after each epoch and ``on_progress`` as data is prepared and batches are trained, except in spawned
+    processes.
     """
     config = config.resolve_gpus()
     config.check_before_training()
@@ -69,7 +75,8 @@ def run(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResu
     config = config.resumed_from(checkpoint) if checkpoint else dataclasses.replace(config, task=config.task or "homo")
     if checkpoint is not None and checkpoint["epoch"] + 1 >= config.epochs:
         raise TrainingError(f"--epochs {config.epochs}: the checkpoint has already run {checkpoint['epoch'] + 1}", 2)
-    callback = None if distributed.spawns(config.world_size) else on_epoch
+    spawning = distributed.spawns(config.world_size)
+    callbacks = (None, None) if spawning else (on_epoch, on_progress)
     held = config.save_ckpt_path and distributed.is_main_process()
     with exclusive_use(config.save_ckpt_path, "--save-ckpt-path") if held else contextlib.nullcontext():
         return distributed.launch(
@@ -78,7 +85,7 @@ def run(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResu
             config.use_cuda,
             config,
             checkpoint,
-            callback,
+            *callbacks,
             prepare=lambda: prepare_qm9(config.data_dir, config.limit),
         )
 
@@ -91,10 +98,12 @@ class _Data:
     test: Loader
 
 
-def _load_data(config: TrainConfig, info: DistInfo, state: TrainState, stats: TargetStats | None) -> _Data:
+def _load_data(
+    config: TrainConfig, info: DistInfo, state: TrainState, stats: TargetStats | None, progress: ProgressCallback | None
+) -> _Data:
     """NVIDIA's splits (local rank 0 builds what is missing), each rank's share of them as loaders."""
     if info.local_rank == 0:
-        prepare_qm9(config.data_dir, config.limit)
+        prepare_qm9(config.data_dir, config.limit, progress=progress)
     distributed.barrier(info)
     degree = state.model.transformer.max_degree if config.precompute_bases else None
     splits = qm9_splits(config.data_dir, get_task(config.task), config.limit, precompute_degree=degree, stats=stats)
@@ -130,14 +139,19 @@ def _start_tracking(
 
 
 def train_worker(
-    info: DistInfo, config: TrainConfig, checkpoint: dict[str, Any] | None, on_epoch: EpochCallback | None
+    info: DistInfo,
+    config: TrainConfig,
+    checkpoint: dict[str, Any] | None,
+    on_epoch: EpochCallback | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> TrainResult:
     """One rank's training: state, data, tracking (rank 0), the epochs, the test MAE."""
     state = TrainState.build(config, info, checkpoint)
     if checkpoint is not None and config.save_ckpt_path:
         state.best_val_mae = min(state.best_val_mae, _recorded_best(config.save_ckpt_path))
     stats = TargetStats(checkpoint["target_mean"], checkpoint["target_std"]) if checkpoint else None
-    data = _load_data(config, info, state, stats)
+    progress = on_progress if info.is_main else None
+    data = _load_data(config, info, state, stats, progress)
     tracker = (
         _start_tracking(config, info, state, data, checkpoint and checkpoint.get("run_id")) if info.is_main else None
     )
@@ -151,7 +165,7 @@ def train_worker(
     status = "FAILED"
     try:
         with _StopFlag() as stop:
-            for metrics in _epochs(state, data, config, info, saver, stop):
+            for metrics in _epochs(state, data, config, info, saver, stop, progress):
                 result.history.append(metrics)
                 result.epochs_run += 1
                 result.best_val_mae = state.best_val_mae
@@ -189,13 +203,21 @@ def _recorded_best(path: str) -> float:
 
 
 def _epochs(
-    state: TrainState, data: _Data, config: TrainConfig, info: DistInfo, saver: _Saver, stop: _StopFlag
+    state: TrainState,
+    data: _Data,
+    config: TrainConfig,
+    info: DistInfo,
+    saver: _Saver,
+    stop: _StopFlag,
+    progress: ProgressCallback | None,
 ) -> Iterator[dict[str, float]]:
     """Run the remaining epochs, yielding each one's metrics; validate and save on their intervals."""
     for epoch in range(state.epoch, config.epochs):
         set_epoch(data.train, epoch)
         try:
-            metrics = train_epoch(state, data.train, info, _Health(info, stop, config.check_every(info.device)))
+            health = _Health(info, stop, config.check_every(info.device))
+            batches = functools.partial(progress, f"epoch {epoch}", unit="batches") if progress else None
+            metrics = train_epoch(state, data.train, info, health, batches)
         except _InterruptError as exc:
             saver.save(epoch - 1)
             saved = f"checkpoint of epoch {epoch - 1} saved" if saver.path else "nothing saved"
@@ -219,7 +241,13 @@ def _epochs(
         yield {"epoch": epoch, **metrics}
 
 
-def train_epoch(state: TrainState, loader: Loader, info: DistInfo, health: _Health) -> dict[str, float]:
+def train_epoch(
+    state: TrainState,
+    loader: Loader,
+    info: DistInfo,
+    health: _Health,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
     """One pass over the training batches: a :func:`train_step` each, an optimizer update every
     ``state.accumulate`` batches (and after the last); mean loss and throughput over all ranks.
     Nothing is read on the host inside the loop but ``health``'s periodic check."""
@@ -232,6 +260,8 @@ def train_epoch(state: TrainState, loader: Loader, info: DistInfo, health: _Heal
         last = step + 1 == steps
         loss = train_step(state, batch, update=(step + 1) % state.accumulate == 0 or last)
         health.after_step(loss, step, last)
+        if on_batch is not None:
+            on_batch(step + 1, steps)
         totals[0] += loss.double() * batch.num_graphs
         totals[1] += batch.num_graphs
     distributed.all_reduce_sum(totals, info)
