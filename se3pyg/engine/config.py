@@ -14,11 +14,12 @@ from typing import Any, TypeVar
 
 import torch
 
+from se3pyg.engine.precision import DTYPES
 from se3pyg.io import check_writable
 from se3pyg.model import ModelOptions
 from se3pyg.options import option
 
-AMP_DTYPES = ("auto", "fp16", "bf16")
+AMP_DTYPES = ("auto", *DTYPES)
 _Options = TypeVar("_Options", bound="DeviceOptions")
 
 
