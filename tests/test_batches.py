@@ -14,7 +14,7 @@ from se3pyg.data import FlatLoader, get_task, make_loader, qm9_splits
 
 from .conftest import QM9_SUBSET, run_se3pyg
 
-KEYS = ("x", "pos", "edge_index", "edge_attr", "y", "batch", "ptr")
+KEYS = ("x", "pos", "edge_index", "edge_attr", "y", "idx", "batch", "ptr")
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "harmonics"])

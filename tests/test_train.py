@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -13,9 +15,10 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from PIL import Image
 from torch_geometric.data import Batch
 
-from se3pyg.data import get_task, qm9_splits
+from se3pyg.data import get_task, load_qm9, qm9_splits
 from se3pyg.engine import distributed
 from se3pyg.engine.checkpoint import best_path, load_checkpoint
 from se3pyg.engine.config import TrainConfig
@@ -64,13 +67,30 @@ def test_training_run_lands_in_sqlite_mlflow(qm9_dir: Path, tmp_path: Path) -> N
     assert history["lr"][0].value == pytest.approx(0.002)
     assert run_info.info.status == "FINISHED"
     artifacts = {a.path for a in _client(uri).list_artifacts(result.run_id)}
-    assert {"model.pt", "model.best.pt", "config.json"} <= artifacts
+    assert {"model.pt", "model.best.pt", "config.json", "learning_curve.png", "parity_test.png"} <= artifacts
+    rows = _test_predictions(uri, result.run_id)
+    assert len(rows) == 30 and len({r["molecule"] for r in rows}) == 30  # every test molecule, once
+    errors = [abs(float(r["prediction"]) - float(r["truth"])) for r in rows]
+    assert sum(errors) / len(errors) == pytest.approx(result.test_mae, rel=1e-5)  # the logged test MAE
+    qm9, test = load_qm9(qm9_dir, QM9_SUBSET), qm9_splits(qm9_dir, get_task("homo"), limit=QM9_SUBSET).test
+    assert {r["molecule"] for r in rows} == {qm9[i].name for i in test.indices()}  # QM9's names
+    for picture in ("learning_curve.png", "parity_test.png"):
+        with Image.open(_client(uri).download_artifacts(result.run_id, picture, str(tmp_path))) as image:
+            assert image.format == "PNG" and image.width >= 500 and image.getextrema() != ((255, 255),) * 4
 
     saved = load_checkpoint(ckpt)
     assert saved["epoch"] == 2 and saved["task"] == "homo" and saved["model_config"]["num_channels"] == 8
     assert best_path(ckpt).is_file() and load_checkpoint(best_path(ckpt))["best_val_mae"] == pytest.approx(
         result.best_val_mae
     )
+
+
+def _test_predictions(uri: str, run_id: str) -> list[dict[str, str]]:
+    """The rows of the run's ``test_predictions.csv`` artifact."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = _client(uri).download_artifacts(run_id, "test_predictions.csv", folder)
+        with open(path, newline="") as handle:
+            return list(csv.DictReader(handle))
 
 
 def _ddp_gradients(out: str, state: dict, batch: Batch) -> None:
@@ -109,6 +129,8 @@ def test_cli_ddp_run_on_two_gloo_processes(qm9_dir: Path, tmp_path: Path) -> Non
     runs = _client(uri).search_runs([_client(uri).get_experiment_by_name("se3pyg").experiment_id])
     assert len(runs) == 1 and runs[0].data.params["world_size"] == "2"
     assert runs[0].info.status == "FINISHED" and "test_mae" in runs[0].data.metrics
+    rows = _test_predictions(uri, runs[0].info.run_id)  # both ranks' shares, each molecule once
+    assert len(rows) == 30 and len({r["molecule"] for r in rows}) == 30
 
 
 def test_sigterm_saves_marks_killed_and_resume_continues(qm9_dir: Path, tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ once and assembles a batch of molecules ``m_1 .. m_B`` with a few gathers:
 
 with the same tensors as ``Batch.from_data_list`` of the same molecules
 (training view: node features ``x[:, :6]``, ``edge_attr[:, :4]``, the
-standardized target, precomputed harmonics when present). Batch sizes are
+standardized target, the molecules' QM9 indices, precomputed harmonics
+when present). Batch sizes are
 read from host copies of the per-molecule counts, so assembling a batch on a
 GPU reads nothing back from it.
 """
@@ -43,6 +44,7 @@ class _Storage:
     edge_attr: Tensor
     y: Tensor
     sh: Tensor | None
+    idx: Tensor | None
     node_ptr: Tensor
     edge_ptr: Tensor
     node_counts: Tensor
@@ -72,6 +74,7 @@ def _storage(dataset: InMemoryDataset, device: torch.device) -> _Storage:
             edge_attr=data.edge_attr[:, :EDGE_FEATURES].to(device),
             y=data.y.to(device),
             sh=sh,
+            idx=data.idx.to(device) if "idx" in data else None,
             node_ptr=node_ptr.to(device),
             edge_ptr=edge_ptr.to(device),
             node_counts=node_ptr.diff().to(device),
@@ -192,5 +195,7 @@ class FlatLoader:
         )
         if s.sh is not None:
             batch.sh = s.sh[edges]
+        if s.idx is not None:
+            batch.idx = s.idx[mols]
         batch._num_graphs = len(host_mols)
         return batch

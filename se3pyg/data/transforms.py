@@ -30,7 +30,8 @@ class TrainingView(BaseTransform):
     r"""``x[:, :6]``, ``edge_attr[:, :4]``, ``pos``, ``edge_index`` and
     :math:`y = (y_{task} - \mu) / \sigma` (shape ``[1]``).
 
-    Precomputed spherical harmonics (``sh``, see :mod:`se3pyg.data.bases`) are kept.
+    Precomputed spherical harmonics (``sh``, see :mod:`se3pyg.data.bases`) and the molecule's index in QM9
+    (``idx``, which names predictions) are kept.
     """
 
     def __init__(self, task: Task, stats: TargetStats) -> None:
@@ -48,6 +49,8 @@ class TrainingView(BaseTransform):
             out.y = (data.y[:, self.task.column] - self.stats.mean) / self.stats.std
         if "sh" in data:
             out.sh = data.sh
+        if "idx" in data:
+            out.idx = data.idx
         return out
 
     def __repr__(self) -> str:

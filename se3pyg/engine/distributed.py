@@ -87,6 +87,15 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def gather_on_main(obj: Any, info: DistInfo) -> list[Any] | None:
+    """Every rank's ``obj`` (picklable), in rank order, on rank 0; ``None`` on the other ranks."""
+    if not info.distributed:
+        return [obj]
+    gathered: list[Any] | None = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
 _SPAWNED = "SE3PYG_SPAWNED_WORKER"
 
 

@@ -1,29 +1,76 @@
-"""Evaluation: NVIDIA's MAE, summed over all ranks, in the task's unit."""
+"""Evaluation: a model's predictions on a split, NVIDIA's MAE over all ranks, in the task's unit."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from se3pyg.engine.distributed import DistInfo, all_reduce_sum
+from se3pyg.engine.distributed import DistInfo, all_reduce_sum, gather_on_main
 from se3pyg.engine.precision import Precision
 from se3pyg.engine.step import predict_step
 
 
+@dataclass
+class Predictions:
+    """Standardized predictions and targets of the molecules a loader served, in its order, with their QM9
+    indices (``-1`` where the data carries none)."""
+
+    idx: Tensor
+    pred: Tensor
+    target: Tensor
+
+    def to(self, device: torch.device | str) -> Predictions:
+        return Predictions(self.idx.to(device), self.pred.to(device), self.target.to(device))
+
+
 @torch.no_grad()
+def predict_split(net: nn.Module, loader: Iterable, info: DistInfo, precision: Precision) -> Predictions:
+    """This rank's predictions for every batch of ``loader`` (kept on the device: nothing is read back)."""
+    was_training = net.training
+    net.eval()
+    idx, pred, target = [], [], []
+    for batch in loader:
+        batch = batch.to(info.device, non_blocking=True)
+        pred.append(predict_step(net, batch, precision).float())
+        target.append(batch.y.float())
+        idx.append(batch.idx if "idx" in batch else torch.full_like(batch.y, -1, dtype=torch.long))
+    net.train(was_training)
+    if not pred:
+        empty = torch.zeros(0, device=info.device)
+        return Predictions(empty.long(), empty, empty)
+    return Predictions(torch.cat(idx), torch.cat(pred), torch.cat(target))
+
+
+def split_mae(predictions: Predictions, info: DistInfo, target_std: float) -> float:
+    r""":math:`\sigma \cdot \sum |\hat y - y| / n` over every molecule of every rank (standardized targets)."""
+    errors = (predictions.pred - predictions.target).abs().double()
+    totals = torch.stack([errors.sum(), torch.tensor(float(len(errors)), dtype=torch.float64, device=errors.device)])
+    all_reduce_sum(totals, info)
+    return (totals[0] / totals[1].clamp(min=1)).item() * target_std
+
+
 def mean_absolute_error(
     net: nn.Module, loader: Iterable, info: DistInfo, target_std: float, precision: Precision
 ) -> float:
-    r""":math:`\sigma \cdot \sum |\hat y - y| / n` over every molecule of every rank (standardized targets)."""
-    was_training = net.training
-    net.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=info.device)
-    for batch in loader:
-        batch = batch.to(info.device, non_blocking=True)
-        totals[0] += (predict_step(net, batch, precision) - batch.y).abs().sum().double()
-        totals[1] += batch.num_graphs
-    all_reduce_sum(totals, info)
-    net.train(was_training)
-    return (totals[0] / totals[1].clamp(min=1)).item() * target_std
+    """:func:`split_mae` of :func:`predict_split`."""
+    return split_mae(predict_split(net, loader, info, precision), info, target_std)
+
+
+def gather_predictions(predictions: Predictions, info: DistInfo) -> Predictions | None:
+    """All ranks' predictions on rank 0 (``None`` elsewhere), one per molecule, ordered by QM9 index: the
+    molecules a distributed sampler repeats to even out the shares are kept once."""
+    shares = gather_on_main(predictions.to("cpu"), info)
+    if shares is None:
+        return None
+    idx = torch.cat([s.idx for s in shares])
+    pred, target = torch.cat([s.pred for s in shares]), torch.cat([s.target for s in shares])
+    if (idx < 0).any():
+        return Predictions(idx, pred, target)
+    order = torch.argsort(idx, stable=True)
+    idx, pred, target = idx[order], pred[order], target[order]
+    first = torch.ones_like(idx, dtype=torch.bool)
+    first[1:] = idx[1:] != idx[:-1]
+    return Predictions(idx[first], pred[first], target[first])

@@ -12,19 +12,23 @@ import dataclasses
 import functools
 import math
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from se3pyg.data import Loader, QM9Splits, TargetStats, get_task, make_loader, prepare_qm9, qm9_splits, set_epoch
+from se3pyg.data.tasks import Task
 from se3pyg.engine import distributed
 from se3pyg.engine.checkpoint import best_path, load_checkpoint, save_checkpoint
 from se3pyg.engine.config import TrainConfig
 from se3pyg.engine.distributed import DistInfo
-from se3pyg.engine.evaluate import mean_absolute_error
+from se3pyg.engine.evaluate import Predictions, gather_predictions, mean_absolute_error, predict_split, split_mae
+from se3pyg.engine.report import write_run_report
 from se3pyg.engine.state import TrainState
 from se3pyg.engine.step import train_step
 from se3pyg.engine.tracking import Tracker, check_reachable, resolve_tracking_uri
@@ -173,9 +177,12 @@ def train_worker(
                     tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
                 if on_epoch is not None and info.is_main:
                     on_epoch(metrics)
-        result.test_mae = mean_absolute_error(state.net, data.test, info, data.splits.stats.std, state.precision)
+        test = predict_split(state.net, data.test, info, state.precision)
+        result.test_mae = split_mae(test, info, data.splits.stats.std)
+        test = gather_predictions(test, info)
         if tracker is not None:
             tracker.log_metrics({"best_val_mae": result.best_val_mae, "test_mae": result.test_mae}, state.epoch - 1)
+            _log_report(tracker, result.history, test, task, data.splits.stats)
             if config.save_ckpt_path:
                 tracker.log_artifact(config.save_ckpt_path)
                 if best_path(config.save_ckpt_path).is_file():
@@ -188,6 +195,15 @@ def train_worker(
     finally:
         if tracker is not None:
             tracker.finish(status)
+
+
+def _log_report(
+    tracker: Tracker, history: list[dict[str, float]], test: Predictions, task: Task, stats: TargetStats
+) -> None:
+    """The run's learning curve, test parity plot and test predictions, as artifacts of its MLflow run."""
+    with tempfile.TemporaryDirectory(prefix="se3pyg-report-") as folder:
+        for path in write_run_report(Path(folder), history, test, task, stats.mean, stats.std):
+            tracker.log_artifact(path)
 
 
 def _recorded_best(path: str) -> float:
