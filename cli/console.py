@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -18,8 +19,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-# Off a terminal (logs, pipes) lines are not wrapped at rich's default 80 columns, and tables get room.
-console = Console(soft_wrap=not sys.stdout.isatty(), width=None if sys.stdout.isatty() else 200)
+# Off a terminal (logs, pipes) lines are not wrapped at rich's default 80 columns, and tables get room
+# (200 columns, or $COLUMNS when set).
+_SIZED = sys.stdout.isatty() or "COLUMNS" in os.environ
+console = Console(soft_wrap=not _SIZED, width=None if _SIZED else 200)
 err_console = Console(stderr=True)
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
+from rich import box
 from rich.table import Table
 
 from se3pyg.cli.console import console, err_console, one_line_errors
+
+if TYPE_CHECKING:
+    from se3pyg.engine.tracking import RunSummary
 
 
 def ui(
@@ -42,16 +48,43 @@ def runs(
 
     with one_line_errors():
         found = list_runs(tracking_uri, experiment, task)
-    table = Table(title=f"{experiment} ({resolve_tracking_uri(tracking_uri)})")
-    for column in ("run", "task", "status", "epochs", "best val MAE", "test MAE", "mol/s", "duration"):
-        table.add_column(column)
+    console.print(runs_table(found, f"{experiment} ({resolve_tracking_uri(tracking_uri)})"))
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``12 min``, ``3 h 05``: a width that stays small."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d}"
+
+
+def runs_table(found: list[RunSummary], title: str) -> Table:
+    """One row a run, in 80 columns: names and statuses wrap, numbers never do; a task shared by every run is
+    named in the title instead of a column."""
+    tasks = {r.task for r in found}
+    one_task = len(tasks) == 1
+    table = Table(
+        title=f"{title}, task {tasks.pop()}" if one_task else title,
+        box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1), collapse_padding=True, pad_edge=False,
+        title_justify="left", caption_justify="left",
+        caption="val MAE: the best validation MAE; MAEs in the task's unit; mol/s: the whole run's throughput",
+    )  # fmt: skip
+    table.add_column("run", overflow="fold", min_width=12)
+    if not one_task:
+        table.add_column("task", no_wrap=True)
+    table.add_column("status", min_width=8, max_width=10)
+    for header in ("epochs", "val MAE", "test MAE", "mol/s", "time"):
+        table.add_column(header, justify="right", no_wrap=True)
 
     def number(value: float | None, digits: int) -> str:
         return "" if value is None else f"{value:.{digits}f}"
 
     for r in found:
+        task = [] if one_task else [r.task]
         table.add_row(
-            r.name, r.task, r.status, f"{r.epochs_done}/{r.epochs}", number(r.best_val_mae, 5),
-            number(r.test_mae, 5), number(r.throughput_mol_per_s, 1), f"{r.duration_s:.0f} s",
+            r.name, *task, r.status, f"{r.epochs_done}/{r.epochs}", number(r.best_val_mae, 5), number(r.test_mae, 5),
+            number(r.throughput_mol_per_s, 1), _duration(r.duration_s),
         )  # fmt: skip
-    console.print(table)
+    return table

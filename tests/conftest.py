@@ -55,9 +55,11 @@ def qm9_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run_se3pyg(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m se3pyg ARGS`` in a real process, without the caller's MLFLOW_TRACKING_URI."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+def run_se3pyg(
+    *args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m se3pyg ARGS`` in a real process, without the caller's MLFLOW_TRACKING_URI (``env`` added)."""
+    env = {**{k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "COLUMNS")}, **(env or {})}
     env["PYTHONUNBUFFERED"] = "1"
     return subprocess.run(
         [sys.executable, "-m", "se3pyg", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
