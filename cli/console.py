@@ -19,10 +19,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-# Off a terminal (logs, pipes) lines are not wrapped at rich's default 80 columns, and tables get room
-# (200 columns, or $COLUMNS when set).
-_SIZED = sys.stdout.isatty() or "COLUMNS" in os.environ
-console = Console(soft_wrap=not _SIZED, width=None if _SIZED else 200)
+# Off a terminal (logs, pipes) lines are never wrapped (paths and URLs stay whole), and tables get 200 columns
+# or $COLUMNS when set (tables are printed with soft_wrap=False to fit them).
+_TERMINAL = sys.stdout.isatty()
+console = Console(soft_wrap=not _TERMINAL, width=None if _TERMINAL or "COLUMNS" in os.environ else 200)
 err_console = Console(stderr=True)
 
 

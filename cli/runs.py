@@ -48,7 +48,7 @@ def runs(
 
     with one_line_errors():
         found = list_runs(tracking_uri, experiment, task)
-    console.print(runs_table(found, f"{experiment} ({resolve_tracking_uri(tracking_uri)})"))
+    console.print(runs_table(found, f"{experiment} ({resolve_tracking_uri(tracking_uri)})"), soft_wrap=False)
 
 
 def _duration(seconds: float) -> str:
@@ -61,8 +61,8 @@ def _duration(seconds: float) -> str:
 
 
 def runs_table(found: list[RunSummary], title: str) -> Table:
-    """One row a run, in 80 columns: names and statuses wrap, numbers never do; a task shared by every run is
-    named in the title instead of a column."""
+    """One row a run, in 80 columns (printed with ``soft_wrap=False``): names and statuses wrap, numbers never
+    do; a task shared by every run is named in the title instead of a column."""
     tasks = {r.task for r in found}
     one_task = len(tasks) == 1
     table = Table(

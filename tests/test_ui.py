@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,12 +38,29 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     pytest.fail(f"{url} did not answer in {timeout} s")
 
 
+def _render(page: str, profile: Path) -> str:
+    """The text of ``page`` as headless Chromium renders it (wide window: MLflow's tables render what is in view)."""
+    dom = subprocess.run(
+        [
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}", "--window-size=1400,3000", "--virtual-time-budget=30000", "--dump-dom", page,
+        ],
+        capture_output=True, text=True, timeout=180,
+    ).stdout  # fmt: skip
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium is not installed")
-def test_ui_shows_the_run_in_chromium(tmp_path: Path) -> None:
+def test_ui_shows_runs_and_compares_two_in_chromium(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    tracker = Tracker(uri, "se3pyg", run_name="ui-visible-run-42", tags={"task": "homo", "command": "train"})
-    tracker.log_metrics({"val_mae": 0.05}, step=0)
-    tracker.finish()
+    run_ids = []
+    for name, maes in (("ui-visible-run-42", [0.5, 0.25]), ("ui-visible-run-43", [0.625, 0.375])):
+        tracker = Tracker(uri, "se3pyg", run_name=name, tags={"task": "homo", "command": "train"})
+        for epoch, mae in enumerate(maes):
+            tracker.log_metrics({"val_mae": mae}, step=epoch)
+        tracker.finish()
+        run_ids.append(tracker.run_id)
     experiment = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name("se3pyg")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's training view
 
@@ -56,30 +74,18 @@ def test_ui_shows_the_run_in_chromium(tmp_path: Path) -> None:
         start_new_session=True,
     )
     try:
-        page = proc.stdout.readline().split(": ", 1)[1].strip()  # the runs page se3pyg ui prints
-        assert page == f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs"
-        _wait_http(f"http://127.0.0.1:{port}/health", proc)
-        dom = subprocess.run(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={tmp_path / 'chromium'}",
-                "--virtual-time-budget=30000",
-                "--dump-dom",
-                page,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=180,
-        ).stdout
-        assert "ui-visible-run-42" in dom
+        page = proc.stdout.readline().split(": ", 1)[1].strip()  # the runs page se3pyg ui prints, on one line
+        base = f"http://127.0.0.1:{port}"
+        assert page == f"{base}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+        _wait_http(f"{base}/health", proc)
+        runs_page = _render(page, tmp_path / "chromium")
+        assert "ui-visible-run-42" in runs_page and "ui-visible-run-43" in runs_page
+        assert "Model registry" in runs_page and "Judges" not in runs_page  # training navigation, not GenAI's
+        ids, experiments = ",".join(f'"{r}"' for r in run_ids), f'"{experiment.experiment_id}"'
+        compared = _render(f"{base}/#/compare-runs?runs=[{ids}]&experiments=[{experiments}]", tmp_path / "chromium")
+        assert "Comparing 2 Runs" in compared
+        metrics = compared[compared.index("Metrics") :]
+        assert "val_mae 0.250 0.375" in metrics or "val_mae 0.25 0.375" in metrics  # each run's last val_mae
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

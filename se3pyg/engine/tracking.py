@@ -22,6 +22,9 @@ DEFAULT_EXPERIMENT = "se3pyg"
 #: MLflow 3 opens an experiment in its model-training view (charts, run comparison) rather than its GenAI
 #: view (traces, evaluations) when the experiment carries this tag.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+#: ... and its navigation shows the model-training pages (runs, models) rather than the GenAI ones (traces,
+#: judges, prompts) when a page is opened with this query.
+TRAINING_NAVIGATION = "workflowType=machine_learning"
 #: The process that owns a run, so that a run left RUNNING by a killed process can be shown as such.
 PID_TAG, HOST_TAG = "se3pyg.pid", "se3pyg.host"
 
@@ -45,14 +48,17 @@ def artifact_location(uri: str) -> str | None:
 
 
 def runs_page(uri: str, experiment: str, base_url: str) -> str:
-    """The UI page of ``experiment``'s runs under ``base_url`` (the UI's root when it has no runs yet)."""
+    """The UI page of ``experiment``'s runs under ``base_url``, in the model-training navigation (the UI's root
+    when it has no runs yet)."""
     import mlflow
 
     try:
         exp = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
     except Exception:
         exp = None
-    return f"{base_url}/#/experiments/{exp.experiment_id}/runs" if exp is not None else base_url
+    if exp is None:
+        return f"{base_url}/#/?{TRAINING_NAVIGATION}"
+    return f"{base_url}/#/experiments/{exp.experiment_id}/runs?{TRAINING_NAVIGATION}"
 
 
 def ui_server_command(uri: str, host: str, port: int) -> tuple[list[str], dict[str, str]]:
