@@ -129,6 +129,8 @@ def test_cli_ddp_run_on_two_gloo_processes(qm9_dir: Path, tmp_path: Path) -> Non
     runs = _client(uri).search_runs([_client(uri).get_experiment_by_name("se3pyg").experiment_id])
     assert len(runs) == 1 and runs[0].data.params["world_size"] == "2"
     assert runs[0].info.status == "FINISHED" and "test_mae" in runs[0].data.metrics
+    artifacts = {a.path for a in _client(uri).list_artifacts(runs[0].info.run_id)}
+    assert "model.best.pt" in artifacts  # the best model is logged without --save-ckpt-path too
     rows = _test_predictions(uri, runs[0].info.run_id)  # both ranks' shares, each molecule once
     assert len(rows) == 30 and len({r["molecule"] for r in rows}) == 30
 

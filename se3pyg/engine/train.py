@@ -165,6 +165,7 @@ def train_worker(
         config.save_ckpt_path if info.is_main else None, state,
         dict(task=task.name, unit=task.unit, target_mean=data.splits.stats.mean, target_std=data.splits.stats.std,
              run_id=result.run_id, versions=library_versions(), config=config.to_dict()),
+        keep_best=tracker is not None,  # without --save-ckpt-path the best model still goes to MLflow
     )  # fmt: skip
     status = "FAILED"
     try:
@@ -183,10 +184,9 @@ def train_worker(
         if tracker is not None:
             tracker.log_metrics({"best_val_mae": result.best_val_mae, "test_mae": result.test_mae}, state.epoch - 1)
             _log_report(tracker, result.history, test, task, data.splits.stats)
-            if config.save_ckpt_path:
-                tracker.log_artifact(config.save_ckpt_path)
-                if best_path(config.save_ckpt_path).is_file():
-                    tracker.log_artifact(best_path(config.save_ckpt_path))
+            for path in (saver.path, saver.best):
+                if path and Path(path).is_file():
+                    tracker.log_artifact(path)
         status = "FINISHED"
         return result
     except _InterruptError:
@@ -195,6 +195,7 @@ def train_worker(
     finally:
         if tracker is not None:
             tracker.finish(status)
+        saver.close()
 
 
 def _log_report(
@@ -331,14 +332,23 @@ class _Health:
 
 
 class _Saver:
-    """Checkpoints of rank 0 to ``path`` (the last) and beside it (the best); nothing without a path."""
+    """Checkpoints of rank 0: the last to ``path``, the best beside it (:func:`best_path`). Without a path, a
+    tracked run (``keep_best``) keeps its best in a scratch folder until it is logged and :meth:`close` removes
+    it; otherwise nothing is saved."""
 
-    def __init__(self, path: str | None, state: TrainState, extra: dict[str, Any]) -> None:
+    def __init__(self, path: str | None, state: TrainState, extra: dict[str, Any], keep_best: bool = False) -> None:
         self.path, self.state, self.extra = path, state, extra
+        self.scratch = tempfile.TemporaryDirectory(prefix="se3pyg-best-") if keep_best and not path else None
+        self.best = best_path(path) if path else Path(self.scratch.name, "model.best.pt") if self.scratch else None
+
+    def close(self) -> None:
+        if self.scratch is not None:
+            self.scratch.cleanup()
 
     def save(self, epoch: int, best: bool = False) -> None:
-        if self.path:
-            save_checkpoint(best_path(self.path) if best else self.path, self.state.to_checkpoint(epoch, **self.extra))
+        target = self.best if best else self.path
+        if target:
+            save_checkpoint(target, self.state.to_checkpoint(epoch, **self.extra))
 
 
 class _StopFlag:
