@@ -51,33 +51,51 @@ def one_line_errors() -> Iterator[None]:
 PLAIN_PROGRESS_EVERY_S = 30.0
 
 
+def _rate_and_loss(elapsed: float | None, molecules: int | None, loss: float | None) -> str:
+    """``1040 mol/s  loss 0.2345`` of what a stage reports (empty parts left out)."""
+    parts = [f"{molecules / elapsed:.0f} mol/s"] if molecules and elapsed else []
+    return "  ".join(parts + ([f"loss {loss:.4f}"] if loss is not None else []))
+
+
 @contextmanager
 def stage_progress() -> Iterator[Callable[..., None]]:
-    """A ``progress(stage, done, total, unit="molecules")`` callback: a rich bar a stage on a terminal; off
-    one, a line when a stage starts and a ``done/total`` line at most every :data:`PLAIN_PROGRESS_EVERY_S`."""
+    """A ``progress(stage, done, total, unit="molecules", molecules=None, loss=None)`` callback: a rich bar a
+    stage on a terminal (with molecules/s and the loss when given); off one, a line when a stage starts and a
+    ``done/total`` line at most every :data:`PLAIN_PROGRESS_EVERY_S`."""
     if console.is_terminal:
         columns = (
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(),
         )  # fmt: skip
         with Progress(*columns, console=console, transient=False) as progress:
             tasks: dict[str, int] = {}
 
-            def update(stage: str, done: int, total: int, unit: str = "molecules") -> None:
+            def update(
+                stage: str, done: int, total: int, unit: str = "molecules", molecules: int | None = None,
+                loss: float | None = None,
+            ) -> None:  # fmt: skip
                 if stage not in tasks:
-                    tasks[stage] = progress.add_task(stage, total=total)
-                progress.update(tasks[stage], completed=done, total=total)
+                    tasks[stage] = progress.add_task(stage, total=total, info="")
+                info = _rate_and_loss(progress.tasks[tasks[stage]].elapsed, molecules, loss)
+                progress.update(tasks[stage], completed=done, total=total, info=info)
 
             yield update
     else:
         last: dict[str, float] = {}
+        started: dict[str, float] = {}
 
-        def update(stage: str, done: int, total: int, unit: str = "molecules") -> None:
+        def update(
+            stage: str, done: int, total: int, unit: str = "molecules", molecules: int | None = None,
+            loss: float | None = None,
+        ) -> None:  # fmt: skip
             now = time.monotonic()
             if stage not in last:
+                started[stage] = now
                 console.print(f"{stage} ({total} {unit})", markup=False, highlight=False)
             elif now - last[stage] >= PLAIN_PROGRESS_EVERY_S and done < total:
-                console.print(f"{stage}: {done}/{total} {unit}", markup=False, highlight=False)
+                info = _rate_and_loss(now - started[stage], molecules, loss)
+                line = f"{stage}: {done}/{total} {unit}" + (f"  {info}" if info else "")
+                console.print(line, markup=False, highlight=False)
             else:
                 return
             last[stage] = now

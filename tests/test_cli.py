@@ -156,10 +156,11 @@ def test_plain_progress_prints_a_stage_once_then_at_most_every_interval(
     monkeypatch.setattr(console, "PLAIN_PROGRESS_EVERY_S", 0.0)
     with console.stage_progress() as progress:
         for done in range(1, 4):
-            progress("epoch 0", done, 3, "batches")
+            progress("epoch 0", done, 3, "batches", molecules=32 * done, loss=None if done < 2 else 0.25)
         progress("perceiving bonds", 10, 20)
     lines = capsys.readouterr().out.splitlines()
-    assert lines == ["epoch 0 (3 batches)", "epoch 0: 2/3 batches", "perceiving bonds (20 molecules)"]
+    assert lines[0] == "epoch 0 (3 batches)" and lines[2] == "perceiving bonds (20 molecules)"
+    assert re.fullmatch(r"epoch 0: 2/3 batches  \d+ mol/s  loss 0\.2500", lines[1])  # rate and the loss last read
     monkeypatch.setattr(console, "PLAIN_PROGRESS_EVERY_S", 3600.0)
     with console.stage_progress() as progress:
         for done in range(1, 100):

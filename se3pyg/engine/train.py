@@ -36,7 +36,8 @@ from se3pyg.engine.versions import library_versions
 from se3pyg.io import exclusive_use, read_torch_file
 
 EpochCallback = Callable[[dict[str, float]], None]
-#: ``progress(stage, done, total, unit)``: data preparation (molecules) and each epoch (batches), on rank 0.
+#: ``progress(stage, done, total, unit, **fields)``: data preparation (molecules) and each epoch (batches, with
+#: ``molecules`` trained so far and the mean ``loss`` last read, or None), on rank 0.
 ProgressCallback = Callable[..., None]
 
 
@@ -263,22 +264,24 @@ def train_epoch(
     loader: Loader,
     info: DistInfo,
     health: _Health,
-    on_batch: Callable[[int, int], None] | None = None,
+    on_batch: Callable[..., None] | None = None,
 ) -> dict[str, float]:
     """One pass over the training batches: a :func:`train_step` each, an optimizer update every
     ``state.accumulate`` batches (and after the last); mean loss and throughput over all ranks.
-    Nothing is read on the host inside the loop but ``health``'s periodic check."""
+    Nothing is read on the host inside the loop but ``health``'s periodic check (whose loss ``on_batch`` shows).
+    """
     state.net.train()
     start = time.perf_counter()
     totals = torch.zeros(2, dtype=torch.float64, device=info.device)
-    steps = len(loader)
+    steps, seen = len(loader), 0
     for step, batch in enumerate(loader):
         batch = batch.to(info.device, non_blocking=True)
         last = step + 1 == steps
         loss = train_step(state, batch, update=(step + 1) % state.accumulate == 0 or last)
         health.after_step(loss, step, last)
+        seen += batch.num_graphs
         if on_batch is not None:
-            on_batch(step + 1, steps)
+            on_batch(step + 1, steps, molecules=seen * info.world_size, loss=health.loss)
         totals[0] += loss.double() * batch.num_graphs
         totals[1] += batch.num_graphs
     distributed.all_reduce_sum(totals, info)
@@ -314,6 +317,7 @@ class _Health:
         self.info, self.stop, self.every = info, stop, every
         self.first_bad = torch.tensor(-1, device=info.device)  # the first step with a non-finite loss
         self.bad_loss = torch.tensor(0.0, device=info.device)
+        self.loss: float | None = None  # the mean over the ranks of the loss last read
 
     def after_step(self, loss: torch.Tensor, step: int, last: bool) -> None:
         new = (self.first_bad < 0) & ~torch.isfinite(loss)
@@ -322,8 +326,10 @@ class _Health:
         stopping = self.stop.signal is not None and not self.info.distributed
         if not (last or stopping or (step + 1) % self.every == 0):
             return
-        flags = torch.stack([self.first_bad >= 0, torch.tensor(self.stop.signal is not None, device=self.info.device)])
-        flags = distributed.all_reduce_sum(flags.double(), self.info)
+        signalled = torch.tensor(self.stop.signal is not None, device=self.info.device)
+        flags = torch.stack([(self.first_bad >= 0).double(), signalled.double(), loss.detach().double()])
+        flags = distributed.all_reduce_sum(flags, self.info).tolist()  # the one read on the host
+        self.loss = flags[2] / self.info.world_size
         if flags[0] > 0:
             first = int(self.first_bad)
             raise _NonFiniteLossError(float(self.bad_loss) if first >= 0 else "non-finite (on another rank)", first)
