@@ -36,7 +36,8 @@ from se3pyg.engine.versions import library_versions
 from se3pyg.io import exclusive_use, read_torch_file
 
 EpochCallback = Callable[[dict[str, float]], None]
-#: ``progress(stage, done, total, unit, **fields)``: data preparation (molecules) and each epoch (batches, with
+#: ``progress(stage, done, total, unit, **fields)``: the model (parameters), data preparation (molecules) and
+#: each epoch (batches, with
 #: ``molecules`` trained so far and the mean ``loss`` last read, or None), on rank 0.
 ProgressCallback = Callable[..., None]
 
@@ -156,6 +157,9 @@ def train_worker(
         state.best_val_mae = min(state.best_val_mae, _recorded_best(config.save_ckpt_path))
     stats = TargetStats(checkpoint["target_mean"], checkpoint["target_std"]) if checkpoint else None
     progress = on_progress if info.is_main else None
+    if progress is not None:
+        n_params = sum(p.numel() for p in state.model.parameters())
+        progress(f"model built on {info.device}", n_params, n_params, "parameters")
     data = _load_data(config, info, state, stats, progress)
     tracker = (
         _start_tracking(config, info, state, data, checkpoint and checkpoint.get("run_id")) if info.is_main else None
