@@ -47,6 +47,11 @@ def train(
         result = run(TrainConfig(**values), on_epoch=report, on_progress=None if silent else progress)
     if result is None:
         return
+    if result.skipped:
+        console.print(
+            f"skipped {result.skipped} bad records of --dataset (first: {result.skip_reasons[0]})",
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
     console.print(
         f"done in {time.perf_counter() - start:.1f} s: best val MAE {result.best_val_mae:.5f}, "
         f"test MAE {result.test_mae:.5f} ({result.task}), MLflow run {result.run_id}",

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch, InMemoryDataset
 
-from se3pyg.data.transforms import EDGE_FEATURES, NODE_FEATURES, TrainingView
+from se3pyg.data.transforms import EDGE_FEATURES, TrainingView
 
 
 @dataclass
@@ -57,6 +57,7 @@ _STORAGE: dict[int, dict[torch.device, _Storage]] = {}  # by id of the collated 
 
 
 def _storage(dataset: InMemoryDataset, device: torch.device) -> _Storage:
+    node_features = dataset.transform.node_features
     """The dataset's flat storage on ``device``, shared by every split that views it."""
     key = id(dataset._data)
     if key not in _STORAGE:
@@ -68,7 +69,7 @@ def _storage(dataset: InMemoryDataset, device: torch.device) -> _Storage:
         node_ptr, edge_ptr = slices["x"], slices["edge_index"]
         sh = data.sh.to(device) if "sh" in data else None
         per_device[device] = _Storage(
-            x=data.x[:, :NODE_FEATURES].to(device),
+            x=data.x[:, :node_features].to(device),
             pos=data.pos.to(device),
             edge_index=data.edge_index.to(device),
             edge_attr=data.edge_attr[:, :EDGE_FEATURES].to(device),
@@ -94,7 +95,7 @@ def _concat_ranges(starts: Tensor, counts: Tensor, total: int) -> Tensor:
 def storage_bytes(dataset: InMemoryDataset) -> int:
     """Bytes of the model inputs :class:`FlatLoader` keeps for ``dataset``'s whole collated storage."""
     data = dataset._data
-    tensors = [data.x[:, :NODE_FEATURES], data.pos, data.edge_index, data.edge_attr[:, :EDGE_FEATURES], data.y]
+    tensors = [data.x[:, : dataset.transform.node_features], data.pos, data.edge_index, data.edge_attr[:, :EDGE_FEATURES], data.y]
     tensors += [data.sh] if "sh" in data else []
     return sum(t.numel() * t.element_size() for t in tensors)
 

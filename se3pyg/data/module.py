@@ -1,17 +1,21 @@
-"""QM9 for training: splits, the training view, loaders (DDP-aware)."""
+"""Training data: splits of QM9 or of a user's dataset, the training view, loaders (DDP-aware)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
+from torch_geometric.data import InMemoryDataset
 from torch_geometric.loader import DataLoader
 
 from se3pyg.data.bases import attach_spherical_harmonics
 from se3pyg.data.batches import FlatLoader, flat_loadable, storage_bytes
+from se3pyg.data.custom import DatasetSpec, build_dataset, split_positions
+from se3pyg.data.errors import DataError
+from se3pyg.data.molecules import ELEMENTS
 from se3pyg.data.qm9 import Progress, load_qm9
 from se3pyg.data.splits import split_indices
 from se3pyg.data.tasks import Task
@@ -20,13 +24,18 @@ from se3pyg.data.transforms import TargetStats, TrainingView, task_targets
 
 @dataclass
 class QM9Splits:
-    """Train, validation and test views of QM9 for one task, and the train split's target statistics."""
+    """Train, validation and test views of QM9 (or of a user's dataset) for one task, the train split's target
+    statistics and the elements the node features one-hot encode."""
 
     train: Dataset
     val: Dataset
     test: Dataset
     stats: TargetStats
     sh_bytes: int = 0
+    task: Task | None = None
+    elements: tuple[str, ...] = ELEMENTS
+    skipped: int = 0
+    skip_reasons: list[str] = field(default_factory=list)
 
 
 def qm9_splits(
@@ -48,16 +57,40 @@ def qm9_splits(
         if dataset._indices is not None:  # a --limit view: compact it so only its bonds get harmonics
             dataset = dataset.copy()
         sh_bytes = attach_spherical_harmonics(dataset, precompute_degree)
-    train_idx, val_idx, test_idx = split_indices(len(dataset), seed)
+    indices = split_indices(len(dataset), seed)
     if stats is None:
-        stats = TargetStats.of(task_targets(dataset, task)[torch.tensor(train_idx)])
-    view = TrainingView(task, stats)
+        stats = TargetStats.of(task_targets(dataset, task)[torch.tensor(indices[0])])
+    return QM9Splits(*_views(dataset, indices, TrainingView(task, stats)), stats=stats, sh_bytes=sh_bytes, task=task)
+
+
+def dataset_splits(
+    spec: DatasetSpec, precompute_degree: int | None = None, stats: TargetStats | None = None
+) -> QM9Splits:
+    """The splits of a user's dataset (:mod:`se3pyg.data.custom`), standardized with the train split's mean and
+    std (or ``stats``); node features one-hot over the elements the dataset holds."""
+    built = build_dataset(spec)
+    dataset = built.dataset
+    sh_bytes = attach_spherical_harmonics(dataset, precompute_degree) if precompute_degree is not None else 0
+    indices = split_positions(built, spec)
+    if any(not part for part in indices):
+        sizes = ", ".join(f"{name} {len(part)}" for name, part in zip(("train", "val", "test"), indices, strict=True))
+        raise DataError(f"--dataset {spec.source}: every split needs molecules ({sizes})")
+    if stats is None:
+        stats = TargetStats.of(dataset._data.y[torch.tensor(indices[0]), 0])
+    view = TrainingView(spec.task, stats, node_features=len(built.elements) + 1)
+    return QM9Splits(
+        *_views(dataset, indices, view), stats=stats, sh_bytes=sh_bytes, task=spec.task, elements=built.elements,
+        skipped=built.skipped, skip_reasons=built.reasons,
+    )  # fmt: skip
+
+
+def _views(dataset: InMemoryDataset, indices: tuple[list[int], ...], view: TrainingView) -> list[InMemoryDataset]:
     parts = []
-    for idx in (train_idx, val_idx, test_idx):
+    for idx in indices:
         part = dataset.index_select(idx)
         part.transform = view
         parts.append(part)
-    return QM9Splits(*parts, stats=stats, sh_bytes=sh_bytes)
+    return parts
 
 
 #: What :func:`make_loader` returns: both iterate PyG ``Batch`` objects and have a length.

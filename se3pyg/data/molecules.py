@@ -18,7 +18,7 @@ from torch_geometric.data import Data
 
 from se3pyg.data.errors import DataError
 
-ELEMENTS = ("H", "C", "N", "O", "F")
+ELEMENTS = ("H", "C", "N", "O", "F")  # QM9's: every model knows these, first and in this order
 ATOMIC_NUMBERS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
 INPUT_SUFFIXES = (".xyz", ".sdf", ".mol")
 MAX_COORDINATE = 1e4  # Å: far beyond any molecule
@@ -47,13 +47,37 @@ def perceive_bonds(elements: Sequence[str], coords: Sequence[Sequence[float]]): 
     return mol
 
 
-def to_data(name: str, elements: Sequence[str], coords: Sequence[Sequence[float]]) -> Data:
-    """Model inputs of one molecule: ``x`` [N, 6], ``pos``, ``edge_index``, ``edge_attr`` [E, 4]; ``name``."""
+def atomic_number(element: str) -> int:
+    """The atomic number of an element symbol (``DataError`` for a symbol that is none)."""
+    from rdkit import Chem
+
+    try:
+        number = Chem.GetPeriodicTable().GetAtomicNumber(element)
+    except RuntimeError:
+        number = 0
+    if number < 1:
+        raise DataError(f"{element!r} is not an element symbol")
+    return number
+
+
+def element_order(found: set[str] | Sequence[str]) -> tuple[str, ...]:
+    """H, C, N, O, F first and in that order (QM9's features), then the other ``found`` elements by atomic
+    number."""
+    return ELEMENTS + tuple(sorted(set(found) - set(ELEMENTS), key=atomic_number))
+
+
+def to_data(
+    name: str, elements: Sequence[str], coords: Sequence[Sequence[float]], vocabulary: Sequence[str] = ELEMENTS
+) -> Data:
+    """Model inputs of one molecule: ``x`` [N, V + 1] (one-hot over ``vocabulary``, then the atomic number;
+    QM9's 6 features for H, C, N, O, F), ``pos``, ``edge_index``, ``edge_attr`` [E, 4]; ``name``."""
     from rdkit.Chem import BondType
 
-    unknown = sorted(set(elements) - set(ELEMENTS))
+    unknown = sorted(set(elements) - set(vocabulary))
     if unknown:
-        raise DataError(f"{name}: unknown element {', '.join(unknown)} (the QM9 models know H, C, N, O, F)")
+        raise DataError(
+            f"{name}: unknown element {', '.join(unknown)} (the model knows {', '.join(vocabulary)})"
+        )
     mol = perceive_bonds(elements, coords)
     bond_types = {BondType.SINGLE: 0, BondType.DOUBLE: 1, BondType.TRIPLE: 2, BondType.AROMATIC: 3}
     rows, cols, types = [], [], []
@@ -65,10 +89,10 @@ def to_data(name: str, elements: Sequence[str], coords: Sequence[Sequence[float]
     n = len(elements)
     edge_index = torch.tensor([rows, cols], dtype=torch.long).view(2, -1)
     perm = (edge_index[0] * n + edge_index[1]).argsort()
-    x = torch.zeros(n, 6)
+    x = torch.zeros(n, len(vocabulary) + 1)
     for k, e in enumerate(elements):
-        x[k, ELEMENTS.index(e)] = 1.0
-        x[k, 5] = ATOMIC_NUMBERS[e]
+        x[k, vocabulary.index(e)] = 1.0
+        x[k, -1] = ATOMIC_NUMBERS[e] if e in ATOMIC_NUMBERS else atomic_number(e)
     return Data(
         x=x,
         pos=torch.tensor(coords, dtype=torch.float32).view(n, 3),
@@ -78,7 +102,8 @@ def to_data(name: str, elements: Sequence[str], coords: Sequence[Sequence[float]
     )
 
 
-def _read_xyz(path: Path) -> Iterator[tuple[str, list[str], list[list[float]]]]:
+def read_xyz_frames(path: Path) -> Iterator[tuple[str, list[str], list[list[float]]]]:
+    """``(name, elements, coordinates)`` of each frame of an XYZ file (``FILE:FRAME``)."""
     lines = path.read_text().splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
@@ -110,6 +135,17 @@ def _read_xyz(path: Path) -> Iterator[tuple[str, list[str], list[list[float]]]]:
 
 
 def _read_sdf(path: Path) -> Iterator[tuple[str, list[str], list[list[float]]]]:
+    for name, elements, coords, _fields in read_sdf_records(path):
+        yield name, elements, coords
+
+
+def read_sdf_records(
+    path: Path, errors: list[DataError] | None = None
+) -> Iterator[tuple[str, list[str], list[list[float]], dict[str, str]]]:
+    """``(name, elements, coordinates, data fields)`` of each record of an SDF or MOL file (V2000 or V3000).
+
+    A record that cannot be read raises :class:`DataError`, or is appended to ``errors`` and skipped.
+    """
     from rdkit import Chem, RDLogger
 
     RDLogger.DisableLog("rdApp.*")
@@ -118,22 +154,32 @@ def _read_sdf(path: Path) -> Iterator[tuple[str, list[str], list[list[float]]]]:
     supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)
     count = 0
     for k, mol in enumerate(supplier):
-        if mol is None or mol.GetNumConformers() == 0:
-            raise DataError(f"{path}: record {k + 1} is not a valid molfile with coordinates")
-        conf = mol.GetConformer()
-        elements = [a.GetSymbol() for a in mol.GetAtoms()]
-        coords = [list(conf.GetAtomPosition(a.GetIdx())) for a in mol.GetAtoms()]
-        if not all(math.isfinite(v) and abs(v) < MAX_COORDINATE for xyz in coords for v in xyz):
-            raise DataError(f"{path}: record {k + 1} has coordinates that are not finite Å below {MAX_COORDINATE:g}")
+        try:
+            if mol is None or mol.GetNumConformers() == 0:
+                raise DataError(f"{path}: record {k + 1} is not a valid molfile with coordinates")
+            conf = mol.GetConformer()
+            elements = [a.GetSymbol() for a in mol.GetAtoms()]
+            coords = [list(conf.GetAtomPosition(a.GetIdx())) for a in mol.GetAtoms()]
+            if not all(math.isfinite(v) and abs(v) < MAX_COORDINATE for xyz in coords for v in xyz):
+                raise DataError(
+                    f"{path}: record {k + 1} has coordinates that are not finite Å below {MAX_COORDINATE:g}"
+                )
+        except DataError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
+            continue
         title = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
-        yield f"{path.name}:{title or k}", elements, coords
+        fields = {key: str(value) for key, value in mol.GetPropsAsDict(includePrivate=False).items()}
+        yield f"{path.name}:{title or k}", elements, coords, fields
         count += 1
-    if count == 0:
+    if count == 0 and not errors:
         raise DataError(f"{path}: no molecules")
 
 
-def read_molecules(paths: Sequence[str | os.PathLike]) -> list[Data]:
-    """Every molecule of the given XYZ (multi-frame too), SDF or MOL files and folders of them, in order."""
+def read_molecules(paths: Sequence[str | os.PathLike], vocabulary: Sequence[str] = ELEMENTS) -> list[Data]:
+    """Every molecule of the given XYZ (multi-frame too), SDF or MOL files and folders of them, in order, with
+    the node features of a model that knows the elements of ``vocabulary``."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -149,12 +195,12 @@ def read_molecules(paths: Sequence[str | os.PathLike]) -> list[Data]:
             raise DataError(f"{p}: no such file or folder")
     molecules = []
     for f in files:
-        reader = _read_xyz if f.suffix.lower() == ".xyz" else _read_sdf
-        molecules += [_checked(to_data(name, elements, coords)) for name, elements, coords in reader(f)]
+        reader = read_xyz_frames if f.suffix.lower() == ".xyz" else _read_sdf
+        molecules += [checked(to_data(n, elements, coords, vocabulary)) for n, elements, coords in reader(f)]
     return molecules
 
 
-def _checked(molecule: Data) -> Data:
+def checked(molecule: Data) -> Data:
     """A molecule the model can predict for: no coinciding atoms, at least one bond (the model reads bonds:
     without any, every such molecule would get the same value)."""
     if molecule.num_nodes > 1:

@@ -27,20 +27,21 @@ class TargetStats:
 
 
 class TrainingView(BaseTransform):
-    r"""``x[:, :6]``, ``edge_attr[:, :4]``, ``pos``, ``edge_index`` and
+    r"""``x[:, :node_features]`` (QM9's first 6), ``edge_attr[:, :4]``, ``pos``, ``edge_index`` and
     :math:`y = (y_{task} - \mu) / \sigma` (shape ``[1]``).
 
     Precomputed spherical harmonics (``sh``, see :mod:`se3pyg.data.bases`) and the molecule's index in QM9
     (``idx``, which names predictions) are kept.
     """
 
-    def __init__(self, task: Task, stats: TargetStats) -> None:
+    def __init__(self, task: Task, stats: TargetStats, node_features: int = NODE_FEATURES) -> None:
         self.task = task
         self.stats = stats
+        self.node_features = node_features
 
     def forward(self, data: Data) -> Data:
         out = Data(
-            x=data.x[:, :NODE_FEATURES],
+            x=data.x[:, : self.node_features],
             pos=data.pos,
             edge_index=data.edge_index,
             edge_attr=data.edge_attr[:, :EDGE_FEATURES],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -18,6 +18,9 @@ from se3pyg.engine.precision import DTYPES
 from se3pyg.io import check_writable
 from se3pyg.model import ModelOptions
 from se3pyg.options import option
+
+if TYPE_CHECKING:
+    from se3pyg.data.custom import DatasetSpec
 
 AMP_DTYPES = ("auto", *DTYPES)
 _Options = TypeVar("_Options", bound="DeviceOptions")
@@ -121,6 +124,16 @@ class TrainConfig(RunOptions):
     check_interval: int | None = option(
         None, "Read non-finite losses and stop signals on the host every N steps (default: 1 on CPU, 50 on GPUs)."
     )
+    dataset: str | None = option(None, "Train on your molecules instead of QM9: an SDF, or a folder of XYZ/SDF + CSV.")
+    target: str | None = option(None, "With --dataset: the SDF data field or CSV column to learn.")
+    unit: str = option("", "With --dataset: the target's unit, for reports.")
+    split_field: str | None = option(None, "With --dataset: the field holding each molecule's split (train/val/test).")
+    split_fractions: str = option("0.8,0.1,0.1", "With --dataset and no --split-field: train,val,test fractions.")
+    bad_records: str = option("skip", "With --dataset: skip bad molecules (counted) or refuse the dataset.")
+
+    def dataset_spec(self) -> DatasetSpec:
+        """What ``--dataset`` and its options describe."""
+        return dataset_spec(asdict(self))
 
     def check_every(self, device: torch.device) -> int:
         """Steps between host reads of the loss health (each drains a GPU's queue; free on CPU)."""
@@ -132,7 +145,12 @@ class TrainConfig(RunOptions):
         from se3pyg.data.tasks import get_task
         from se3pyg.engine.optim import OPTIMIZERS
 
-        get_task(self.task or "homo")  # the task first: a typo there is the commonest mistake
+        if self.dataset is None:
+            get_task(self.task or "homo")  # the task first: a typo there is the commonest mistake
+        elif self.task is not None or not self.target:
+            raise ValueError(f"--dataset {self.dataset}: name the value to learn with --target (--task is QM9's)")
+        else:
+            self.dataset_spec().validate()
         super().validate()
         if self.gradient_clip is not None and not self.gradient_clip > 0:
             raise ValueError(f"--gradient-clip must be > 0, got {self.gradient_clip}")
@@ -154,7 +172,7 @@ class TrainConfig(RunOptions):
         from se3pyg.data import NUM_MOLECULES, split_sizes
 
         train = split_sizes(self.limit or NUM_MOLECULES)[0] // self.world_size
-        if train < self.batch_size:
+        if self.dataset is None and train < self.batch_size:
             raise ValueError(
                 f"--batch-size {self.batch_size}: the training split has {train} molecules a process, fewer than "
                 "one batch; lower --batch-size or raise --limit"
@@ -164,6 +182,13 @@ class TrainConfig(RunOptions):
 
     def resumed_from(self, checkpoint: dict[str, Any]) -> TrainConfig:
         """This config with the task and model options of ``checkpoint``; a different ``task`` is an error."""
+        if checkpoint["config"].get("dataset") and not self.dataset:
+            raise ValueError(f"--load-ckpt-path {self.load_ckpt_path}: trained on --dataset; pass it (and --target)")
+        if self.dataset and self.target != checkpoint["task"]:
+            raise ValueError(f"--target {self.target}: {self.load_ckpt_path} was trained for {checkpoint['task']!r}")
+        if self.dataset:
+            model = {k: v for k, v in checkpoint["model_config"].items() if k in self.model_options()}
+            return dataclasses.replace(self, **model)
         if self.task is not None and self.task != checkpoint["task"]:
             raise ValueError(
                 f"--task {self.task}: {self.load_ckpt_path} was trained for {checkpoint['task']!r}; "
@@ -171,6 +196,21 @@ class TrainConfig(RunOptions):
             )
         model = {k: v for k, v in checkpoint["model_config"].items() if k in self.model_options()}
         return dataclasses.replace(self, task=checkpoint["task"], **model)
+
+
+def dataset_spec(options: dict[str, Any]) -> DatasetSpec:
+    """The dataset that training options (``--dataset``, ``--target``, ... ; the split seeded with ``--seed``)
+    describe, e.g. a checkpoint's recorded ones."""
+    from se3pyg.data.custom import DatasetSpec
+
+    try:
+        fractions = tuple(float(f) for f in str(options.get("split_fractions", "0.8,0.1,0.1")).split(","))
+    except ValueError:
+        raise ValueError(f"--split-fractions must be three numbers, got {options['split_fractions']!r}") from None
+    return DatasetSpec(
+        str(options["dataset"]), str(options["target"]), options.get("unit", ""), options.get("split_field"),
+        fractions, options.get("seed", 0), options.get("bad_records", "skip"),
+    )  # type: ignore[arg-type]  # fmt: skip
 
 
 @dataclass

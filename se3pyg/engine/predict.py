@@ -13,8 +13,8 @@ from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 from se3pyg.compat.nvidia import load_nvidia
-from se3pyg.data import TargetStats, get_task, make_loader, qm9_splits
-from se3pyg.data.molecules import read_molecules
+from se3pyg.data import DatasetSpec, TargetStats, dataset_splits, get_task, make_loader, qm9_splits
+from se3pyg.data.molecules import ELEMENTS, read_molecules
 from se3pyg.data.tasks import Task
 from se3pyg.engine.allocator import keep_freed_memory
 from se3pyg.engine.checkpoint import (
@@ -23,7 +23,7 @@ from se3pyg.engine.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
 )
-from se3pyg.engine.config import PredictConfig
+from se3pyg.engine.config import PredictConfig, dataset_spec
 from se3pyg.engine.distributed import DistInfo
 from se3pyg.engine.evaluate import mean_absolute_error
 from se3pyg.engine.precision import Precision
@@ -41,6 +41,13 @@ class LoadedModel:
     std: float | None
     source: str  # "se3pyg" or "nvidia"
     config: dict | None = None
+    elements: tuple[str, ...] = ELEMENTS  # one-hot node features, in order
+
+    @property
+    def dataset(self) -> DatasetSpec | None:
+        """The ``--dataset`` it was trained on (``None``: QM9)."""
+        trained = self.config or {}
+        return dataset_spec(trained) if trained.get("dataset") else None
 
 
 def load_model(
@@ -59,9 +66,10 @@ def load_model(
         if task is not None and task != ckpt["task"]:
             raise CheckpointError(f"{p}: trained for task {ckpt['task']!r}, not {task!r}")
         model = model_from_checkpoint(ckpt, str(p)).eval()
-        return LoadedModel(
-            model, get_task(ckpt["task"]), ckpt["target_mean"], ckpt["target_std"], "se3pyg", ckpt["config"]
-        )
+        custom = bool(ckpt["config"].get("dataset"))
+        task_of = Task(ckpt["task"], 0, ckpt.get("unit", "")) if custom else get_task(ckpt["task"])
+        elements = tuple(ckpt.get("elements", ELEMENTS))
+        return LoadedModel(model, task_of, ckpt["target_mean"], ckpt["target_std"], "se3pyg", ckpt["config"], elements)
     try:
         model = load_nvidia(payload, num_heads=num_heads, channels_div=channels_div)
     except ValueError as exc:
@@ -95,14 +103,16 @@ def evaluate_split(
     device: torch.device,
     precision: Precision,
 ) -> tuple[float, int]:
-    """``(MAE in the task's unit, molecules)`` on NVIDIA's ``test`` or ``val`` split of the first ``limit`` molecules.
+    """``(MAE in the task's unit, molecules)`` on NVIDIA's ``test`` or ``val`` split of the first ``limit`` molecules
+    (or on that split of the ``--dataset`` the model was trained on, as recorded in its checkpoint).
 
     Targets are standardized with the checkpoint's statistics (an se3pyg checkpoint) or the train split's.
     """
     if split not in ("test", "val"):
         raise ValueError(f"--split must be test or val, got {split!r}")
     stats = TargetStats(loaded.mean, loaded.std) if loaded.source == "se3pyg" else None
-    splits = qm9_splits(data_dir, loaded.task, limit, stats=stats)
+    custom = loaded.dataset
+    splits = dataset_splits(custom, stats=stats) if custom else qm9_splits(data_dir, loaded.task, limit, stats=stats)
     dataset = splits.test if split == "test" else splits.val
     loader = make_loader(dataset, batch_size, shuffle=False, device=device)
     mae = mean_absolute_error(loaded.model.to(device), loader, DistInfo(device=device), splits.stats.std, precision)
@@ -145,7 +155,7 @@ def run_predict(config: PredictConfig) -> PredictResult:
             if any(Path(path).resolve() == output for path in config.input):
                 raise ValueError(f"--output {config.output}: is one of the --input files; it would be overwritten")
             check_writable(config.output, "--output")
-        molecules = read_molecules(config.input)
+        molecules = read_molecules(config.input, loaded.elements)
         values = predict_molecules(loaded, molecules, config.batch_size, device, precision)
         names = [m.name for m in molecules]
         if config.output is not None:

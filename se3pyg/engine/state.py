@@ -40,17 +40,23 @@ class TrainState:
 
     @classmethod
     def build(
-        cls, config: TrainConfig, info: DistInfo, checkpoint: dict[str, Any] | None = None, compile: bool = False
+        cls,
+        config: TrainConfig,
+        info: DistInfo,
+        checkpoint: dict[str, Any] | None = None,
+        compile: bool = False,
+        node_features: int = 6,
     ) -> TrainState:
-        """NVIDIA's recipe for ``config`` on ``info.device``: seeded model, AdamW (or SGD, LAMB), cosine
-        schedule with warm restarts every ``epochs``, loss scaling for fp16, DDP with a static graph."""
+        """NVIDIA's recipe for ``config`` on ``info.device``: seeded model (``node_features`` in: QM9's 6, or
+        a dataset's), AdamW (or SGD, LAMB), cosine schedule with warm restarts every ``epochs``, loss scaling
+        for fp16, DDP with a static graph."""
         torch.manual_seed(config.seed)
         precision = Precision.choose(config.amp, config.amp_dtype, info.device)
         precision.configure_backends()
         model = (
             model_from_checkpoint(checkpoint, str(config.load_ckpt_path))
             if checkpoint
-            else SE3TransformerPooled(**config.model_options())
+            else SE3TransformerPooled(fiber_in={0: node_features}, **config.model_options())
         )
         model = model.to(info.device)
         net: nn.Module = torch.compile(model, dynamic=True) if compile else model

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 
 from se3pyg.data import Loader, QM9Splits, TargetStats, get_task, make_loader, prepare_qm9, qm9_splits, set_epoch
+from se3pyg.data.custom import build_dataset
+from se3pyg.data.module import dataset_splits
 from se3pyg.data.tasks import Task
 from se3pyg.engine import distributed
 from se3pyg.engine.checkpoint import best_path, load_checkpoint, save_checkpoint
@@ -61,6 +63,8 @@ class TrainResult:
     epochs_run: int = 0
     run_id: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    skipped: int = 0  # --dataset records skipped as bad, and the first reasons
+    skip_reasons: list[str] = field(default_factory=list)
 
 
 def run(
@@ -78,7 +82,11 @@ def run(
     if distributed.is_main_process():
         check_reachable(resolve_tracking_uri(config.tracking_uri))  # before the data build, not after
     checkpoint = load_checkpoint(config.load_ckpt_path) if config.load_ckpt_path else None
-    config = config.resumed_from(checkpoint) if checkpoint else dataclasses.replace(config, task=config.task or "homo")
+    config = (
+        config.resumed_from(checkpoint)
+        if checkpoint
+        else dataclasses.replace(config, task=config.task or (None if config.dataset else "homo"))
+    )
     if checkpoint is not None and checkpoint["epoch"] + 1 >= config.epochs:
         raise TrainingError(f"--epochs {config.epochs}: the checkpoint has already run {checkpoint['epoch'] + 1}", 2)
     spawning = distributed.spawns(config.world_size)
@@ -92,8 +100,18 @@ def run(
             config,
             checkpoint,
             *callbacks,
-            prepare=lambda: prepare_qm9(config.data_dir, config.limit),
+            prepare=lambda: (
+                build_dataset(config.dataset_spec()) if config.dataset else prepare_qm9(config.data_dir, config.limit)
+            ),
         )
+
+
+def _prepare(config: TrainConfig, progress: ProgressCallback | None = None) -> None:
+    """Build what is missing of the training data: ``--dataset``'s cache, or QM9."""
+    if config.dataset:
+        build_dataset(config.dataset_spec())
+    else:
+        prepare_qm9(config.data_dir, config.limit, progress=progress)
 
 
 @dataclass
@@ -105,14 +123,23 @@ class _Data:
 
 
 def _load_data(
-    config: TrainConfig, info: DistInfo, state: TrainState, stats: TargetStats | None, progress: ProgressCallback | None
+    config: TrainConfig, info: DistInfo, stats: TargetStats | None, progress: ProgressCallback | None
 ) -> _Data:
-    """NVIDIA's splits (local rank 0 builds what is missing), each rank's share of them as loaders."""
+    """NVIDIA's splits of QM9 or the splits of ``--dataset`` (local rank 0 builds what is missing), each rank's
+    share of them as loaders."""
     if info.local_rank == 0:
-        prepare_qm9(config.data_dir, config.limit, progress=progress)
+        _prepare(config, progress)
     distributed.barrier(info)
-    degree = state.model.transformer.max_degree if config.precompute_bases else None
-    splits = qm9_splits(config.data_dir, get_task(config.task), config.limit, precompute_degree=degree, stats=stats)
+    degree = config.num_degrees - 1 if config.precompute_bases else None  # the model's highest degree
+    if config.dataset:
+        splits = dataset_splits(config.dataset_spec(), precompute_degree=degree, stats=stats)
+        if len(splits.train) // info.world_size < config.batch_size:
+            raise ValueError(
+                f"--batch-size {config.batch_size}: the training split has {len(splits.train)} molecules "
+                f"({info.world_size} processes), fewer than one batch a process"
+            )
+    else:
+        splits = qm9_splits(config.data_dir, get_task(config.task), config.limit, precompute_degree=degree, stats=stats)
 
     def loader(dataset: Any, train: bool) -> Loader:
         return make_loader(
@@ -126,7 +153,7 @@ def _load_data(
 def _start_tracking(
     config: TrainConfig, info: DistInfo, state: TrainState, data: _Data, resumed: str | None
 ) -> Tracker:
-    tags = {"task": config.task, "command": "train", **({"resumed_from": resumed} if resumed else {})}
+    tags = {"task": data.splits.task.name, "command": "train", **({"resumed_from": resumed} if resumed else {})}
     tracker = Tracker(config.tracking_uri, config.experiment, config.run_name, tags)
     params = {k: v for k, v in config.to_dict().items() if k != "tracking_uri"}
     params.update(
@@ -137,6 +164,8 @@ def _start_tracking(
         n_test=len(data.splits.test),
         device=str(info.device),
         start_epoch=state.epoch,
+        elements=",".join(data.splits.elements),
+        n_skipped=data.splits.skipped,
         **library_versions(),
     )
     tracker.log_params(params)
@@ -152,24 +181,29 @@ def train_worker(
     on_progress: ProgressCallback | None = None,
 ) -> TrainResult:
     """One rank's training: state, data, tracking (rank 0), the epochs, the test MAE."""
-    state = TrainState.build(config, info, checkpoint)
-    if checkpoint is not None and config.save_ckpt_path:
-        state.best_val_mae = min(state.best_val_mae, _recorded_best(config.save_ckpt_path))
     stats = TargetStats(checkpoint["target_mean"], checkpoint["target_std"]) if checkpoint else None
     progress = on_progress if info.is_main else None
+    data = _load_data(config, info, stats, progress)
+    elements = data.splits.elements
+    if checkpoint is not None and tuple(checkpoint.get("elements", elements)) != elements:
+        raise ValueError(f"--dataset {config.dataset}: holds {elements}, the checkpoint was trained on "
+                         f"{tuple(checkpoint['elements'])}")  # fmt: skip
+    state = TrainState.build(config, info, checkpoint, node_features=len(elements) + 1)
+    if checkpoint is not None and config.save_ckpt_path:
+        state.best_val_mae = min(state.best_val_mae, _recorded_best(config.save_ckpt_path))
     if progress is not None:
         n_params = sum(p.numel() for p in state.model.parameters())
         progress(f"model built on {info.device}", n_params, n_params, "parameters")
-    data = _load_data(config, info, state, stats, progress)
     tracker = (
         _start_tracking(config, info, state, data, checkpoint and checkpoint.get("run_id")) if info.is_main else None
     )
-    result = TrainResult(config.task, state.best_val_mae, run_id=tracker.run_id if tracker else None)
-    task = get_task(config.task)
+    task = data.splits.task
+    result = TrainResult(task.name, state.best_val_mae, run_id=tracker.run_id if tracker else None,
+                         skipped=data.splits.skipped, skip_reasons=data.splits.skip_reasons)  # fmt: skip
     saver = _Saver(
         config.save_ckpt_path if info.is_main else None, state,
         dict(task=task.name, unit=task.unit, target_mean=data.splits.stats.mean, target_std=data.splits.stats.std,
-             run_id=result.run_id, versions=library_versions(), config=config.to_dict()),
+             elements=list(elements), run_id=result.run_id, versions=library_versions(), config=config.to_dict()),
         keep_best=tracker is not None,  # without --save-ckpt-path the best model still goes to MLflow
     )  # fmt: skip
     status = "FAILED"

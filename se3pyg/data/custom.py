@@ -1,0 +1,225 @@
+"""The user's molecules as a training set: an SDF whose data fields hold the target, or a folder of XYZ/SDF
+files with a CSV of values (``molecule,NAME,...``).
+
+Molecules get QM9's model inputs (:func:`~se3pyg.data.molecules.to_data`: bonds perceived from the
+coordinates, the same checks as prediction); node features are one-hot over H, C, N, O, F and then the
+other elements found, by atomic number, then the atomic number. The processed dataset is cached beside the
+source (``SOURCE.se3pyg/``) and complete only once its manifest is written, last and atomically; the
+manifest records the size and SHA-256 of every source file and of the processed file, so a changed
+source or a damaged cache is rebuilt.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch_geometric.data import Data, InMemoryDataset
+
+from se3pyg.data.errors import DataError
+from se3pyg.data.molecules import INPUT_SUFFIXES, checked, element_order, read_sdf_records, read_xyz_frames, to_data
+from se3pyg.data.tasks import Task
+
+FORMAT = 1
+MANIFEST, PROCESSED = "manifest.json", "dataset.pt"
+SPLITS = ("train", "val", "test")
+_SPLIT_NAMES = {"train": 0, "training": 0, "val": 1, "valid": 1, "validation": 1, "test": 2}
+BAD_RECORDS = ("skip", "refuse")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where the molecules are, which value to learn, how to split them and what to do with bad records."""
+
+    source: str
+    target: str
+    unit: str = ""
+    split_field: str | None = None
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    bad_records: str = "skip"
+
+    def validate(self) -> None:
+        if not Path(self.source).exists():
+            raise DataError(f"--dataset {self.source}: no such file or folder")
+        if self.bad_records not in BAD_RECORDS:
+            raise ValueError(f"--bad-records must be skip or refuse, got {self.bad_records!r}")
+        fractions = self.split_fractions
+        if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
+            raise ValueError(f"--split-fractions must be three fractions >= 0 that sum to 1, got {fractions}")
+
+    @property
+    def task(self) -> Task:
+        return Task(self.target, 0, self.unit)
+
+
+@dataclass
+class BuiltDataset:
+    """A processed dataset: every molecule (``y`` [1, 1], ``split`` 0/1/2 or -1) and what the build found."""
+
+    dataset: InMemoryDataset
+    elements: tuple[str, ...]
+    skipped: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+def cache_dir(source: str | Path) -> Path:
+    """``SOURCE.se3pyg`` beside the source file or folder."""
+    path = Path(source).resolve()
+    return path.with_name(path.name + ".se3pyg")
+
+
+def _source_files(source: Path) -> list[Path]:
+    if source.is_file():
+        return [source]
+    return sorted(f for f in source.iterdir() if f.is_file() and f.suffix.lower() in (*INPUT_SUFFIXES, ".csv"))
+
+
+def _file_digest(path: Path) -> dict[str, object]:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"name": path.name, "size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _raw_records(spec: DatasetSpec, errors: list[DataError]) -> list[tuple[str, list[str], list, dict[str, str]]]:
+    """``(name, elements, coordinates, values)`` of every molecule the source describes."""
+    source = Path(spec.source)
+    if source.is_file():
+        if source.suffix.lower() not in (".sdf", ".mol"):
+            raise DataError(f"--dataset {source}: expected an .sdf file or a folder of .xyz/.sdf files with a .csv")
+        return list(read_sdf_records(source, errors))
+    tables = sorted(source.glob("*.csv"))
+    if len(tables) != 1:
+        raise DataError(f"--dataset {source}: expected one .csv of values in the folder, found {len(tables)}")
+    with tables[0].open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "molecule" not in rows[0]:
+        raise DataError(f"{tables[0]}: expected a header 'molecule,{spec.target},...' and rows")
+    records = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            path = source / row["molecule"]
+            if not path.is_file() or path.suffix.lower() not in INPUT_SUFFIXES:
+                raise DataError(f"{tables[0]}:{line}: no .xyz, .sdf or .mol file {row['molecule']!r} in {source}")
+            if path.suffix.lower() == ".xyz":
+                _, elements, coords = next(read_xyz_frames(path))
+            else:
+                _, elements, coords, _ = next(read_sdf_records(path))
+            records.append((row["molecule"], elements, coords, dict(row)))
+        except DataError as exc:
+            errors.append(exc)
+    return records
+
+
+def _value(values: dict[str, str], spec: DatasetSpec, name: str) -> tuple[float, int]:
+    """The target value and split code (``-1`` without a split field) of one record."""
+    if spec.target not in values:
+        raise DataError(f"{name}: no field {spec.target!r}")
+    try:
+        value = float(values[spec.target])
+    except ValueError:
+        raise DataError(f"{name}: {spec.target} = {values[spec.target]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{name}: {spec.target} = {value} is not finite")
+    if spec.split_field is None:
+        return value, -1
+    split = str(values.get(spec.split_field, "")).strip().lower()
+    if split not in _SPLIT_NAMES:
+        raise DataError(f"{name}: {spec.split_field} = {split!r} is not train, val or test")
+    return value, _SPLIT_NAMES[split]
+
+
+def _process(spec: DatasetSpec) -> BuiltDataset:
+    """Read, check and featurize every record; bad ones skipped (with reasons) or refused, as ``spec`` says."""
+    errors: list[DataError] = []
+    raw = _raw_records(spec, errors)
+    elements = element_order({e for _, symbols, _, _ in raw for e in symbols})
+    molecules = []
+    for name, symbols, coords, values in raw:
+        try:
+            value, split = _value(values, spec, name)
+            molecule = checked(to_data(name, symbols, coords, elements))
+        except DataError as exc:
+            errors.append(exc)
+            continue
+        molecule.y = torch.tensor([[value]], dtype=torch.float32)
+        molecule.split = torch.tensor([split])
+        molecule.idx = torch.tensor([len(molecules)])
+        molecules.append(molecule)
+    if errors and spec.bad_records == "refuse":
+        raise DataError(f"--dataset {spec.source}: {errors[0]} ({len(errors)} bad records; --bad-records skip)")
+    if not molecules:
+        raise DataError(f"--dataset {spec.source}: no usable molecules ({len(errors)} bad records, first: {errors[0]})")
+    used = element_order({e for m in molecules for e, on in zip(elements, m.x[:, :-1].any(0).tolist()) if on})
+    if used != elements:  # elements only the skipped records had: featurize again without them
+        molecules = [_refeaturized(m, elements, used) for m in molecules]
+    dataset = InMemoryDataset()
+    dataset.data, dataset.slices = InMemoryDataset.collate(molecules)
+    return BuiltDataset(dataset, used, len(errors), [str(e) for e in errors[:5]])
+
+
+def _refeaturized(molecule: Data, old: tuple[str, ...], new: tuple[str, ...]) -> Data:
+    columns = [old.index(e) for e in new] + [len(old)]
+    molecule.x = molecule.x[:, columns]
+    return molecule
+
+
+def build_dataset(spec: DatasetSpec) -> BuiltDataset:
+    """The processed dataset of ``spec``: read from its cache when the manifest matches the source files and
+    the processed file, otherwise built (and cached, manifest last)."""
+    from se3pyg.io import atomic_write
+
+    spec.validate()
+    folder = cache_dir(spec.source)
+    sources = [_file_digest(f) for f in _source_files(Path(spec.source))]
+    key = {"format": FORMAT, "spec": {**asdict(spec), "source": None}, "sources": sources}
+    cached = _load_cached(folder, key)
+    if cached is not None:
+        return cached
+    built = _process(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST).unlink(missing_ok=True)  # incomplete from here until the manifest is written again
+    with atomic_write(folder / PROCESSED) as tmp:
+        torch.save({"data": built.dataset._data.to_dict(), "slices": built.dataset.slices}, tmp)
+    manifest = {
+        **key, "processed": _file_digest(folder / PROCESSED), "elements": list(built.elements),
+        "molecules": len(built.dataset), "skipped": built.skipped, "reasons": built.reasons,
+    }  # fmt: skip
+    with atomic_write(folder / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
+    return built
+
+
+def _load_cached(folder: Path, key: dict) -> BuiltDataset | None:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if {k: manifest.get(k) for k in key} != json.loads(json.dumps(key)):
+        return None
+    if _file_digest(folder / PROCESSED) != manifest["processed"]:
+        return None
+    stored = torch.load(folder / PROCESSED, weights_only=True)
+    dataset = InMemoryDataset()
+    dataset.data, dataset.slices = Data.from_dict(stored["data"]), stored["slices"]
+    return BuiltDataset(dataset, tuple(manifest["elements"]), manifest["skipped"], manifest["reasons"])
+
+
+def split_positions(built: BuiltDataset, spec: DatasetSpec) -> tuple[list[int], list[int], list[int]]:
+    """Indices of ``(train, val, test)``: from the split field, in file order, or a random split with the
+    stated fractions and seed (``int`` of test and validation sizes, the rest training)."""
+    n = len(built.dataset)
+    if spec.split_field is not None:
+        codes = built.dataset._data.split.tolist()
+        return tuple([i for i in range(n) if codes[i] == s] for s in range(3))  # type: ignore[return-value]
+    test, val = int(spec.split_fractions[2] * n), int(spec.split_fractions[1] * n)
+    sizes = (n - val - test, val, test)
+    parts = torch.utils.data.random_split(range(n), sizes, generator=torch.Generator().manual_seed(spec.seed))
+    return tuple(list(p.indices) for p in parts)  # type: ignore[return-value]

@@ -1,0 +1,200 @@
+"""Training on the user's molecules (--dataset): QM9 round trip, other elements, bad records, the cache."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from rdkit import Chem
+from rdkit.Chem import AllChem
+
+from se3pyg.data import DataError, DatasetSpec, get_task, load_qm9, prepare_qm9, qm9_splits
+from se3pyg.data.custom import build_dataset, cache_dir
+from se3pyg.data.molecules import ELEMENTS
+from se3pyg.engine.config import TrainConfig
+from se3pyg.engine.train import run
+
+from .conftest import run_se3pyg
+
+TINY = dict(num_layers=1, num_degrees=2, num_channels=8, num_heads=2, batch_size=32, gpus=0)
+
+
+def _write_sdf(path: Path, molecules: list[tuple[Chem.Mol, dict[str, str]]]) -> None:
+    with Chem.SDWriter(str(path)) as writer:
+        for mol, fields in molecules:
+            for key, value in fields.items():
+                mol.SetProp(key, value)
+            writer.write(mol)
+
+
+def _qm9_molecule(data) -> Chem.Mol:
+    """A QM9 molecule as an RDKit molecule with its coordinates (no bonds: se3pyg perceives them)."""
+    mol = Chem.RWMol()
+    for k in data.x[:, :5].argmax(1).tolist():
+        mol.AddAtom(Chem.Atom(ELEMENTS[k]))
+    conformer = Chem.Conformer(data.num_nodes)
+    for k, xyz in enumerate(data.pos.tolist()):
+        conformer.SetAtomPosition(k, xyz)
+    mol = mol.GetMol()
+    mol.AddConformer(conformer)
+    mol.SetProp("_Name", data.name)
+    return mol
+
+
+def test_qm9_written_as_sdf_trains_like_the_qm9_build(tmp_path: Path) -> None:
+    """The first 2,000 QM9 molecules as one SDF (HOMO and QM9's split as data fields) give the same split sizes
+    and validation MAE as training on the QM9 build, with the same seed and options."""
+    prepare_qm9(tmp_path / "qm9", limit=2000)
+    qm9, splits = load_qm9(tmp_path / "qm9", 2000), qm9_splits(tmp_path / "qm9", get_task("homo"), 2000)
+    records = []
+    for split, part in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+        for i in part.indices():  # each split in QM9's split order
+            records.append((_qm9_molecule(qm9[i]), {"homo": repr(float(qm9[i].y[0, 2])), "qm9_split": split}))
+    _write_sdf(tmp_path / "qm9_2000.sdf", records)
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = dict(TINY, epochs=2, eval_interval=1, tracking_uri=uri)
+    from_qm9 = run(TrainConfig(**common, task="homo", data_dir=str(tmp_path / "qm9"), limit=2000))
+    from_sdf = run(
+        TrainConfig(**common, dataset=str(tmp_path / "qm9_2000.sdf"), target="homo", split_field="qm9_split")
+    )
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    sizes = [
+        [client.get_run(r.run_id).data.params[k] for k in ("n_train", "n_val", "n_test")] for r in (from_qm9, from_sdf)
+    ]
+    assert sizes[0] == sizes[1] == ["1529", "271", "200"]
+    assert from_sdf.history[-1]["val_mae"] == pytest.approx(from_qm9.history[-1]["val_mae"], abs=1e-6)
+    assert from_sdf.best_val_mae == pytest.approx(from_qm9.best_val_mae, abs=1e-6)
+
+
+SULFUR_AND_CHLORINE = [
+    "CS", "CCS", "CSC", "CCSC", "CCl", "ClCCl", "CCCl", "OCCCl", "ClC(Cl)Cl", "CSCC", "SCCS", "CC(C)S",
+    "ClCC(=O)O", "CSC(C)C", "CCSCC", "ClCCCl", "CC(Cl)C", "OCCS", "NCCS", "NCCCl", "CSSC", "FC(Cl)Cl",
+    "c1ccsc1", "Clc1ccccc1", "CC(=O)Cl", "CCC(Cl)CC", "CCCCS", "CCCCCl", "OC(=O)CS", "ClCCOCCCl",
+]  # fmt: skip
+
+
+def _embedded(smiles: str) -> Chem.Mol:
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    AllChem.EmbedMolecule(mol, randomSeed=7)
+    AllChem.MMFFOptimizeMolecule(mol)
+    mol.SetProp("_Name", smiles)
+    return mol
+
+
+def _xyz(mol: Chem.Mol) -> str:
+    conf = mol.GetConformer()
+    atoms = [
+        f"{a.GetSymbol()} {p.x:.5f} {p.y:.5f} {p.z:.5f}"
+        for a in mol.GetAtoms()
+        for p in [conf.GetAtomPosition(a.GetIdx())]
+    ]
+    return f"{len(atoms)}\n{mol.GetProp('_Name')}\n" + "\n".join(atoms) + "\n"
+
+
+@pytest.fixture(scope="module")
+def sulfur_chlorine_sdf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 RDKit-embedded molecules with S or Cl, a made-up target (heavy atoms + S/Cl count), one bad record."""
+    folder = tmp_path_factory.mktemp("s_cl")
+    records = []
+    for smiles in SULFUR_AND_CHLORINE:
+        mol = _embedded(smiles)
+        heavy = mol.GetNumHeavyAtoms() + sum(a.GetSymbol() in ("S", "Cl") for a in mol.GetAtoms())
+        records.append((mol, {"score": f"{heavy / 3:.4f}"}))
+    records.append((_embedded("CCO"), {"other": "1"}))  # no 'score' field: a bad record
+    _write_sdf(folder / "s_cl.sdf", records)
+    return folder / "s_cl.sdf"
+
+
+def test_a_dataset_with_sulfur_and_chlorine_trains_and_predicts(sulfur_chlorine_sdf: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    options = ["--gpus", "0", "--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2"]
+    done = run_se3pyg(
+        "train", "--dataset", str(sulfur_chlorine_sdf), "--target", "score", "--unit", "au", "--batch-size", "8",
+        "--epochs", "2", "--save-ckpt-path", "s_cl.pt", "--tracking-uri", uri, *options, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "skipped 1 bad records of --dataset (first: s_cl.sdf:CCO: no field 'score')" in done.stdout
+    checkpoint = torch.load(tmp_path / "s_cl.pt", weights_only=True)
+    assert checkpoint["elements"] == ["H", "C", "N", "O", "F", "S", "Cl"]  # QM9's first, then by atomic number
+    assert checkpoint["task"] == "score" and checkpoint["unit"] == "au"
+    assert checkpoint["model_config"]["fiber_in"] == {0: 8}  # 7 elements + the atomic number
+
+    (tmp_path / "thiol.xyz").write_text(_xyz(_embedded("CCCS")))
+    done = run_se3pyg("predict", "--ckpt", "s_cl.pt", "--input", "thiol.xyz", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (row,) = csv.DictReader(io.StringIO(done.stdout))
+    assert row["task"] == "score" and row["unit"] == "au" and math.isfinite(float(row["prediction"]))
+
+    (tmp_path / "bromide.xyz").write_text(_xyz(_embedded("CCBr")))
+    done = run_se3pyg("predict", "--ckpt", "s_cl.pt", "--input", "bromide.xyz", cwd=tmp_path)
+    assert done.returncode == 2 and "unknown element Br (the model knows H, C, N, O, F, S, Cl)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+    done = run_se3pyg("predict", "--ckpt", "s_cl.pt", "--tracking-uri", uri, cwd=tmp_path)  # its dataset's test split
+    assert done.returncode == 0, done.stderr
+    assert "test MAE" in done.stdout and "on 3 molecules (score)" in done.stdout
+
+
+def test_bad_records_can_be_refused_and_bad_options_are_one_line_errors(
+    sulfur_chlorine_sdf: Path, tmp_path: Path
+) -> None:
+    base = ["train", "--gpus", "0"]
+    uri = ["--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+    cases = [
+        (["--dataset", str(sulfur_chlorine_sdf), "--target", "score", "--bad-records", "refuse"],
+         "s_cl.sdf:CCO: no field 'score' (1 bad records; --bad-records skip)"),
+        (["--dataset", str(sulfur_chlorine_sdf)], "name the value to learn with --target"),
+        (["--dataset", str(tmp_path / "nope.sdf"), "--target", "x"], "nope.sdf: no such file or folder"),
+        (["--dataset", str(sulfur_chlorine_sdf), "--target", "score", "--split-fractions", "0.5,0.1"],
+         "--split-fractions must be three fractions"),
+        (["--dataset", str(sulfur_chlorine_sdf), "--target", "score", "--split-field", "none"],
+         "none = '' is not train, val or test"),
+    ]  # fmt: skip
+    for args, message in cases:
+        done = run_se3pyg(*base, *args, *uri, cwd=tmp_path)
+        assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+
+
+def test_the_cache_is_reused_and_rebuilt_when_the_source_changes(sulfur_chlorine_sdf: Path, tmp_path: Path) -> None:
+    source = tmp_path / "mols.sdf"
+    source.write_bytes(sulfur_chlorine_sdf.read_bytes())
+    spec = DatasetSpec(str(source), "score")
+    first = build_dataset(spec)
+    assert (len(first.dataset), first.skipped) == (30, 1)
+    processed = cache_dir(source) / "dataset.pt"
+    stamp = processed.stat().st_mtime_ns
+    again = build_dataset(spec)
+    assert processed.stat().st_mtime_ns == stamp and torch.equal(again.dataset._data.x, first.dataset._data.x)
+
+    _write_sdf(source, [(_embedded("CCl"), {"score": "1.0"}), (_embedded("CCO"), {"score": "2.0"})])
+    changed = build_dataset(spec)  # the source changed: rebuilt, with the elements it now holds
+    assert len(changed.dataset) == 2 and changed.elements == ("H", "C", "N", "O", "F", "Cl")
+    processed.write_bytes(b"damaged")
+    assert len(build_dataset(spec).dataset) == 2  # a damaged cache is rebuilt, never read
+    manifest = json.loads((cache_dir(source) / "manifest.json").read_text())
+    assert manifest["molecules"] == 2 and manifest["sources"][0]["name"] == "mols.sdf"
+    with pytest.raises(DataError, match="no field 'nope'"):
+        build_dataset(DatasetSpec(str(source), "nope", bad_records="refuse"))
+
+
+def test_a_folder_of_xyz_files_with_a_csv(tmp_path: Path) -> None:
+    folder = tmp_path / "mols"
+    folder.mkdir()
+    rows = ["molecule,energy"]
+    for k, smiles in enumerate(["CCO", "CCN", "CCCl", "CS"]):
+        (folder / f"m{k}.xyz").write_text(_xyz(_embedded(smiles)))
+        rows.append(f"m{k}.xyz,{k * 0.5}")
+    rows.append("missing.xyz,1.0")
+    (folder / "values.csv").write_text("\n".join(rows) + "\n")
+    built = build_dataset(DatasetSpec(str(folder), "energy"))
+    assert len(built.dataset) == 4 and built.skipped == 1 and "missing.xyz" in built.reasons[0]
+    assert built.elements == ("H", "C", "N", "O", "F", "S", "Cl")
+    assert built.dataset._data.y.view(-1).tolist() == [0.0, 0.5, 1.0, 1.5]
