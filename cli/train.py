@@ -58,6 +58,9 @@ def train(
         highlight=False,
         soft_wrap=True,
     )
+    if result.model_uri:
+        registered = f", registered as {values['register_model']}" if values.get("register_model") else ""
+        console.print(f"MLflow model: runs:/{result.run_id}/model{registered}", highlight=False, soft_wrap=True)
     if values["save_ckpt_path"]:
         best = best_path(values["save_ckpt_path"])
         console.print(

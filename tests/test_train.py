@@ -68,6 +68,9 @@ def test_training_run_lands_in_sqlite_mlflow(qm9_dir: Path, tmp_path: Path) -> N
     assert run_info.info.status == "FINISHED"
     artifacts = {a.path for a in _client(uri).list_artifacts(result.run_id)}
     assert {"model.pt", "model.best.pt", "config.json", "learning_curve.png", "parity_test.png"} <= artifacts
+    water = "3\nwater\nO 0.0 0.0 0.117\nH 0.0 0.757 -0.467\nH 0.0 -0.757 -0.467\n"
+    assert result.model_uri is not None  # every training leaves an MLflow model: molecule texts in, floats out
+    assert len(mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model").predict([water, water])) == 2
     rows = _test_predictions(uri, result.run_id)
     assert len(rows) == 30 and len({r["molecule"] for r in rows}) == 30  # every test molecule, once
     errors = [abs(float(r["prediction"]) - float(r["truth"])) for r in rows]

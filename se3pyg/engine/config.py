@@ -130,6 +130,7 @@ class TrainConfig(RunOptions):
     split_field: str | None = option(None, "With --dataset: the field holding each molecule's split (train/val/test).")
     split_fractions: str = option("0.8,0.1,0.1", "With --dataset and no --split-field: train,val,test fractions.")
     bad_records: str = option("skip", "With --dataset: skip bad molecules (counted) or refuse the dataset.")
+    register_model: str | None = option(None, "Register the trained model in MLflow's model registry as NAME.")
 
     def dataset_spec(self) -> DatasetSpec:
         """What ``--dataset`` and its options describe."""
@@ -242,7 +243,9 @@ class BenchmarkConfig(RunOptions):
 class PredictConfig(DeviceOptions):
     """``se3pyg predict``: a checkpoint on a QM9 split, or on the user's molecules."""
 
-    ckpt: str = option(..., "se3pyg or NVIDIA checkpoint.", "--ckpt")
+    ckpt: str = option(
+        ..., "se3pyg or NVIDIA checkpoint, or an MLflow model: runs:/RUN_ID/model, models:/NAME/N.", "--ckpt"
+    )
     input: list[str] | None = option(None, "XYZ/SDF file or folder (repeatable).")
     output: str | None = option(None, "CSV file for --input predictions (default: standard output).")
     split: str = option("test", "Without --input: the QM9 split to evaluate, test or val.")

@@ -146,9 +146,12 @@ def run_predict(config: PredictConfig) -> PredictResult:
     device = torch.device("cuda" if config.gpus else "cpu")
     precision = Precision.choose(config.amp, config.amp_dtype, device)
     keep_freed_memory()
-    loaded = load_model(
-        config.ckpt, config.task, config.target_mean, config.target_std, config.num_heads, config.channels_div
-    )
+    ckpt = config.ckpt
+    if ckpt.startswith(("runs:/", "models:/")):  # an MLflow model or run artifact
+        from se3pyg.engine.serving import checkpoint_of
+
+        ckpt = checkpoint_of(ckpt, config.tracking_uri)
+    loaded = load_model(ckpt, config.task, config.target_mean, config.target_std, config.num_heads, config.channels_div)
     if config.input:
         if config.output is not None:
             output = Path(config.output).resolve()

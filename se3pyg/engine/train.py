@@ -63,6 +63,7 @@ class TrainResult:
     epochs_run: int = 0
     run_id: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    model_uri: str | None = None  # the MLflow model logged from the best checkpoint
     skipped: int = 0  # --dataset records skipped as bad, and the first reasons
     skip_reasons: list[str] = field(default_factory=list)
 
@@ -226,6 +227,9 @@ def train_worker(
             for path in (saver.path, saver.best):
                 if path and Path(path).is_file():
                     tracker.log_artifact(path)
+            model = next((p for p in (saver.best, saver.path) if p and Path(p).is_file()), None)
+            if model is not None:
+                result.model_uri = tracker.log_model(model, config.register_model)
         status = "FINISHED"
         return result
     except _InterruptError:

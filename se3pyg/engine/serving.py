@@ -1,0 +1,97 @@
+"""Trained models as MLflow models (the ``pyfunc`` flavour), to register, load and serve over HTTP.
+
+The model takes a list of molecules, each as XYZ or SDF (molfile) text (served: ``{"inputs": [TEXT, ...]}``),
+and returns one float per molecule, in input order, in the task's unit; its signature comes from the type
+hints of :meth:`MoleculePropertyModel.predict`. It wraps an se3pyg checkpoint
+(its ``checkpoint`` artifact) and predicts with the same code as ``se3pyg predict``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+
+MODEL_NAME = "model"  # the logged model's name in its run: runs:/RUN_ID/model
+EXAMPLE_MOLECULE = "3\nwater\nO 0.0 0.0 0.117\nH 0.0 0.757 -0.467\nH 0.0 -0.757 -0.467\n"
+
+
+def read_molecule_texts(texts: Sequence[str], elements: Sequence[str]) -> list[Any]:
+    """Model inputs of molecules given as XYZ or SDF text (SDF when the text holds a molfile's ``M  END``)."""
+    from se3pyg.data.molecules import read_molecules
+
+    with tempfile.TemporaryDirectory(prefix="se3pyg-serve-") as folder:
+        paths = []
+        for k, text in enumerate(texts):
+            suffix = ".sdf" if "M  END" in text else ".xyz"
+            path = Path(folder, f"molecule-{k}{suffix}")
+            path.write_text(text)
+            paths.append(path)
+        molecules = read_molecules(paths, elements)
+    for molecule in molecules:  # names from the row, not the scratch file
+        molecule.name = molecule.name.replace("molecule-", "row ", 1)
+    return molecules
+
+
+class MoleculePropertyModel(mlflow.pyfunc.PythonModel):
+    """An se3pyg checkpoint behind MLflow's pyfunc interface (loaded from the ``checkpoint`` artifact)."""
+
+    def load_context(self, context: Any) -> None:
+        from se3pyg.engine.predict import load_model
+
+        self.loaded = load_model(context.artifacts["checkpoint"])
+
+    def predict(self, model_input: list[str], params: dict[str, Any] | None = None) -> list[float]:
+        """One prediction per molecule text (MLflow reads these type hints as the model's schema)."""
+        from se3pyg.engine.precision import Precision
+        from se3pyg.engine.predict import predict_molecules
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        molecules = read_molecule_texts(model_input, self.loaded.elements)
+        precision = Precision.choose(False, "auto", device)
+        return predict_molecules(self.loaded, molecules, 64, device, precision).tolist()
+
+
+def log_trained_model(run_id: str, checkpoint: str | os.PathLike, register_as: str | None = None) -> str:
+    """Log ``checkpoint`` as the pyfunc model of run ``run_id`` (with an input example and signature), and
+    register it as ``register_as`` when given. Returns the logged model's URI."""
+    from se3pyg.engine.versions import library_versions
+
+    versions = library_versions()
+    requirements = [f"torch=={versions['version_torch'].split('+')[0]}", "torch_geometric", "e3nn", "rdkit", "pandas"]
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=MoleculePropertyModel(),
+            artifacts={"checkpoint": str(checkpoint)},
+            input_example=[EXAMPLE_MOLECULE],
+            pip_requirements=requirements,
+            registered_model_name=register_as,
+        )
+    return info.model_uri
+
+
+def checkpoint_of(uri: str, tracking_uri: str | None = None) -> Path:
+    """The se3pyg checkpoint behind an MLflow URI: ``runs:/RUN_ID/model`` or ``models:/NAME/VERSION`` (a logged
+    model), or ``runs:/RUN_ID/PATH.pt`` (a checkpoint artifact); downloaded to a temporary folder."""
+    from se3pyg.engine.checkpoint import CheckpointError
+    from se3pyg.engine.tracking import resolve_tracking_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tempfile.mkdtemp(prefix="se3pyg-model-")))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"--ckpt {uri}: cannot be fetched from MLflow ({first[:200]})") from None
+    if local.is_file():
+        return local
+    found = sorted(local.glob("artifacts/*.pt")) or sorted(local.glob("*.pt"))
+    if len(found) != 1:
+        raise CheckpointError(f"--ckpt {uri}: not an se3pyg model (no single checkpoint in it)")
+    return found[0]

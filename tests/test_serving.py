@@ -1,0 +1,112 @@
+"""Every training leaves an MLflow model: registered, loaded by --ckpt URI, served over HTTP."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from se3pyg.engine import distributed
+
+from .conftest import run_se3pyg
+
+WATER = "3\nwater\nO 0.0 0.0 0.117\nH 0.0 0.757 -0.467\nH 0.0 -0.757 -0.467\n"
+AMMONIA_SDF = """ammonia
+     se3pyg
+
+  4  3  0  0  0  0  0  0  0  0999 V2000
+    0.0000    0.0000    0.1173 N   0  0  0  0  0  0  0  0  0  0  0  0
+    0.0000    0.9377   -0.2737 H   0  0  0  0  0  0  0  0  0  0  0  0
+    0.8121   -0.4689   -0.2737 H   0  0  0  0  0  0  0  0  0  0  0  0
+   -0.8121   -0.4689   -0.2737 H   0  0  0  0  0  0  0  0  0  0  0  0
+  1  2  1  0
+  1  3  1  0
+  1  4  1  0
+M  END
+$$$$
+"""
+
+
+def _predictions(done: subprocess.CompletedProcess) -> list[float]:
+    assert done.returncode == 0, done.stderr
+    return [float(row["prediction"]) for row in csv.DictReader(io.StringIO(done.stdout))]
+
+
+@pytest.fixture(scope="module")
+def registered(qm9_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """A tiny model trained with --register-model: its folder, tracking URI and run id."""
+    folder = tmp_path_factory.mktemp("served")
+    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+    done = run_se3pyg(
+        "train", "--data-dir", str(qm9_dir), "--limit", "300", "--gpus", "0", "--num-layers", "1",
+        "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2", "--batch-size", "16", "--epochs", "1",
+        "--save-ckpt-path", "model.pt", "--register-model", "homo-tiny", "--tracking-uri", uri, cwd=folder,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("MLflow model: ")]
+    assert line.endswith(", registered as homo-tiny")
+    run_id = line.split("runs:/")[1].split("/")[0]
+    (folder / "water.xyz").write_text(WATER)
+    (folder / "ammonia.sdf").write_text(AMMONIA_SDF)
+    return folder, uri, run_id
+
+
+def test_predict_takes_runs_and_models_uris(registered: tuple[Path, str, str]) -> None:
+    folder, uri, run_id = registered
+    inputs = ["--input", "water.xyz", "--input", "ammonia.sdf"]
+    from_file = _predictions(run_se3pyg("predict", "--ckpt", "model.best.pt", *inputs, cwd=folder))
+    env = {"MLFLOW_TRACKING_URI": uri}
+    for ckpt in (f"runs:/{run_id}/model", "models:/homo-tiny/1", f"runs:/{run_id}/model.best.pt"):
+        done = run_se3pyg("predict", "--ckpt", ckpt, *inputs, cwd=folder, env=env)
+        assert _predictions(done) == from_file, ckpt
+    missing = run_se3pyg("predict", "--ckpt", "models:/nope/1", *inputs, cwd=folder, env=env)
+    assert missing.returncode == 2 and "--ckpt models:/nope/1: cannot be fetched from MLflow" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    version = client.get_model_version("homo-tiny", "1")
+    assert version.run_id == run_id
+
+
+def test_mlflow_models_serve_answers_with_the_same_predictions(registered: tuple[Path, str, str]) -> None:
+    folder, uri, _ = registered
+    expected = _predictions(
+        run_se3pyg("predict", "--ckpt", "model.best.pt", "--input", "water.xyz", "--input", "ammonia.sdf", cwd=folder)
+    )
+    port = distributed.free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/homo-tiny/1", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"mlflow models serve did not come up: {server.stdout.read()[-2000:]}")
+                time.sleep(0.5)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": [WATER, AMMONIA_SDF]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = json.loads(response.read())["predictions"]
+        assert served == pytest.approx(expected, abs=1e-5)  # the CSV rounds to 6 decimals
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
