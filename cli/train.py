@@ -49,7 +49,7 @@ def train(
         return
     if result.skipped:
         console.print(
-            f"skipped {result.skipped} bad records of --dataset (first: {result.skip_reasons[0]})",
+            f"skipped {result.skipped} bad records of --dataset (first: {'; '.join(result.skip_reasons[:3])})",
             markup=False, highlight=False, soft_wrap=True,
         )  # fmt: skip
     console.print(

@@ -141,6 +141,20 @@ def test_a_dataset_with_sulfur_and_chlorine_trains_and_predicts(sulfur_chlorine_
     assert done.returncode == 0, done.stderr
     assert "test MAE" in done.stdout and "on 3 molecules (score)" in done.stdout
 
+    # another file of molecules, featurized as the model was (it has no S: the columns stay)
+    _write_sdf(tmp_path / "more.sdf", [(_embedded(smi), {"score": "1.5"}) for smi in ("CCCCl", "CCO", "CSCCC")])
+    done = run_se3pyg("predict", "--ckpt", "s_cl.pt", "--dataset", "more.sdf", "--split", "all", "--tracking-uri", uri,
+                      cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "all MAE" in done.stdout and "on 3 molecules (score)" in done.stdout
+
+    done = run_se3pyg(
+        "benchmark", "train", "--dataset", str(sulfur_chlorine_sdf), "--target", "score", "--batch-size", "4",
+        "--steps", "2", "--warmup", "1", "--no-tracking", *options, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["throughput_mol_per_ms"] > 0
+
 
 def test_bad_records_can_be_refused_and_bad_options_are_one_line_errors(
     sulfur_chlorine_sdf: Path, tmp_path: Path

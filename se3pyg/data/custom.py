@@ -43,6 +43,7 @@ class DatasetSpec:
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     bad_records: str = "skip"
+    elements: tuple[str, ...] | None = None  # the one-hot elements (a trained model's); None: those found
 
     def validate(self) -> None:
         if not Path(self.source).exists():
@@ -140,7 +141,7 @@ def _process(spec: DatasetSpec) -> BuiltDataset:
     """Read, check and featurize every record; bad ones skipped (with reasons) or refused, as ``spec`` says."""
     errors: list[DataError] = []
     raw = _raw_records(spec, errors)
-    elements = element_order({e for _, symbols, _, _ in raw for e in symbols})
+    elements = spec.elements or element_order({e for _, symbols, _, _ in raw for e in symbols})
     molecules = []
     for name, symbols, coords, values in raw:
         try:
@@ -158,7 +159,9 @@ def _process(spec: DatasetSpec) -> BuiltDataset:
     if not molecules:
         raise DataError(f"--dataset {spec.source}: no usable molecules ({len(errors)} bad records, first: {errors[0]})")
     used = element_order({e for m in molecules for e, on in zip(elements, m.x[:, :-1].any(0).tolist()) if on})
-    if used != elements:  # elements only the skipped records had: featurize again without them
+    if spec.elements is not None:
+        used = spec.elements  # a model's features, whatever this data holds
+    elif used != elements:  # elements only the skipped records had: featurize again without them
         molecules = [_refeaturized(m, elements, used) for m in molecules]
     dataset = InMemoryDataset()
     dataset.data, dataset.slices = InMemoryDataset.collate(molecules)

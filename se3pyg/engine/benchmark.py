@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch_geometric.data import Data
 
-from se3pyg.data import Loader, get_task, make_loader, prepare_qm9, qm9_splits, set_epoch
+from se3pyg.data import Loader, dataset_splits, get_task, make_loader, prepare_qm9, qm9_splits, set_epoch
+from se3pyg.data.custom import build_dataset
 from se3pyg.engine import distributed
 from se3pyg.engine.config import BenchmarkConfig
 from se3pyg.engine.distributed import DistInfo
@@ -49,7 +50,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run_benchmark(config: BenchmarkConfig, molecules: Sequence[Data] | None = None) -> dict[str, Any] | None:
-    """One benchmark on random QM9 training molecules (or on ``molecules``, training view); returns the figures.
+    """One benchmark on random QM9 training molecules (or ``--dataset``'s, or ``molecules``, training view);
+    returns the figures.
 
     With ``processes`` (CPU, gloo) or ``gpus`` above 1, that many ranks run under DDP (spawned here, or
     torchrun's); the figures come back in the launching process and on rank 0, ``None`` elsewhere. With
@@ -63,7 +65,7 @@ def run_benchmark(config: BenchmarkConfig, molecules: Sequence[Data] | None = No
     try:
         result = distributed.launch(
             _measure, config.world_size, config.use_cuda, config, molecules,
-            prepare=lambda: molecules is None and prepare_qm9(config.data_dir, config.limit),
+            prepare=lambda: molecules is None and _prepare(config),
         )  # fmt: skip
         if tracker is not None and result is not None:
             tracker.log_params(result["config"])
@@ -76,14 +78,30 @@ def run_benchmark(config: BenchmarkConfig, molecules: Sequence[Data] | None = No
             tracker.finish(status)
 
 
+def _prepare(config: BenchmarkConfig) -> None:
+    """Build what is missing of the data: ``--dataset``'s cache, or QM9."""
+    if config.dataset:
+        build_dataset(config.dataset_spec())
+    else:
+        prepare_qm9(config.data_dir, config.limit)
+
+
+def _node_features(config: BenchmarkConfig) -> int:
+    """Node features of the model: QM9's 6, or one a ``--dataset`` element plus the atomic number."""
+    return len(build_dataset(config.dataset_spec()).elements) + 1 if config.dataset else 6
+
+
 def _loader(config: BenchmarkConfig, info: DistInfo, molecules: Sequence[Data] | None) -> Loader:
     """This rank's share of random QM9 training molecules (or of ``molecules``), as training reads them."""
     if molecules is None:
         if info.local_rank == 0:
-            prepare_qm9(config.data_dir, config.limit)
+            _prepare(config)
         distributed.barrier(info)
         degree = config.num_degrees - 1 if config.precompute_bases else None
-        molecules = qm9_splits(config.data_dir, get_task("homo"), config.limit, precompute_degree=degree).train
+        if config.dataset:
+            molecules = dataset_splits(config.dataset_spec(), precompute_degree=degree).train
+        else:
+            molecules = qm9_splits(config.data_dir, get_task("homo"), config.limit, precompute_degree=degree).train
     loader = make_loader(
         molecules, config.batch_size, True, 0, info.rank, info.world_size, config.seed, drop_last=True,
         device=info.device,
@@ -150,7 +168,7 @@ def _measure(info: DistInfo, config: BenchmarkConfig, molecules: Sequence[Data] 
     if config.mode == "data":
         deltas, timed = _time(config, info, lambda _batch: None, _loader(config, info, molecules))
         return _figures(config, info, deltas, timed, None)
-    state = TrainState.build(config.training(), info, compile=config.compile)
+    state = TrainState.build(config.training(), info, compile=config.compile, node_features=_node_features(config))
     loader = _loader(config, info, molecules)
     training = config.mode == "train"
     state.net.train(training)

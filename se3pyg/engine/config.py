@@ -73,6 +73,16 @@ class RunOptions(DeviceOptions, ModelOptions):
     limit: int | None = option(None, "Use only the first N QM9 molecules.")
     precompute_bases: bool = option(False, "Keep every bond's spherical harmonics in RAM.")
     processes: int = option(1, "Processes when not on GPUs (DDP over gloo), e.g. to test DDP on CPU.")
+    dataset: str | None = option(None, "Your molecules instead of QM9: an SDF, or a folder of XYZ/SDF files + a CSV.")
+    target: str | None = option(None, "With --dataset: the SDF data field or CSV column to learn.")
+    unit: str = option("", "With --dataset: the target's unit, for reports.")
+    split_field: str | None = option(None, "With --dataset: the field holding each molecule's split (train/val/test).")
+    split_fractions: str = option("0.8,0.1,0.1", "With --dataset and no --split-field: train,val,test fractions.")
+    bad_records: str = option("skip", "With --dataset: skip bad molecules (counted) or refuse the dataset.")
+
+    def dataset_spec(self) -> DatasetSpec:
+        """What ``--dataset`` and its options describe."""
+        return dataset_spec(asdict(self))
 
     def model_options(self) -> dict[str, Any]:
         """The :class:`ModelOptions` fields, as ``SE3TransformerPooled`` keywords."""
@@ -93,6 +103,10 @@ class RunOptions(DeviceOptions, ModelOptions):
             raise ValueError("--num-heads and --channels-div must be >= 1")
         if self.pooling not in ("max", "avg"):
             raise ValueError(f"--pooling must be max or avg, got {self.pooling!r}")
+        if self.dataset is not None:
+            if not self.target:
+                raise ValueError(f"--dataset {self.dataset}: name the value to learn with --target")
+            self.dataset_spec().validate()
         if self.limit is not None and self.limit < 10:
             raise ValueError(f"--limit must be >= 10 (train, validation and test need molecules), got {self.limit}")
         if (self.num_channels // self.channels_div) % self.num_heads:
@@ -124,17 +138,7 @@ class TrainConfig(RunOptions):
     check_interval: int | None = option(
         None, "Read non-finite losses and stop signals on the host every N steps (default: 1 on CPU, 50 on GPUs)."
     )
-    dataset: str | None = option(None, "Train on your molecules instead of QM9: an SDF, or a folder of XYZ/SDF + CSV.")
-    target: str | None = option(None, "With --dataset: the SDF data field or CSV column to learn.")
-    unit: str = option("", "With --dataset: the target's unit, for reports.")
-    split_field: str | None = option(None, "With --dataset: the field holding each molecule's split (train/val/test).")
-    split_fractions: str = option("0.8,0.1,0.1", "With --dataset and no --split-field: train,val,test fractions.")
-    bad_records: str = option("skip", "With --dataset: skip bad molecules (counted) or refuse the dataset.")
     register_model: str | None = option(None, "Register the trained model in MLflow's model registry as NAME.")
-
-    def dataset_spec(self) -> DatasetSpec:
-        """What ``--dataset`` and its options describe."""
-        return dataset_spec(asdict(self))
 
     def check_every(self, device: torch.device) -> int:
         """Steps between host reads of the loss health (each drains a GPU's queue; free on CPU)."""
@@ -148,10 +152,8 @@ class TrainConfig(RunOptions):
 
         if self.dataset is None:
             get_task(self.task or "homo")  # the task first: a typo there is the commonest mistake
-        elif self.task is not None or not self.target:
-            raise ValueError(f"--dataset {self.dataset}: name the value to learn with --target (--task is QM9's)")
-        else:
-            self.dataset_spec().validate()
+        elif self.task is not None:
+            raise ValueError(f"--task {self.task}: --task names a QM9 target; with --dataset use --target")
         super().validate()
         if self.gradient_clip is not None and not self.gradient_clip > 0:
             raise ValueError(f"--gradient-clip must be > 0, got {self.gradient_clip}")
@@ -248,7 +250,10 @@ class PredictConfig(DeviceOptions):
     )
     input: list[str] | None = option(None, "XYZ/SDF file or folder (repeatable).")
     output: str | None = option(None, "CSV file for --input predictions (default: standard output).")
-    split: str = option("test", "Without --input: the QM9 split to evaluate, test or val.")
+    split: str = option("test", "Without --input: the split to evaluate, test or val (with --dataset also all).")
+    dataset: str | None = option(
+        None, "Without --input: evaluate on these molecules (SDF, or folder + CSV) with the model's target."
+    )
     data_dir: str | None = option(None, "QM9 folder (default: the checkpoint's).")
     limit: int | None = option(None, "First N QM9 molecules (default: the checkpoint's).")
     task: str | None = option(None, "Task of an NVIDIA checkpoint (default homo).")
@@ -260,5 +265,5 @@ class PredictConfig(DeviceOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.split not in ("test", "val"):
-            raise ValueError(f"--split must be test or val, got {self.split!r}")
+        if self.split not in ("test", "val", "all") or (self.split == "all" and self.dataset is None):
+            raise ValueError(f"--split must be test or val (or all, with --dataset), got {self.split!r}")

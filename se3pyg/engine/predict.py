@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 import torch
-from torch_geometric.data import Data
+from torch_geometric.data import Data, InMemoryDataset
 from torch_geometric.loader import DataLoader
 
 from se3pyg.compat.nvidia import load_nvidia
-from se3pyg.data import DatasetSpec, TargetStats, dataset_splits, get_task, make_loader, qm9_splits
+from se3pyg.data import DatasetSpec, TargetStats, TrainingView, dataset_splits, get_task, make_loader, qm9_splits
+from se3pyg.data.custom import build_dataset
 from se3pyg.data.molecules import ELEMENTS, read_molecules
 from se3pyg.data.tasks import Task
 from se3pyg.engine.allocator import keep_freed_memory
@@ -102,21 +104,40 @@ def evaluate_split(
     batch_size: int,
     device: torch.device,
     precision: Precision,
+    dataset: str | None = None,
 ) -> tuple[float, int]:
-    """``(MAE in the task's unit, molecules)`` on NVIDIA's ``test`` or ``val`` split of the first ``limit`` molecules
-    (or on that split of the ``--dataset`` the model was trained on, as recorded in its checkpoint).
+    """``(MAE in the task's unit, molecules)`` on NVIDIA's ``test`` or ``val`` split of the first ``limit`` QM9
+    molecules, or on that split of the ``--dataset`` the model was trained on (as its checkpoint records), or of
+    ``dataset`` (another file of molecules, with the model's target, elements and split options; ``split``
+    may be ``all`` there).
 
     Targets are standardized with the checkpoint's statistics (an se3pyg checkpoint) or the train split's.
     """
-    if split not in ("test", "val"):
-        raise ValueError(f"--split must be test or val, got {split!r}")
+    if split not in ("test", "val", "all") or (split == "all" and dataset is None):
+        raise ValueError(f"--split must be test or val (or all, with --dataset), got {split!r}")
     stats = TargetStats(loaded.mean, loaded.std) if loaded.source == "se3pyg" else None
     custom = loaded.dataset
-    splits = dataset_splits(custom, stats=stats) if custom else qm9_splits(data_dir, loaded.task, limit, stats=stats)
-    dataset = splits.test if split == "test" else splits.val
-    loader = make_loader(dataset, batch_size, shuffle=False, device=device)
-    mae = mean_absolute_error(loaded.model.to(device), loader, DistInfo(device=device), splits.stats.std, precision)
-    return mae, len(dataset)
+    if dataset is not None:
+        recorded = custom or DatasetSpec(dataset, loaded.task.name, loaded.task.unit)
+        custom = dataclasses.replace(recorded, source=dataset, elements=loaded.elements)
+    if split == "all":
+        molecules, std = _whole(custom, stats, len(loaded.elements) + 1)
+    else:
+        splits = (
+            dataset_splits(custom, stats=stats) if custom else qm9_splits(data_dir, loaded.task, limit, stats=stats)
+        )
+        molecules, std = (splits.test if split == "test" else splits.val), splits.stats.std
+    loader = make_loader(molecules, batch_size, shuffle=False, device=device)
+    mae = mean_absolute_error(loaded.model.to(device), loader, DistInfo(device=device), std, precision)
+    return mae, len(molecules)
+
+
+def _whole(spec: DatasetSpec, stats: TargetStats | None, node_features: int) -> tuple[InMemoryDataset, float]:
+    """Every molecule of a dataset in the training view, standardized with ``stats`` (or its own)."""
+    dataset = build_dataset(spec).dataset
+    stats = stats or TargetStats.of(dataset._data.y[:, 0])
+    dataset.transform = TrainingView(spec.task, stats, node_features)
+    return dataset, stats.std
 
 
 def write_predictions_csv(handle: TextIO, names: list[str], task: Task, values: torch.Tensor) -> None:
@@ -172,7 +193,9 @@ def run_predict(config: PredictConfig) -> PredictResult:
     tracker = Tracker(config.tracking_uri, config.experiment, config.run_name, tags)
     status = "FAILED"
     try:
-        mae, n = evaluate_split(loaded, data_dir, limit, config.split, config.batch_size, device, precision)
+        mae, n = evaluate_split(
+            loaded, data_dir, limit, config.split, config.batch_size, device, precision, config.dataset
+        )
         params = {"ckpt": config.ckpt, "split": config.split, "task": loaded.task.name, "n": n, "source": loaded.source}
         tracker.log_params(params)
         tracker.log_metrics({f"{config.split}_mae": mae}, step=0)
