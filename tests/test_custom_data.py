@@ -212,3 +212,17 @@ def test_a_folder_of_xyz_files_with_a_csv(tmp_path: Path) -> None:
     assert len(built.dataset) == 4 and built.skipped == 1 and "missing.xyz" in built.reasons[0]
     assert built.elements == ("H", "C", "N", "O", "F", "S", "Cl")
     assert built.dataset._data.y.view(-1).tolist() == [0.0, 0.5, 1.0, 1.5]
+
+
+def test_v3000_and_v2000_molfiles_give_the_same_dataset(tmp_path: Path) -> None:
+    molecules = [(_embedded(smiles), {"score": str(k)}) for k, smiles in enumerate(["CCS", "ClCC=O", "c1ccsc1"])]
+    _write_sdf(tmp_path / "v2000.sdf", molecules)
+    with Chem.SDWriter(str(tmp_path / "v3000.sdf")) as writer:
+        writer.SetForceV3000(True)
+        for mol, _ in molecules:
+            writer.write(mol)
+    assert "V3000" in (tmp_path / "v3000.sdf").read_text()
+    v2000 = build_dataset(DatasetSpec(str(tmp_path / "v2000.sdf"), "score")).dataset._data
+    v3000 = build_dataset(DatasetSpec(str(tmp_path / "v3000.sdf"), "score")).dataset._data
+    for key in ("x", "pos", "edge_index", "edge_attr", "y"):
+        assert torch.allclose(v2000[key].float(), v3000[key].float(), atol=1e-4), key
