@@ -230,12 +230,16 @@ class Tracker:
 
     def log_model(self, checkpoint: str | os.PathLike, register_as: str | None = None) -> str | None:
         """``checkpoint`` as the run's MLflow model (``runs:/RUN_ID/model``), registered as ``register_as`` when
-        given; the model's URI, or None when tracking failed."""
-        from se3pyg.engine.serving import log_trained_model
+        given; the model's URI, or None when it could not be logged (a warning; the run goes on)."""
+        if not self.active:
+            return None
+        try:
+            from se3pyg.engine.serving import log_trained_model
 
-        logged: list[str] = []
-        self._guard("log_model", lambda: logged.append(log_trained_model(self.run_id, checkpoint, register_as)))
-        return logged[0] if logged else None
+            return log_trained_model(self.run_id, checkpoint, register_as)
+        except Exception as exc:  # the run and its other artifacts stay tracked
+            log.warning("MLflow model logging failed (%s); the checkpoint artifacts remain", _first_line(exc))
+            return None
 
     def log_dict(self, data: dict, name: str) -> None:
         self._guard("log_dict", self.client.log_dict, self.run_id, data, name)
