@@ -121,6 +121,10 @@ def test_a_dataset_with_sulfur_and_chlorine_trains_and_predicts(sulfur_chlorine_
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "skipped 1 bad records of --dataset (first: s_cl.sdf:CCO: no field 'score')" in done.stdout
+    run_id = done.stdout.split("MLflow run ")[1].split()[0]
+    table = mlflow.MlflowClient(tracking_uri=uri).download_artifacts(run_id, "test_predictions.csv", str(tmp_path))
+    names = {row["molecule"] for row in csv.DictReader(io.StringIO(Path(table).read_text()))}
+    assert names and names <= {f"s_cl.sdf:{smiles}" for smiles in SULFUR_AND_CHLORINE}  # the dataset's names
     checkpoint = torch.load(tmp_path / "s_cl.pt", weights_only=True)
     assert checkpoint["elements"] == ["H", "C", "N", "O", "F", "S", "Cl"]  # QM9's first, then by atomic number
     assert checkpoint["task"] == "score" and checkpoint["unit"] == "au"

@@ -36,6 +36,11 @@ class QM9Splits:
     elements: tuple[str, ...] = ELEMENTS
     skipped: int = 0
     skip_reasons: list[str] = field(default_factory=list)
+    names: list[str] | None = None  # a dataset's molecule names by index (QM9's: gdb_<index + 1>)
+
+    def molecule_name(self, index: int) -> str:
+        """The name of the molecule with index ``index`` (the ``idx`` of its batches)."""
+        return self.names[index] if self.names is not None else f"gdb_{index + 1}"
 
 
 def qm9_splits(
@@ -80,7 +85,7 @@ def dataset_splits(
     view = TrainingView(spec.task, stats, node_features=len(built.elements) + 1)
     return QM9Splits(
         *_views(dataset, indices, view), stats=stats, sh_bytes=sh_bytes, task=spec.task, elements=built.elements,
-        skipped=built.skipped, skip_reasons=built.reasons,
+        skipped=built.skipped, skip_reasons=built.reasons, names=list(dataset._data.name),
     )  # fmt: skip
 
 

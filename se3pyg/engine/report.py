@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -24,15 +24,18 @@ def in_task_unit(predictions: Predictions, mean: float, std: float) -> tuple[tor
     return predictions.target.double() * std + mean, predictions.pred.double() * std + mean
 
 
-def write_test_predictions(path: Path, predictions: Predictions, task: Task, mean: float, std: float) -> None:
-    """``molecule,task,truth,prediction,error,unit``: one row a test molecule (``gdb_N`` for QM9's N-th)."""
+def write_test_predictions(
+    path: Path, predictions: Predictions, task: Task, mean: float, std: float, name: Callable[[int], str]
+) -> None:
+    """``molecule,task,truth,prediction,error,unit``: one row a test molecule, named by ``name(index)``."""
     truth, pred = in_task_unit(predictions, mean, std)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["molecule", "task", "truth", "prediction", "error", "unit"])
         for index, t, p in zip(predictions.idx.tolist(), truth.tolist(), pred.tolist(), strict=True):
-            name = f"gdb_{index + 1}" if index >= 0 else ""
-            writer.writerow([name, task.name, f"{t:.6f}", f"{p:.6f}", f"{p - t:.6f}", task.unit])
+            writer.writerow(
+                [name(index) if index >= 0 else "", task.name, f"{t:.6f}", f"{p:.6f}", f"{p - t:.6f}", task.unit]
+            )
 
 
 def _figure(width: float, height: float):
@@ -88,11 +91,18 @@ def write_parity_plot(path: Path, predictions: Predictions, task: Task, mean: fl
 
 
 def write_run_report(
-    folder: Path, history: Sequence[dict[str, float]], test: Predictions, task: Task, mean: float, std: float
+    folder: Path,
+    history: Sequence[dict[str, float]],
+    test: Predictions,
+    task: Task,
+    mean: float,
+    std: float,
+    name: Callable[[int], str],
 ) -> list[Path]:
-    """The learning curve, the parity plot and the test predictions in ``folder``; their paths."""
+    """The learning curve, the parity plot and the test predictions (molecules named by ``name(index)``) in
+    ``folder``; their paths."""
     paths = [folder / LEARNING_CURVE, folder / PARITY_PLOT, folder / TEST_PREDICTIONS]
     write_learning_curve(paths[0], history, task)
     write_parity_plot(paths[1], test, task, mean, std)
-    write_test_predictions(paths[2], test, task, mean, std)
+    write_test_predictions(paths[2], test, task, mean, std, name)
     return paths

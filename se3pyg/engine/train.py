@@ -24,7 +24,6 @@ import torch
 from se3pyg.data import Loader, QM9Splits, TargetStats, get_task, make_loader, prepare_qm9, qm9_splits, set_epoch
 from se3pyg.data.custom import build_dataset
 from se3pyg.data.module import dataset_splits
-from se3pyg.data.tasks import Task
 from se3pyg.engine import distributed
 from se3pyg.engine.checkpoint import best_path, load_checkpoint, save_checkpoint
 from se3pyg.engine.config import TrainConfig
@@ -223,7 +222,7 @@ def train_worker(
         test = gather_predictions(test, info)
         if tracker is not None:
             tracker.log_metrics({"best_val_mae": result.best_val_mae, "test_mae": result.test_mae}, state.epoch - 1)
-            _log_report(tracker, result.history, test, task, data.splits.stats)
+            _log_report(tracker, result.history, test, data.splits)
             for path in (saver.path, saver.best):
                 if path and Path(path).is_file():
                     tracker.log_artifact(path)
@@ -241,12 +240,12 @@ def train_worker(
         saver.close()
 
 
-def _log_report(
-    tracker: Tracker, history: list[dict[str, float]], test: Predictions, task: Task, stats: TargetStats
-) -> None:
+def _log_report(tracker: Tracker, history: list[dict[str, float]], test: Predictions, splits: QM9Splits) -> None:
     """The run's learning curve, test parity plot and test predictions, as artifacts of its MLflow run."""
+    stats = splits.stats
     with tempfile.TemporaryDirectory(prefix="se3pyg-report-") as folder:
-        for path in write_run_report(Path(folder), history, test, task, stats.mean, stats.std):
+        paths = write_run_report(Path(folder), history, test, splits.task, stats.mean, stats.std, splits.molecule_name)
+        for path in paths:
             tracker.log_artifact(path)
 
 
