@@ -197,6 +197,8 @@ def test_the_cache_is_reused_and_rebuilt_when_the_source_changes(sulfur_chlorine
     assert len(changed.dataset) == 2 and changed.elements == ("H", "C", "N", "O", "F", "Cl")
     processed.write_bytes(b"damaged")
     assert len(build_dataset(spec).dataset) == 2  # a damaged cache is rebuilt, never read
+    processed.unlink()
+    assert len(build_dataset(spec).dataset) == 2  # and a missing one
     manifest = json.loads((cache_dir(source) / "manifest.json").read_text())
     assert manifest["molecules"] == 2 and manifest["sources"][0]["name"] == "mols.sdf"
     with pytest.raises(DataError, match="no field 'nope'"):
@@ -210,10 +212,11 @@ def test_a_folder_of_xyz_files_with_a_csv(tmp_path: Path) -> None:
     for k, smiles in enumerate(["CCO", "CCN", "CCCl", "CS"]):
         (folder / f"m{k}.xyz").write_text(_xyz(_embedded(smiles)))
         rows.append(f"m{k}.xyz,{k * 0.5}")
-    rows.append("missing.xyz,1.0")
+    rows += ["missing.xyz,1.0", ",2.0"]
     (folder / "values.csv").write_text("\n".join(rows) + "\n")
     built = build_dataset(DatasetSpec(str(folder), "energy"))
-    assert len(built.dataset) == 4 and built.skipped == 1 and "missing.xyz" in built.reasons[0]
+    assert len(built.dataset) == 4 and built.skipped == 2 and "missing.xyz" in built.reasons[0]
+    assert "values.csv:7: no .xyz, .sdf or .mol file ''" in built.reasons[1]
     assert built.elements == ("H", "C", "N", "O", "F", "S", "Cl")
     assert built.dataset._data.y.view(-1).tolist() == [0.0, 0.5, 1.0, 1.5]
 

@@ -27,7 +27,6 @@ from se3pyg.data.tasks import Task
 
 FORMAT = 1
 MANIFEST, PROCESSED = "manifest.json", "dataset.pt"
-SPLITS = ("train", "val", "test")
 _SPLIT_NAMES = {"train": 0, "training": 0, "val": 1, "valid": 1, "validation": 1, "test": 2}
 BAD_RECORDS = ("skip", "refuse")
 
@@ -99,21 +98,25 @@ def _raw_records(spec: DatasetSpec, errors: list[DataError]) -> list[tuple[str, 
     tables = sorted(source.glob("*.csv"))
     if len(tables) != 1:
         raise DataError(f"--dataset {source}: expected one .csv of values in the folder, found {len(tables)}")
-    with tables[0].open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with tables[0].open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{tables[0]}: not a readable CSV ({exc})") from None
     if not rows or "molecule" not in rows[0]:
         raise DataError(f"{tables[0]}: expected a header 'molecule,{spec.target},...' and rows")
     records = []
     for line, row in enumerate(rows, start=2):
         try:
-            path = source / row["molecule"]
-            if not path.is_file() or path.suffix.lower() not in INPUT_SUFFIXES:
-                raise DataError(f"{tables[0]}:{line}: no .xyz, .sdf or .mol file {row['molecule']!r} in {source}")
+            name = (row.get("molecule") or "").strip()
+            path = source / name
+            if not name or not path.is_file() or path.suffix.lower() not in INPUT_SUFFIXES:
+                raise DataError(f"{tables[0]}:{line}: no .xyz, .sdf or .mol file {name!r} in {source}")
             if path.suffix.lower() == ".xyz":
                 _, elements, coords = next(read_xyz_frames(path))
             else:
                 _, elements, coords, _ = next(read_sdf_records(path))
-            records.append((row["molecule"], elements, coords, dict(row)))
+            records.append((name, elements, coords, dict(row)))
         except DataError as exc:
             errors.append(exc)
     return records
@@ -187,16 +190,19 @@ def build_dataset(spec: DatasetSpec) -> BuiltDataset:
     if cached is not None:
         return cached
     built = _process(spec)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / MANIFEST).unlink(missing_ok=True)  # incomplete from here until the manifest is written again
-    with atomic_write(folder / PROCESSED) as tmp:
-        torch.save({"data": built.dataset._data.to_dict(), "slices": built.dataset.slices}, tmp)
-    manifest = {
-        **key, "processed": _file_digest(folder / PROCESSED), "elements": list(built.elements),
-        "molecules": len(built.dataset), "skipped": built.skipped, "reasons": built.reasons,
-    }  # fmt: skip
-    with atomic_write(folder / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / MANIFEST).unlink(missing_ok=True)  # incomplete from here until the manifest is written again
+        with atomic_write(folder / PROCESSED) as tmp:
+            torch.save({"data": built.dataset._data.to_dict(), "slices": built.dataset.slices}, tmp)
+        manifest = {
+            **key, "processed": _file_digest(folder / PROCESSED), "elements": list(built.elements),
+            "molecules": len(built.dataset), "skipped": built.skipped, "reasons": built.reasons,
+        }  # fmt: skip
+        with atomic_write(folder / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=1))
+    except OSError as exc:
+        raise DataError(f"--dataset {spec.source}: its cache {folder} cannot be written ({exc.strerror})") from None
     return built
 
 
@@ -207,9 +213,12 @@ def _load_cached(folder: Path, key: dict) -> BuiltDataset | None:
         return None
     if {k: manifest.get(k) for k in key} != json.loads(json.dumps(key)):
         return None
-    if _file_digest(folder / PROCESSED) != manifest["processed"]:
+    try:
+        if _file_digest(folder / PROCESSED) != manifest.get("processed"):
+            return None
+        stored = torch.load(folder / PROCESSED, weights_only=True)
+    except OSError:
         return None
-    stored = torch.load(folder / PROCESSED, weights_only=True)
     dataset = InMemoryDataset()
     dataset.data, dataset.slices = Data.from_dict(stored["data"]), stored["slices"]
     return BuiltDataset(dataset, tuple(manifest["elements"]), manifest["skipped"], manifest["reasons"])

@@ -149,7 +149,7 @@ def read_sdf_records(
     from rdkit import Chem, RDLogger
 
     RDLogger.DisableLog("rdApp.*")
-    if not path.read_text().strip():
+    if not path.read_bytes().strip():
         raise DataError(f"{path}: empty file")
     supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)
     count = 0
