@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from se3pyg.compat.nvidia import load_nvidia  # noqa: E402
 from se3pyg.engine.benchmark import run_benchmark  # noqa: E402
 from se3pyg.engine.config import BenchmarkConfig  # noqa: E402
+from se3pyg.nn.conv import ConvSE3  # noqa: E402
 
 KEYS = ("x", "pos", "edge_index", "edge_attr")
 
@@ -41,11 +42,15 @@ def export(data_dir: str, path: str, count: int, seed: int = 0) -> None:
     torch.save(mols, path)
 
 
-def golden_checks(device: torch.device) -> dict:
+def golden_checks(device: torch.device, kernel: str) -> dict:
+    """NVIDIA's golden outputs recomputed on ``device`` with ``kernel``: float32 error and TF32/fp16/bf16 drift."""
     out = {}
-    for path in sorted((ROOT.parent / "shared" / "golden").glob("*.pt")):
+    for path in sorted((ROOT.parent / "shared" / "golden").glob("nvidia_*.pt")):
         g = torch.load(path, weights_only=True)
         model = load_nvidia(g["state_dict"], num_heads=g["nvidia_config"]["num_heads"]).to(device)
+        for module in model.modules():
+            if isinstance(module, ConvSE3):
+                module.kernel = kernel
         batch = Batch.from_data_list([Data(**{k: m[k] for k in KEYS}) for m in g["molecules"]]).to(device)
         expected = g["expected_prediction"].to(device)
         row = {}
@@ -67,12 +72,15 @@ def golden_checks(device: torch.device) -> dict:
     return out
 
 
-def throughput(mols: list[dict], mode: str, batch_size: int, amp: str | None) -> dict:
+def throughput(
+    mols: list[dict], mode: str, batch_size: int, amp: str | None, kernel: str = "auto", steps: int = 20, gpus: int = 1
+) -> dict:
     """se3pyg's benchmark (NVIDIA's method) on the GPU for the published recipe."""
     torch.backends.cuda.matmul.allow_tf32 = True
     config = BenchmarkConfig(
-        mode=mode, batch_size=batch_size, steps=20, amp=amp is not None, amp_dtype=amp or "auto", gpus=1, tracking=False
-    )
+        mode=mode, batch_size=batch_size, steps=steps, amp=amp is not None, amp_dtype=amp or "auto", gpus=gpus,
+        tracking=False, kernel=kernel,
+    )  # fmt: skip
     result = run_benchmark(config, [Data(**m) for m in mols])
     result["precision"] = amp or "tf32"
     return result
@@ -85,21 +93,27 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=3200)
     parser.add_argument("--molecules", default=str(ROOT / "benchmarks" / "qm9_sample.pt"))
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_results.json"))
+    parser.add_argument("--smoke", action="store_true", help="a short run on this machine's CPU, to check the suite")
     args = parser.parse_args()
     if args.export:
         export(args.data_dir, args.export, args.count)
         return
-    device = torch.device("cuda")
-    report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    device = torch.device("cpu" if args.smoke else "cuda")
+    gpus, steps, big, small = (0, 2, 32, 8) if args.smoke else (1, 20, 1600, 240)
+    name = "cpu (smoke run)" if args.smoke else torch.cuda.get_device_name()
+    report: dict = {"device": name, "torch": torch.__version__}
     mols = torch.load(args.molecules, weights_only=True)
     jobs = [
-        ("golden", lambda: golden_checks(device)),
-        ("train_amp_fp16_b240", lambda: throughput(mols, "train", 240, "fp16")),
-        ("train_amp_bf16_b240", lambda: throughput(mols, "train", 240, "bf16")),
-        ("train_tf32_b240", lambda: throughput(mols, "train", 240, None)),
-        ("predict_amp_fp16_b1600", lambda: throughput(mols, "predict", 1600, "fp16")),
-        ("predict_tf32_b1600", lambda: throughput(mols, "predict", 1600, None)),
-    ]
+        ("golden_reassociated", lambda: golden_checks(device, "reassociated")),
+        ("golden_edge_weights", lambda: golden_checks(device, "edge_weights")),
+        (f"train_amp_fp16_b{small}", lambda: throughput(mols, "train", small, "fp16", steps=steps, gpus=gpus)),
+        (f"train_amp_bf16_b{small}", lambda: throughput(mols, "train", small, "bf16", steps=steps, gpus=gpus)),
+        (f"train_tf32_b{small}", lambda: throughput(mols, "train", small, None, steps=steps, gpus=gpus)),
+        (f"train_amp_fp16_b{small}_edge_weights",
+         lambda: throughput(mols, "train", small, "fp16", "edge_weights", steps, gpus)),
+        (f"predict_amp_fp16_b{big}", lambda: throughput(mols, "predict", big, "fp16", steps=steps, gpus=gpus)),
+        (f"predict_tf32_b{big}", lambda: throughput(mols, "predict", big, None, steps=steps, gpus=gpus)),
+    ]  # fmt: skip
     for name, job in jobs:
         try:
             report[name] = job()
