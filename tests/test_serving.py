@@ -66,7 +66,7 @@ def test_predict_takes_runs_and_models_uris(registered: tuple[Path, str, str]) -
     inputs = ["--input", "water.xyz", "--input", "ammonia.sdf"]
     from_file = _predictions(run_se3pyg("predict", "--ckpt", "model.best.pt", *inputs, cwd=folder))
     env = {"MLFLOW_TRACKING_URI": uri}
-    for ckpt in (f"runs:/{run_id}/model", "models:/homo-tiny/1", f"runs:/{run_id}/model.best.pt"):
+    for ckpt in (f"runs:/{run_id}/model", "models:/homo-tiny/1", f"runs:/{run_id}/model.best.pt", f"runs:/{run_id}"):
         done = run_se3pyg("predict", "--ckpt", ckpt, *inputs, cwd=folder, env=env)
         assert _predictions(done) == from_file, ckpt
     missing = run_se3pyg("predict", "--ckpt", "models:/nope/1", *inputs, cwd=folder, env=env)

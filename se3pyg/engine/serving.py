@@ -78,20 +78,29 @@ def log_trained_model(run_id: str, checkpoint: str | os.PathLike, register_as: s
 
 def checkpoint_of(uri: str, tracking_uri: str | None = None) -> Path:
     """The se3pyg checkpoint behind an MLflow URI: ``runs:/RUN_ID/model`` or ``models:/NAME/VERSION`` (a logged
-    model), or ``runs:/RUN_ID/PATH.pt`` (a checkpoint artifact); downloaded to a temporary folder."""
+    model), ``runs:/RUN_ID/PATH.pt`` (a checkpoint artifact) or ``runs:/RUN_ID`` (the run's best checkpoint);
+    downloaded to a temporary folder."""
     from se3pyg.engine.checkpoint import CheckpointError
     from se3pyg.engine.tracking import resolve_tracking_uri
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     try:
-        local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tempfile.mkdtemp(prefix="se3pyg-model-")))
+        scratch = tempfile.mkdtemp(prefix="se3pyg-model-")
+        run_only = uri.startswith("runs:/") and "/" not in uri.removeprefix("runs:/").strip("/")
+        if run_only:  # MLflow's runs:/ URIs need a path: the run's artifacts are its root
+            local = Path(
+                mlflow.artifacts.download_artifacts(run_id=uri.removeprefix("runs:/").strip("/"), dst_path=scratch)
+            )
+        else:
+            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=scratch))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"--ckpt {uri}: cannot be fetched from MLflow ({first[:200]})") from None
     if local.is_file():
         return local
     found = sorted(local.glob("artifacts/*.pt")) or sorted(local.glob("*.pt"))
-    if len(found) != 1:
-        raise CheckpointError(f"--ckpt {uri}: not an se3pyg model (no single checkpoint in it)")
-    return found[0]
+    best = [f for f in found if f.name.endswith(".best.pt")]
+    if len(found) == 1 or len(best) == 1:  # a model's checkpoint, or a run's best one
+        return found[0] if len(found) == 1 else best[0]
+    raise CheckpointError(f"--ckpt {uri}: holds no se3pyg checkpoint (or several, none of them the best)")
