@@ -12,7 +12,7 @@ from se3pyg.engine.config import PredictConfig
 
 @config_options(PredictConfig)
 def predict(values: dict[str, Any]) -> None:
-    """Evaluate a checkpoint on a QM9 split (an MLflow run), or predict for XYZ/SDF molecules."""
+    """Evaluate a checkpoint on a split of QM9 or of a --dataset (an MLflow run), or predict for XYZ/SDF molecules."""
     from se3pyg.engine.predict import run_predict, write_predictions_csv
 
     with one_line_errors():

@@ -26,7 +26,7 @@ def train(
     quick: bool = typer.Option(False, "--quick", help="Demo: small model on 10,000 molecules, a few minutes on CPU."),
     silent: bool = typer.Option(False, "--silent", help="Print nothing but errors and the final line."),
 ) -> None:
-    """Train on QM9 with NVIDIA's recipe; every run is an MLflow run."""
+    """Train on QM9 (or your --dataset) with NVIDIA's recipe; every run is an MLflow run with a model."""
     from se3pyg.engine.train import run
 
     if quick:
