@@ -21,9 +21,18 @@ from typing import Any
 
 import torch
 
-from se3pyg.data import Loader, QM9Splits, TargetStats, get_task, make_loader, prepare_qm9, qm9_splits, set_epoch
+from se3pyg.data import (
+    Loader,
+    QM9Splits,
+    TargetStats,
+    dataset_splits,
+    get_task,
+    make_loader,
+    prepare_qm9,
+    qm9_splits,
+    set_epoch,
+)  # fmt: skip
 from se3pyg.data.custom import build_dataset
-from se3pyg.data.module import dataset_splits
 from se3pyg.engine import distributed
 from se3pyg.engine.checkpoint import best_path, load_checkpoint, save_checkpoint
 from se3pyg.engine.config import TrainConfig
@@ -37,9 +46,8 @@ from se3pyg.engine.versions import library_versions
 from se3pyg.io import exclusive_use, read_torch_file
 
 EpochCallback = Callable[[dict[str, float]], None]
-#: ``progress(stage, done, total, unit, **fields)``: the model (parameters), data preparation (molecules) and
-#: each epoch (batches, with
-#: ``molecules`` trained so far and the mean ``loss`` last read, or None), on rank 0.
+#: ``progress(stage, done, total, unit, **fields)`` on rank 0: data preparation (molecules), the model
+#: (parameters) and each epoch (batches, with ``molecules`` trained so far and the ``loss`` last read, or None).
 ProgressCallback = Callable[..., None]
 
 
@@ -100,9 +108,7 @@ def run(
             config,
             checkpoint,
             *callbacks,
-            prepare=lambda: (
-                build_dataset(config.dataset_spec()) if config.dataset else prepare_qm9(config.data_dir, config.limit)
-            ),
+            prepare=lambda: _prepare(config),
         )
 
 
@@ -198,8 +204,13 @@ def train_worker(
         _start_tracking(config, info, state, data, checkpoint and checkpoint.get("run_id")) if info.is_main else None
     )
     task = data.splits.task
-    result = TrainResult(task.name, state.best_val_mae, run_id=tracker.run_id if tracker else None,
-                         skipped=data.splits.skipped, skip_reasons=data.splits.skip_reasons)  # fmt: skip
+    result = TrainResult(
+        task.name,
+        state.best_val_mae,
+        run_id=tracker.run_id if tracker else None,
+        skipped=data.splits.skipped,
+        skip_reasons=data.splits.skip_reasons,
+    )
     saver = _Saver(
         config.save_ckpt_path if info.is_main else None, state,
         dict(task=task.name, unit=task.unit, target_mean=data.splits.stats.mean, target_std=data.splits.stats.std,
