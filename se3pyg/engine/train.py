@@ -31,7 +31,7 @@ from se3pyg.data import (
     prepare_qm9,
     qm9_splits,
     set_epoch,
-)  # fmt: skip
+)
 from se3pyg.data.custom import build_dataset
 from se3pyg.engine import distributed
 from se3pyg.engine.checkpoint import best_path, load_checkpoint, save_checkpoint
