@@ -42,6 +42,7 @@ def main() -> None:
     print(f"{batch.num_graphs} molecules, {edges} directed bonds, kernel {args.kernel or 'default'}")
     print(f"host syncs {counts.host_syncs} {dict(counts.syncs_by_op)}")
     print(f"operator calls (launches) {counts.launches}: {counts.by_op.most_common(12)}")
+    print(f"launches by module (forward) and in backward: {counts.by_module.most_common(12)}")
     print(f"bytes written {counts.bytes_written / 1e9:.2f} GB, {counts.bytes_written / edges / 1e6:.2f} MB per bond")
     print("GB written by operator:", [(k, round(v / 1e9, 2)) for k, v in counts.bytes_by_op.most_common(10)])
     result = {
@@ -52,6 +53,7 @@ def main() -> None:
         "launches": counts.launches,
         "bytes_written": counts.bytes_written,
         "mb_written_per_bond": counts.bytes_written / edges / 1e6,
+        "launches_by_module": dict(counts.by_module),
     }
     print(json.dumps(result))
 

@@ -66,3 +66,5 @@ def test_the_gpu_kernel_reads_no_device_value_on_the_host(golden: dict) -> None:
     counts = count_ops(lambda: model(batch).sum().backward())
     assert counts.host_syncs == 0, counts.syncs_by_op
     assert counts.launches > 0 and counts.bytes_written > 0
+    assert sum(counts.by_module.values()) == counts.launches  # every launch attributed once
+    assert {"AttentionSE3", "LinearSE3", "NormSE3", "KernelGroup", "(backward)"} <= set(counts.by_module)

@@ -32,12 +32,16 @@ class OpCounts:
     by_op: Counter = field(default_factory=Counter)
     bytes_by_op: Counter = field(default_factory=Counter)
     syncs_by_op: Counter = field(default_factory=Counter)
+    #: Launches by the class of the innermost module running them in the forward pass; outside any module
+    #: ``"(none)"``, during autograd's backward pass ``"(backward)"``.
+    by_module: Counter = field(default_factory=Counter)
 
 
 class _Counter(TorchDispatchMode):
-    def __init__(self, counts: OpCounts) -> None:
+    def __init__(self, counts: OpCounts, modules: list[str]) -> None:
         super().__init__()
         self.counts = counts
+        self.modules = modules  # the forward pass's module stack, innermost last
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
@@ -49,6 +53,8 @@ class _Counter(TorchDispatchMode):
             return out
         self.counts.launches += 1
         self.counts.by_op[name] += 1
+        in_backward = torch._C._current_autograd_node() is not None
+        self.counts.by_module["(backward)" if in_backward else self.modules[-1]] += 1
         mutated = [a for a, s in zip(args, func._schema.arguments, strict=False) if s.is_write]
         written = mutated if mutated else tree_flatten(out)[0]
         nbytes = sum(t.nbytes for t in written if isinstance(t, torch.Tensor))
@@ -59,7 +65,15 @@ class _Counter(TorchDispatchMode):
 
 def count_ops(fn: Callable[[], object]) -> OpCounts:
     """Run ``fn()`` once and count what it dispatched (forward and, if ``fn`` calls it, backward)."""
-    counts = OpCounts()
-    with _Counter(counts):
-        fn()
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+    counts, modules = OpCounts(), ["(none)"]
+    entering = register_module_forward_pre_hook(lambda module, _args: modules.append(type(module).__name__))
+    leaving = register_module_forward_hook(lambda _module, _args, _out: modules.pop() and None)
+    try:
+        with _Counter(counts, modules):
+            fn()
+    finally:
+        entering.remove()
+        leaving.remove()
     return counts
