@@ -1,8 +1,8 @@
 """QM9 through PyG, offline, with NVIDIA's tasks and splits."""
 
-from se3pyg.data.errors import DataError
 from se3pyg.data.batches import FlatLoader
 from se3pyg.data.custom import DatasetSpec
+from se3pyg.data.errors import DataError
 from se3pyg.data.module import Loader, QM9Splits, dataset_splits, make_loader, qm9_splits, set_epoch
 from se3pyg.data.qm9 import NUM_MOLECULES, load_qm9, prepare_qm9
 from se3pyg.data.splits import split_indices, split_sizes

@@ -57,8 +57,8 @@ _STORAGE: dict[int, dict[torch.device, _Storage]] = {}  # by id of the collated 
 
 
 def _storage(dataset: InMemoryDataset, device: torch.device) -> _Storage:
-    node_features = dataset.transform.node_features
     """The dataset's flat storage on ``device``, shared by every split that views it."""
+    node_features = dataset.transform.node_features
     key = id(dataset._data)
     if key not in _STORAGE:
         _STORAGE[key] = {}
@@ -95,7 +95,13 @@ def _concat_ranges(starts: Tensor, counts: Tensor, total: int) -> Tensor:
 def storage_bytes(dataset: InMemoryDataset) -> int:
     """Bytes of the model inputs :class:`FlatLoader` keeps for ``dataset``'s whole collated storage."""
     data = dataset._data
-    tensors = [data.x[:, : dataset.transform.node_features], data.pos, data.edge_index, data.edge_attr[:, :EDGE_FEATURES], data.y]
+    tensors = [
+        data.x[:, : dataset.transform.node_features],
+        data.pos,
+        data.edge_index,
+        data.edge_attr[:, :EDGE_FEATURES],
+        data.y,
+    ]
     tensors += [data.sh] if "sh" in data else []
     return sum(t.numel() * t.element_size() for t in tensors)
 

@@ -25,7 +25,7 @@ MAX_COORDINATE = 1e4  # Å: far beyond any molecule
 MIN_DISTANCE = 0.1  # Å: closer atoms coincide
 
 
-def perceive_bonds(elements: Sequence[str], coords: Sequence[Sequence[float]]):  # noqa: ANN201 - rdkit.Chem.Mol
+def perceive_bonds(elements: Sequence[str], coords: Sequence[Sequence[float]]):  # returns an rdkit.Chem.Mol
     """An RDKit molecule with bonds and Kekulé bond orders perceived from the coordinates (neutral charge).
 
     Where bond orders cannot be assigned, connectivity is kept with single bonds.
@@ -75,9 +75,7 @@ def to_data(
 
     unknown = sorted(set(elements) - set(vocabulary))
     if unknown:
-        raise DataError(
-            f"{name}: unknown element {', '.join(unknown)} (the model knows {', '.join(vocabulary)})"
-        )
+        raise DataError(f"{name}: unknown element {', '.join(unknown)} (the model knows {', '.join(vocabulary)})")
     mol = perceive_bonds(elements, coords)
     bond_types = {BondType.SINGLE: 0, BondType.DOUBLE: 1, BondType.TRIPLE: 2, BondType.AROMATIC: 3}
     rows, cols, types = [], [], []

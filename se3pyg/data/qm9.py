@@ -32,9 +32,9 @@ from pathlib import Path
 from torch_geometric.datasets import QM9
 
 from se3pyg.data.errors import DataError
+from se3pyg.data.molecules import perceive_bonds
 from se3pyg.io import atomic_write
 from se3pyg.processes import end_with_parent, pid_alive
-from se3pyg.data.molecules import perceive_bonds
 
 NUM_MOLECULES = 130_831
 MANIFEST = "se3pyg-qm9.json"
@@ -52,9 +52,7 @@ ATOM_REFERENCE = {
     "O": (-75.064579, -75.063163, -75.062219, -75.079532),
     "F": (-99.718730, -99.717314, -99.716370, -99.733544),
 }
-_CSV_HEADER = (
-    "mol_id,A,B,C,mu,alpha,homo,lumo,gap,r2,zpve,u0,u298,h298,g298,cv,u0_atom,u298_atom,h298_atom,g298_atom"
-)
+_CSV_HEADER = "mol_id,A,B,C,mu,alpha,homo,lumo,gap,r2,zpve,u0,u298,h298,g298,cv,u0_atom,u298_atom,h298_atom,g298_atom"
 _ENERGY_COLUMNS = (
     "InternalEnergy_0K_au",
     "InternalEnergy_298K_au",
@@ -139,7 +137,9 @@ def _write_raw(raw_dir: Path, limit: int | None, progress: Progress | None, work
         raise DataError("qm9pack yielded no molecules")
     total = len(rows)
     indices = [int(r["Index"]) for r in rows]
-    jobs = [(i, ast.literal_eval(r["Elements"]), ast.literal_eval(r["XYZ_Ang"])) for i, r in zip(indices, rows)]
+    jobs = [
+        (i, ast.literal_eval(r["Elements"]), ast.literal_eval(r["XYZ_Ang"])) for i, r in zip(indices, rows, strict=True)
+    ]
     characterized = set(indices)
     uncharacterized = [i for i in range(1, indices[-1] + 1) if i not in characterized]
     by_index = dict(zip(indices, rows, strict=True))
