@@ -18,6 +18,12 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names it."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _remove_dead_temporaries(target: Path) -> None:
     """Temporary files of writes to ``target`` whose process died mid-write (``.NAME.tmp-PID``)."""
     for tmp in target.parent.glob(f".{target.name}.tmp-*"):

@@ -13,7 +13,7 @@ from torch_geometric.loader import DataLoader
 
 from se3pyg.data.bases import attach_spherical_harmonics
 from se3pyg.data.batches import FlatLoader, flat_loadable, storage_bytes
-from se3pyg.data.custom import DatasetSpec, build_dataset, split_positions
+from se3pyg.data.custom import BuiltDataset, DatasetSpec, build_dataset, split_positions
 from se3pyg.data.errors import DataError
 from se3pyg.data.molecules import ELEMENTS
 from se3pyg.data.qm9 import Progress, load_qm9
@@ -69,11 +69,15 @@ def qm9_splits(
 
 
 def dataset_splits(
-    spec: DatasetSpec, precompute_degree: int | None = None, stats: TargetStats | None = None
+    spec: DatasetSpec,
+    precompute_degree: int | None = None,
+    stats: TargetStats | None = None,
+    built: BuiltDataset | None = None,
 ) -> QM9Splits:
-    """The splits of a user's dataset (:mod:`se3pyg.data.custom`), standardized with the train split's mean and
-    std (or ``stats``); node features one-hot over the elements the dataset holds."""
-    built = build_dataset(spec)
+    """The splits of a user's dataset (:mod:`se3pyg.data.custom`; ``built`` when it is at hand, else built or
+    read from its cache), standardized with the train split's mean and std (or ``stats``); node features
+    one-hot over the elements the dataset holds."""
+    built = built if built is not None else build_dataset(spec)
     dataset = built.dataset
     sh_bytes = attach_spherical_harmonics(dataset, precompute_degree) if precompute_degree is not None else 0
     indices = split_positions(built, spec)

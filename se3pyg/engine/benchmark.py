@@ -22,14 +22,14 @@ from typing import Any
 import torch
 from torch_geometric.data import Data
 
-from se3pyg.data import Loader, dataset_splits, get_task, make_loader, prepare_qm9, qm9_splits, set_epoch
-from se3pyg.data.custom import build_dataset
+from se3pyg.data import Loader, make_loader, set_epoch
 from se3pyg.engine import distributed
 from se3pyg.engine.config import BenchmarkConfig
 from se3pyg.engine.distributed import DistInfo
 from se3pyg.engine.state import TrainState
 from se3pyg.engine.step import predict_step, train_step
 from se3pyg.engine.tracking import Tracker
+from se3pyg.engine.training_data import load_splits, prepare_data
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -65,7 +65,7 @@ def run_benchmark(config: BenchmarkConfig, molecules: Sequence[Data] | None = No
     try:
         result = distributed.launch(
             _measure, config.world_size, config.use_cuda, config, molecules,
-            prepare=lambda: molecules is None and _prepare(config),
+            prepare=lambda: molecules is None and prepare_data(config),
         )  # fmt: skip
         if tracker is not None and result is not None:
             tracker.log_params(result["config"])
@@ -78,30 +78,11 @@ def run_benchmark(config: BenchmarkConfig, molecules: Sequence[Data] | None = No
             tracker.finish(status)
 
 
-def _prepare(config: BenchmarkConfig) -> None:
-    """Build what is missing of the data: ``--dataset``'s cache, or QM9."""
-    if config.dataset:
-        build_dataset(config.dataset_spec())
-    else:
-        prepare_qm9(config.data_dir, config.limit)
-
-
-def _node_features(config: BenchmarkConfig) -> int:
-    """Node features of the model: QM9's 6, or one a ``--dataset`` element plus the atomic number."""
-    return len(build_dataset(config.dataset_spec()).elements) + 1 if config.dataset else 6
-
-
-def _loader(config: BenchmarkConfig, info: DistInfo, molecules: Sequence[Data] | None) -> Loader:
-    """This rank's share of random QM9 training molecules (or of ``molecules``), as training reads them."""
+def _loader(config: BenchmarkConfig, info: DistInfo, molecules: Sequence[Data] | None) -> tuple[Loader, int]:
+    """This rank's share of random QM9 (or ``--dataset``) training molecules, or of ``molecules``, as training
+    reads them; and their node features (QM9's 6, or one a --dataset element and the atomic number)."""
     if molecules is None:
-        if info.local_rank == 0:
-            _prepare(config)
-        distributed.barrier(info)
-        degree = config.num_degrees - 1 if config.precompute_bases else None
-        if config.dataset:
-            molecules = dataset_splits(config.dataset_spec(), precompute_degree=degree).train
-        else:
-            molecules = qm9_splits(config.data_dir, get_task("homo"), config.limit, precompute_degree=degree).train
+        molecules = load_splits(config, info, "homo").train
     loader = make_loader(
         molecules, config.batch_size, True, 0, info.rank, info.world_size, config.seed, drop_last=True,
         device=info.device,
@@ -114,7 +95,7 @@ def _loader(config: BenchmarkConfig, info: DistInfo, molecules: Sequence[Data] |
             f"{len(molecules)} training molecules give {len(loader)} batches of {config.batch_size} a rank; "
             f"{needed} needed: raise --limit or lower --steps"
         )
-    return loader
+    return loader, molecules[0].x.shape[1]
 
 
 def _stream(config: BenchmarkConfig, loader: Loader) -> Iterator[tuple[bool, Data]]:
@@ -166,10 +147,10 @@ def _measure(info: DistInfo, config: BenchmarkConfig, molecules: Sequence[Data] 
     if info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     if config.mode == "data":
-        deltas, timed = _time(config, info, lambda _batch: None, _loader(config, info, molecules))
+        deltas, timed = _time(config, info, lambda _batch: None, _loader(config, info, molecules)[0])
         return _figures(config, info, deltas, timed, None)
-    state = TrainState.build(config.training(), info, compile=config.compile, node_features=_node_features(config))
-    loader = _loader(config, info, molecules)
+    loader, node_features = _loader(config, info, molecules)
+    state = TrainState.build(config.training(), info, compile=config.compile, node_features=node_features)
     training = config.mode == "train"
     state.net.train(training)
     with torch.enable_grad() if training else torch.inference_mode():

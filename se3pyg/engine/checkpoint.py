@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from se3pyg.io import CheckpointError, atomic_write, read_torch_file
+from se3pyg.io import CheckpointError, atomic_write, first_line, read_torch_file
 from se3pyg.model import SE3TransformerPooled
 
 FORMAT = "se3pyg-checkpoint"
@@ -59,6 +59,5 @@ def model_from_checkpoint(checkpoint: dict[str, Any], name: str = "checkpoint") 
         model = SE3TransformerPooled.from_config(checkpoint["model_config"])
         model.load_state_dict(checkpoint["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{name}: its model_config and weights do not match ({first[:200]})") from None
+        raise CheckpointError(f"{name}: its model_config and weights do not match ({first_line(exc)[:200]})") from None
     return model

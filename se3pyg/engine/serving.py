@@ -80,23 +80,20 @@ def checkpoint_of(uri: str, tracking_uri: str | None = None) -> Path:
     """The se3pyg checkpoint behind an MLflow URI: ``runs:/RUN_ID/model`` or ``models:/NAME/VERSION`` (a logged
     model), ``runs:/RUN_ID/PATH.pt`` (a checkpoint artifact) or ``runs:/RUN_ID`` (the run's best checkpoint);
     downloaded to a temporary folder."""
-    from se3pyg.engine.checkpoint import CheckpointError
     from se3pyg.engine.tracking import resolve_tracking_uri
+    from se3pyg.io import CheckpointError, first_line
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    scratch = tempfile.mkdtemp(prefix="se3pyg-model-")
+    run_id = uri.removeprefix("runs:/").strip("/")
     try:
-        scratch = tempfile.mkdtemp(prefix="se3pyg-model-")
-        run_only = uri.startswith("runs:/") and "/" not in uri.removeprefix("runs:/").strip("/")
-        if run_only:  # MLflow's runs:/ URIs need a path: the run's artifacts are its root
-            local = Path(
-                mlflow.artifacts.download_artifacts(run_id=uri.removeprefix("runs:/").strip("/"), dst_path=scratch)
-            )
+        if uri.startswith("runs:/") and "/" not in run_id:  # MLflow's runs:/ URIs need a path: take the root
+            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=scratch))
         else:
             local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=scratch))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"--ckpt {uri}: cannot be fetched from MLflow ({first[:200]})") from None
+        raise CheckpointError(f"--ckpt {uri}: cannot be fetched from MLflow ({first_line(exc)[:200]})") from None
     if local.is_file():
         return local
     found = sorted(local.glob("artifacts/*.pt")) or sorted(local.glob("*.pt"))

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from se3pyg.io import first_line
+
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_EXPERIMENT = "se3pyg"
 #: MLflow 3 opens an experiment in its model-training view (charts, run comparison) rather than its GenAI
@@ -156,11 +158,6 @@ def _probe(uri: str) -> None:
         raise TrackingError(f"MLflow tracking store {uri} is unreachable: {reason}") from None
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 class Tracker:
     """A started MLflow run; every call after a failure is a no-op."""
 
@@ -183,7 +180,7 @@ class Tracker:
             with _first_use_lock(self.uri):
                 self._start(experiment, run_name, tags)
         except Exception as exc:
-            raise TrackingError(f"MLflow tracking store {self.uri} is unreachable: {_first_line(exc)}") from None
+            raise TrackingError(f"MLflow tracking store {self.uri} is unreachable: {first_line(exc)}") from None
         self.run_id = self.run.info.run_id
 
     def _start(self, experiment: str, run_name: str | None, tags: dict[str, str] | None) -> None:
@@ -238,7 +235,7 @@ class Tracker:
 
             return log_trained_model(self.run_id, checkpoint, register_as)
         except Exception as exc:  # the run and its other artifacts stay tracked
-            log.warning("MLflow model logging failed (%s); the checkpoint artifacts remain", _first_line(exc))
+            log.warning("MLflow model logging failed (%s); the checkpoint artifacts remain", first_line(exc))
             return None
 
     def log_dict(self, data: dict, name: str) -> None:
@@ -290,7 +287,7 @@ def list_runs(uri: str | None, experiment: str, task: str | None = None) -> list
     except TrackingError:
         raise
     except Exception as exc:
-        raise TrackingError(f"MLflow tracking store {uri}: {_first_line(exc)}") from None
+        raise TrackingError(f"MLflow tracking store {uri}: {first_line(exc)}") from None
     return [_summary(r, *histories[r.info.run_id]) for r in found]
 
 

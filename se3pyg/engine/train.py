@@ -21,18 +21,7 @@ from typing import Any
 
 import torch
 
-from se3pyg.data import (
-    Loader,
-    QM9Splits,
-    TargetStats,
-    dataset_splits,
-    get_task,
-    make_loader,
-    prepare_qm9,
-    qm9_splits,
-    set_epoch,
-)
-from se3pyg.data.custom import build_dataset
+from se3pyg.data import Loader, QM9Splits, TargetStats, make_loader, set_epoch
 from se3pyg.engine import distributed
 from se3pyg.engine.checkpoint import best_path, load_checkpoint, save_checkpoint
 from se3pyg.engine.config import TrainConfig
@@ -42,6 +31,7 @@ from se3pyg.engine.report import write_run_report
 from se3pyg.engine.state import TrainState
 from se3pyg.engine.step import train_step
 from se3pyg.engine.tracking import Tracker, check_reachable, resolve_tracking_uri
+from se3pyg.engine.training_data import load_splits, prepare_data
 from se3pyg.engine.versions import library_versions
 from se3pyg.io import exclusive_use, read_torch_file
 
@@ -108,16 +98,8 @@ def run(
             config,
             checkpoint,
             *callbacks,
-            prepare=lambda: _prepare(config),
+            prepare=lambda: prepare_data(config),
         )
-
-
-def _prepare(config: TrainConfig, progress: ProgressCallback | None = None) -> None:
-    """Build what is missing of the training data: ``--dataset``'s cache, or QM9."""
-    if config.dataset:
-        build_dataset(config.dataset_spec())
-    else:
-        prepare_qm9(config.data_dir, config.limit, progress=progress)
 
 
 @dataclass
@@ -133,19 +115,12 @@ def _load_data(
 ) -> _Data:
     """NVIDIA's splits of QM9 or the splits of ``--dataset`` (local rank 0 builds what is missing), each rank's
     share of them as loaders."""
-    if info.local_rank == 0:
-        _prepare(config, progress)
-    distributed.barrier(info)
-    degree = config.num_degrees - 1 if config.precompute_bases else None  # the model's highest degree
-    if config.dataset:
-        splits = dataset_splits(config.dataset_spec(), precompute_degree=degree, stats=stats)
-        if len(splits.train) // info.world_size < config.batch_size:
-            raise ValueError(
-                f"--batch-size {config.batch_size}: the training split has {len(splits.train)} molecules "
-                f"({info.world_size} processes), fewer than one batch a process"
-            )
-    else:
-        splits = qm9_splits(config.data_dir, get_task(config.task), config.limit, precompute_degree=degree, stats=stats)
+    splits = load_splits(config, info, config.task, stats, progress)
+    if config.dataset and len(splits.train) // info.world_size < config.batch_size:
+        raise ValueError(
+            f"--batch-size {config.batch_size}: the training split has {len(splits.train)} molecules "
+            f"({info.world_size} processes), fewer than one batch a process"
+        )
 
     def loader(dataset: Any, train: bool) -> Loader:
         return make_loader(
