@@ -3,6 +3,12 @@
 A feature of degree ``d`` has ``2d + 1`` components and transforms under a
 rotation ``R`` with the Wigner matrix ``D^d(R)``. Feature dicts follow
 NVIDIA's convention: ``{"0": [N, C_0, 1], "1": [N, C_1, 3], ...}``.
+
+When every degree has the same channels ``C`` (a *uniform* fiber), the
+features also fit one *stacked* tensor ``[N, D, C]``: the components of all
+degrees in order along ``D = sum_d (2d + 1)``, channels last. The layers take
+either form; the stacked one lets a linear map run as one batched product over
+components and a norm as one segment sum, instead of one operator per degree.
 """
 
 from __future__ import annotations
@@ -80,6 +86,25 @@ class Fiber(Mapping[int, int]):
         """Length of all features flattened together: ``sum_d C_d (2d + 1)``."""
         return sum(c * degree_to_dim(d) for d, c in self._structure.items())
 
+    @property
+    def is_uniform(self) -> bool:
+        """Whether every degree has the same channels (the fibers whose features stack)."""
+        return len(set(self._structure.values())) == 1
+
+    @property
+    def num_components(self) -> int:
+        """``D = sum_d (2d + 1)``: the components of all degrees."""
+        return sum(degree_to_dim(d) for d in self._structure)
+
+    def component_degrees(self) -> list[int]:
+        """The degree of each of the ``D`` components, in stacked order."""
+        return [d for d in self._structure for _ in range(degree_to_dim(d))]
+
+    def component_run(self, degrees: list[int]) -> tuple[int, int] | None:
+        """``(start, length)`` of the stacked components of ``degrees`` when they are one run, else ``None``."""
+        kept = [i for i, d in enumerate(self.component_degrees()) if d in degrees]
+        return (kept[0], len(kept)) if kept and kept == list(range(kept[0], kept[0] + len(kept))) else None
+
     def to_dict(self) -> dict[int, int]:
         return dict(self._structure)
 
@@ -96,8 +121,14 @@ class Fiber(Mapping[int, int]):
             for (d, c), p in zip(self._structure.items(), parts, strict=True)
         }
 
+    def stack(self, features: Mapping[str, Tensor]) -> Tensor:
+        """``{"d": [N, C, 2d+1]}`` -> ``[N, D, C]`` for a uniform fiber (a view for one degree)."""
+        if not self.is_uniform:
+            raise ValueError(f"only a fiber with equal channels per degree stacks, got {self}")
+        parts = [features[str(d)].transpose(-1, -2) for d in self.degrees]
+        return torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
 
-def unfuse_features(features: Tensor, degrees: list[int]) -> dict[str, Tensor]:
-    """Split ``[..., C, sum_d (2d+1)]`` along the last axis into a feature dict."""
-    parts = features.split([degree_to_dim(d) for d in degrees], dim=-1)
-    return {str(d): p for d, p in zip(degrees, parts, strict=True)}
+    def unstack(self, stacked: Tensor) -> dict[str, Tensor]:
+        """Inverse of :meth:`stack`: views ``{"d": [N, C, 2d+1]}`` of ``[N, D, C]``."""
+        parts = stacked.split([degree_to_dim(d) for d in self.degrees], dim=-2)
+        return {str(d): p.transpose(-1, -2) for d, p in zip(self.degrees, parts, strict=True)}

@@ -220,9 +220,14 @@ class SE3Transformer(nn.Module):
         dist = rel_pos.norm(dim=-1, keepdim=True).unsqueeze(-1)
         edge_feats["0"] = torch.cat([edge_feats["0"], dist], dim=1) if "0" in edge_feats else dist
 
-        feats = dict(node_feats)
+        # Features run stacked ([N, D, C], see Fiber.stack) wherever their fiber has equal channels per degree.
+        feats = self.fiber_in.stack(node_feats) if self.fiber_in.is_uniform else dict(node_feats)
         for module in self.graph_modules:
+            if isinstance(feats, dict) and module is not self.graph_modules[0] and self.fiber_hidden.is_uniform:
+                feats = self.fiber_hidden.stack(feats)
             feats = module(feats, edge_feats, edge_index, basis)
+        if isinstance(feats, Tensor):
+            feats = self.fiber_out.unstack(feats)
 
         if self.pooling is not None:
             if batch is None:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
-from torch_geometric.utils import softmax
+from torch_geometric.utils import scatter
 
 from se3pyg.basis import Basis
 from se3pyg.fiber import Fiber
@@ -15,11 +15,16 @@ from se3pyg.nn.conv import ConvSE3, Layout
 from se3pyg.nn.linear import LinearSE3
 
 
-def _to_heads(features: dict[str, Tensor], fiber: Fiber, num_heads: int) -> Tensor:
-    """``{"d": [M, C_d, 2d+1]}`` -> ``[M, H, sum_d C_d (2d+1) / H]``; head h holds channels h*C_d/H ..."""
-    return torch.cat(
-        [features[str(d)].reshape(-1, num_heads, c * (2 * d + 1) // num_heads) for d, c in fiber.items()], -1
-    )
+def _to_heads(features: dict[str, Tensor] | Tensor, fiber: Fiber, num_heads: int) -> Tensor:
+    """Features -> ``[M, P, H, c]``; head h holds channels h*C_d/H .. (h+1)*C_d/H of every degree.
+
+    Stacked features ``[M, D, C]`` are a view ``[M, D, H, C/H]``; a dict of a fiber with unequal channels is
+    copied into ``[M, 1, H, sum_d C_d (2d+1) / H]``.
+    """
+    if isinstance(features, Tensor):
+        return features.unflatten(-1, (num_heads, -1))
+    parts = [features[str(d)].reshape(-1, num_heads, c * (2 * d + 1) // num_heads) for d, c in fiber.items()]
+    return torch.cat(parts, -1).unsqueeze(1)
 
 
 class AttentionSE3(MessagePassing):
@@ -33,7 +38,10 @@ class AttentionSE3(MessagePassing):
 
     with keys and values per edge, queries per node, :math:`n_k` the key
     fiber's number of features, and heads splitting the channels of every
-    degree. Logits and softmax run in at least float32 under autocast.
+    degree. Logits and softmax run in at least float32 under autocast. The
+    softmax's denominator divides each node's weighted sum, once per node:
+    :math:`y_i^h = \sum_j e^h_{ij} v^h_{ij} / \sum_j e^h_{ij}` with
+    :math:`e^h_{ij} = \exp(\text{logit}^h_{ij} - \max_j \text{logit}^h_{ij})`.
 
     Args:
         num_heads: heads; each divides every key and value channel count.
@@ -41,7 +49,8 @@ class AttentionSE3(MessagePassing):
 
     Shapes:
         ``forward(value {"d": [E, C_d, 2d+1]}, key {"d": [E, ...]}, query {"d": [N, ...]}, edge_index [2, E])``
-        -> ``{"d": [N, C_d, 2d+1]}`` with the value fiber.
+        -> ``{"d": [N, C_d, 2d+1]}`` with the value fiber; with stacked value, key and query (``[E, D_v, C_v]``,
+        ``[E, D_k, C_k]``, ``[N, D_k, C_k]``) -> ``[N, D_v, C_v]``.
     """
 
     __repr__ = nn.Module.__repr__  # one style for every layer: torch's, with extra_repr
@@ -57,31 +66,53 @@ class AttentionSE3(MessagePassing):
 
     def forward(
         self,
-        value: dict[str, Tensor],
-        key: dict[str, Tensor],
-        query: dict[str, Tensor],
+        value: dict[str, Tensor] | Tensor,
+        key: dict[str, Tensor] | Tensor,
+        query: dict[str, Tensor] | Tensor,
         edge_index: Tensor,
-    ) -> dict[str, Tensor]:
-        num_nodes = next(iter(query.values())).shape[0]
+    ) -> dict[str, Tensor] | Tensor:
+        stacked = isinstance(value, Tensor)
+        uniform = self.key_fiber.is_uniform and self.value_fiber.is_uniform
+        value, key, query = (
+            (f.stack(x) if uniform else f.unstack(x)) if isinstance(x, Tensor) != uniform else x
+            for f, x in zip(self.fibers, (value, key, query), strict=True)
+        )
+        num_nodes = query.shape[0] if isinstance(query, Tensor) else next(iter(query.values())).shape[0]
         k = _to_heads(key, self.key_fiber, self.num_heads)
         q = _to_heads(query, self.key_fiber, self.num_heads)
         v = _to_heads(value, self.value_fiber, self.num_heads)
-        out = self.propagate(edge_index, q=q, k=k, v=v, size=(num_nodes, num_nodes))
+        out = self.propagate(edge_index, q=q, k=k, v=v, size=(num_nodes, num_nodes)).flatten(-2)  # [N, P, C]
+        if stacked:
+            return out
+        if self.value_fiber.is_uniform:
+            return self.value_fiber.unstack(out)
         sizes = [c * (2 * d + 1) // self.num_heads for d, c in self.value_fiber.items()]
-        parts = out.split(sizes, dim=-1)
+        parts = out.view(num_nodes, self.num_heads, -1).split(sizes, dim=-1)
         return {
             str(d): p.reshape(num_nodes, c, 2 * d + 1)
             for (d, c), p in zip(self.value_fiber.items(), parts, strict=True)
         }
 
-    def message(
-        self, q_i: Tensor, k: Tensor, v: Tensor, index: Tensor, ptr: Tensor | None, size_i: int | None
-    ) -> Tensor:
+    @property
+    def fibers(self) -> tuple[Fiber, Fiber, Fiber]:
+        """The fibers of the value, key and query features."""
+        return self.value_fiber, self.key_fiber, self.key_fiber
+
+    def message(self, q_i: Tensor, k: Tensor, v: Tensor, index: Tensor, size_i: int | None) -> tuple[Tensor, Tensor]:
+        """Values times the softmax numerators ``exp(logit - max)``, and the numerators ``[E, H]``."""
         # Logits and softmax in at least float32, whatever autocast gave the keys and queries.
-        dtype = torch.promote_types(v.dtype, torch.float32)
-        logits = (q_i.to(dtype) * k.to(dtype)).sum(-1) / math.sqrt(self.key_fiber.num_features)
-        alpha = softmax(logits, index, ptr, size_i)
-        return v.to(dtype) * alpha.unsqueeze(-1)
+        dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
+        logits = (q_i.to(dtype) * k.to(dtype)).sum((1, 3)) / math.sqrt(self.key_fiber.num_features)  # [E, H]
+        largest = scatter(logits.detach(), index, dim=0, dim_size=size_i, reduce="max")  # a shift: no gradient
+        numerators = (logits - largest.index_select(0, index)).exp()
+        return v.to(dtype) * numerators[:, None, :, None], numerators
+
+    def aggregate(self, inputs: tuple[Tensor, Tensor], index: Tensor, dim_size: int | None = None) -> Tensor:
+        """Sums of weighted values over each node's incoming edges, divided by the sums of their weights."""
+        weighted, numerators = inputs
+        total = scatter(weighted, index, dim=0, dim_size=dim_size, reduce="sum")
+        denominators = scatter(numerators, index, dim=0, dim_size=dim_size, reduce="sum") + 1e-16
+        return total / denominators[:, None, :, None]
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, key={self.key_fiber}, value={self.value_fiber}"
@@ -101,7 +132,8 @@ class AttentionBlockSE3(nn.Module):
         use_layer_norm, max_degree, layout, low_memory, kernel: as in :class:`~se3pyg.nn.conv.ConvSE3`.
 
     Shapes:
-        ``forward(node_feats {"d": [N, C_d, 2d+1]}, edge_feats, edge_index [2, E], basis)`` -> ``fiber_out`` features.
+        ``forward(node_feats {"d": [N, C_d, 2d+1]}, edge_feats, edge_index [2, E], basis)`` -> ``fiber_out`` features;
+        stacked node features ``[N, D, C]`` give stacked features when ``fiber_out`` is uniform.
     """
 
     def __init__(
@@ -148,14 +180,25 @@ class AttentionBlockSE3(nn.Module):
         edge_index: Tensor,
         basis: Basis,
     ) -> dict[str, Tensor]:
+        stacked = isinstance(node_feats, Tensor)
+        value_fiber, key_fiber = self.attention.value_fiber, self.attention.key_fiber
         key_value = self.to_key_value(node_feats, edge_feats, edge_index, basis)
-        key, value = {}, {}
-        for k, feat in key_value.items():
-            if int(k) in self.fiber_in:
-                value[k], key[k] = feat.chunk(2, dim=-2)
-            else:
-                value[k] = feat
+        if isinstance(key_value, Tensor) and key_fiber.degrees == value_fiber.degrees:
+            value, key = key_value.chunk(2, dim=-1)  # stacked channels: values, then keys
+        else:
+            if isinstance(key_value, Tensor):
+                key_value = self.to_key_value.fiber_out.unstack(key_value)
+            key, value = {}, {}
+            for k, feat in key_value.items():
+                if int(k) in key_fiber:
+                    value[k], key[k] = feat.chunk(2, dim=-2)
+                else:
+                    value[k] = feat
         query = self.to_query(node_feats)
         z = self.attention(value, key, query, edge_index)
-        z = {k: torch.cat([v, node_feats[k]], dim=1) if k in node_feats else v for k, v in z.items()}
-        return self.project(z)
+        if isinstance(z, Tensor) and stacked and self.fiber_in.degrees == value_fiber.degrees:
+            return self.project(torch.cat([z, node_feats], dim=-1))
+        z = value_fiber.unstack(z) if isinstance(z, Tensor) else z
+        nodes = self.fiber_in.unstack(node_feats) if stacked else node_feats
+        out = self.project({k: torch.cat([v, nodes[k]], dim=1) if k in nodes else v for k, v in z.items()})
+        return self.project.fiber_out.stack(out) if stacked and self.project.fiber_out.is_uniform else out

@@ -11,7 +11,8 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import degree as node_degree
 
 from se3pyg.basis import Basis, num_frequencies
-from se3pyg.fiber import Fiber, unfuse_features
+from se3pyg.fiber import Fiber, degree_to_dim
+from se3pyg.nn.linear import stacked_linear
 from se3pyg.nn.radial import RadialProfile
 
 Layout = Literal["full", "partial", "pairwise"]
@@ -35,13 +36,13 @@ def auto_kernel(device_type: str) -> str:
 class KernelGroup(nn.Module):
     r"""One radial network and the fused basis block it weighs.
 
-    For input features :math:`x \in \mathbb{R}^{E \times C_{in} \times D_{in}}`,
+    For input features :math:`x \in \mathbb{R}^{E \times D_{in} \times C_{in}}`,
     basis :math:`B \in \mathbb{R}^{E \times D_{in} \times F \times D_{out}}` and
     radial weights :math:`R \in \mathbb{R}^{E \times C_{out} \times C_{in} F}`:
 
     .. math::
 
-        y_{e o k} = \sum_{i f} R_{e o (i f)} \sum_l x_{e i l} B_{e l f k}.
+        y_{e k o} = \sum_{i f} R_{e o (i f)} \sum_l x_{e l i} B_{e l f k}.
 
     The frequencies run over output degrees first, so the sum is taken one
     output degree at a time with that degree's basis block only (the fused
@@ -61,7 +62,7 @@ class KernelGroup(nn.Module):
 
     .. math::
 
-        y_{e o k} = \sum_m h_{e m} G_{e k (o m)}, \qquad
+        y_{e k o} = \sum_m h_{e m} G_{e k (o m)}, \qquad
         G_{e k (o m)} = \sum_{f i} T_{e k (f i)} W_{(o i f) m},
 
     where :math:`G` is one GEMM over all edges and output components. Per
@@ -77,8 +78,8 @@ class KernelGroup(nn.Module):
         uses_basis: ``False`` for NVIDIA's pairwise 0 -> 0 kernel, a plain radial weight.
 
     Shapes:
-        ``forward(features [E, C_in, D_in], edge_scalars [E, edge_dim], basis)`` -> ``[E, C_out, D_out]``,
-        ``D = sum_d (2d + 1)`` over the fused degrees.
+        ``forward(features [E, D_in, C_in], edge_scalars [E, edge_dim], basis)`` -> ``[E, D_out, C_out]``
+        (stacked, components before channels), ``D = sum_d (2d + 1)`` over the fused degrees.
     """
 
     #: Radial weights per CPU chunk (floats): about 8 MB.
@@ -123,10 +124,10 @@ class KernelGroup(nn.Module):
         hidden = self.radial_func.hidden(edge_scalars)
         if basis is None:  # NVIDIA's pairwise 0 -> 0 kernel
             weights = (hidden @ self.radial_func.last.weight.T).view(-1, self.channels_out, self.channels_in)
-            return weights @ features
+            return features @ weights.transpose(1, 2)
         if kernel == "reassociated":
-            return self._reassociated(features, hidden, basis).transpose(1, 2)
-        return self._edge_weights(features, hidden, basis).transpose(1, 2)
+            return self._reassociated(features, hidden, basis)
+        return self._edge_weights(features, hidden, basis)
 
     def _reassociated(self, features: Tensor, hidden: Tensor, basis: Basis) -> Tensor:
         """``[E, D_out, C_out]`` through ``G`` (see the class docstring); no per-edge radial weights."""
@@ -134,13 +135,12 @@ class KernelGroup(nn.Module):
         weight = self.radial_func.last.weight
         # Rows (o, i, f) -> (f, i, o), one copy for all output degrees: each block is then contiguous.
         by_freq = weight.view(c_out, c_in, sum(self.freq_blocks), -1).permute(2, 1, 0, 3).contiguous()
-        features_t = features.transpose(1, 2)  # [E, D_in, C_in]
         h = hidden.unsqueeze(-1)  # [E, mid, 1]
         parts = []
         for d, w, freq in zip(self.degrees_out, by_freq.split(self.freq_blocks), self.freq_blocks, strict=True):
             block = basis.fused(self.degrees_in, [d], out_major=True)  # [E, D_d, F_d, D_in]
             dim = block.shape[1]
-            t = torch.bmm(block.reshape(num_edges, dim * freq, -1), features_t)  # [E, D_d F_d, C_in]
+            t = torch.bmm(block.reshape(num_edges, dim * freq, -1), features)  # [E, D_d F_d, C_in]
             g = t.view(num_edges * dim, freq * c_in) @ w.reshape(freq * c_in, -1)  # [E D_d, C_out mid]
             parts.append(torch.bmm(g.view(num_edges, dim * c_out, -1), h).view(num_edges, dim, c_out))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -156,7 +156,7 @@ class KernelGroup(nn.Module):
         outputs = []
         for start in range(0, num_edges, chunk):
             stop = min(start + chunk, num_edges)
-            x, h = features[start:stop], hidden[start:stop]
+            x, h = features[start:stop].transpose(1, 2), hidden[start:stop]  # x: [e, C_in, D_in]
             parts = []
             for weight, block, freq in zip(block_weights, blocks, self.freq_blocks, strict=True):
                 b = block[start:stop]
@@ -273,7 +273,12 @@ class ConvSE3(MessagePassing):
             )
             self.groups += list(self.conv.values())
 
+        #: Whether node features run stacked (``[N, D, C]``): equal input channels, no edge features of degree > 0.
+        self.stacked_in = fiber_in.is_uniform and not any(d > 0 for d in fiber_edge.degrees)
+        self._self_run = None  # the stacked input components of a stacked self-interaction
         if self_interaction:
+            if self.stacked_in and fiber_out.is_uniform and all(d in fiber_in for d in fiber_out.degrees):
+                self._self_run = fiber_in.component_run(fiber_out.degrees)
             self.to_kernel_self = nn.ParameterDict(
                 {str(d): nn.Parameter(torch.empty(c, fiber_in[d])) for d, c in fiber_out.items() if d in fiber_in}
             )
@@ -289,58 +294,99 @@ class ConvSE3(MessagePassing):
 
     def forward(
         self,
-        node_feats: dict[str, Tensor],
+        node_feats: dict[str, Tensor] | Tensor,
         edge_feats: dict[str, Tensor],
         edge_index: Tensor,
         basis: Basis,
-    ) -> dict[str, Tensor]:
-        """Node features in, node features (``pool=True``) or edge features out."""
-        num_nodes = next(iter(node_feats.values())).shape[0]
-        x = self.fiber_in.pack(node_feats)
-        kwargs = dict(x=x, edge_feats=edge_feats, basis=basis)
-        if self.pool:
-            packed = self.propagate(edge_index, size=(num_nodes, num_nodes), **kwargs)
+    ) -> dict[str, Tensor] | Tensor:
+        """Node features in, node features (``pool=True``) or edge features out.
+
+        Stacked node features (``[N, D, C]``) give stacked features out when ``fiber_out`` is uniform.
+        """
+        stacked = isinstance(node_feats, Tensor)
+        if stacked:
+            num_nodes = node_feats.shape[0]
+            x = node_feats if self.stacked_in else self.fiber_in.pack(self.fiber_in.unstack(node_feats))
         else:
-            packed = self.edge_updater(edge_index, size=(num_nodes, num_nodes), **kwargs)
-        out = self.fiber_out.unpack(packed)
+            num_nodes = next(iter(node_feats.values())).shape[0]
+            x = self.fiber_in.stack(node_feats) if self.stacked_in else self.fiber_in.pack(node_feats)
+        kwargs = dict(x=x, edge_feats=edge_feats, basis=basis, size=(num_nodes, num_nodes))
+        out = self.propagate(edge_index, **kwargs) if self.pool else self.edge_updater(edge_index, **kwargs)
         if self.self_interaction:
-            count = node_degree(edge_index[1], num_nodes, dtype=x.dtype) if self.pool else None
-            for key, weight in self.to_kernel_self.items():
-                self_term = weight @ node_feats[key]
-                if self.pool:
-                    out[key] = out[key] + count[:, None, None] * self_term
-                else:
-                    out[key] = out[key] + self_term[edge_index[1]]
+            out = self._add_self_interaction(out, x, edge_index, num_nodes)
+        if not isinstance(out, Tensor):
+            return self.fiber_out.stack(out) if stacked and self.fiber_out.is_uniform else out
+        if self.fiber_out.is_uniform:
+            return out if stacked else self.fiber_out.unstack(out)
+        return self.fiber_out.unpack(out)
+
+    def _add_self_interaction(
+        self, out: Tensor, x: Tensor, edge_index: Tensor, num_nodes: int
+    ) -> Tensor | dict[str, Tensor]:
+        r""":math:`W^k_{\text{self}} x^k_i` added once per incoming edge of node ``i``."""
+        count = node_degree(edge_index[1], num_nodes, dtype=x.dtype) if self.pool else None
+        if self._self_run is not None:  # stacked in and out
+            weights = [self.to_kernel_self[str(d)] for d in self.fiber_out.degrees]
+            term = stacked_linear(x.narrow(-2, *self._self_run), weights, self.fiber_out.degrees)
+            return out + (count[:, None, None] * term if self.pool else term[edge_index[1]])
+        inputs = self.fiber_in.unstack(x) if self.stacked_in else self.fiber_in.unpack(x)
+        out = self.fiber_out.unstack(out) if self.fiber_out.is_uniform else self.fiber_out.unpack(out)
+        out = dict(out)
+        for key, weight in self.to_kernel_self.items():
+            term = weight @ inputs[key]
+            out[key] = out[key] + (count[:, None, None] * term if self.pool else term[edge_index[1]])
         return out
 
     def message(self, x_j: Tensor, edge_feats: dict[str, Tensor], basis: Basis) -> Tensor:
         return self.edge_update(x_j, edge_feats, basis)
 
     def edge_update(self, x_j: Tensor, edge_feats: dict[str, Tensor], basis: Basis) -> Tensor:
-        """Per-edge kernel outputs, packed as ``[E, fiber_out.num_features]``."""
+        """Per-edge kernel outputs: stacked ``[E, D_out, C_out]`` for a uniform ``fiber_out``, else packed
+        ``[E, fiber_out.num_features]``."""
         edge_scalars = edge_feats["0"].squeeze(-1)
-        inputs = self.fiber_in.unpack(x_j)
-        for d in self.fiber_in.degrees:
-            if d > 0 and str(d) in edge_feats:
-                inputs[str(d)] = torch.cat([inputs[str(d)], edge_feats[str(d)]], dim=1)
-
         kernel = auto_kernel(x_j.device.type) if self.kernel == "auto" else self.kernel
-        outputs: dict[str, Tensor] = {}
-        fused_inputs: dict[tuple[int, ...], Tensor] = {}  # groups of one convolution often share their inputs
+        inputs = self._group_inputs(x_j, edge_feats)
+        sums: dict[tuple[int, ...], Tensor] = {}  # per output degrees of the groups
         for group in self.groups:
-            key_in = tuple(group.degrees_in)
-            if key_in not in fused_inputs:
-                fused_inputs[key_in] = torch.cat([inputs[str(d)] for d in key_in], dim=-1)
-            feats = fused_inputs[key_in]
             group_basis = basis if group.uses_basis else None
-            args = (feats, edge_scalars, group_basis, kernel)
+            args = (inputs[tuple(group.degrees_in)], edge_scalars, group_basis, kernel)
             if self.low_memory and torch.is_grad_enabled():
                 y = torch.utils.checkpoint.checkpoint(group, *args, use_reentrant=False)
             else:
                 y = group(*args)
-            for key, part in unfuse_features(y, group.degrees_out).items():
-                outputs[key] = outputs[key] + part if key in outputs else part
-        return torch.cat([outputs[str(d)].flatten(-2) for d in self.fiber_out.degrees], dim=-1)
+            key = tuple(group.degrees_out)
+            sums[key] = sums[key] + y if key in sums else y
+        if len(sums) == 1:  # one group or groups over every output degree: stacked already
+            return next(iter(sums.values()))
+        parts = [sums[(d,)] for d in self.fiber_out.degrees]
+        if self.fiber_out.is_uniform:
+            return torch.cat(parts, dim=1)
+        return torch.cat([p.transpose(1, 2).flatten(1) for p in parts], dim=-1)
+
+    def _group_inputs(self, x_j: Tensor, edge_feats: dict[str, Tensor]) -> dict[tuple[int, ...], Tensor]:
+        """Each group's input degrees -> their stacked source features ``[E, D_in, C_in]``."""
+        keys = {tuple(group.degrees_in) for group in self.groups}
+        if self.stacked_in:
+            offsets = dict(zip(self.fiber_in.degrees, self._offsets(), strict=True))
+            return {
+                k: x_j if list(k) == self.fiber_in.degrees else x_j.narrow(1, offsets[k[0]], degree_to_dim(k[0]))
+                for k in keys
+            }
+        inputs = self.fiber_in.unpack(x_j)
+        for d in self.fiber_in.degrees:
+            if d > 0 and str(d) in edge_feats:
+                inputs[str(d)] = torch.cat([inputs[str(d)], edge_feats[str(d)]], dim=1)
+        return {
+            k: torch.cat([inputs[str(d)].transpose(1, 2) for d in k], dim=1)
+            if len(k) > 1
+            else inputs[str(k[0])].transpose(1, 2)
+            for k in keys
+        }
+
+    def _offsets(self) -> list[int]:
+        """Where each input degree's components start in stacked features."""
+        dims = [degree_to_dim(d) for d in self.fiber_in.degrees]
+        return [sum(dims[:i]) for i in range(len(dims))]
 
     def extra_repr(self) -> str:
         return f"{self.fiber_in} -> {self.fiber_out}, fuse={self.fuse}, pool={self.pool}, kernel={self.kernel}"

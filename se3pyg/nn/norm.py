@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from se3pyg.fiber import Fiber
+from se3pyg.nn.linear import component_degree_index
 
 
 class NormSE3(nn.Module):
@@ -15,14 +15,17 @@ class NormSE3(nn.Module):
 
     The layer norm runs over the channels of each degree. When all degrees
     have the same channels the per-degree norms are one ``GroupNorm``.
-    Norms are clamped at ``2^-24`` (fp16's smallest subnormal).
+    Norms are clamped at ``2^-24`` (fp16's smallest subnormal). Stacked
+    features ``[N, D, C]`` take one segment sum over components for all the
+    norms, :math:`\lVert x^d_c \rVert = \sqrt{\max(\sum_{k \in d} x_{kc}^2, 2^{-48})}`
+    (squared norms need float32's exponent range: autocast keeps them there).
 
     Args:
         fiber: the degrees and channels normalized.
         nonlinearity: applied to the normalized norms (default ReLU).
 
     Shapes:
-        ``forward({"d": [N, C_d, 2d+1]})`` -> the same shapes.
+        ``forward({"d": [N, C_d, 2d+1]})`` -> the same shapes; stacked ``[N, D, C]`` -> ``[N, D, C]``.
     """
 
     NORM_CLAMP = 2**-24
@@ -31,7 +34,7 @@ class NormSE3(nn.Module):
         super().__init__()
         self.fiber = fiber
         self.nonlinearity = nonlinearity if nonlinearity is not None else nn.ReLU()
-        if len(set(fiber.channels)) == 1:
+        if fiber.is_uniform:
             self.group_norm = nn.GroupNorm(num_groups=len(fiber), num_channels=sum(fiber.channels))
         else:
             self.layer_norms = nn.ModuleDict({str(d): nn.LayerNorm(c) for d, c in fiber.items()})
@@ -40,18 +43,30 @@ class NormSE3(nn.Module):
         for norm in [self.group_norm] if hasattr(self, "group_norm") else self.layer_norms.values():
             norm.reset_parameters()
 
-    def forward(self, features: dict[str, Tensor], *args: object, **kwargs: object) -> dict[str, Tensor]:
+    def forward(
+        self, features: dict[str, Tensor] | Tensor, *args: object, **kwargs: object
+    ) -> dict[str, Tensor] | Tensor:
+        if isinstance(features, Tensor):
+            return self._stacked(features)
+        if self.fiber.is_uniform:
+            return self.fiber.unstack(self._stacked(self.fiber.stack(features)))
         keys = [str(d) for d in self.fiber.degrees]
         norms = [features[k].norm(dim=-1, keepdim=True).clamp(min=self.NORM_CLAMP) for k in keys]
-        if hasattr(self, "group_norm"):
-            fused = self.group_norm(torch.cat(norms, dim=-2).squeeze(-1))
-            new_norms = self.nonlinearity(fused).unsqueeze(-1).chunk(len(keys), dim=-2)
-        else:
-            new_norms = [
-                self.nonlinearity(self.layer_norms[k](n.squeeze(-1)).unsqueeze(-1))
-                for k, n in zip(keys, norms, strict=True)
-            ]
+        new_norms = [
+            self.nonlinearity(self.layer_norms[k](n.squeeze(-1)).unsqueeze(-1))
+            for k, n in zip(keys, norms, strict=True)
+        ]
         return {k: features[k] / n * m for k, n, m in zip(keys, norms, new_norms, strict=True)}
+
+    def _stacked(self, features: Tensor) -> Tensor:
+        """``[N, D, C]`` -> ``[N, D, C]``: all norms by one segment sum, one group norm, one rescale."""
+        num_nodes, _, channels = features.shape
+        component_degree = component_degree_index(tuple(self.fiber.degrees), features.device)
+        squares = features.new_zeros(num_nodes, len(self.fiber), channels)
+        squares = squares.index_add(1, component_degree, features.square())
+        norms = squares.clamp(min=self.NORM_CLAMP**2).sqrt()  # [N, degrees, C]
+        new_norms = self.nonlinearity(self.group_norm(norms.view(num_nodes, -1))).view_as(norms)
+        return features * (new_norms / norms).index_select(1, component_degree)
 
     def extra_repr(self) -> str:
         return str(self.fiber)
