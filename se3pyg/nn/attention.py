@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -16,15 +17,29 @@ from se3pyg.nn.linear import LinearSE3
 
 
 def _to_heads(features: dict[str, Tensor] | Tensor, fiber: Fiber, num_heads: int) -> Tensor:
-    """Features -> ``[M, P, H, c]``; head h holds channels h*C_d/H .. (h+1)*C_d/H of every degree.
+    """Features -> ``[M, P, W]`` with head h in channels ``h W/H .. (h+1) W/H``; head h holds channels
+    ``h C_d/H .. (h+1) C_d/H`` of every degree.
 
-    Stacked features ``[M, D, C]`` are a view ``[M, D, H, C/H]``; a dict of a fiber with unequal channels is
-    copied into ``[M, 1, H, sum_d C_d (2d+1) / H]``.
+    Stacked features ``[M, D, C]`` are that already; a dict of a fiber with unequal channels is copied into
+    ``[M, 1, sum_d C_d (2d+1)]``.
     """
     if isinstance(features, Tensor):
-        return features.unflatten(-1, (num_heads, -1))
+        return features
     parts = [features[str(d)].reshape(-1, num_heads, c * (2 * d + 1) // num_heads) for d, c in fiber.items()]
-    return torch.cat(parts, -1).unsqueeze(1)
+    return torch.cat(parts, -1).flatten(1).unsqueeze(1)
+
+
+@torch.compiler.disable  # a cached constant
+@functools.cache
+def head_sums(key_width: int, value_width: int, num_heads: int, scale: float, device: torch.device) -> Tensor:
+    """``[W_k, W_v]`` float32: ``scale`` where a key channel and a value channel are in the same head, else 0.
+
+    ``(q * k) @ head_sums`` gives each value channel its head's scaled logit: one product, no broadcasting over
+    heads (element-wise products over a short heads axis are several times slower on CPU).
+    """
+    key_head = torch.arange(key_width) // (key_width // num_heads)
+    value_head = torch.arange(value_width) // (value_width // num_heads)
+    return ((key_head[:, None] == value_head[None, :]) * scale).to(torch.float32).to(device)
 
 
 class AttentionSE3(MessagePassing):
@@ -81,7 +96,7 @@ class AttentionSE3(MessagePassing):
         k = _to_heads(key, self.key_fiber, self.num_heads)
         q = _to_heads(query, self.key_fiber, self.num_heads)
         v = _to_heads(value, self.value_fiber, self.num_heads)
-        out = self.propagate(edge_index, q=q, k=k, v=v, size=(num_nodes, num_nodes)).flatten(-2)  # [N, P, C]
+        out = self.propagate(edge_index, q=q, k=k, v=v, size=(num_nodes, num_nodes))  # [N, P, W]
         if stacked:
             return out
         if self.value_fiber.is_uniform:
@@ -99,20 +114,23 @@ class AttentionSE3(MessagePassing):
         return self.value_fiber, self.key_fiber, self.key_fiber
 
     def message(self, q_i: Tensor, k: Tensor, v: Tensor, index: Tensor, size_i: int | None) -> tuple[Tensor, Tensor]:
-        """Values times the softmax numerators ``exp(logit - max)``, and the numerators ``[E, H]``."""
+        """Values times the softmax numerators ``exp(logit - max)``, and the numerators, per value channel."""
         # Logits and softmax in at least float32, whatever autocast gave the keys and queries.
         dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
-        logits = (q_i.to(dtype) * k.to(dtype)).sum((1, 3)) / math.sqrt(self.key_fiber.num_features)  # [E, H]
+        scale = 1 / math.sqrt(self.key_fiber.num_features)
+        sums = head_sums(k.shape[-1], v.shape[-1], self.num_heads, scale, k.device).to(dtype)
+        with torch.autocast(k.device.type, enabled=False):
+            logits = (q_i.to(dtype) * k.to(dtype)).sum(1) @ sums  # [E, W_v]: each channel its head's logit
         largest = scatter(logits.detach(), index, dim=0, dim_size=size_i, reduce="max")  # a shift: no gradient
         numerators = (logits - largest.index_select(0, index)).exp()
-        return v.to(dtype) * numerators[:, None, :, None], numerators
+        return v.to(dtype) * numerators.unsqueeze(1), numerators
 
     def aggregate(self, inputs: tuple[Tensor, Tensor], index: Tensor, dim_size: int | None = None) -> Tensor:
         """Sums of weighted values over each node's incoming edges, divided by the sums of their weights."""
         weighted, numerators = inputs
         total = scatter(weighted, index, dim=0, dim_size=dim_size, reduce="sum")
         denominators = scatter(numerators, index, dim=0, dim_size=dim_size, reduce="sum") + 1e-16
-        return total / denominators[:, None, :, None]
+        return total / denominators.unsqueeze(1)
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, key={self.key_fiber}, value={self.value_fiber}"
