@@ -31,15 +31,18 @@ def _to_heads(features: dict[str, Tensor] | Tensor, fiber: Fiber, num_heads: int
 
 @torch.compiler.disable  # a cached constant
 @functools.cache
-def head_sums(key_width: int, value_width: int, num_heads: int, scale: float, device: torch.device) -> Tensor:
-    """``[W_k, W_v]`` float32: ``scale`` where a key channel and a value channel are in the same head, else 0.
+def head_sums(
+    key_width: int, value_width: int, num_heads: int, scale: float, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """``[W_k, W_v]``: ``scale`` where a key channel and a value channel are in the same head, else 0.
 
     ``(q * k) @ head_sums`` gives each value channel its head's scaled logit: one product, no broadcasting over
     heads (element-wise products over a short heads axis are several times slower on CPU).
     """
     key_head = torch.arange(key_width) // (key_width // num_heads)
     value_head = torch.arange(value_width) // (value_width // num_heads)
-    return ((key_head[:, None] == value_head[None, :]) * scale).to(torch.float32).to(device)
+    same_head = (key_head[:, None] == value_head[None, :]).to(torch.float64)
+    return (same_head * scale).to(dtype=dtype, device=device)
 
 
 class AttentionSE3(MessagePassing):
@@ -118,7 +121,7 @@ class AttentionSE3(MessagePassing):
         # Logits and softmax in at least float32, whatever autocast gave the keys and queries.
         dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
         scale = 1 / math.sqrt(self.key_fiber.num_features)
-        sums = head_sums(k.shape[-1], v.shape[-1], self.num_heads, scale, k.device).to(dtype)
+        sums = head_sums(k.shape[-1], v.shape[-1], self.num_heads, scale, dtype, k.device)
         with torch.autocast(k.device.type, enabled=False):
             logits = (q_i.to(dtype) * k.to(dtype)).sum(1) @ sums  # [E, W_v]: each channel its head's logit
         largest = scatter(logits.detach(), index, dim=0, dim_size=size_i, reduce="max")  # a shift: no gradient

@@ -203,7 +203,9 @@ class ConvSE3(MessagePassing):
 
     Shapes:
         ``forward(node_feats {"d": [N, C_d, 2d+1]}, edge_feats {"d": [E, C_d, 2d+1]}, edge_index [2, E], basis)``
-        -> ``{"d": [N, C'_d, 2d+1]}`` (``pool=True``) or ``{"d": [E, C'_d, 2d+1]}``.
+        -> ``{"d": [N, C'_d, 2d+1]}`` (``pool=True``) or ``{"d": [E, C'_d, 2d+1]}``; stacked node features
+        ``[N, D, C]`` (:meth:`~se3pyg.fiber.Fiber.stack`) -> ``[N or E, D', C']`` when ``fiber_out`` is uniform.
+        Inputs with equal channels per degree (and no edge features of degree > 0) run stacked either way.
     """
 
     __repr__ = nn.Module.__repr__  # one style for every layer: torch's, with extra_repr
