@@ -109,8 +109,13 @@ def _reference_attention(layer: AttentionSE3, value: dict, key: dict, query: dic
 
 @pytest.mark.parametrize(
     ("key_fiber", "value_fiber"),
-    [({0: 4, 1: 4}, {0: 4, 1: 4, 2: 4}), ({0: 4}, {0: 4, 1: 4}), ({0: 6, 1: 2}, {0: 4, 1: 2})],
-    ids=["stacked", "keys-for-some-degrees", "unequal-channels"],
+    [
+        ({0: 4, 1: 4}, {0: 4, 1: 4, 2: 4}),
+        ({0: 4}, {0: 4, 1: 4}),
+        ({0: 6, 1: 2}, {0: 4, 1: 2}),
+        ({0: 6, 1: 2}, {0: 4, 1: 4}),
+    ],
+    ids=["stacked", "keys-for-some-degrees", "unequal-channels", "unequal-key-channels"],
 )
 def test_attention_is_a_softmax_over_incoming_edges(key_fiber: dict, value_fiber: dict) -> None:
     key_fiber, value_fiber = Fiber(key_fiber), Fiber(value_fiber)
@@ -120,8 +125,9 @@ def test_attention_is_a_softmax_over_incoming_edges(key_fiber: dict, value_fiber
     value, key, query = _features(value_fiber, edges, 1), _features(key_fiber, edges, 2), _features(key_fiber, 6, 3)
     expected = _reference_attention(layer, value, key, query, data.edge_index)
     _close(layer(value, key, query, data.edge_index), expected)
-    if key_fiber.is_uniform and value_fiber.is_uniform:
-        stacked = layer(value_fiber.stack(value), key_fiber.stack(key), key_fiber.stack(query), data.edge_index)
+    if value_fiber.is_uniform:  # stacked values give stacked output, whatever the keys
+        stack_keys = key_fiber.stack if key_fiber.is_uniform else dict
+        stacked = layer(value_fiber.stack(value), stack_keys(key), stack_keys(query), data.edge_index)
         _close(value_fiber.unstack(stacked), expected)
 
 

@@ -100,16 +100,15 @@ class AttentionSE3(MessagePassing):
         q = _to_heads(query, self.key_fiber, self.num_heads)
         v = _to_heads(value, self.value_fiber, self.num_heads)
         out = self.propagate(edge_index, q=q, k=k, v=v, size=(num_nodes, num_nodes))  # [N, P, W]
-        if stacked:
-            return out
-        if self.value_fiber.is_uniform:
-            return self.value_fiber.unstack(out)
+        if uniform:
+            return out if stacked else self.value_fiber.unstack(out)
         sizes = [c * (2 * d + 1) // self.num_heads for d, c in self.value_fiber.items()]
         parts = out.view(num_nodes, self.num_heads, -1).split(sizes, dim=-1)
-        return {
+        result = {
             str(d): p.reshape(num_nodes, c, 2 * d + 1)
             for (d, c), p in zip(self.value_fiber.items(), parts, strict=True)
         }
+        return self.value_fiber.stack(result) if stacked else result
 
     @property
     def fibers(self) -> tuple[Fiber, Fiber, Fiber]:
@@ -196,11 +195,11 @@ class AttentionBlockSE3(nn.Module):
 
     def forward(
         self,
-        node_feats: dict[str, Tensor],
+        node_feats: dict[str, Tensor] | Tensor,
         edge_feats: dict[str, Tensor],
         edge_index: Tensor,
         basis: Basis,
-    ) -> dict[str, Tensor]:
+    ) -> dict[str, Tensor] | Tensor:
         stacked = isinstance(node_feats, Tensor)
         value_fiber, key_fiber = self.attention.value_fiber, self.attention.key_fiber
         key_value = self.to_key_value(node_feats, edge_feats, edge_index, basis)

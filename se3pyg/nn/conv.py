@@ -333,7 +333,6 @@ class ConvSE3(MessagePassing):
             return out + (count[:, None, None] * term if self.pool else term[edge_index[1]])
         inputs = self.fiber_in.unstack(x) if self.stacked_in else self.fiber_in.unpack(x)
         out = self.fiber_out.unstack(out) if self.fiber_out.is_uniform else self.fiber_out.unpack(out)
-        out = dict(out)
         for key, weight in self.to_kernel_self.items():
             term = weight @ inputs[key]
             out[key] = out[key] + (count[:, None, None] * term if self.pool else term[edge_index[1]])
