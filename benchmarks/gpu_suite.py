@@ -27,6 +27,8 @@ sys.path.insert(0, str(ROOT))
 from se3pyg.compat.nvidia import load_nvidia  # noqa: E402
 from se3pyg.engine.benchmark import run_benchmark  # noqa: E402
 from se3pyg.engine.config import BenchmarkConfig  # noqa: E402
+from se3pyg.engine.counting import count_ops  # noqa: E402
+from se3pyg.model import SE3TransformerPooled  # noqa: E402
 from se3pyg.nn.conv import ConvSE3  # noqa: E402
 
 KEYS = ("x", "pos", "edge_index", "edge_attr")
@@ -72,6 +74,25 @@ def golden_checks(device: torch.device, kernel: str) -> dict:
     return out
 
 
+def step_counts(mols: list[dict], device: torch.device, batch_size: int, kernel: str) -> dict:
+    """Host syncs, launches and bytes written by one published-recipe forward + backward on ``device``."""
+    batch = Batch.from_data_list([Data(**m) for m in mols[:batch_size]]).to(device)
+    torch.manual_seed(0)
+    model = SE3TransformerPooled(kernel=kernel).to(device)
+    model(batch).sum().backward()  # cached constants outside the count
+    model.zero_grad(set_to_none=True)
+    counts = count_ops(lambda: torch.nn.functional.l1_loss(model(batch), batch.y.view(-1)).backward())
+    edges = batch.edge_index.shape[1]
+    return {
+        "kernel": kernel,
+        "batch_size": batch.num_graphs,
+        "directed_bonds": edges,
+        "host_syncs": counts.host_syncs,
+        "launches": counts.launches,
+        "mb_written_per_bond": counts.bytes_written / edges / 1e6,
+    }
+
+
 def throughput(
     mols: list[dict], mode: str, batch_size: int, amp: str | None, kernel: str = "auto", steps: int = 20, gpus: int = 1
 ) -> dict:
@@ -106,6 +127,8 @@ def main() -> None:
     jobs = [
         ("golden_reassociated", lambda: golden_checks(device, "reassociated")),
         ("golden_edge_weights", lambda: golden_checks(device, "edge_weights")),
+        ("step_counts_reassociated", lambda: step_counts(mols, device, small, "reassociated")),
+        ("step_counts_edge_weights", lambda: step_counts(mols, device, small, "edge_weights")),
         (f"train_amp_fp16_b{small}", lambda: throughput(mols, "train", small, "fp16", steps=steps, gpus=gpus)),
         (f"train_amp_bf16_b{small}", lambda: throughput(mols, "train", small, "bf16", steps=steps, gpus=gpus)),
         (f"train_tf32_b{small}", lambda: throughput(mols, "train", small, None, steps=steps, gpus=gpus)),
