@@ -47,10 +47,11 @@ class KernelGroup(nn.Module):
     The frequencies run over output degrees first, so the sum is taken one
     output degree at a time with that degree's basis block only (the fused
     basis is zero elsewhere): about 3x fewer multiplications than the dense
-    contraction for degrees 0..3. The product with :math:`R` is taken
-    transposed, :math:`y^T = T^T R^T` with :math:`T = x B`, and :math:`R^T` is
-    what the radial network writes: batched products with few output columns
-    run 2-4x faster on CPU that way, and no gradient needs a copy. On CPU
+    contraction for degrees 0..3. Both products read contiguous operands:
+    :math:`T_{e k (f i)} = \sum_l B_{e l f k} x_{e l i}` (``[E, D_d, F_d C_in]``,
+    the basis stored output-major) times the radial weights as the radial
+    network writes them with its rows reordered to ``(f, i, o)``
+    (``[E, F_d C_in, C_out]``), so no gradient needs a copy. On CPU
     without autograd, edges go in chunks whose radial weights stay in cache;
     under autograd every chunk's weights are kept for the backward pass
     anyway, and one chunk is faster (fewer, larger weight-gradient products:
@@ -105,15 +106,16 @@ class KernelGroup(nn.Module):
         num_freq = sum(self.freq_blocks)
         self.radial_func = RadialProfile(num_freq, channels_in, channels_out, edge_dim, use_layer_norm=use_layer_norm)
 
-    def _block_weights(self) -> list[Tensor]:
-        """The radial network's last weight per output degree, rows reordered to ``(i, f, o)``: ``[C_in F_d C_out, H]``.
+    def _weights_by_frequency(self) -> list[Tensor]:
+        """The radial network's last weight per output degree ``d``, as ``[F_d, C_in, C_out, H]`` blocks.
 
-        Radial weights come out transposed (``[E, C_in F_d, C_out]``), the layout the contraction reads
-        fastest and whose gradient needs no copy.
+        NVIDIA's rows ``(o, i, f)`` reordered to ``(f, i, o)``, one copy for all output degrees: each block is
+        contiguous, so the radial weights it gives (``[E, F_d C_in, C_out]``) and its reassociated products read it
+        without copies.
         """
         weight = self.radial_func.last.weight
         per_pair = weight.view(self.channels_out, self.channels_in, sum(self.freq_blocks), -1)
-        return [b.permute(1, 2, 0, 3).reshape(-1, weight.shape[-1]) for b in per_pair.split(self.freq_blocks, dim=2)]
+        return per_pair.permute(2, 1, 0, 3).contiguous().split(self.freq_blocks)
 
     def reset_parameters(self) -> None:
         self.radial_func.reset_parameters()
@@ -132,12 +134,9 @@ class KernelGroup(nn.Module):
     def _reassociated(self, features: Tensor, hidden: Tensor, basis: Basis) -> Tensor:
         """``[E, D_out, C_out]`` through ``G`` (see the class docstring); no per-edge radial weights."""
         num_edges, c_in, c_out = features.shape[0], self.channels_in, self.channels_out
-        weight = self.radial_func.last.weight
-        # Rows (o, i, f) -> (f, i, o), one copy for all output degrees: each block is then contiguous.
-        by_freq = weight.view(c_out, c_in, sum(self.freq_blocks), -1).permute(2, 1, 0, 3).contiguous()
         h = hidden.unsqueeze(-1)  # [E, mid, 1]
         parts = []
-        for d, w, freq in zip(self.degrees_out, by_freq.split(self.freq_blocks), self.freq_blocks, strict=True):
+        for d, w, freq in zip(self.degrees_out, self._weights_by_frequency(), self.freq_blocks, strict=True):
             block = basis.fused(self.degrees_in, [d], out_major=True)  # [E, D_d, F_d, D_in]
             dim = block.shape[1]
             t = torch.bmm(block.reshape(num_edges, dim * freq, -1), features)  # [E, D_d F_d, C_in]
@@ -146,9 +145,14 @@ class KernelGroup(nn.Module):
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def _edge_weights(self, features: Tensor, hidden: Tensor, basis: Basis) -> Tensor:
-        """``[E, D_out, C_out]`` through per-edge radial weights, in cache-sized edge chunks on CPU."""
-        blocks = [basis.fused(self.degrees_in, [d]) for d in self.degrees_out]
-        block_weights = self._block_weights()
+        """``[E, D_out, C_out]`` through per-edge radial weights, in cache-sized edge chunks on CPU.
+
+        Per output degree, ``T = B x`` (``[E, D_d, F_d C_in]``, the same product as the reassociated kernel's)
+        times the radial weights ``[E, F_d C_in, C_out]``: both products read contiguous operands, and no
+        gradient needs a copy.
+        """
+        blocks = [basis.fused(self.degrees_in, [d], out_major=True) for d in self.degrees_out]
+        weights = [w.reshape(-1, w.shape[-1]) for w in self._weights_by_frequency()]  # [F_d C_in C_out, H]
         num_edges = features.shape[0]
         chunk = num_edges
         if features.device.type == "cpu" and not (torch.is_grad_enabled() and hidden.requires_grad):
@@ -156,14 +160,13 @@ class KernelGroup(nn.Module):
         outputs = []
         for start in range(0, num_edges, chunk):
             stop = min(start + chunk, num_edges)
-            x, h = features[start:stop].transpose(1, 2), hidden[start:stop]  # x: [e, C_in, D_in]
+            x, h, count = features[start:stop], hidden[start:stop], stop - start
             parts = []
-            for weight, block, freq in zip(block_weights, blocks, self.freq_blocks, strict=True):
-                b = block[start:stop]
-                dim_out = b.shape[-1]
-                tmp = (x @ b.reshape(stop - start, b.shape[1], -1)).view(stop - start, -1, dim_out)
-                radial_t = (h @ weight.T).view(stop - start, self.channels_in * freq, self.channels_out)
-                parts.append(torch.bmm(tmp.transpose(1, 2), radial_t))
+            for weight, block, freq in zip(weights, blocks, self.freq_blocks, strict=True):
+                dim = block.shape[1]
+                t = torch.bmm(block[start:stop].reshape(count, dim * freq, -1), x)  # [e, D_d F_d, C_in]
+                radial = (h @ weight.T).view(count, freq * self.channels_in, self.channels_out)
+                parts.append(torch.bmm(t.view(count, dim, freq * self.channels_in), radial))
             outputs.append(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
