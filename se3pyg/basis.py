@@ -166,18 +166,10 @@ def _fused_cg_cpu(degrees_in: tuple[int, ...], degrees_out: tuple[int, ...]) -> 
 @torch.compiler.disable  # a cached constant: nothing for torch.compile to trace (it fails inside e3nn's 3j)
 @functools.cache
 def fused_clebsch_gordan(
-    degrees_in: tuple[int, ...],
-    degrees_out: tuple[int, ...],
-    dtype: torch.dtype,
-    device: torch.device,
-    out_major: bool = False,
+    degrees_in: tuple[int, ...], degrees_out: tuple[int, ...], dtype: torch.dtype, device: torch.device
 ) -> Tensor:
-    """:func:`_fused_cg_cpu` flattened to ``[M, D_in * F * D_out]`` (``out_major``: ``[M, D_out * F * D_in]``)
-    on ``device``, cached."""
-    cg = _fused_cg_cpu(degrees_in, degrees_out)
-    if out_major:
-        cg = cg.permute(0, 3, 2, 1)
-    return cg.flatten(1).to(dtype=dtype, device=device)
+    """:func:`_fused_cg_cpu` output-major, flattened to ``[M, D_out * F * D_in]`` on ``device``, cached."""
+    return _fused_cg_cpu(degrees_in, degrees_out).permute(0, 3, 2, 1).flatten(1).to(dtype=dtype, device=device)
 
 
 class Basis:
@@ -196,7 +188,7 @@ class Basis:
             )
         self.sh = sh
         self.max_degree = max_degree
-        self._cache: dict[tuple[tuple[int, ...], tuple[int, ...], bool], Tensor] = {}
+        self._cache: dict[tuple[tuple[int, ...], tuple[int, ...]], Tensor] = {}
 
     @classmethod
     def from_relative_pos(cls, relative_pos: Tensor, max_degree: int) -> Basis:
@@ -206,18 +198,15 @@ class Basis:
     def num_edges(self) -> int:
         return self.sh.shape[0]
 
-    def fused(self, degrees_in: Sequence[int], degrees_out: Sequence[int], out_major: bool = False) -> Tensor:
-        """Basis ``[E, D_in, F, D_out]`` for the given input and output degrees.
-
-        ``out_major``: the same values as ``[E, D_out, F, D_in]``, the layout the reassociated kernel reads.
-        """
-        key = (tuple(degrees_in), tuple(degrees_out), out_major)
+    def fused(self, degrees_in: Sequence[int], degrees_out: Sequence[int]) -> Tensor:
+        """Basis ``[E, D_out, F, D_in]`` for the given input and output degrees (output-major: the layout the
+        kernels read, a row of ``F * D_in`` values per output component)."""
+        key = (tuple(degrees_in), tuple(degrees_out))
         if key not in self._cache:
-            cg = fused_clebsch_gordan(*key[:2], self.sh.dtype, self.sh.device, out_major)
+            cg = fused_clebsch_gordan(*key, self.sh.dtype, self.sh.device)
             num_m = (max(key[0]) + max(key[1]) + 1) ** 2
             basis = self.sh[:, :num_m] @ cg
             dim_in = sum(degree_to_dim(d) for d in key[0])
             dim_out = sum(degree_to_dim(d) for d in key[1])
-            shape = (dim_out, -1, dim_in) if out_major else (dim_in, -1, dim_out)
-            self._cache[key] = basis.view(self.num_edges, *shape)
+            self._cache[key] = basis.view(self.num_edges, dim_out, -1, dim_in)
         return self._cache[key]

@@ -65,8 +65,8 @@ def test_fused_basis_matches_pairwise_blocks() -> None:
         in_off = 0
         for d_in in range(3):
             for J in range(abs(d_in - d_out), d_in + d_out + 1):
-                block = torch.einsum("nm,klm->nlk", sh[:, J * J : (J + 1) ** 2], clebsch_gordan(J, d_in, d_out))
-                got = full[:, in_off : in_off + 2 * d_in + 1, f, out_off : out_off + 2 * d_out + 1]
+                block = torch.einsum("nm,klm->nkl", sh[:, J * J : (J + 1) ** 2], clebsch_gordan(J, d_in, d_out))
+                got = full[:, out_off : out_off + 2 * d_out + 1, f, in_off : in_off + 2 * d_in + 1]
                 assert torch.allclose(got, block, atol=1e-12)
                 f += 1
             in_off += 2 * d_in + 1

@@ -37,7 +37,8 @@ class KernelGroup(nn.Module):
     r"""One radial network and the fused basis block it weighs.
 
     For input features :math:`x \in \mathbb{R}^{E \times D_{in} \times C_{in}}`,
-    basis :math:`B \in \mathbb{R}^{E \times D_{in} \times F \times D_{out}}` and
+    basis :math:`B_{e l f k}` (input component ``l``, frequency ``f``, output component ``k``; stored
+    ``[E, D_out, F, D_in]``) and
     radial weights :math:`R \in \mathbb{R}^{E \times C_{out} \times C_{in} F}`:
 
     .. math::
@@ -106,7 +107,7 @@ class KernelGroup(nn.Module):
         num_freq = sum(self.freq_blocks)
         self.radial_func = RadialProfile(num_freq, channels_in, channels_out, edge_dim, use_layer_norm=use_layer_norm)
 
-    def _weights_by_frequency(self) -> list[Tensor]:
+    def _weights_by_frequency(self) -> tuple[Tensor, ...]:
         """The radial network's last weight per output degree ``d``, as ``[F_d, C_in, C_out, H]`` blocks.
 
         NVIDIA's rows ``(o, i, f)`` reordered to ``(f, i, o)``, one copy for all output degrees: each block is
@@ -137,7 +138,7 @@ class KernelGroup(nn.Module):
         h = hidden.unsqueeze(-1)  # [E, mid, 1]
         parts = []
         for d, w, freq in zip(self.degrees_out, self._weights_by_frequency(), self.freq_blocks, strict=True):
-            block = basis.fused(self.degrees_in, [d], out_major=True)  # [E, D_d, F_d, D_in]
+            block = basis.fused(self.degrees_in, [d])  # [E, D_d, F_d, D_in]
             dim = block.shape[1]
             t = torch.bmm(block.reshape(num_edges, dim * freq, -1), features)  # [E, D_d F_d, C_in]
             g = t.view(num_edges * dim, freq * c_in) @ w.reshape(freq * c_in, -1)  # [E D_d, C_out mid]
@@ -151,7 +152,7 @@ class KernelGroup(nn.Module):
         times the radial weights ``[E, F_d C_in, C_out]``: both products read contiguous operands, and no
         gradient needs a copy.
         """
-        blocks = [basis.fused(self.degrees_in, [d], out_major=True) for d in self.degrees_out]
+        blocks = [basis.fused(self.degrees_in, [d]) for d in self.degrees_out]
         weights = [w.reshape(-1, w.shape[-1]) for w in self._weights_by_frequency()]  # [F_d C_in C_out, H]
         num_edges = features.shape[0]
         chunk = num_edges
