@@ -91,11 +91,6 @@ class Fiber(Mapping[int, int]):
         """Whether every degree has the same channels (the fibers whose features stack)."""
         return len(set(self._structure.values())) == 1
 
-    @property
-    def num_components(self) -> int:
-        """``D = sum_d (2d + 1)``: the components of all degrees."""
-        return sum(degree_to_dim(d) for d in self._structure)
-
     def component_degrees(self) -> list[int]:
         """The degree of each of the ``D`` components, in stacked order."""
         return [d for d in self._structure for _ in range(degree_to_dim(d))]

@@ -37,6 +37,19 @@ def wigner_D(degree: int, R: torch.Tensor) -> torch.Tensor:
     return torch.linalg.lstsq(Y, Y_rot).solution.T
 
 
+def chain_molecule(n: int = 5, seed: int = 0) -> Data:
+    """A random chain of ``n`` atoms with QM9's feature sizes (6 node, 4 edge features), bonds both ways."""
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.arange(n - 1)
+    edge_index = torch.cat([torch.stack([src, src + 1]), torch.stack([src + 1, src])], dim=1)
+    return Data(
+        x=torch.randn(n, 6, generator=gen),
+        pos=torch.randn(n, 3, generator=gen),
+        edge_index=edge_index,
+        edge_attr=torch.randn(edge_index.shape[1], 4, generator=gen),
+    )
+
+
 @pytest.fixture(scope="session", params=GOLDEN_FILES, ids=[p.stem for p in GOLDEN_FILES])
 def golden(request: pytest.FixtureRequest) -> dict:
     return torch.load(request.param, weights_only=True)

@@ -14,7 +14,7 @@ from se3pyg.basis import Basis
 from se3pyg.engine.counting import count_ops
 from se3pyg.nn import AttentionBlockSE3, AttentionSE3, ConvSE3, LinearSE3, NormSE3, auto_kernel
 
-from .test_model import _molecule
+from .conftest import chain_molecule
 
 TOL = 1e-12  # float64 throughout
 
@@ -35,7 +35,7 @@ def test_stack_and_unstack() -> None:
     fiber = Fiber.create(3, 4)
     feats = _features(fiber, 5)
     stacked = fiber.stack(feats)
-    assert stacked.shape == (5, 9, 4) and fiber.num_components == 9
+    assert stacked.shape == (5, 9, 4)
     assert fiber.component_degrees() == [0, 1, 1, 1, 2, 2, 2, 2, 2]
     back = fiber.unstack(stacked)
     _close(back, feats)
@@ -119,7 +119,7 @@ def _reference_attention(layer: AttentionSE3, value: dict, key: dict, query: dic
 )
 def test_attention_is_a_softmax_over_incoming_edges(key_fiber: dict, value_fiber: dict) -> None:
     key_fiber, value_fiber = Fiber(key_fiber), Fiber(value_fiber)
-    data = _molecule(6)
+    data = chain_molecule(6)
     edges = data.edge_index.shape[1]
     layer = AttentionSE3(2, key_fiber, value_fiber)
     value, key, query = _features(value_fiber, edges, 1), _features(key_fiber, edges, 2), _features(key_fiber, 6, 3)
@@ -135,7 +135,7 @@ def test_attention_is_a_softmax_over_incoming_edges(key_fiber: dict, value_fiber
 @pytest.mark.parametrize("pool", [True, False])
 def test_conv_stacked_equals_dict(layout: str, pool: bool) -> None:
     hidden = Fiber.create(3, 4)
-    data = _molecule(6)
+    data = chain_molecule(6)
     edge_feats = {"0": torch.randn(data.edge_index.shape[1], 5, 1, dtype=torch.float64)}
     basis = Basis.from_relative_pos(
         (data.pos[data.edge_index[1]] - data.pos[data.edge_index[0]]).double(), max_degree=2
@@ -154,7 +154,7 @@ def test_conv_stacked_equals_dict(layout: str, pool: bool) -> None:
 def test_attention_block_stacked_equals_dict() -> None:
     """The first block (input fiber {0: 6}: keys for degree 0 only) and a hidden one."""
     hidden = Fiber.create(3, 4)
-    data = _molecule(6)
+    data = chain_molecule(6)
     edge_feats = {"0": torch.randn(data.edge_index.shape[1], 5, 1, dtype=torch.float64)}
     basis = Basis.from_relative_pos(
         (data.pos[data.edge_index[1]] - data.pos[data.edge_index[0]]).double(), max_degree=2
@@ -170,7 +170,7 @@ def test_attention_block_stacked_equals_dict() -> None:
 def test_published_training_step_launch_budget() -> None:
     """One published-recipe forward + backward with the GPU kernel, counted on CPU: no host sync, at most
     1,200 operator calls (each a kernel launch on a GPU; the count does not depend on the batch size)."""
-    batch = Batch.from_data_list([_molecule(n, seed=n) for n in (5, 7, 9)])
+    batch = Batch.from_data_list([chain_molecule(n, seed=n) for n in (5, 7, 9)])
     batch.y = torch.zeros(3)
     torch.manual_seed(0)
     model = SE3TransformerPooled(kernel=auto_kernel("cuda"))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch_geometric.data import Batch, Data
+from torch_geometric.data import Batch
 
 from se3pyg import Fiber, SE3Transformer, SE3TransformerPooled
 from se3pyg.nn import ConvSE3
+
+from .conftest import chain_molecule
 
 
 def _n_params(model: torch.nn.Module) -> int:
@@ -29,18 +31,6 @@ def test_layouts_build_the_expected_radial_networks() -> None:
     assert (pairwise.fuse, len(pairwise.groups)) == ("pairwise", 9)
 
 
-def _molecule(n: int = 5, seed: int = 0) -> Data:
-    gen = torch.Generator().manual_seed(seed)
-    src = torch.arange(n - 1)
-    edge_index = torch.cat([torch.stack([src, src + 1]), torch.stack([src + 1, src])], dim=1)
-    return Data(
-        x=torch.randn(n, 6, generator=gen),
-        pos=torch.randn(n, 3, generator=gen),
-        edge_index=edge_index,
-        edge_attr=torch.randn(edge_index.shape[1], 4, generator=gen),
-    )
-
-
 @pytest.fixture(scope="module")
 def small() -> SE3TransformerPooled:
     torch.manual_seed(0)
@@ -48,7 +38,7 @@ def small() -> SE3TransformerPooled:
 
 
 def test_batch_prediction_equals_single_predictions(small: SE3TransformerPooled) -> None:
-    mols = [_molecule(4 + i, seed=i) for i in range(3)]
+    mols = [chain_molecule(4 + i, seed=i) for i in range(3)]
     with torch.no_grad():
         batched = small(Batch.from_data_list(mols))
         single = torch.cat([small(Batch.from_data_list([m])) for m in mols])
@@ -59,7 +49,7 @@ def test_batch_prediction_equals_single_predictions(small: SE3TransformerPooled)
 def test_precomputed_spherical_harmonics_give_the_same_output(small: SE3TransformerPooled) -> None:
     from se3pyg.basis import spherical_harmonics
 
-    batch = Batch.from_data_list([_molecule()])
+    batch = Batch.from_data_list([chain_molecule()])
     rel = batch.pos[batch.edge_index[1]] - batch.pos[batch.edge_index[0]]
     with torch.no_grad():
         direct = small(batch)
@@ -69,7 +59,7 @@ def test_precomputed_spherical_harmonics_give_the_same_output(small: SE3Transfor
 
 
 def test_low_memory_gives_the_same_gradients() -> None:
-    batch = Batch.from_data_list([_molecule(), _molecule(6, 1)])
+    batch = Batch.from_data_list([chain_molecule(), chain_molecule(6, 1)])
     grads = []
     for low_memory in (False, True):
         torch.manual_seed(0)
@@ -93,7 +83,7 @@ def test_low_memory_gives_the_same_gradients() -> None:
     ],
 )
 def test_bad_inputs_raise_value_errors_naming_the_field(small: SE3TransformerPooled, mutate, field: str) -> None:
-    batch = Batch.from_data_list([_molecule()])
+    batch = Batch.from_data_list([chain_molecule()])
     mutate(batch)
     with pytest.raises(ValueError, match=field):
         small(batch)
@@ -113,7 +103,7 @@ def test_bad_hyperparameters_are_refused() -> None:
 def test_config_round_trip(small: SE3TransformerPooled) -> None:
     clone = SE3TransformerPooled.from_config(small.config)
     clone.load_state_dict(small.state_dict())
-    batch = Batch.from_data_list([_molecule()])
+    batch = Batch.from_data_list([chain_molecule()])
     with torch.no_grad():
         assert torch.equal(clone.eval()(batch), small(batch))
 
