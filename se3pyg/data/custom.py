@@ -161,13 +161,13 @@ def _process(spec: DatasetSpec) -> BuiltDataset:
         raise DataError(f"--dataset {spec.source}: {errors[0]} ({len(errors)} bad records; --bad-records skip)")
     if not molecules:
         raise DataError(f"--dataset {spec.source}: no usable molecules ({len(errors)} bad records, first: {errors[0]})")
-    used = element_order(
-        {e for m in molecules for e, on in zip(elements, m.x[:, :-1].any(0).tolist(), strict=True) if on}
-    )
-    if spec.elements is not None:
-        used = spec.elements  # a model's features, whatever this data holds
-    elif used != elements:  # elements only the skipped records had: featurize again without them
-        molecules = [_refeaturized(m, elements, used) for m in molecules]
+    used = elements  # a model's features (spec.elements), whatever this data holds
+    if spec.elements is None:
+        used = element_order(
+            {e for m in molecules for e, on in zip(elements, m.x[:, :-1].any(0).tolist(), strict=True) if on}
+        )
+        if used != elements:  # elements only the skipped records had: featurize again without them
+            molecules = [_refeaturized(m, elements, used) for m in molecules]
     dataset = InMemoryDataset()
     dataset.data, dataset.slices = InMemoryDataset.collate(molecules)
     return BuiltDataset(dataset, used, len(errors), [str(e) for e in errors[:5]])
