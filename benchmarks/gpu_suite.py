@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from se3pyg.compat.nvidia import load_nvidia  # noqa: E402
 from se3pyg.engine.benchmark import run_benchmark  # noqa: E402
 from se3pyg.engine.config import BenchmarkConfig  # noqa: E402
-from se3pyg.engine.counting import count_ops  # noqa: E402
+from se3pyg.engine.counting import count_training_step  # noqa: E402
 from se3pyg.model import SE3TransformerPooled  # noqa: E402
 from se3pyg.nn.conv import ConvSE3  # noqa: E402
 
@@ -78,10 +78,7 @@ def step_counts(mols: list[dict], device: torch.device, batch_size: int, kernel:
     """Host syncs, launches and bytes written by one published-recipe forward + backward on ``device``."""
     batch = Batch.from_data_list([Data(**m) for m in mols[:batch_size]]).to(device)
     torch.manual_seed(0)
-    model = SE3TransformerPooled(kernel=kernel).to(device)
-    model(batch).sum().backward()  # cached constants outside the count
-    model.zero_grad(set_to_none=True)
-    counts = count_ops(lambda: torch.nn.functional.l1_loss(model(batch), batch.y.view(-1)).backward())
+    counts = count_training_step(SE3TransformerPooled(kernel=kernel).to(device), batch)
     edges = batch.edge_index.shape[1]
     return {
         "kernel": kernel,

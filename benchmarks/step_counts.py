@@ -15,7 +15,7 @@ from torch_geometric.data import Batch
 
 from se3pyg import SE3TransformerPooled
 from se3pyg.data import get_task, qm9_splits
-from se3pyg.engine.counting import count_ops
+from se3pyg.engine.counting import count_training_step
 
 
 def main() -> None:
@@ -34,10 +34,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     options = {} if args.kernel is None else {"kernel": args.kernel}
     model = SE3TransformerPooled(**options)
-    model(batch).sum().backward()  # warm caches (Clebsch-Gordan tensors) outside the count
-    model.zero_grad(set_to_none=True)
-
-    counts = count_ops(lambda: torch.nn.functional.l1_loss(model(batch), batch.y).backward())
+    counts = count_training_step(model, batch)
     edges = batch.edge_index.shape[1]
     print(f"{batch.num_graphs} molecules, {edges} directed bonds, kernel {args.kernel or 'default'}")
     print(f"host syncs {counts.host_syncs} {dict(counts.syncs_by_op)}")

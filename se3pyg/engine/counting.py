@@ -77,3 +77,13 @@ def count_ops(fn: Callable[[], object]) -> OpCounts:
         entering.remove()
         leaving.remove()
     return counts
+
+
+def count_training_step(model: torch.nn.Module, batch: Any) -> OpCounts:
+    """One forward + L1-loss backward of ``model`` on ``batch`` (targets ``batch.y``), counted after one
+    uncounted step that builds the cached constants (Clebsch-Gordan tensors, indices); gradients cleared."""
+    model(batch).sum().backward()
+    model.zero_grad(set_to_none=True)
+    counts = count_ops(lambda: torch.nn.functional.l1_loss(model(batch), batch.y).backward())
+    model.zero_grad(set_to_none=True)
+    return counts
