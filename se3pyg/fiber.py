@@ -127,3 +127,10 @@ class Fiber(Mapping[int, int]):
         """Inverse of :meth:`stack`: views ``{"d": [N, C, 2d+1]}`` of ``[N, D, C]``."""
         parts = stacked.split([degree_to_dim(d) for d in self.degrees], dim=-2)
         return {str(d): p.transpose(-1, -2) for d, p in zip(self.degrees, parts, strict=True)}
+
+
+def component_rows(stacked: Tensor, run: tuple[int, int]) -> Tensor:
+    """The ``(start, length)`` run of stacked components ``[..., D, C]`` (:meth:`Fiber.component_run`); the tensor
+    itself when the run is all of them, so that autograd has no slice to undo."""
+    start, length = run
+    return stacked if length == stacked.shape[-2] else stacked.narrow(-2, start, length)

@@ -11,7 +11,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import degree as node_degree
 
 from se3pyg.basis import Basis, num_frequencies
-from se3pyg.fiber import Fiber, degree_to_dim
+from se3pyg.fiber import Fiber, component_rows
 from se3pyg.nn.linear import stacked_linear
 from se3pyg.nn.radial import RadialProfile
 
@@ -333,7 +333,7 @@ class ConvSE3(MessagePassing):
         count = node_degree(edge_index[1], num_nodes, dtype=x.dtype) if self.pool else None
         if self._self_run is not None:  # stacked in and out
             weights = [self.to_kernel_self[str(d)] for d in self.fiber_out.degrees]
-            term = stacked_linear(x.narrow(-2, *self._self_run), weights, self.fiber_out.degrees)
+            term = stacked_linear(component_rows(x, self._self_run), weights, self.fiber_out.degrees)
             return out + (count[:, None, None] * term if self.pool else term[edge_index[1]])
         inputs = self.fiber_in.unstack(x) if self.stacked_in else self.fiber_in.unpack(x)
         out = self.fiber_out.unstack(out) if self.fiber_out.is_uniform else self.fiber_out.unpack(out)
@@ -372,11 +372,8 @@ class ConvSE3(MessagePassing):
         """Each group's input degrees -> their stacked source features ``[E, D_in, C_in]``."""
         keys = {tuple(group.degrees_in) for group in self.groups}
         if self.stacked_in:
-            offsets = dict(zip(self.fiber_in.degrees, self._offsets(), strict=True))
-            return {
-                k: x_j if list(k) == self.fiber_in.degrees else x_j.narrow(1, offsets[k[0]], degree_to_dim(k[0]))
-                for k in keys
-            }
+            # A group reads every input degree or one: a run of the stacked components either way.
+            return {k: component_rows(x_j, self.fiber_in.component_run(list(k))) for k in keys}
         inputs = self.fiber_in.unpack(x_j)
         for d in self.fiber_in.degrees:
             if d > 0 and str(d) in edge_feats:
@@ -387,11 +384,6 @@ class ConvSE3(MessagePassing):
             else inputs[str(k[0])].transpose(1, 2)
             for k in keys
         }
-
-    def _offsets(self) -> list[int]:
-        """Where each input degree's components start in stacked features."""
-        dims = [degree_to_dim(d) for d in self.fiber_in.degrees]
-        return [sum(dims[:i]) for i in range(len(dims))]
 
     def extra_repr(self) -> str:
         return f"{self.fiber_in} -> {self.fiber_out}, fuse={self.fuse}, pool={self.pool}, kernel={self.kernel}"

@@ -7,7 +7,7 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from se3pyg.fiber import Fiber, degree_to_dim
+from se3pyg.fiber import Fiber, component_rows, degree_to_dim
 
 
 @torch.compiler.disable  # a cached constant
@@ -66,7 +66,7 @@ class LinearSE3(nn.Module):
         with torch.autocast(weights[0].device.type, enabled=False):
             stacked = isinstance(features, Tensor)
             if stacked and self.fiber_out.is_uniform and self._kept is not None:
-                inputs = features.narrow(-2, *self._kept).to(weights[0].dtype)
+                inputs = component_rows(features, self._kept).to(weights[0].dtype)
                 return stacked_linear(inputs, weights, self.fiber_out.degrees)
             if stacked:
                 features = self.fiber_in.unstack(features)
