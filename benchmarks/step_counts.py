@@ -16,6 +16,7 @@ from torch_geometric.data import Batch
 from se3pyg import SE3TransformerPooled
 from se3pyg.data import get_task, qm9_splits
 from se3pyg.engine.counting import count_training_step
+from se3pyg.nn.conv import KERNELS, auto_kernel
 
 
 def main() -> None:
@@ -23,7 +24,12 @@ def main() -> None:
     parser.add_argument("--data-dir", default="data/qm9")
     parser.add_argument("--limit", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=240)
-    parser.add_argument("--kernel", default=None, help="a kernel of se3pyg.nn.conv.KERNELS, or auto for a device type")
+    parser.add_argument(
+        "--kernel",
+        default=None,
+        choices=[*KERNELS, "cpu", "cuda"],
+        help="a kernel of se3pyg.nn.conv.KERNELS, or a device type: the kernel auto_kernel picks there",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -32,11 +38,12 @@ def main() -> None:
     picks = torch.randperm(len(train), generator=generator)[: args.batch_size].tolist()
     batch = Batch.from_data_list([train[i] for i in picks])
     torch.manual_seed(args.seed)
-    options = {} if args.kernel is None else {"kernel": args.kernel}
+    kernel = auto_kernel(args.kernel) if args.kernel in ("cpu", "cuda") else args.kernel
+    options = {} if kernel is None else {"kernel": kernel}
     model = SE3TransformerPooled(**options)
     counts = count_training_step(model, batch)
     edges = batch.edge_index.shape[1]
-    print(f"{batch.num_graphs} molecules, {edges} directed bonds, kernel {args.kernel or 'default'}")
+    print(f"{batch.num_graphs} molecules, {edges} directed bonds, kernel {kernel or 'default'}")
     print(f"host syncs {counts.host_syncs} {dict(counts.syncs_by_op)}")
     print(f"operator calls (launches) {counts.launches}: {counts.by_op.most_common(12)}")
     print(f"launches by module (forward) and in backward: {counts.by_module.most_common(12)}")
@@ -45,7 +52,7 @@ def main() -> None:
     result = {
         "batch_size": batch.num_graphs,
         "directed_bonds": edges,
-        "kernel": args.kernel,
+        "kernel": kernel,
         "host_syncs": counts.host_syncs,
         "launches": counts.launches,
         "bytes_written": counts.bytes_written,
