@@ -121,6 +121,21 @@ class KernelGroup(nn.Module):
         per_pair = weight.view(self.channels_out, self.channels_in, sum(self.freq_blocks), -1)
         return per_pair.permute(2, 1, 0, 3).contiguous().split(self.freq_blocks)
 
+    def _radial_maps(self, hidden_major: bool) -> list[Tensor]:
+        """Per output degree ``d``, the map from the hidden layer to the radial weights: ``[H, F_d C_in C_out]``.
+
+        Columns ``(f, i, o)``. ``hidden_major``: one copy with ``H`` as rows, so the forward product and both of its
+        gradients (``h^T dR``, ``dR W``) read their operands without transposes: 1.04-1.11x a training step on CPU
+        (alternated steps, published recipe and small configuration). Otherwise a transposed view of
+        :meth:`_weights_by_frequency`, which inference reads faster (the copy costs more than it saves there).
+        """
+        if not hidden_major:
+            return [w.reshape(-1, w.shape[-1]).T for w in self._weights_by_frequency()]
+        weight = self.radial_func.last.weight
+        per_pair = weight.view(self.channels_out, self.channels_in, sum(self.freq_blocks), -1)
+        columns = [f * self.channels_in * self.channels_out for f in self.freq_blocks]
+        return list(per_pair.permute(3, 2, 1, 0).reshape(weight.shape[1], -1).split(columns, dim=1))
+
     def reset_parameters(self) -> None:
         self.radial_func.reset_parameters()
 
@@ -156,20 +171,21 @@ class KernelGroup(nn.Module):
         gradient needs a copy.
         """
         blocks = [basis.fused(self.degrees_in, [d]) for d in self.degrees_out]
-        weights = [w.reshape(-1, w.shape[-1]) for w in self._weights_by_frequency()]  # [F_d C_in C_out, H]
+        under_autograd = torch.is_grad_enabled() and hidden.requires_grad
+        maps = self._radial_maps(hidden_major=under_autograd)  # [H, F_d C_in C_out]
         num_edges = features.shape[0]
         chunk = num_edges
-        if features.device.type == "cpu" and not (torch.is_grad_enabled() and hidden.requires_grad):
+        if features.device.type == "cpu" and not under_autograd:
             chunk = max(1, self.CPU_CHUNK_FLOATS // (self.channels_out * self.channels_in * sum(self.freq_blocks)))
         outputs = []
         for start in range(0, num_edges, chunk):
             stop = min(start + chunk, num_edges)
             x, h, count = features[start:stop], hidden[start:stop], stop - start
             parts = []
-            for weight, block, freq in zip(weights, blocks, self.freq_blocks, strict=True):
+            for radial_map, block, freq in zip(maps, blocks, self.freq_blocks, strict=True):
                 dim = block.shape[1]
                 t = torch.bmm(block[start:stop].reshape(count, dim * freq, -1), x)  # [e, D_d F_d, C_in]
-                radial = (h @ weight.T).view(count, freq * self.channels_in, self.channels_out)
+                radial = (h @ radial_map).view(count, freq * self.channels_in, self.channels_out)
                 parts.append(torch.bmm(t.view(count, dim, freq * self.channels_in), radial))
             outputs.append(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
