@@ -86,7 +86,7 @@ class KernelGroup(nn.Module):
         (stacked, components before channels), ``D = sum_d (2d + 1)`` over the fused degrees.
     """
 
-    #: Radial weights per CPU chunk (floats): 32 MB. Smaller chunks ran slower (8 MB: 1.27x the step time of
+    #: Radial weights per CPU chunk (floats): 32 MB. Smaller chunks ran slower (8 MB: 1.21-1.28x the step time of
     #: one chunk, published-recipe inference at batch 64); larger ones only hold more memory.
     CPU_CHUNK_FLOATS = 1 << 23
 
