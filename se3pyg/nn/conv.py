@@ -164,7 +164,7 @@ class KernelGroup(nn.Module):
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def _edge_weights(self, features: Tensor, hidden: Tensor, basis: Basis) -> Tensor:
-        """``[E, D_out, C_out]`` through per-edge radial weights, in cache-sized edge chunks on CPU.
+        """``[E, D_out, C_out]`` through per-edge radial weights, in edge chunks of at most 32 MB of them on CPU.
 
         Per output degree, ``T = B x`` (``[E, D_d, F_d C_in]``, the same product as the reassociated kernel's)
         times the radial weights ``[E, F_d C_in, C_out]``: both products read contiguous operands, and no
