@@ -15,10 +15,12 @@ import argparse
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch_geometric.data import Batch, Data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +92,57 @@ def step_counts(mols: list[dict], device: torch.device, batch_size: int, kernel:
     }
 
 
+def device_busy(mols: list[dict], device: torch.device, batch_size: int, amp: str | None, steps: int) -> dict:
+    """Wall time of an eager published-recipe training step against the time its kernels run on ``device``.
+
+    A busy fraction well under 1 means the host (about 1,170 operator launches a step) is what the step waits for,
+    which only CUDA graphs (static shapes) would remove. Forward, L1 loss and backward under autocast, no optimizer.
+    """
+    batch = Batch.from_data_list([Data(**m) for m in mols[:batch_size]]).to(device)
+    torch.manual_seed(0)
+    model = SE3TransformerPooled().to(device)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp or "", torch.float32)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=amp is not None):
+            loss = torch.nn.functional.l1_loss(model(batch).float(), batch.y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(3):
+        step()
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize()
+    wall_ms = (time.perf_counter() - start) / steps * 1e3
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        for _ in range(steps):
+            step()
+        synchronize()
+    events = profile.key_averages()
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # each kernel once
+    kernel_ms = sum(e.device_time_total for e in kernels) / steps / 1e3
+    operators = [e for e in events if e.device_type == DeviceType.CPU]  # with the time of the kernels they launch
+    top = sorted(operators, key=lambda e: e.self_device_time_total, reverse=True)[:10]
+    return {
+        "precision": amp or "tf32",
+        "batch_size": batch.num_graphs,
+        "wall_ms_per_step": wall_ms,
+        "device_kernel_ms_per_step": kernel_ms,
+        "busy_fraction": kernel_ms / wall_ms,
+        "top_operators_device_ms_per_step": {e.key: e.self_device_time_total / steps / 1e3 for e in top},
+    }
+
+
 def throughput(
     mols: list[dict], mode: str, batch_size: int, amp: str | None, kernel: str = "auto", steps: int = 20, gpus: int = 1
 ) -> dict:
@@ -126,6 +179,7 @@ def main() -> None:
         ("golden_edge_weights", lambda: golden_checks(device, "edge_weights")),
         ("step_counts_reassociated", lambda: step_counts(mols, device, small, "reassociated")),
         ("step_counts_edge_weights", lambda: step_counts(mols, device, small, "edge_weights")),
+        (f"device_busy_amp_fp16_b{small}", lambda: device_busy(mols, device, small, "fp16", steps)),
         (f"train_amp_fp16_b{small}", lambda: throughput(mols, "train", small, "fp16", steps=steps, gpus=gpus)),
         (f"train_amp_bf16_b{small}", lambda: throughput(mols, "train", small, "bf16", steps=steps, gpus=gpus)),
         (f"train_tf32_b{small}", lambda: throughput(mols, "train", small, None, steps=steps, gpus=gpus)),
