@@ -42,7 +42,8 @@ def export(data_dir: str, path: str, count: int, seed: int = 0) -> None:
 
     splits = qm9_splits(data_dir, get_task("homo"))
     order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))[:count]
-    mols = [{k: getattr(splits.train[int(i)], k) for k in (*KEYS, "y")} for i in order]
+    # clone: a molecule's tensors are views of the whole collated dataset, which torch.save would write each time
+    mols = [{k: getattr(splits.train[int(i)], k).clone() for k in (*KEYS, "y")} for i in order]
     torch.save(mols, path)
 
 
