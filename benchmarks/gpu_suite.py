@@ -153,7 +153,10 @@ def throughput(
         mode=mode, batch_size=batch_size, steps=steps, amp=amp is not None, amp_dtype=amp or "auto", gpus=gpus,
         tracking=False, kernel=kernel,
     )  # fmt: skip
-    result = run_benchmark(config, [Data(**m) for m in mols])
+    data = [Data(**m) for m in mols]
+    # the benchmark reads steps + warm-up + 1 batches: the sample is repeated to fill them
+    needed = (config.steps + config.warmup + 1) * batch_size
+    result = run_benchmark(config, data * -(-needed // len(data)))
     result["precision"] = amp or "tf32"
     return result
 
