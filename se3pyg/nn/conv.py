@@ -117,9 +117,11 @@ class KernelGroup(nn.Module):
         contiguous, so the radial weights it gives (``[E, F_d C_in, C_out]``) and its reassociated products read it
         without copies.
         """
-        weight = self.radial_func.last.weight
-        per_pair = weight.view(self.channels_out, self.channels_in, sum(self.freq_blocks), -1)
-        return per_pair.permute(2, 1, 0, 3).contiguous().split(self.freq_blocks)
+        return self._last_weight_by_pair().permute(2, 1, 0, 3).contiguous().split(self.freq_blocks)
+
+    def _last_weight_by_pair(self) -> Tensor:
+        """The radial network's last weight as NVIDIA lays out its rows, ``[C_out, C_in, F, H]`` (a view)."""
+        return self.radial_func.last.weight.view(self.channels_out, self.channels_in, sum(self.freq_blocks), -1)
 
     def _radial_maps(self, hidden_major: bool) -> list[Tensor]:
         """Per output degree ``d``, the map from the hidden layer to the radial weights: ``[H, F_d C_in C_out]``.
@@ -131,10 +133,9 @@ class KernelGroup(nn.Module):
         """
         if not hidden_major:
             return [w.reshape(-1, w.shape[-1]).T for w in self._weights_by_frequency()]
-        weight = self.radial_func.last.weight
-        per_pair = weight.view(self.channels_out, self.channels_in, sum(self.freq_blocks), -1)
+        by_pair = self._last_weight_by_pair()
         columns = [f * self.channels_in * self.channels_out for f in self.freq_blocks]
-        return list(per_pair.permute(3, 2, 1, 0).reshape(weight.shape[1], -1).split(columns, dim=1))
+        return list(by_pair.permute(3, 2, 1, 0).reshape(by_pair.shape[-1], -1).split(columns, dim=1))
 
     def reset_parameters(self) -> None:
         self.radial_func.reset_parameters()
@@ -300,6 +301,11 @@ class ConvSE3(MessagePassing):
 
         #: Whether node features run stacked (``[N, D, C]``): equal input channels, no edge features of degree > 0.
         self.stacked_in = fiber_in.is_uniform and not any(d > 0 for d in fiber_edge.degrees)
+        #: Each group's input degrees -> their run of stacked input components (a group reads every input degree or
+        #: one, a run either way).
+        self._input_runs = (
+            {tuple(g.degrees_in): fiber_in.component_run(g.degrees_in) for g in self.groups} if self.stacked_in else {}
+        )
         self._self_run = None  # the stacked input components of a stacked self-interaction
         if self_interaction:
             if self.stacked_in and fiber_out.is_uniform and all(d in fiber_in for d in fiber_out.degrees):
@@ -389,10 +395,9 @@ class ConvSE3(MessagePassing):
 
     def _group_inputs(self, x_j: Tensor, edge_feats: dict[str, Tensor]) -> dict[tuple[int, ...], Tensor]:
         """Each group's input degrees -> their stacked source features ``[E, D_in, C_in]``."""
-        keys = {tuple(group.degrees_in) for group in self.groups}
         if self.stacked_in:
-            # A group reads every input degree or one: a run of the stacked components either way.
-            return {k: component_rows(x_j, self.fiber_in.component_run(list(k))) for k in keys}
+            return {k: component_rows(x_j, run) for k, run in self._input_runs.items()}
+        keys = {tuple(group.degrees_in) for group in self.groups}
         inputs = self.fiber_in.unpack(x_j)
         for d in self.fiber_in.degrees:
             if d > 0 and str(d) in edge_feats:
