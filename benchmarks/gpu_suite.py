@@ -77,9 +77,14 @@ def golden_checks(device: torch.device, kernel: str) -> dict:
     return out
 
 
+def first_batch(mols: list[dict], batch_size: int, device: torch.device) -> Batch:
+    """The sample's first ``batch_size`` molecules as one batch on ``device``."""
+    return Batch.from_data_list([Data(**m) for m in mols[:batch_size]]).to(device)
+
+
 def step_counts(mols: list[dict], device: torch.device, batch_size: int, kernel: str) -> dict:
     """Host syncs, launches and bytes written by one published-recipe forward + backward on ``device``."""
-    batch = Batch.from_data_list([Data(**m) for m in mols[:batch_size]]).to(device)
+    batch = first_batch(mols, batch_size, device)
     torch.manual_seed(0)
     counts = count_training_step(SE3TransformerPooled(kernel=kernel).to(device), batch)
     edges = batch.edge_index.shape[1]
@@ -99,7 +104,7 @@ def device_busy(mols: list[dict], device: torch.device, batch_size: int, amp: st
     A busy fraction well under 1 means the host (about 1,170 operator launches a step) is what the step waits for,
     which only CUDA graphs (static shapes) would remove. Forward, L1 loss and backward under autocast, no optimizer.
     """
-    batch = Batch.from_data_list([Data(**m) for m in mols[:batch_size]]).to(device)
+    batch = first_batch(mols, batch_size, device)
     torch.manual_seed(0)
     model = SE3TransformerPooled().to(device)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp or "", torch.float32)
