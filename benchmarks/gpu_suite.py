@@ -149,6 +149,75 @@ def device_busy(mols: list[dict], device: torch.device, batch_size: int, amp: st
     }
 
 
+def step_breakdown(mols: list[dict], device: torch.device, batch_size: int, steps: int) -> dict:
+    """Where the benchmark's AMP fp16 training step spends its time, milliseconds a step.
+
+    The model's forward + backward alone (AMP fp16, and float32/TF32), the whole step (GradScaler and AdamW) with
+    ``make_optimizer``'s AdamW and with the other one (fused / foreach), each also with a synchronize after every
+    step (as the benchmark times it); and the whole step's launches and operators by host time.
+    """
+    from se3pyg.engine.distributed import DistInfo
+    from se3pyg.engine.state import TrainState
+    from se3pyg.engine.step import train_step
+
+    batch = first_batch(mols, batch_size, device)
+    config = BenchmarkConfig(mode="train", batch_size=batch_size, amp=True, amp_dtype="fp16", tracking=False)
+    state = TrainState.build(config.training(), DistInfo(device=device))
+    state.net.train()
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(step, sync_each: bool = False) -> float:
+        for _ in range(3):
+            step()
+        synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+            if sync_each:
+                synchronize()
+        synchronize()
+        return (time.perf_counter() - start) / steps * 1e3
+
+    def forward_backward(amp: bool) -> None:
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            loss = torch.nn.functional.l1_loss(state.net(batch).float(), batch.y)
+        state.scaler.scale(loss).backward() if amp else loss.backward()
+        state.optimizer.zero_grad(set_to_none=True)
+
+    fused = bool(state.optimizer.defaults.get("fused"))
+    result: dict = {
+        "batch_size": batch.num_graphs,
+        "forward_backward_amp_fp16": timed(lambda: forward_backward(True)),
+        "forward_backward_tf32": timed(lambda: forward_backward(False)),
+    }
+    for name in ("fused" if fused else "foreach", "foreach" if fused else "fused"):
+        result[f"train_step_adamw_{name}"] = timed(lambda: train_step(state, batch))
+        result[f"train_step_adamw_{name}_synced"] = timed(lambda: train_step(state, batch), sync_each=True)
+        lr = state.optimizer.param_groups[0]["lr"]
+        state.optimizer = torch.optim.AdamW(
+            state.model.parameters(),
+            lr=lr,
+            weight_decay=0.1,
+            fused=name == "foreach" or None,
+            foreach=name == "fused" or None,
+        )  # the other one, for the second round
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        for _ in range(steps):
+            train_step(state, batch)
+        synchronize()
+    events = profile.key_averages()
+    result["launches_per_step"] = sum(e.count for e in events if e.device_type == DeviceType.CUDA) / steps
+    top = sorted((e for e in events if e.device_type == DeviceType.CPU), key=lambda e: e.self_cpu_time_total)
+    result["top_operators_host_ms_per_step"] = {e.key: e.self_cpu_time_total / steps / 1e3 for e in reversed(top[-15:])}
+    return result
+
+
 def throughput(
     mols: list[dict], mode: str, batch_size: int, amp: str | None, kernel: str = "auto", steps: int = 20, gpus: int = 1
 ) -> dict:
@@ -189,6 +258,7 @@ def main() -> None:
         ("step_counts_reassociated", lambda: step_counts(mols, device, small, "reassociated")),
         ("step_counts_edge_weights", lambda: step_counts(mols, device, small, "edge_weights")),
         (f"device_busy_amp_fp16_b{small}", lambda: device_busy(mols, device, small, "fp16", steps)),
+        (f"step_breakdown_amp_fp16_b{small}", lambda: step_breakdown(mols, device, small, steps)),
         (f"train_amp_fp16_b{small}", lambda: throughput(mols, "train", small, "fp16", steps=steps, gpus=gpus)),
         (f"train_amp_bf16_b{small}", lambda: throughput(mols, "train", small, "bf16", steps=steps, gpus=gpus)),
         (f"train_tf32_b{small}", lambda: throughput(mols, "train", small, None, steps=steps, gpus=gpus)),

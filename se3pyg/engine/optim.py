@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -54,20 +53,28 @@ class Lamb(torch.optim.Optimizer):
                 m_hat = m / (1 - beta1 ** state["step"])
                 v_hat = v / (1 - beta2 ** state["step"])
                 update = m_hat / (v_hat.sqrt() + group["eps"]) + group["weight_decay"] * p
-                w_norm, u_norm = p.norm().item(), update.norm().item()
-                trust = w_norm / u_norm if w_norm > 0 and u_norm > 0 and math.isfinite(u_norm) else 1.0
-                p.add_(update, alpha=-group["lr"] * trust)
+                w_norm, u_norm = p.norm(), update.norm()
+                usable = (w_norm > 0) & (u_norm > 0) & u_norm.isfinite()  # on the device: no host read
+                trust = torch.where(usable, w_norm / u_norm, torch.ones_like(w_norm))
+                p.sub_(update * (group["lr"] * trust))
         return loss
 
 
 def make_optimizer(
     name: str, params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float
 ) -> torch.optim.Optimizer:
-    """NVIDIA's choices: ``adam`` = AdamW betas (0.9, 0.999); ``sgd`` with momentum; ``lamb``."""
+    """NVIDIA's choices: ``adam`` = AdamW betas (0.9, 0.999); ``sgd`` with momentum; ``lamb``.
+
+    On CUDA, AdamW and SGD are PyTorch's fused kernels (as apex's): a few launches a step instead of several per
+    parameter, and with a ``GradScaler`` the loss scale and the non-finite flag stay on the device (the unfused
+    step reads the flag on the host, a sync every step).
+    """
+    params = list(params)
+    fused = bool(params) and all(p.is_cuda for p in params)
     if name == "adam":
-        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, fused=fused or None)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused or None)
     if name == "lamb":
         return Lamb(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
