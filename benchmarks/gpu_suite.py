@@ -218,14 +218,57 @@ def step_breakdown(mols: list[dict], device: torch.device, batch_size: int, step
     return result
 
 
+def graphs_check(mols: list[dict], device: torch.device, batch_size: int, steps: int = 6) -> dict:
+    """Eager and CUDA-graph steps from the same weights on the same batches (float32, no TF32): each loss, the
+    gradients summed over the batches, and the prediction of the graphed prediction step."""
+    from se3pyg.engine.distributed import DistInfo
+    from se3pyg.engine.graphs import GraphedSteps
+    from se3pyg.engine.state import TrainState
+    from se3pyg.engine.step import predict_step, train_step
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    config = BenchmarkConfig(mode="train", batch_size=batch_size, tracking=False).training()
+    eager, graphed = (
+        TrainState.build(config, DistInfo(device=device)),
+        TrainState.build(config, DistInfo(device=device)),
+    )
+    graphed.model.load_state_dict(eager.model.state_dict())
+    graph_steps = GraphedSteps(graphed, capture=device.type == "cuda")
+    batches = [first_batch(mols[i * batch_size :], batch_size, device) for i in range(steps)]
+    loss_error = 0.0
+    for batch in batches:  # no update: the gradients add up
+        expected = train_step(eager, batch, update=False)
+        loss_error = max(loss_error, float((graph_steps.train(batch, update=False) - expected).abs() / expected.abs()))
+    grads = torch.cat([p.grad.flatten() for p in eager.model.parameters()])
+    grad_error = float((graph_steps.flat_grad - grads).norm() / grads.norm())
+    with torch.inference_mode():
+        expected = predict_step(eager.model, batches[0], eager.precision)
+        predict_error = float((graph_steps.predict(batches[0]) - expected).norm() / expected.norm())
+    return {
+        "graphs_captured": len(graph_steps.graphs),
+        "loss_rel_error_max": loss_error,
+        "grad_rel_error": grad_error,
+        "predict_rel_error": predict_error,
+        "pass": max(loss_error, grad_error, predict_error) < 1e-4,
+    }
+
+
 def throughput(
-    mols: list[dict], mode: str, batch_size: int, amp: str | None, kernel: str = "auto", steps: int = 20, gpus: int = 1
+    mols: list[dict],
+    mode: str,
+    batch_size: int,
+    amp: str | None,
+    kernel: str = "auto",
+    steps: int = 20,
+    gpus: int = 1,
+    graphs: bool = False,
 ) -> dict:
-    """se3pyg's benchmark (NVIDIA's method) on the GPU for the published recipe."""
+    """se3pyg's benchmark (NVIDIA's method) on the GPU for the published recipe; with ``graphs``, ``--cuda-graphs``
+    with a longer warm-up (each batch shape is captured on its first batch)."""
     torch.backends.cuda.matmul.allow_tf32 = True
     config = BenchmarkConfig(
-        mode=mode, batch_size=batch_size, steps=steps, amp=amp is not None, amp_dtype=amp or "auto", gpus=gpus,
-        tracking=False, kernel=kernel,
+        mode=mode, batch_size=batch_size, steps=2 * steps if graphs else steps, warmup=10 if graphs else 2,
+        amp=amp is not None, amp_dtype=amp or "auto", gpus=gpus, tracking=False, kernel=kernel, cuda_graphs=graphs,
     )  # fmt: skip
     data = [Data(**m) for m in mols]
     # the benchmark reads steps + warm-up + 1 batches: the sample is repeated to fill them
@@ -243,6 +286,7 @@ def main() -> None:
     parser.add_argument("--molecules", default=str(ROOT / "benchmarks" / "qm9_sample.pt"))
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_results.json"))
     parser.add_argument("--smoke", action="store_true", help="a short run on this machine's CPU, to check the suite")
+    parser.add_argument("--only", default="", help="comma-separated job names: run only those jobs")
     args = parser.parse_args()
     if args.export:
         export(args.data_dir, args.export, args.count)
@@ -266,7 +310,20 @@ def main() -> None:
          lambda: throughput(mols, "train", small, "fp16", "edge_weights", steps, gpus)),
         (f"predict_amp_fp16_b{big}", lambda: throughput(mols, "predict", big, "fp16", steps=steps, gpus=gpus)),
         (f"predict_tf32_b{big}", lambda: throughput(mols, "predict", big, None, steps=steps, gpus=gpus)),
+        (f"graphs_check_b{small}", lambda: graphs_check(mols, device, small)),
+        (f"graphs_train_amp_fp16_b{small}", lambda: throughput(mols, "train", small, "fp16", steps=steps, gpus=gpus,
+                                                               graphs=True)),
+        (f"graphs_train_amp_bf16_b{small}", lambda: throughput(mols, "train", small, "bf16", steps=steps, gpus=gpus,
+                                                               graphs=True)),
+        (f"graphs_train_tf32_b{small}", lambda: throughput(mols, "train", small, None, steps=steps, gpus=gpus,
+                                                           graphs=True)),
+        (f"graphs_predict_amp_fp16_b{big}", lambda: throughput(mols, "predict", big, "fp16", steps=steps, gpus=gpus,
+                                                               graphs=True)),
+        (f"graphs_predict_tf32_b{big}", lambda: throughput(mols, "predict", big, None, steps=steps, gpus=gpus,
+                                                           graphs=True)),
     ]  # fmt: skip
+    if args.only:
+        jobs = [(name, job) for name, job in jobs if name in args.only.split(",")]
     for name, job in jobs:
         try:
             report[name] = job()

@@ -46,6 +46,14 @@ def test_benchmark_refuses_what_cannot_run(qm9_dir: Path, tmp_path: Path) -> Non
                   "--no-tracking", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2 and "raise --limit or lower --steps" in done.stderr
     assert "Traceback" not in done.stderr
+    refused = [
+        (("--cuda-graphs", "--gpus", "0"), "--cuda-graphs needs a GPU, and this run is on the CPU"),
+        (("--cuda-graphs", "--compile"), "--compile and --cuda-graphs: choose one"),
+        (("--cuda-graphs", "--precompute-bases"), "padded batches cannot carry precomputed harmonics"),
+    ]
+    for options, message in refused:
+        done = _bench("train", "--data-dir", str(qm9_dir), "--no-tracking", *options, cwd=tmp_path)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_epochs_and_processes(qm9_dir: Path, tmp_path: Path) -> None:

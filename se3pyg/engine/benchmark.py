@@ -157,7 +157,8 @@ def _measure(info: DistInfo, config: BenchmarkConfig, molecules: Sequence[Data] 
         if training:
             deltas, timed = _time(config, info, lambda b: train_step(state, b), loader)
         else:
-            deltas, timed = _time(config, info, lambda b: predict_step(state.net, b, state.precision), loader)
+            predict = state.graphs.predict if state.graphs else lambda b: predict_step(state.net, b, state.precision)
+            deltas, timed = _time(config, info, predict, loader)
     return _figures(config, info, deltas, timed, state)
 
 

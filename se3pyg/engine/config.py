@@ -72,6 +72,11 @@ class RunOptions(DeviceOptions, ModelOptions):
     data_dir: str = option("data/qm9", "QM9 folder (built when missing).")
     limit: int | None = option(None, "Use only the first N QM9 molecules.")
     precompute_bases: bool = option(False, "Keep every bond's spherical harmonics in RAM.")
+    cuda_graphs: bool = option(
+        False,
+        "Replay each step as a CUDA graph, batches padded to a few shapes (GPUs).",
+        "--cuda-graphs/--no-cuda-graphs",
+    )
     processes: int = option(1, "Processes when not on GPUs (DDP over gloo), e.g. to test DDP on CPU.")
     dataset: str | None = option(None, "Your molecules instead of QM9: an SDF, or a folder of XYZ/SDF files + a CSV.")
     target: str | None = option(None, "With --dataset: the SDF data field or CSV column to learn.")
@@ -87,6 +92,12 @@ class RunOptions(DeviceOptions, ModelOptions):
     def model_options(self) -> dict[str, Any]:
         """The :class:`ModelOptions` fields, as ``SE3TransformerPooled`` keywords."""
         return {f.name: getattr(self, f.name) for f in fields(ModelOptions)}
+
+    def resolve_gpus(self: _Options) -> _Options:
+        resolved = super().resolve_gpus()
+        if resolved.cuda_graphs and not resolved.gpus:
+            raise ValueError("--cuda-graphs needs a GPU, and this run is on the CPU (no GPU visible, or --gpus 0)")
+        return resolved
 
     @property
     def world_size(self) -> int:
@@ -107,6 +118,8 @@ class RunOptions(DeviceOptions, ModelOptions):
             if not self.target:
                 raise ValueError(f"--dataset {self.dataset}: name the value to learn with --target")
             self.dataset_spec().validate()
+        if self.cuda_graphs and self.precompute_bases:
+            raise ValueError("--cuda-graphs and --precompute-bases: padded batches cannot carry precomputed harmonics")
         if self.limit is not None and self.limit < 10:
             raise ValueError(f"--limit must be >= 10 (train, validation and test need molecules), got {self.limit}")
         if (self.num_channels // self.channels_div) % self.num_heads:
@@ -234,6 +247,8 @@ class BenchmarkConfig(RunOptions):
             raise ValueError(f"mode must be train, predict or data, got {self.mode!r}")
         if self.steps < 1 or self.epochs < 0 or self.warmup < 0:
             raise ValueError("--steps must be >= 1, --epochs and --warmup >= 0")
+        if self.compile and self.cuda_graphs:
+            raise ValueError("--compile and --cuda-graphs: choose one (the graphs replay the eager model)")
 
     def training(self) -> TrainConfig:
         """The training run whose step this benchmark times (NVIDIA's optimizer and schedule)."""

@@ -41,11 +41,12 @@ class Precision:
         """``fp32``, ``fp16`` or ``bf16``."""
         return next((k for k, v in DTYPES.items() if v == self.dtype), "fp32")
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """The autocast context of the forward pass (a no-op in full precision)."""
+    def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager:
+        """The autocast context of the forward pass (a no-op in full precision); ``cache=False`` inside a CUDA
+        graph capture (cached casts would outlive the graph's memory)."""
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=cache)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """Loss scaling for fp16 (enabled only there: bf16 and float32 gradients do not underflow)."""

@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from se3pyg.engine.checkpoint import model_from_checkpoint
 from se3pyg.engine.config import TrainConfig
 from se3pyg.engine.distributed import DistInfo
+from se3pyg.engine.graphs import GraphedSteps
 from se3pyg.engine.optim import make_optimizer
 from se3pyg.engine.precision import Precision
 from se3pyg.model import SE3TransformerPooled
@@ -23,7 +24,8 @@ class TrainState:
     """What training steps read and change, and where the run stands.
 
     ``model`` is the bare model (what checkpoints hold), ``net`` what the
-    step calls: the model, compiled and/or wrapped in DDP. ``epoch`` is the
+    step calls: the model, compiled and/or wrapped in DDP; ``graphs`` the
+    CUDA-graph steps that replace it with ``--cuda-graphs``. ``epoch`` is the
     next epoch to run.
     """
 
@@ -37,6 +39,7 @@ class TrainState:
     gradient_clip: float | None = None
     epoch: int = 0
     best_val_mae: float = math.inf
+    graphs: GraphedSteps | None = None
 
     @classmethod
     def build(
@@ -72,6 +75,8 @@ class TrainState:
         state.accumulate, state.gradient_clip = config.accumulate_grad_batches, config.gradient_clip
         if checkpoint is not None:
             state.restore(checkpoint, config.epochs)
+        if config.cuda_graphs:
+            state.graphs = GraphedSteps(state)
         return state
 
     def restore(self, checkpoint: dict[str, Any], epochs: int) -> None:

@@ -27,8 +27,11 @@ def train_step(state: TrainState, batch: Batch, update: bool = True) -> Tensor:
     that count; DDP all-reduces only on the updating one). An update unscales
     fp16 gradients, clips their norm to ``state.gradient_clip`` when set,
     steps the optimizer and the loss scale, and clears the gradients.
-    Returns the detached loss of the batch, on the device.
+    Returns the detached loss of the batch, on the device. With ``--cuda-graphs``
+    (``state.graphs``) the same step is replayed as a CUDA graph.
     """
+    if state.graphs is not None:
+        return state.graphs.train(batch, update)
     net = state.net
     no_sync = not update and isinstance(net, DistributedDataParallel)
     with net.no_sync() if no_sync else contextlib.nullcontext():

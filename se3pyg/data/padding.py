@@ -1,0 +1,63 @@
+"""Batches padded to a few static shapes (what a replayed CUDA graph needs).
+
+A batch of ``B`` molecules with ``N`` atoms and ``E`` directed bonds becomes
+one of ``B + 1`` graphs, ``N'`` atoms and ``E'`` bonds: the extra graph holds
+the ``N' - N`` padding atoms, 1 Å apart on a line, with zero features, and the
+``E' - E`` padding bonds, each from padding atom ``k`` to ``k + 1`` (cyclically).
+No real atom sends to or receives from a padding atom, and every layer works
+per atom or per bond, so the first ``B`` outputs (and their gradients) are
+those of the unpadded batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch_geometric.data import Batch
+
+#: Fields a padded batch carries; the molecules' QM9 indices (``idx``) are left out, any other field (e.g.
+#: precomputed harmonics) is refused.
+PADDED_FIELDS = ("x", "pos", "edge_index", "edge_attr", "batch", "ptr", "y")
+
+
+def padded_size(count: int, extra: int = 0) -> int:
+    r"""``count + extra`` rounded up to a multiple of :math:`q = \max(64, 2^{\lfloor \log_2 n \rfloor - 4})`.
+
+    It adds fewer than ``max(64, n / 16)`` rows, and the batches of one batch size fall into a handful of sizes.
+    """
+    n = count + extra
+    quantum = max(64, 1 << max(0, n.bit_length() - 5))
+    return -(-n // quantum) * quantum
+
+
+def static_shape(batch: Batch) -> tuple[int, int, int]:
+    """``(graphs, atoms, bonds)`` of ``batch`` once padded: one more graph, at least two padding atoms."""
+    return batch.num_graphs + 1, padded_size(batch.num_nodes, 2), padded_size(batch.edge_index.shape[1])
+
+
+def pad_batch(batch: Batch, num_nodes: int, num_edges: int) -> Batch:
+    """``batch`` with a padding graph that brings it to ``num_nodes`` atoms and ``num_edges`` bonds."""
+    extra = sorted(set(batch.keys()) - {*PADDED_FIELDS, "idx"})
+    if extra:
+        raise ValueError(f"padding keeps only {', '.join(PADDED_FIELDS)}; the batch also has {', '.join(extra)}")
+    n, e, graphs = batch.num_nodes, batch.edge_index.shape[1], batch.num_graphs
+    pad_nodes, pad_edges = num_nodes - n, num_edges - e
+    if pad_nodes < 2 or pad_edges < 0:
+        raise ValueError(
+            f"cannot pad {n} atoms, {e} bonds to {num_nodes} atoms (2 padding atoms at least), {num_edges}"
+        )
+    device, index = batch.x.device, batch.edge_index
+    line = torch.arange(pad_nodes, device=device, dtype=batch.pos.dtype)
+    k = torch.arange(pad_edges, device=device, dtype=index.dtype)
+    padding_bonds = torch.stack([k % pad_nodes, (k + 1) % pad_nodes]) + n
+    padded = Batch(
+        x=torch.cat([batch.x, batch.x.new_zeros(pad_nodes, batch.x.shape[1])]),
+        pos=torch.cat([batch.pos, torch.stack([line, torch.zeros_like(line), torch.zeros_like(line)], 1)]),
+        edge_index=torch.cat([index, padding_bonds], 1),
+        batch=torch.cat([batch.batch, batch.batch.new_full((pad_nodes,), graphs)]),
+        ptr=torch.cat([batch.ptr, batch.ptr.new_full((1,), num_nodes)]),
+        y=torch.cat([batch.y, batch.y.new_zeros(1, *batch.y.shape[1:])]),
+    )
+    if getattr(batch, "edge_attr", None) is not None:
+        padded.edge_attr = torch.cat([batch.edge_attr, batch.edge_attr.new_zeros(pad_edges, batch.edge_attr.shape[1])])
+    padded._num_graphs = graphs + 1
+    return padded

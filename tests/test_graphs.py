@@ -1,0 +1,110 @@
+"""Static-shape steps: padded batches compute what unpadded ones do; the graphed steps equal the eager ones.
+
+The capture itself needs CUDA (the last test, and benchmarks/gpu_suite.py on a GPU); everything around it runs
+here with ``capture=False``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from se3pyg.data import get_task, qm9_splits
+from se3pyg.data.padding import pad_batch, padded_size, static_shape
+from se3pyg.engine.config import TrainConfig
+from se3pyg.engine.distributed import DistInfo
+from se3pyg.engine.graphs import GraphedSteps
+from se3pyg.engine.state import TrainState
+from se3pyg.engine.step import predict_step, train_step
+from se3pyg.model import SE3TransformerPooled
+
+from .conftest import QM9_SUBSET
+
+TINY = dict(num_layers=2, num_degrees=2, num_channels=8, num_heads=2, batch_size=8, limit=QM9_SUBSET)
+
+
+def _batches(qm9_dir: Path, sizes: list[int]) -> list[Batch]:
+    train = qm9_splits(qm9_dir, get_task("homo"), limit=QM9_SUBSET).train
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [Batch.from_data_list([train[i] for i in range(s, s + n)]) for s, n in zip(starts, sizes, strict=True)]
+
+
+def test_padded_sizes_are_few_and_add_at_most_a_sixteenth() -> None:
+    sizes = {padded_size(n) for n in range(4000, 4700)}
+    assert len(sizes) <= 4
+    for n in (1, 63, 64, 65, 1000, 4330, 9026, 123457):
+        assert 0 <= padded_size(n) - n < max(64, n / 16)
+    assert padded_size(64, extra=2) == 128
+
+
+def test_padding_leaves_the_real_graphs_outputs_and_gradients_unchanged(qm9_dir: Path) -> None:
+    torch.manual_seed(0)
+    model = SE3TransformerPooled(num_layers=2, num_degrees=3, num_channels=8, num_heads=2).double()
+    batch = _batches(qm9_dir, [8])[0]
+    for name in ("x", "pos", "edge_attr", "y"):
+        setattr(batch, name, getattr(batch, name).double())
+    graphs, nodes, edges = static_shape(batch)
+    padded = pad_batch(batch, nodes, edges)
+    assert (padded.num_graphs, padded.num_nodes, padded.edge_index.shape[1]) == (graphs, nodes, edges)
+    assert padded.num_nodes >= batch.num_nodes + 2 and padded.edge_index.shape[1] > batch.edge_index.shape[1]
+
+    def output_and_grads(b: Batch, real: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        out = model(b)[:real]
+        torch.nn.functional.l1_loss(out, b.y[:real]).backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    out, grads = output_and_grads(batch, batch.num_graphs)
+    padded_out, padded_grads = output_and_grads(padded, batch.num_graphs)
+    torch.testing.assert_close(padded_out, out, rtol=1e-12, atol=1e-12)
+    for g, pg in zip(grads, padded_grads, strict=True):
+        torch.testing.assert_close(pg, g, rtol=1e-10, atol=1e-12)
+
+
+def test_padding_refuses_fields_it_cannot_pad_and_too_small_shapes(qm9_dir: Path) -> None:
+    batch = _batches(qm9_dir, [8])[0]
+    with pytest.raises(ValueError, match="2 padding atoms"):
+        pad_batch(batch, batch.num_nodes + 1, batch.edge_index.shape[1])
+    batch.sh = torch.zeros(batch.edge_index.shape[1], 9)
+    with pytest.raises(ValueError, match="also has sh"):
+        pad_batch(batch, batch.num_nodes + 2, batch.edge_index.shape[1])
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_graphed_steps_train_and_predict_as_the_eager_steps(qm9_dir: Path, tmp_path: Path, accumulate: int) -> None:
+    """Three updates over batches of different shapes: the same losses, parameters and predictions."""
+    config = TrainConfig(**TINY, data_dir=str(qm9_dir), accumulate_grad_batches=accumulate, gradient_clip=1.0)
+    eager = TrainState.build(config, DistInfo())
+    graphed = TrainState.build(config, DistInfo())
+    graphed.model.load_state_dict(eager.model.state_dict())
+    steps = GraphedSteps(graphed, capture=False)
+    batches = _batches(qm9_dir, [8, 4, 12] * accumulate)
+    assert len({static_shape(b) for b in batches}) == 3  # three graphs
+    for i, batch in enumerate(batches):
+        update = (i + 1) % accumulate == 0
+        expected = train_step(eager, copy.copy(batch), update=update)
+        torch.testing.assert_close(steps.train(batch, update=update), expected, rtol=1e-5, atol=1e-6)
+    for p, q in zip(eager.model.parameters(), graphed.model.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
+    with torch.inference_mode():
+        for batch in batches[:2]:
+            expected = predict_step(eager.model, batch, eager.precision)
+            torch.testing.assert_close(steps.predict(batch), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_captured_steps_equal_the_eager_steps_on_cuda(qm9_dir: Path) -> None:
+    config = TrainConfig(**TINY, data_dir=str(qm9_dir), gpus=1)
+    device = DistInfo(device=torch.device("cuda"))
+    eager, graphed = TrainState.build(config, device), TrainState.build(config, device)
+    graphed.model.load_state_dict(eager.model.state_dict())
+    steps = GraphedSteps(graphed)
+    for batch in _batches(qm9_dir, [8, 8, 4, 8]):
+        batch = batch.to("cuda")
+        torch.testing.assert_close(steps.train(batch), train_step(eager, batch), rtol=1e-4, atol=1e-5)
+    for p, q in zip(eager.model.parameters(), graphed.model.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5)
