@@ -219,38 +219,56 @@ def step_breakdown(mols: list[dict], device: torch.device, batch_size: int, step
 
 
 def graphs_check(mols: list[dict], device: torch.device, batch_size: int, steps: int = 6) -> dict:
-    """Eager and CUDA-graph steps from the same weights on the same batches (float32, no TF32): each loss, the
+    """Eager and CUDA-graph steps from the same weights on the same batches, in float64 (where rounding cannot hide
+    a wrong result) and in float32 without TF32 (beside the eager step's run-to-run spread there): each loss, the
     gradients summed over the batches, and the prediction of the graphed prediction step."""
     from se3pyg.engine.distributed import DistInfo
     from se3pyg.engine.graphs import GraphedSteps
     from se3pyg.engine.state import TrainState
     from se3pyg.engine.step import predict_step, train_step
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    config = BenchmarkConfig(mode="train", batch_size=batch_size, tracking=False).training()
-    eager, graphed = (
-        TrainState.build(config, DistInfo(device=device)),
-        TrainState.build(config, DistInfo(device=device)),
-    )
-    graphed.model.load_state_dict(eager.model.state_dict())
-    graph_steps = GraphedSteps(graphed, capture=device.type == "cuda")
-    batches = [first_batch(mols[i * batch_size :], batch_size, device) for i in range(steps)]
-    loss_error = 0.0
-    for batch in batches:  # no update: the gradients add up
-        expected = train_step(eager, batch, update=False)
-        loss_error = max(loss_error, float((graph_steps.train(batch, update=False) - expected).abs() / expected.abs()))
-    grads = torch.cat([p.grad.flatten() for p in eager.model.parameters()])
-    grad_error = float((graph_steps.flat_grad - grads).norm() / grads.norm())
-    with torch.inference_mode():
-        expected = predict_step(eager.model, batches[0], eager.precision)
-        predict_error = float((graph_steps.predict(batches[0]) - expected).norm() / expected.norm())
-    return {
-        "graphs_captured": len(graph_steps.graphs),
-        "loss_rel_error_max": loss_error,
-        "grad_rel_error": grad_error,
-        "predict_rel_error": predict_error,
-        "pass": max(loss_error, grad_error, predict_error) < 1e-4,
-    }
+    def errors(dtype: torch.dtype) -> dict:
+        config = BenchmarkConfig(mode="train", batch_size=batch_size, tracking=False).training()
+        eager, graphed = (
+            TrainState.build(config, DistInfo(device=device)),
+            TrainState.build(config, DistInfo(device=device)),
+        )
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # (building turned it on)
+        graphed.model.load_state_dict(eager.model.state_dict())
+        eager.model.to(dtype), graphed.model.to(dtype)
+        graph_steps = GraphedSteps(graphed, capture=device.type == "cuda")
+        batches = [first_batch(mols[i * batch_size :], batch_size, device) for i in range(steps)]
+        for batch in batches:
+            for name in ("x", "pos", "edge_attr", "y"):
+                setattr(batch, name, getattr(batch, name).to(dtype))
+
+        def eager_grads() -> torch.Tensor:
+            eager.optimizer.zero_grad(set_to_none=True)
+            for batch in batches:  # no update: the gradients add up
+                train_step(eager, batch, update=False)
+            return torch.cat([p.grad.flatten() for p in eager.model.parameters()])
+
+        grads = eager_grads()
+        loss_error = 0.0
+        for batch in batches:
+            expected = train_step(eager, batch, update=False)
+            loss = graph_steps.train(batch, update=False)
+            loss_error = max(loss_error, float((loss - expected).abs() / expected.abs()))
+        with torch.inference_mode():
+            expected = predict_step(eager.model, batches[0], eager.precision)
+            predict_error = float((graph_steps.predict(batches[0]) - expected).norm() / expected.norm())
+        return {
+            "graphs_captured": len(graph_steps.graphs),
+            "loss_rel_error_max": loss_error,
+            "grad_rel_error": float((graph_steps.flat_grad - grads).norm() / grads.norm()),
+            "eager_rerun_grad_rel_error": float((eager_grads() - grads).norm() / grads.norm()),
+            "predict_rel_error": predict_error,
+        }
+
+    result = {"fp64": errors(torch.float64), "fp32": errors(torch.float32)}
+    fp64 = result["fp64"]
+    result["pass"] = max(fp64["loss_rel_error_max"], fp64["grad_rel_error"], fp64["predict_rel_error"]) < 1e-9
+    return result
 
 
 def throughput(
@@ -267,7 +285,7 @@ def throughput(
     with a longer warm-up (each batch shape is captured on its first batch)."""
     torch.backends.cuda.matmul.allow_tf32 = True
     config = BenchmarkConfig(
-        mode=mode, batch_size=batch_size, steps=2 * steps if graphs else steps, warmup=10 if graphs else 2,
+        mode=mode, batch_size=batch_size, steps=2 * steps if graphs else steps, warmup=30 if graphs else 2,
         amp=amp is not None, amp_dtype=amp or "auto", gpus=gpus, tracking=False, kernel=kernel, cuda_graphs=graphs,
     )  # fmt: skip
     data = [Data(**m) for m in mols]

@@ -61,7 +61,7 @@ class GraphedSteps:
         self.pool: tuple | None = None
         params = [p for p in state.model.parameters() if p.requires_grad]
         device = params[0].device
-        self.flat_grad = torch.zeros(sum(p.numel() for p in params), device=device)
+        self.flat_grad = torch.zeros(sum(p.numel() for p in params), device=device, dtype=params[0].dtype)
         offset = 0
         for p in params:  # every parameter's gradient is a view of the one buffer
             p.grad = self.flat_grad[offset : offset + p.numel()].view_as(p)
