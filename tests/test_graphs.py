@@ -15,6 +15,7 @@ from torch_geometric.data import Batch
 
 from se3pyg.data import get_task, qm9_splits
 from se3pyg.data.padding import pad_batch, padded_size, static_shape
+from se3pyg.engine import distributed
 from se3pyg.engine.config import TrainConfig
 from se3pyg.engine.distributed import DistInfo
 from se3pyg.engine.graphs import GraphedSteps
@@ -94,6 +95,26 @@ def test_graphed_steps_train_and_predict_as_the_eager_steps(qm9_dir: Path, tmp_p
         for batch in batches[:2]:
             expected = predict_step(eager.model, batch, eager.precision)
             torch.testing.assert_close(steps.predict(batch), expected, rtol=1e-5, atol=1e-6)
+
+
+def _ddp_graphed_against_eager(info: DistInfo, qm9_dir: str) -> float:
+    """A rank: two updates of DDP's eager step and of the graphed steps (all-reducing their flat gradient), each
+    rank on its own batches; the largest difference of the weights."""
+    config = TrainConfig(**TINY, data_dir=qm9_dir, processes=2, gpus=0)
+    eager, graphed = TrainState.build(config, info), TrainState.build(config, info)
+    graphed.model.load_state_dict(eager.model.state_dict())
+    steps = GraphedSteps(graphed, capture=False)
+    for batch in _batches(Path(qm9_dir), [8, 8, 8, 8])[info.rank :: 2]:
+        train_step(eager, copy.copy(batch))
+        steps.train(batch)
+    pairs = zip(eager.model.parameters(), graphed.model.parameters(), strict=True)
+    return max(float((p - q).abs().max()) for p, q in pairs)
+
+
+def test_graphed_steps_under_ddp_update_as_ddp_does(qm9_dir: Path) -> None:
+    """Real processes over gloo: the flat gradient's one all-reduce gives DDP's averaged update."""
+    difference = distributed.launch(_ddp_graphed_against_eager, 2, False, str(qm9_dir))
+    assert difference < 1e-6
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
