@@ -27,13 +27,13 @@ matrix product ``Y @ G`` per layout with a precomputed Clebsch-Gordan tensor
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
+from se3pyg.constants import cached_constant
 from se3pyg.fiber import degree_to_dim
 from se3pyg.thirdparty import jit_deprecation_silenced
 
@@ -49,7 +49,7 @@ def _e3nn() -> Iterator:
         yield e3nn.o3
 
 
-@functools.cache
+@cached_constant
 def _wigner_3j_cpu(l1: int, l2: int, l3: int) -> Tensor:
     degrees = (l1, l2, l3)
     order = sorted(range(3), key=lambda i: degrees[i])
@@ -83,7 +83,7 @@ def clebsch_gordan(J: int, d_in: int, d_out: int) -> Tensor:
     return _wigner_3j_cpu(J, d_in, d_out).permute(2, 1, 0)
 
 
-@functools.cache
+@cached_constant
 def _harmonic_recurrence(max_l: int) -> list[Tensor]:
     """Matrices ``A_l`` ``[3 (2l + 1), 2l + 3]`` with :math:`Y_{l+1}(\\hat r) = (Y_l(\\hat r) \\otimes \\hat r)\\, A_l`
     for e3nn's real spherical harmonics (float64).
@@ -105,8 +105,7 @@ def _harmonic_recurrence(max_l: int) -> list[Tensor]:
     return steps
 
 
-@torch.compiler.disable  # cached constants
-@functools.cache
+@cached_constant
 def _recurrence_on(max_l: int, dtype: torch.dtype, device: torch.device) -> list[Tensor]:
     return [a.to(dtype=dtype, device=device) for a in _harmonic_recurrence(max_l)]
 
@@ -130,7 +129,7 @@ def num_frequencies(d_in: int, d_out: int) -> int:
     return degree_to_dim(min(d_in, d_out))
 
 
-@functools.cache
+@cached_constant
 def _fused_cg_cpu(degrees_in: tuple[int, ...], degrees_out: tuple[int, ...]) -> Tensor:
     """Clebsch-Gordan tensor ``[M, D_in, F, D_out]`` of a fused basis, float64.
 
@@ -163,8 +162,7 @@ def _fused_cg_cpu(degrees_in: tuple[int, ...], degrees_out: tuple[int, ...]) -> 
     return cg
 
 
-@torch.compiler.disable  # a cached constant: nothing for torch.compile to trace (it fails inside e3nn's 3j)
-@functools.cache
+@cached_constant
 def fused_clebsch_gordan(
     degrees_in: tuple[int, ...], degrees_out: tuple[int, ...], dtype: torch.dtype, device: torch.device
 ) -> Tensor:

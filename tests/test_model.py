@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch_geometric.data import Batch
@@ -10,6 +14,8 @@ from se3pyg import Fiber, SE3Transformer, SE3TransformerPooled
 from se3pyg.nn import ConvSE3
 
 from .conftest import chain_molecule
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _n_params(model: torch.nn.Module) -> int:
@@ -136,3 +142,21 @@ def test_layers_print_in_torch_style() -> None:
         "ConvSE3(\n  Fiber({0: 4, 1: 4}) -> Fiber({0: 4, 1: 4}), fuse=full, pool=True, kernel=auto\n"
     )
     assert "(conv): KernelGroup(\n    degrees [0, 1] -> [0, 1], channels 4 -> 4\n" in text
+
+
+def test_training_works_after_a_first_forward_in_inference_mode() -> None:
+    """The cached constants (Clebsch-Gordan tensors, index maps) a first call builds are not inference tensors,
+    which a later backward pass could not use. In a fresh process: the caches are per process."""
+    script = (
+        "import torch\n"
+        "from torch_geometric.data import Batch\n"
+        "from se3pyg import SE3TransformerPooled\n"
+        "from tests.conftest import chain_molecule\n"
+        "batch = Batch.from_data_list([chain_molecule(5), chain_molecule(4, seed=1)])\n"
+        "model = SE3TransformerPooled(num_layers=1, num_degrees=3, num_channels=8, num_heads=2)\n"
+        "with torch.inference_mode():\n"
+        "    model(batch)\n"
+        "model(batch).sum().backward()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

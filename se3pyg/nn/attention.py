@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -11,6 +10,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
 from se3pyg.basis import Basis
+from se3pyg.constants import cached_constant
 from se3pyg.fiber import Fiber
 from se3pyg.nn.conv import ConvSE3, Layout
 from se3pyg.nn.linear import LinearSE3
@@ -29,8 +29,7 @@ def _to_heads(features: dict[str, Tensor] | Tensor, fiber: Fiber, num_heads: int
     return torch.cat(parts, -1).flatten(1).unsqueeze(1)
 
 
-@torch.compiler.disable  # a cached constant
-@functools.cache
+@cached_constant
 def head_sums(
     key_width: int, value_width: int, num_heads: int, scale: float, dtype: torch.dtype, device: torch.device
 ) -> Tensor:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor, nn
 
+from se3pyg.constants import cached_constant
 from se3pyg.fiber import Fiber, component_rows, degree_to_dim
 
 
-@torch.compiler.disable  # a cached constant
-@functools.cache
+@cached_constant
 def component_degree_index(degrees: tuple[int, ...], device: torch.device) -> Tensor:
     """For each stacked component, the position of its degree in ``degrees`` (cached per device: no copy a call)."""
     return torch.tensor([i for i, d in enumerate(degrees) for _ in range(degree_to_dim(d))], device=device)
