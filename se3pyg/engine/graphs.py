@@ -5,7 +5,9 @@ on an H100 their host-side cost (Python, dispatcher, launch) is several times
 their GPU time. A CUDA graph replays captured kernels with one launch, but
 needs static shapes and addresses: each batch is padded to a bucketed shape
 (:func:`~se3pyg.data.padding.static_shape`), copied into that shape's static
-inputs, and that shape's graph, captured on its first batch, is replayed.
+inputs, and that shape's graph, captured on its first batch, is replayed
+(a batch that fits a larger captured shape with little more padding takes
+that one, so that rare shapes are not captured each).
 
 The training graph holds forward, loss and backward. Gradients live in one flat
 buffer allocated outside the graphs, so that every graph accumulates into the
@@ -26,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from se3pyg.data.padding import pad_batch, static_shape
+from se3pyg.data.padding import fits, pad_batch, static_shape
 
 if TYPE_CHECKING:
     from se3pyg.engine.state import TrainState
@@ -90,7 +92,10 @@ class GraphedSteps:
         return self._replay("predict", batch).clone()
 
     def _replay(self, kind: str, batch: Batch) -> Tensor:
-        graphs, nodes, edges = static_shape(batch)
+        own = static_shape(batch)
+        # the smallest shape already captured that the batch fits, rather than a capture of its own
+        captured = [key[1:] for key in self.graphs if key[0] == kind and fits(batch, key[1:])]
+        graphs, nodes, edges = min(captured, key=lambda shape: shape[1] * shape[2], default=own)
         key = (kind, graphs, nodes, edges)
         padded = pad_batch(batch, nodes, edges)
         graph = self.graphs.get(key)
