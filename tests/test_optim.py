@@ -40,7 +40,21 @@ def test_lamb_takes_the_trust_ratio_on_the_device_without_host_syncs() -> None:
 
 
 @pytest.mark.parametrize("name", ["adam", "sgd"])
-def test_cpu_parameters_get_the_unfused_optimizer(name: str) -> None:
-    """Fused AdamW and SGD are taken on CUDA only (where they keep GradScaler's checks on the device)."""
-    optimizer = make_optimizer(name, [torch.nn.Parameter(torch.ones(2))], lr=0.1, weight_decay=0.0, momentum=0.9)
-    assert not optimizer.defaults["fused"]
+def test_adamw_and_sgd_are_the_fused_kernels_and_step_as_the_unfused_ones(name: str) -> None:
+    torch.manual_seed(0)
+    weights, grads = torch.randn(7, 5), torch.randn(7, 5)
+    params = {fused: torch.nn.Parameter(weights.clone()) for fused in (True, False)}
+    optimizers = {
+        fused: make_optimizer(name, [p], lr=0.1, weight_decay=0.1, momentum=0.9) for fused, p in params.items()
+    }
+    optimizers[False] = (
+        torch.optim.AdamW([params[False]], lr=0.1, weight_decay=0.1)
+        if name == "adam"
+        else torch.optim.SGD([params[False]], lr=0.1, momentum=0.9, weight_decay=0.1)
+    )
+    assert optimizers[True].defaults["fused"] and not optimizers[False].defaults["fused"]
+    for _ in range(3):
+        for fused, optimizer in optimizers.items():
+            params[fused].grad = grads.clone()
+            optimizer.step()
+    torch.testing.assert_close(params[True], params[False], rtol=1e-6, atol=1e-7)
