@@ -66,10 +66,12 @@ def test_padding_leaves_the_real_graphs_outputs_and_gradients_unchanged(qm9_dir:
         torch.testing.assert_close(pg, g, rtol=1e-10, atol=1e-12)
 
 
-def test_padding_refuses_fields_it_cannot_pad_and_too_small_shapes(qm9_dir: Path) -> None:
+def test_padding_needs_no_targets_and_refuses_what_it_cannot_pad(qm9_dir: Path) -> None:
     batch = _batches(qm9_dir, [8])[0]
     with pytest.raises(ValueError, match="2 padding atoms"):
         pad_batch(batch, batch.num_nodes + 1, batch.edge_index.shape[1])
+    del batch.y  # optional: molecules to predict have no targets
+    assert "y" not in pad_batch(batch, batch.num_nodes + 2, batch.edge_index.shape[1])
     batch.sh = torch.zeros(batch.edge_index.shape[1], 9)
     with pytest.raises(ValueError, match="also has sh"):
         pad_batch(batch, batch.num_nodes + 2, batch.edge_index.shape[1])

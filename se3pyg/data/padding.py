@@ -64,8 +64,9 @@ def pad_batch(batch: Batch, num_nodes: int, num_edges: int) -> Batch:
         edge_index=torch.cat([index, padding_bonds], 1),
         batch=torch.cat([batch.batch, batch.batch.new_full((pad_nodes,), graphs)]),
         ptr=torch.cat([batch.ptr, batch.ptr.new_full((1,), num_nodes)]),
-        y=torch.cat([batch.y, batch.y.new_zeros(1, *batch.y.shape[1:])]),
     )
+    if getattr(batch, "y", None) is not None:  # targets: none when predicting the user's molecules
+        padded.y = torch.cat([batch.y, batch.y.new_zeros(1, *batch.y.shape[1:])])
     if getattr(batch, "edge_attr", None) is not None:
         padded.edge_attr = torch.cat([batch.edge_attr, batch.edge_attr.new_zeros(pad_edges, batch.edge_attr.shape[1])])
     padded._num_graphs = graphs + 1
