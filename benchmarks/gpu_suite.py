@@ -17,6 +17,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -98,6 +99,37 @@ def step_counts(mols: list[dict], device: torch.device, batch_size: int, kernel:
     }
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def ms_per_step(step: Callable[[], object], steps: int, device: torch.device, sync_each: bool = False) -> float:
+    """Wall milliseconds a ``step()`` after three untimed ones; ``sync_each``: a synchronize after every step."""
+    for _ in range(3):
+        step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+        if sync_each:
+            synchronize(device)
+    synchronize(device)
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def profiled(step: Callable[[], object], steps: int, device: torch.device) -> list:
+    """The profiler's events of ``steps`` steps (host operators, and CUDA kernels on a GPU), averaged by name."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    return profile.key_averages()
+
+
 def device_busy(mols: list[dict], device: torch.device, batch_size: int, amp: str | None, steps: int) -> dict:
     """Wall time of an eager published-recipe training step against the time its kernels run on ``device``.
 
@@ -115,26 +147,8 @@ def device_busy(mols: list[dict], device: torch.device, batch_size: int, amp: st
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    def synchronize() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(3):
-        step()
-    synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize()
-    wall_ms = (time.perf_counter() - start) / steps * 1e3
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as profile:
-        for _ in range(steps):
-            step()
-        synchronize()
-    events = profile.key_averages()
+    wall_ms = ms_per_step(step, steps, device)
+    events = profiled(step, steps, device)
     kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # each kernel once
     kernel_ms = sum(e.device_time_total for e in kernels) / steps / 1e3
     operators = [e for e in events if e.device_type == DeviceType.CPU]  # with the time of the kernels they launch
@@ -165,22 +179,6 @@ def step_breakdown(mols: list[dict], device: torch.device, batch_size: int, step
     state = TrainState.build(config.training(), DistInfo(device=device))
     state.net.train()
 
-    def synchronize() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def timed(step, sync_each: bool = False) -> float:
-        for _ in range(3):
-            step()
-        synchronize()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-            if sync_each:
-                synchronize()
-        synchronize()
-        return (time.perf_counter() - start) / steps * 1e3
-
     def forward_backward(amp: bool) -> None:
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             loss = torch.nn.functional.l1_loss(state.net(batch).float(), batch.y)
@@ -190,12 +188,12 @@ def step_breakdown(mols: list[dict], device: torch.device, batch_size: int, step
     fused = bool(state.optimizer.defaults.get("fused"))
     result: dict = {
         "batch_size": batch.num_graphs,
-        "forward_backward_amp_fp16": timed(lambda: forward_backward(True)),
-        "forward_backward_tf32": timed(lambda: forward_backward(False)),
+        "forward_backward_amp_fp16": ms_per_step(lambda: forward_backward(True), steps, device),
+        "forward_backward_tf32": ms_per_step(lambda: forward_backward(False), steps, device),
     }
     for name in ("fused" if fused else "foreach", "foreach" if fused else "fused"):
-        result[f"train_step_adamw_{name}"] = timed(lambda: train_step(state, batch))
-        result[f"train_step_adamw_{name}_synced"] = timed(lambda: train_step(state, batch), sync_each=True)
+        result[f"train_step_adamw_{name}"] = ms_per_step(lambda: train_step(state, batch), steps, device)
+        result[f"train_step_adamw_{name}_synced"] = ms_per_step(lambda: train_step(state, batch), steps, device, True)
         lr = state.optimizer.param_groups[0]["lr"]
         state.optimizer = torch.optim.AdamW(
             state.model.parameters(),
@@ -204,14 +202,7 @@ def step_breakdown(mols: list[dict], device: torch.device, batch_size: int, step
             fused=name == "foreach" or None,
             foreach=name == "fused" or None,
         )  # the other one, for the second round
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as profile:
-        for _ in range(steps):
-            train_step(state, batch)
-        synchronize()
-    events = profile.key_averages()
+    events = profiled(lambda: train_step(state, batch), steps, device)
     result["launches_per_step"] = sum(e.count for e in events if e.device_type == DeviceType.CUDA) / steps
     top = sorted((e for e in events if e.device_type == DeviceType.CPU), key=lambda e: e.self_cpu_time_total)
     result["top_operators_host_ms_per_step"] = {e.key: e.self_cpu_time_total / steps / 1e3 for e in reversed(top[-15:])}
