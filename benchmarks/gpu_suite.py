@@ -134,7 +134,7 @@ def device_busy(mols: list[dict], device: torch.device, batch_size: int, amp: st
     """Wall time of an eager published-recipe training step against the time its kernels run on ``device``.
 
     A busy fraction well under 1 means the host (about 1,170 operator launches a step) is what the step waits for,
-    which only CUDA graphs (static shapes) would remove. Forward, L1 loss and backward under autocast, no optimizer.
+    which CUDA graphs remove (`--cuda-graphs`). Forward, L1 loss and backward under autocast, no optimizer.
     """
     batch = first_batch(mols, batch_size, device)
     torch.manual_seed(0)
