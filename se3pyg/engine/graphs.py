@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from se3pyg.data.padding import fits, pad_batch, static_shape
+from se3pyg.data.padding import PADDED_FIELDS, fits, pad_batch, static_shape
 
 if TYPE_CHECKING:
     from se3pyg.engine.state import TrainState
@@ -102,7 +102,7 @@ class GraphedSteps:
         if graph is None:
             graph = self.graphs[key] = self._build(kind, padded)
         else:
-            for name in ("x", "pos", "edge_index", "edge_attr", "batch", "ptr", "y"):
+            for name in PADDED_FIELDS:
                 if getattr(padded, name, None) is not None:
                     getattr(graph.inputs, name).copy_(getattr(padded, name))
         return graph.replay()
