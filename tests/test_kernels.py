@@ -24,7 +24,7 @@ def _use(model: torch.nn.Module, kernel: str) -> None:
 
 
 def test_kernel_choices() -> None:
-    assert KERNELS == ("auto", "edge_weights", "reassociated")
+    assert KERNELS == ("auto", "edge_weights", "reassociated", "fused")
     assert auto_kernel("cuda") == "reassociated"
     assert auto_kernel("cpu") == "edge_weights"
     with pytest.raises(ValueError, match="kernel must be one of"):
@@ -68,3 +68,22 @@ def test_the_gpu_kernel_reads_no_device_value_on_the_host(golden: dict) -> None:
     assert counts.launches > 0 and counts.bytes_written > 0
     assert sum(counts.by_module.values()) == counts.launches  # every launch attributed once
     assert {"AttentionSE3", "LinearSE3", "NormSE3", "KernelGroup", "(backward)"} <= set(counts.by_module)
+
+
+def test_the_fused_kernel_writes_no_hidden_products(golden: dict) -> None:
+    """Counted on CPU, forward + backward: the fused kernel's operators write the outputs only, so the step writes
+    less than the reassociated kernel's (which writes ``G`` and ``dG``), with no host sync and fewer launches."""
+    batch = Batch.from_data_list(golden_batch(golden).to_data_list())
+    counts = {}
+    for kernel in ("reassociated", "fused"):
+        torch.manual_seed(0)
+        model = SE3TransformerPooled(num_layers=2, num_degrees=3, num_channels=8, num_heads=2, kernel=kernel)
+        model(batch).sum().backward()  # the cached constants
+        counts[kernel] = count_ops(lambda model=model: model(batch).sum().backward())
+    fused, reassociated = counts["fused"], counts["reassociated"]
+    assert fused.host_syncs == 0
+    assert {"radial_contract", "radial_contract_grad_t", "radial_contract_grad_w", "radial_contract_grad_h"} <= set(
+        fused.by_op
+    )
+    assert fused.launches < reassociated.launches
+    assert fused.bytes_written < 0.75 * reassociated.bytes_written

@@ -14,14 +14,17 @@ from se3pyg.basis import Basis, num_frequencies
 from se3pyg.fiber import Fiber, component_rows
 from se3pyg.nn.linear import stacked_linear
 from se3pyg.nn.radial import RadialProfile
+from se3pyg.nn.radial_contraction import contract_reference, radial_contract
 
 Layout = Literal["full", "partial", "pairwise"]
 LAYOUTS: tuple[str, ...] = ("full", "partial", "pairwise")
 
 #: How a kernel group computes: ``"edge_weights"`` forms each edge's radial weights and contracts them with
 #: the basis product; ``"reassociated"`` applies the radial network's last layer after the basis product,
-#: as one large GEMM over edges (more FLOPs, far fewer bytes). ``"auto"`` picks per device type.
-KERNELS: tuple[str, ...] = ("auto", "edge_weights", "reassociated")
+#: as one large GEMM over edges (more FLOPs, far fewer bytes); ``"fused"`` contracts that GEMM's output with the
+#: hidden layer tile by tile, never writing it (Triton on CUDA; :mod:`se3pyg.nn.radial_contraction`). ``"auto"``
+#: picks per device type.
+KERNELS: tuple[str, ...] = ("auto", "edge_weights", "reassociated", "fused")
 
 
 def auto_kernel(device_type: str) -> str:
@@ -72,7 +75,9 @@ class KernelGroup(nn.Module):
     where :math:`G` is one GEMM over all edges and output components. Per
     edge it holds ``D_out * C_out * mid`` values instead of ``R``'s
     ``C_out * C_in * F`` (36% for degrees 0..3 at 32 channels), for about
-    4x the multiplications of the radial part.
+    4x the multiplications of the radial part. The ``"fused"`` kernel computes the same
+    products in operators that form :math:`G` (and its gradient) tile by tile and contract
+    them at once (:mod:`se3pyg.nn.radial_contraction`), writing only :math:`y`.
 
     Args:
         degrees_in, degrees_out: the degrees fused on each side.
@@ -147,21 +152,24 @@ class KernelGroup(nn.Module):
         if basis is None:  # NVIDIA's pairwise 0 -> 0 kernel
             weights = (hidden @ self.radial_func.last.weight.T).view(-1, self.channels_out, self.channels_in)
             return features @ weights.transpose(1, 2)
-        if kernel == "reassociated":
-            return self._reassociated(features, hidden, basis)
-        return self._edge_weights(features, hidden, basis)
+        if kernel == "edge_weights":
+            return self._edge_weights(features, hidden, basis)
+        return self._reassociated(features, hidden, basis, fused=kernel == "fused")
 
-    def _reassociated(self, features: Tensor, hidden: Tensor, basis: Basis) -> Tensor:
-        """``[E, D_out, C_out]`` through ``G`` (see the class docstring); no per-edge radial weights."""
-        num_edges, c_in, c_out = features.shape[0], self.channels_in, self.channels_out
-        h = hidden.unsqueeze(-1)  # [E, mid, 1]
+    def _reassociated(self, features: Tensor, hidden: Tensor, basis: Basis, fused: bool) -> Tensor:
+        """``[E, D_out, C_out]`` through ``G`` (see the class docstring); no per-edge radial weights.
+
+        ``fused``: by the operators of :mod:`se3pyg.nn.radial_contraction`, else by PyTorch's products.
+        """
+        num_edges, c_in = features.shape[0], self.channels_in
+        contract = radial_contract if fused else contract_reference
         parts = []
         for d, w, freq in zip(self.degrees_out, self._weights_by_frequency(), self.freq_blocks, strict=True):
             block = basis.fused(self.degrees_in, [d])  # [E, D_d, F_d, D_in]
             dim = block.shape[1]
             t = torch.bmm(block.reshape(num_edges, dim * freq, -1), features)  # [E, D_d F_d, C_in]
-            g = t.view(num_edges * dim, freq * c_in) @ w.reshape(freq * c_in, -1)  # [E D_d, C_out mid]
-            parts.append(torch.bmm(g.view(num_edges, dim * c_out, -1), h).view(num_edges, dim, c_out))
+            y = contract(t.view(num_edges * dim, freq * c_in), w.reshape(freq * c_in, -1), hidden, dim)
+            parts.append(y)
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def _edge_weights(self, features: Tensor, hidden: Tensor, basis: Basis) -> Tensor:

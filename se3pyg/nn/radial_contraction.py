@@ -1,0 +1,166 @@
+r"""The radial contraction of the ``"fused"`` kernel as operators that write only their outputs.
+
+For rows ``r = (e, k)`` (an edge and one of its ``K`` output components), the basis product ``T [R, P]``, the radial
+network's last weight ``W [P, C M]`` (columns ``(o, m)``: ``C`` output channels, ``M`` hidden units) and its last
+hidden layer ``h [E, M]``:
+
+.. math::
+
+    y_{r o} = \sum_m h_{e(r) m} G_{r (o m)}, \qquad G = T W, \qquad e(r) = \lfloor r / K \rfloor,
+
+with the gradients
+
+.. math::
+
+    dT = dG\, W^\top, \quad dW = T^\top dG, \quad dh_{e m} = \sum_{k o} dy_{(e k) o}\, G_{(e k) (o m)},
+    \qquad dG_{r (o m)} = dy_{r o} h_{e(r) m}.
+
+Each is one operator (``torch.ops.se3pyg.*``). On CUDA, in float16, bfloat16 or float32 with Triton installed,
+each is one Triton kernel that forms its tiles of :math:`G` or :math:`dG` in registers
+(:mod:`se3pyg.nn.triton_radial`): ``G`` is never written, and the backward pass forms it again for ``dh``.
+Elsewhere (CPU, float64, no Triton) the operators run :func:`contract_reference`, the ``"reassociated"`` kernel's
+products, which write ``G`` and ``dG``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+from torch import Tensor
+
+#: dtypes the Triton kernels take.
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: Rows a partial sum of ``dW`` covers at most (partial sums run in parallel on a GPU), and the most partial sums.
+ROWS_PER_SPLIT, MAX_SPLITS = 16384, 16
+
+
+def triton_available() -> bool:
+    """Whether Triton is installed (the CUDA kernels of this module need it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def row_splits(rows: int) -> int:
+    """How many partial sums ``dW`` is formed in: one per :data:`ROWS_PER_SPLIT` rows, 1 to :data:`MAX_SPLITS`."""
+    return max(1, min(MAX_SPLITS, -(-rows // ROWS_PER_SPLIT)))
+
+
+def _runs_triton(t: Tensor) -> bool:
+    return t.is_cuda and t.dtype in TRITON_DTYPES and triton_available()
+
+
+def _partial_dtype(dtype: torch.dtype) -> torch.dtype:
+    """``dW``'s partial sums: float32, or float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def contract_reference(t: Tensor, w: Tensor, h: Tensor, components: int) -> Tensor:
+    """``y [E, K, C]`` through ``G [E, K C, M]`` written to memory (differentiable by autograd)."""
+    g = (t @ w).view(h.shape[0], -1, h.shape[1])
+    return torch.bmm(g, h.unsqueeze(-1)).view(h.shape[0], components, -1)
+
+
+def _dg_reference(dy: Tensor, h: Tensor) -> Tensor:
+    """``dG [R, C M]`` written to memory."""
+    return torch.bmm(dy.reshape(h.shape[0], -1, 1), h.unsqueeze(1)).view(-1, dy.shape[-1] * h.shape[1])
+
+
+@torch.library.custom_op("se3pyg::radial_contract", mutates_args=())
+def _contract(t: Tensor, w: Tensor, h: Tensor, components: int) -> Tensor:
+    if _runs_triton(t):
+        from se3pyg.nn import triton_radial
+
+        return triton_radial.contract(t, w, h, components)
+    return contract_reference(t, w, h, components)
+
+
+@_contract.register_fake
+def _(t: Tensor, w: Tensor, h: Tensor, components: int) -> Tensor:
+    return t.new_empty(h.shape[0], components, w.shape[1] // h.shape[1])
+
+
+@torch.library.custom_op("se3pyg::radial_contract_grad_t", mutates_args=())
+def _grad_t(dy: Tensor, w: Tensor, h: Tensor) -> Tensor:
+    if _runs_triton(dy):
+        from se3pyg.nn import triton_radial
+
+        return triton_radial.grad_t(dy, w, h)
+    return _dg_reference(dy, h) @ w.T
+
+
+@_grad_t.register_fake
+def _(dy: Tensor, w: Tensor, h: Tensor) -> Tensor:
+    return dy.new_empty(dy.shape[0] * dy.shape[1], w.shape[0])
+
+
+@torch.library.custom_op("se3pyg::radial_contract_grad_w", mutates_args=())
+def _grad_w(t: Tensor, dy: Tensor, h: Tensor, splits: int) -> Tensor:
+    if _runs_triton(t):
+        from se3pyg.nn import triton_radial
+
+        return triton_radial.grad_w(t, dy, h, splits)
+    dg = _dg_reference(dy, h)
+    step = -(-t.shape[0] // splits)
+    runs = [t[a : a + step].T @ dg[a : a + step] for a in range(0, step * splits, step)]
+    return torch.stack(runs).to(_partial_dtype(t.dtype))
+
+
+@_grad_w.register_fake
+def _(t: Tensor, dy: Tensor, h: Tensor, splits: int) -> Tensor:
+    return t.new_empty(splits, t.shape[1], dy.shape[-1] * h.shape[1], dtype=_partial_dtype(t.dtype))
+
+
+@torch.library.custom_op("se3pyg::radial_contract_grad_h", mutates_args=())
+def _grad_h(t: Tensor, w: Tensor, dy: Tensor, mid: int) -> Tensor:
+    if _runs_triton(t):
+        from se3pyg.nn import triton_radial
+
+        return triton_radial.grad_h(t, w, dy, mid)
+    edges, components, channels = dy.shape
+    g = (t @ w).view(edges, components * channels, mid)
+    return torch.bmm(dy.reshape(edges, 1, -1), g).view(edges, mid)
+
+
+@_grad_h.register_fake
+def _(t: Tensor, w: Tensor, dy: Tensor, mid: int) -> Tensor:
+    return t.new_empty(dy.shape[0], mid)
+
+
+def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
+    t, w, h, _components = inputs
+    ctx.save_for_backward(t, w, h)
+
+
+def _backward(ctx: torch.autograd.function.FunctionCtx, dy: Tensor) -> tuple[Tensor | None, ...]:
+    t, w, h = ctx.saved_tensors
+    dt = dw = dh = None
+    if ctx.needs_input_grad[0]:
+        dt = _grad_t(dy, w, h)
+    if ctx.needs_input_grad[1]:
+        dw = _grad_w(t, dy, h, row_splits(t.shape[0])).sum(0).to(w.dtype)
+    if ctx.needs_input_grad[2]:
+        dh = _grad_h(t, w, dy, h.shape[1])
+    return dt, dw, dh, None
+
+
+_contract.register_autograd(_backward, setup_context=_setup_context)
+
+
+def radial_contract(t: Tensor, w: Tensor, h: Tensor, components: int) -> Tensor:
+    """``y [E, K, C]`` (module docstring) by the operators; under autocast, in autocast's dtype as a matmul would be.
+
+    Args:
+        t: ``[R, P]``, rows ``(e, k)``.
+        w: ``[P, C M]``, columns ``(o, m)``.
+        h: ``[E, M]`` with ``R = E K``.
+        components: ``K``.
+    """
+    device = t.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+    elif t.dtype == w.dtype == h.dtype:
+        dtype = t.dtype
+    else:
+        raise TypeError(f"radial_contract takes inputs of one dtype, got {t.dtype}, {w.dtype}, {h.dtype}")
+    t, w, h = (x.to(dtype).contiguous() for x in (t, w, h))
+    return _contract(t, w, h, components)

@@ -1,0 +1,208 @@
+r"""Triton kernels of the fused radial contraction (:mod:`se3pyg.nn.radial_contraction`), for CUDA.
+
+Rows ``r = (e, k)`` (an edge and one of its ``K`` output components), ``T [R, P]``, ``W [P, C M]`` (``C`` output
+channels ``o``; columns ``(o, m)``), the radial network's last hidden layer ``h [E, M]`` and ``e(r) = r // K``:
+
+.. math::
+
+    y_{r o} = \sum_m h_{e(r) m} G_{r (o m)}, \qquad G = T W.
+
+Each kernel forms its tile of :math:`G` (or of :math:`dG_{r (o m)} = dy_{r o} h_{e(r) m}`) in registers and contracts
+it at once, so neither is written to memory. Inputs are float16, bfloat16 or float32; products accumulate in
+float32, without TF32 unless ``torch.backends.cuda.matmul.allow_tf32`` allows it. Importing this module needs
+Triton; with ``TRITON_INTERPRET=1`` set first, the kernels run on CPU tensors (slowly), which is how the tests check
+them.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+#: Tile sizes: rows, output channels (times ``M`` columns of ``G``), reduction (``P``) and rows per dW step.
+BLOCK_ROWS, BLOCK_CHANNELS, BLOCK_P = 64, 4, 32
+
+
+@triton.jit
+def _dot(a, b, acc, IEEE: tl.constexpr):
+    """``acc + a b``; ``IEEE``: float32 products exact (no TF32)."""
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _columns(outs, C, M: tl.constexpr, BC: tl.constexpr):
+    """Columns ``o M + m`` of ``G`` for the channels ``outs`` and whether each is in range, as ``[BC * M]``."""
+    ms = tl.arange(0, M)
+    cols = tl.reshape(outs[:, None] * M + ms[None, :], (BC * M,))
+    valid = tl.reshape((outs[:, None] < C) & (ms[None, :] < M), (BC * M,))
+    return cols, valid
+
+
+@triton.jit
+def _g_step(t_ptr, w_ptr, rows, row_ok, cols, col_ok, ps, P, N, acc, IEEE: tl.constexpr):
+    """``acc + T[rows, ps] W[ps, cols]``: one step of a ``G`` tile ``[BR, BC * M]`` over ``P``."""
+    p_ok = ps < P
+    a = tl.load(t_ptr + rows[:, None] * P + ps[None, :], mask=row_ok[:, None] & p_ok[None, :], other=0.0)
+    b = tl.load(w_ptr + ps[:, None].to(tl.int64) * N + cols[None, :], mask=p_ok[:, None] & col_ok[None, :], other=0.0)
+    return _dot(a, b, acc, IEEE)
+
+
+@triton.jit
+def _dy_offsets(rows, outs, K, s_e, s_k, s_c):
+    """Offsets of ``dy[e(r), k(r), o]`` in a ``[E, K, C]`` gradient of any strides."""
+    edges = rows // K
+    return (edges * s_e + (rows - edges * K) * s_k)[:, None] + (outs * s_c)[None, :]
+
+
+@triton.jit
+def _forward_kernel(
+    t_ptr, w_ptr, h_ptr, y_ptr, R, P, C, K,
+    M: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, BP: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    """``y[rows, outs]``: a ``G`` tile over ``P``, contracted with ``h`` over ``m``."""
+    rows = (tl.program_id(0) * BR + tl.arange(0, BR)).to(tl.int64)
+    outs = tl.program_id(1) * BC + tl.arange(0, BC)
+    row_ok = rows < R
+    cols, col_ok = _columns(outs, C, M, BC)
+    g = tl.zeros((BR, BC * M), tl.float32)
+    for p0 in range(0, P, BP):
+        g = _g_step(t_ptr, w_ptr, rows, row_ok, cols, col_ok, p0 + tl.arange(0, BP), P, C * M, g, IEEE)
+    ms = tl.arange(0, M)
+    h = tl.load(h_ptr + (rows // K)[:, None] * M + ms[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    y = tl.sum(tl.reshape(g, (BR, BC, M)) * h[:, None, :], axis=2)
+    mask = row_ok[:, None] & (outs[None, :] < C)
+    tl.store(y_ptr + rows[:, None] * C + outs[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dg_tile(dy_ptr, h, rows, row_ok, outs, C, K, s_e, s_k, s_c, BR: tl.constexpr, BC: tl.constexpr, M: tl.constexpr):
+    """``dG[rows, (outs, m)] = dy[rows, outs] h[e(rows), m]``, ``[BR, BC * M]``, in the inputs' dtype."""
+    mask = row_ok[:, None] & (outs[None, :] < C)
+    dy = tl.load(dy_ptr + _dy_offsets(rows, outs, K, s_e, s_k, s_c), mask=mask, other=0.0)
+    return tl.reshape(dy[:, :, None] * h[:, None, :], (BR, BC * M))
+
+
+@triton.jit
+def _grad_t_kernel(
+    dy_ptr, w_ptr, h_ptr, dt_ptr, R, P, C, K, s_e, s_k, s_c,
+    M: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, BP: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    """``dT[rows, ps] = dG[rows] W[ps]^T``, over the output channels in steps of ``BC``."""
+    rows = (tl.program_id(0) * BR + tl.arange(0, BR)).to(tl.int64)
+    ps = tl.program_id(1) * BP + tl.arange(0, BP)
+    row_ok, p_ok = rows < R, ps < P
+    ms = tl.arange(0, M)
+    h = tl.load(h_ptr + (rows // K)[:, None] * M + ms[None, :], mask=row_ok[:, None], other=0.0)
+    acc = tl.zeros((BR, BP), tl.float32)
+    for o0 in range(0, C, BC):
+        outs = o0 + tl.arange(0, BC)
+        cols, col_ok = _columns(outs, C, M, BC)
+        dg = _dg_tile(dy_ptr, h, rows, row_ok, outs, C, K, s_e, s_k, s_c, BR, BC, M)
+        w_offsets = ps[None, :].to(tl.int64) * (C * M) + cols[:, None]
+        wt = tl.load(w_ptr + w_offsets, mask=col_ok[:, None] & p_ok[None, :], other=0.0)
+        acc = _dot(dg, wt, acc, IEEE)
+    mask = row_ok[:, None] & p_ok[None, :]
+    tl.store(dt_ptr + rows[:, None] * P + ps[None, :], acc.to(dt_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _grad_w_kernel(
+    t_ptr, dy_ptr, h_ptr, dw_ptr, R, P, C, K, s_e, s_k, s_c, rows_per_split,
+    M: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, BP: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    """Partial sum ``s`` of ``dW[ps, cols] = T[rows]^T dG[rows]``, over its run of ``rows_per_split`` rows."""
+    ps = tl.program_id(0) * BP + tl.arange(0, BP)
+    outs = tl.program_id(1) * BC + tl.arange(0, BC)
+    split = tl.program_id(2).to(tl.int64)
+    p_ok = ps < P
+    cols, col_ok = _columns(outs, C, M, BC)
+    ms = tl.arange(0, M)
+    start = split * rows_per_split
+    stop = tl.minimum(start + rows_per_split, R)
+    acc = tl.zeros((BP, BC * M), tl.float32)
+    for r0 in range(start, stop, BR):
+        rows = r0 + tl.arange(0, BR)
+        row_ok = rows < stop
+        at = tl.load(t_ptr + rows[None, :] * P + ps[:, None], mask=p_ok[:, None] & row_ok[None, :], other=0.0)
+        h = tl.load(h_ptr + (rows // K)[:, None] * M + ms[None, :], mask=row_ok[:, None], other=0.0)
+        dg = _dg_tile(dy_ptr, h, rows, row_ok, outs, C, K, s_e, s_k, s_c, BR, BC, M)
+        acc = _dot(at, dg, acc, IEEE)
+    out = dw_ptr + split * P * C * M + ps[:, None].to(tl.int64) * (C * M) + cols[None, :]
+    tl.store(out, acc.to(dw_ptr.dtype.element_ty), mask=p_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _grad_h_kernel(
+    t_ptr, w_ptr, dy_ptr, dh_ptr, E, P, C, K, s_e, s_k, s_c,
+    M: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, BP: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    """``dh[edges, m] = sum_{k, o} dy[(e, k), o] G[(e, k), (o, m)]``, the ``K`` rows of an edge one after another."""
+    edges = (tl.program_id(0) * BR + tl.arange(0, BR)).to(tl.int64)
+    edge_ok = edges < E
+    ms = tl.arange(0, M)
+    acc = tl.zeros((BR, M), tl.float32)
+    for k in range(0, K):
+        rows = edges * K + k
+        for o0 in range(0, C, BC):
+            outs = o0 + tl.arange(0, BC)
+            cols, col_ok = _columns(outs, C, M, BC)
+            g = tl.zeros((BR, BC * M), tl.float32)
+            for p0 in range(0, P, BP):
+                g = _g_step(t_ptr, w_ptr, rows, edge_ok, cols, col_ok, p0 + tl.arange(0, BP), P, C * M, g, IEEE)
+            mask = edge_ok[:, None] & (outs[None, :] < C)
+            dy = tl.load(dy_ptr + _dy_offsets(rows, outs, K, s_e, s_k, s_c), mask=mask, other=0.0).to(tl.float32)
+            acc += tl.sum(tl.reshape(g, (BR, BC, M)) * dy[:, :, None], axis=1)
+    tl.store(dh_ptr + edges[:, None] * M + ms[None, :], acc.to(dh_ptr.dtype.element_ty), mask=edge_ok[:, None])
+
+
+def _options(t: Tensor) -> dict:
+    if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"the Triton radial contraction takes float16, bfloat16 or float32, got {t.dtype}")
+    return dict(IEEE=t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32)
+
+
+def _blocks() -> tuple[int, int, int]:
+    return BLOCK_ROWS, BLOCK_CHANNELS, BLOCK_P
+
+
+def contract(t: Tensor, w: Tensor, h: Tensor, components: int) -> Tensor:
+    """``y [E, K, C]`` (see the module docstring); contiguous inputs of one dtype."""
+    (R, P), (E, M) = t.shape, h.shape
+    C = w.shape[1] // M
+    y = t.new_empty(E, components, C)
+    grid = (triton.cdiv(R, BLOCK_ROWS), triton.cdiv(C, BLOCK_CHANNELS))
+    _forward_kernel[grid](t, w, h, y, R, P, C, components, M, *_blocks(), **_options(t))
+    return y
+
+
+def grad_t(dy: Tensor, w: Tensor, h: Tensor) -> Tensor:
+    """``dT [R, P]`` for ``dy [E, K, C]`` of any strides."""
+    E, K, C = dy.shape
+    P, M = w.shape[0], h.shape[1]
+    dt = dy.new_empty(E * K, P)
+    grid = (triton.cdiv(E * K, BLOCK_ROWS), triton.cdiv(P, BLOCK_P))
+    _grad_t_kernel[grid](dy, w, h, dt, E * K, P, C, K, *dy.stride(), M, *_blocks(), **_options(dy))
+    return dt
+
+
+def grad_w(t: Tensor, dy: Tensor, h: Tensor, splits: int) -> Tensor:
+    """``dW`` as ``splits`` partial sums over runs of rows, ``[splits, P, C M]``, float32."""
+    (R, P), (K, C), M = t.shape, dy.shape[1:], h.shape[1]
+    dw = t.new_empty(splits, P, C * M, dtype=torch.float32)
+    grid = (triton.cdiv(P, BLOCK_P), triton.cdiv(C, BLOCK_CHANNELS), splits)
+    args = (R, P, C, K, *dy.stride(), triton.cdiv(R, splits), M, *_blocks())
+    _grad_w_kernel[grid](t, dy, h, dw, *args, **_options(t))
+    return dw
+
+
+def grad_h(t: Tensor, w: Tensor, dy: Tensor, mid: int) -> Tensor:
+    """``dh [E, M]``, in the inputs' dtype."""
+    P, (E, K, C) = t.shape[1], dy.shape
+    dh = t.new_empty(E, mid)
+    grid = (triton.cdiv(E, BLOCK_ROWS),)
+    _grad_h_kernel[grid](t, w, dy, dh, E, P, C, K, *dy.stride(), mid, *_blocks(), **_options(t))
+    return dh

@@ -1,0 +1,144 @@
+"""The fused kernel's radial contraction: its operators, and its Triton kernels run by Triton's interpreter on CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from se3pyg.nn.radial_contraction import contract_reference, radial_contract, row_splits
+
+
+def _inputs(edges: int, components: int, p: int, channels: int, mid: int = 32, dtype=torch.float64) -> tuple:
+    generator = torch.Generator().manual_seed(0)
+    t = torch.randn(edges * components, p, generator=generator, dtype=dtype, requires_grad=True)
+    w = torch.randn(p, channels * mid, generator=generator, dtype=dtype, requires_grad=True)
+    h = torch.randn(edges, mid, generator=generator, dtype=dtype, requires_grad=True)
+    return t, w, h
+
+
+def _strided_gradient(edges: int, components: int, channels: int, dtype=torch.float64) -> torch.Tensor:
+    """A ``[E, K, C]`` gradient that is a slice of a wider one, as ``torch.cat``'s backward gives."""
+    wider = torch.randn(edges, components + 3, channels, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    return wider[:, 1 : components + 1]
+
+
+@pytest.mark.parametrize("components", [1, 7])
+def test_operators_equal_autograd_of_the_reference(components: int) -> None:
+    """Forward and all three gradients equal PyTorch's products with autograd, float64; dW in several partial sums."""
+    edges = 40_000 // components  # 40,000 rows: three partial sums of dW
+    assert row_splits(edges * components) == 3
+    t, w, h = _inputs(edges, components, p=48, channels=6)
+    dy = _strided_gradient(edges, components, channels=6)
+    expected = contract_reference(t, w, h, components)
+    expected_grads = torch.autograd.grad(expected, (t, w, h), dy)
+    actual = radial_contract(t, w, h, components)
+    assert actual.shape == (edges, components, 6)
+    assert torch.allclose(actual, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(torch.autograd.grad(actual, (t, w, h), dy), expected_grads, strict=True):
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-11)
+
+
+def test_operators_pass_torch_library_checks() -> None:
+    """Schemas, fake (meta) implementations and autograd registration, as ``torch.library.opcheck`` tests them."""
+    t, w, h = _inputs(6, 3, p=20, channels=4, mid=8)
+    torch.library.opcheck(torch.ops.se3pyg.radial_contract.default, (t, w, h, 3))
+    dy = _strided_gradient(6, 3, channels=4)
+    checks = ("test_schema", "test_faketensor")
+    torch.library.opcheck(torch.ops.se3pyg.radial_contract_grad_t.default, (dy, w, h), test_utils=checks)
+    torch.library.opcheck(torch.ops.se3pyg.radial_contract_grad_w.default, (t, dy, h, 2), test_utils=checks)
+    torch.library.opcheck(torch.ops.se3pyg.radial_contract_grad_h.default, (t, w, dy, 8), test_utils=checks)
+
+
+def test_autocast_contracts_in_its_dtype_as_the_reference_does() -> None:
+    t, w, h = (x.detach().float() for x in _inputs(30, 5, p=64, channels=8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        actual = radial_contract(t, w, h, 5)
+        expected = contract_reference(t.bfloat16(), w.bfloat16(), h.bfloat16(), 5)
+    assert actual.dtype == torch.bfloat16
+    assert torch.equal(actual, expected)
+    with pytest.raises(TypeError, match="one dtype"):
+        radial_contract(t, w.double(), h, 5)
+
+
+INTERPRETED = """
+import json, torch
+from se3pyg.nn import triton_radial
+from se3pyg.nn.radial_contraction import contract_reference
+
+errors = {}
+generator = torch.Generator().manual_seed(0)
+# rows, reduction and channels off the tile sizes (64, 32, 4); dW in three partial sums; dy a strided slice
+for dtype, (edges, components, p, channels) in [
+    (torch.float32, (37, 5, 48, 10)), (torch.float32, (70, 1, 128, 32)), (torch.float16, (19, 3, 40, 6)),
+]:
+    mid = 32
+    t = torch.randn(edges * components, p, generator=generator).to(dtype).requires_grad_()
+    w = (torch.randn(p, channels * mid, generator=generator) / p**0.5).to(dtype).requires_grad_()
+    h = torch.randn(edges, mid, generator=generator).to(dtype).requires_grad_()
+    dy = torch.randn(edges, components + 2, channels, generator=generator).to(dtype)[:, 1:-1]
+    # the reference in float64 from the same (rounded) inputs
+    t64, w64, h64 = (x.detach().double().requires_grad_() for x in (t, w, h))
+    y64 = contract_reference(t64, w64, h64, components)
+    grads64 = torch.autograd.grad(y64, (t64, w64, h64), dy.double())
+    actual = [
+        triton_radial.contract(t.detach(), w.detach(), h.detach(), components),
+        triton_radial.grad_t(dy, w.detach(), h.detach()),
+        triton_radial.grad_w(t.detach(), dy, h.detach(), 3).sum(0),
+        triton_radial.grad_h(t.detach(), w.detach(), dy, mid),
+    ]
+    for name, got, want in zip(["y", "dT", "dW", "dh"], actual, [y64, *grads64]):
+        assert got.dtype == (torch.float32 if name == "dW" else dtype), (name, got.dtype)
+        key = f"{dtype}-{edges}x{components}-{name}"
+        errors[key] = ((got.double() - want).abs().max() / want.abs().max()).item()
+print(json.dumps(errors))
+"""
+
+
+def _triton_version() -> tuple[int, ...]:
+    if importlib.util.find_spec("triton") is None:
+        return ()
+    from importlib.metadata import version
+
+    return tuple(int(part) for part in version("triton").split(".")[:2])
+
+
+@pytest.mark.skipif(not _triton_version(), reason="Triton is not installed")
+@pytest.mark.skipif(
+    (0,) < _triton_version() < (3, 8), reason="Triton's interpreter before 3.8 fails on loops with runtime bounds"
+)
+def test_triton_kernels_equal_the_reference_under_the_interpreter() -> None:
+    """The CUDA kernels, run by Triton's interpreter on CPU tensors, against float64 products of the same inputs.
+
+    float32 products are exact here (the interpreter has no TF32): 1e-6 relative; float16 inputs, float32 sums: 1e-3.
+    """
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(INTERPRETED)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    errors = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(errors) == 12
+    for key, error in errors.items():
+        assert error <= (1e-3 if "float16" in key else 1e-6), (key, error)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not _triton_version(), reason="needs CUDA and Triton")
+def test_triton_kernels_on_cuda_equal_the_reference() -> None:
+    """The compiled kernels (no TF32) against float64 products of the same float32 inputs, through the operators."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    t, w, h = (x.detach().float().cuda().requires_grad_() for x in _inputs(3001, 7, p=512, channels=32))
+    dy = _strided_gradient(3001, 7, channels=32, dtype=torch.float32).cuda()
+    actual = radial_contract(t, w, h, 7)
+    grads = torch.autograd.grad(actual, (t, w, h), dy)
+    t64, w64, h64 = (x.detach().double().requires_grad_() for x in (t, w, h))
+    expected = contract_reference(t64, w64, h64, 7)
+    expected_grads = torch.autograd.grad(expected, (t64, w64, h64), dy.double())
+    for got, want in zip([actual, *grads], [expected, *expected_grads], strict=True):
+        assert ((got.double() - want).abs().max() / want.abs().max()).item() <= 1e-5
