@@ -99,6 +99,69 @@ def step_counts(mols: list[dict], device: torch.device, batch_size: int, kernel:
     }
 
 
+TILE_CANDIDATES = [(64, 4, 32, 4), (128, 4, 32, 4), (128, 4, 64, 8), (64, 8, 32, 4), (64, 2, 64, 4),
+                   (32, 4, 32, 4), (128, 2, 32, 4), (64, 4, 64, 4), (128, 8, 32, 8)]  # fmt: skip
+
+
+def fused_tiles(
+    mols: list[dict], device: torch.device, batch_size: int, steps: int, candidates: list[tuple] = TILE_CANDIDATES
+) -> dict:
+    """Milliseconds of each fused-kernel operator per tile (``se3pyg.nn.triton_radial.TILES``), float16 (float32 on
+    CPU, where Triton's interpreter runs float16 products slowly), on the published recipe's shapes at
+    ``batch_size`` (output degrees 3 and 1 of a full kernel group), beside the reassociated products (cuBLAS: ``G``
+    written) for the same contraction, forward and forward + backward."""
+    edges = first_batch(mols, batch_size, device).edge_index.shape[1]
+    generator = torch.Generator(device).manual_seed(0)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    result: dict = {"directed_bonds": edges, "dtype": str(dtype), "candidates": candidates}
+    for degree, freq in ((3, 16), (1, 10)):
+        rows, p, channels, mid = edges * (2 * degree + 1), freq * 32, 32, 32
+        t = torch.randn(rows, p, generator=generator, device=device).to(dtype).requires_grad_()
+        w = torch.randn(p, channels * mid, generator=generator, device=device) / p**0.5
+        w = w.to(dtype).requires_grad_()
+        h = torch.randn(edges, mid, generator=generator, device=device).to(dtype).requires_grad_()
+        wide = torch.randn(edges, 16, channels, generator=generator, device=device).to(dtype)
+        dy = wide[:, 1 : 2 * degree + 2]  # a slice, as torch.cat's backward gives it
+        times = _contraction_times(t, w, h, dy, steps, device, candidates)
+        result[f"degree_{degree}"] = {"rows": rows, "p": p, **times}
+    return result
+
+
+def _contraction_times(t: torch.Tensor, w: torch.Tensor, h: torch.Tensor, dy: torch.Tensor, steps: int,
+                       device: torch.device, candidates: list[tuple]) -> dict:  # fmt: skip
+    from se3pyg.nn import triton_radial
+    from se3pyg.nn.radial_contraction import contract_reference, radial_contract, row_splits
+
+    k, mid = dy.shape[1], h.shape[1]
+
+    def both(contract: Callable) -> None:
+        torch.autograd.grad(contract(t, w, h, k), (t, w, h), dy)
+
+    timing: dict = {
+        "reassociated_forward_ms": ms_per_step(lambda: contract_reference(t, w, h, k), steps, device),
+        "reassociated_forward_backward_ms": ms_per_step(lambda: both(contract_reference), steps, device),
+    }
+    operators = {
+        "contract": lambda: triton_radial.contract(t, w, h, k),
+        "grad_t": lambda: triton_radial.grad_t(dy, w, h),
+        "grad_w": lambda: triton_radial.grad_w(t, dy, h, row_splits(t.shape[0])),
+        "grad_h": lambda: triton_radial.grad_h(t, w, dy, mid),
+    }
+    for name, run in operators.items():
+        default, times = triton_radial.TILES[name], []
+        for tile in candidates:
+            triton_radial.TILES[name] = triton_radial.Tile(*tile)
+            try:
+                times.append(ms_per_step(run, steps, device))
+            except Exception as error:  # a tile this GPU cannot run (shared memory, registers)
+                times.append(f"{type(error).__name__}: {str(error)[:120]}")
+        triton_radial.TILES[name] = default
+        timing[f"{name}_ms_by_tile"] = times
+    timing["fused_forward_ms"] = ms_per_step(lambda: radial_contract(t, w, h, k), steps, device)
+    timing["fused_forward_backward_ms"] = ms_per_step(lambda: both(radial_contract), steps, device)
+    return timing
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -308,6 +371,9 @@ def main() -> None:
     jobs = [
         ("golden_reassociated", lambda: golden_checks(device, "reassociated")),
         ("golden_fused", lambda: golden_checks(device, "fused")),
+        # on CPU (the smoke run, with TRITON_INTERPRET=1) one tile: the interpreter takes seconds a call
+        (f"fused_tiles_b{small}",
+         lambda: fused_tiles(mols, device, small, steps, TILE_CANDIDATES[: 1 if args.smoke else None])),
         ("golden_edge_weights", lambda: golden_checks(device, "edge_weights")),
         ("step_counts_reassociated", lambda: step_counts(mols, device, small, "reassociated")),
         ("step_counts_fused", lambda: step_counts(mols, device, small, "fused")),

@@ -16,13 +16,25 @@ them.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-#: Tile sizes: rows, output channels (times ``M`` columns of ``G``), reduction (``P``) and rows per dW step.
-BLOCK_ROWS, BLOCK_CHANNELS, BLOCK_P = 64, 4, 32
+
+class Tile(NamedTuple):
+    """A kernel's tile: rows ``r`` (edges for ``grad_h``), output channels (times ``M`` columns of ``G``), ``P``."""
+
+    rows: int = 64
+    channels: int = 4
+    p: int = 32
+    num_warps: int = 4
+
+
+#: Each kernel's tile; not yet tuned on a GPU (``benchmarks/gpu_suite.py``'s ``fused_tiles`` job times others).
+TILES: dict[str, Tile] = {name: Tile() for name in ("contract", "grad_t", "grad_w", "grad_h")}
 
 
 @triton.jit
@@ -165,17 +177,14 @@ def _options(t: Tensor) -> dict:
     return dict(IEEE=t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32)
 
 
-def _blocks() -> tuple[int, int, int]:
-    return BLOCK_ROWS, BLOCK_CHANNELS, BLOCK_P
-
-
 def contract(t: Tensor, w: Tensor, h: Tensor, components: int) -> Tensor:
     """``y [E, K, C]`` (see the module docstring); contiguous inputs of one dtype."""
     (R, P), (E, M) = t.shape, h.shape
     C = w.shape[1] // M
     y = t.new_empty(E, components, C)
-    grid = (triton.cdiv(R, BLOCK_ROWS), triton.cdiv(C, BLOCK_CHANNELS))
-    _forward_kernel[grid](t, w, h, y, R, P, C, components, M, *_blocks(), **_options(t))
+    tile = TILES["contract"]
+    grid = (triton.cdiv(R, tile.rows), triton.cdiv(C, tile.channels))
+    _forward_kernel[grid](t, w, h, y, R, P, C, components, M, *tile[:3], num_warps=tile.num_warps, **_options(t))
     return y
 
 
@@ -184,8 +193,10 @@ def grad_t(dy: Tensor, w: Tensor, h: Tensor) -> Tensor:
     E, K, C = dy.shape
     P, M = w.shape[0], h.shape[1]
     dt = dy.new_empty(E * K, P)
-    grid = (triton.cdiv(E * K, BLOCK_ROWS), triton.cdiv(P, BLOCK_P))
-    _grad_t_kernel[grid](dy, w, h, dt, E * K, P, C, K, *dy.stride(), M, *_blocks(), **_options(dy))
+    tile = TILES["grad_t"]
+    grid = (triton.cdiv(E * K, tile.rows), triton.cdiv(P, tile.p))
+    args = (E * K, P, C, K, *dy.stride(), M, *tile[:3])
+    _grad_t_kernel[grid](dy, w, h, dt, *args, num_warps=tile.num_warps, **_options(dy))
     return dt
 
 
@@ -193,9 +204,10 @@ def grad_w(t: Tensor, dy: Tensor, h: Tensor, splits: int) -> Tensor:
     """``dW`` as ``splits`` partial sums over runs of rows, ``[splits, P, C M]``, float32."""
     (R, P), (K, C), M = t.shape, dy.shape[1:], h.shape[1]
     dw = t.new_empty(splits, P, C * M, dtype=torch.float32)
-    grid = (triton.cdiv(P, BLOCK_P), triton.cdiv(C, BLOCK_CHANNELS), splits)
-    args = (R, P, C, K, *dy.stride(), triton.cdiv(R, splits), M, *_blocks())
-    _grad_w_kernel[grid](t, dy, h, dw, *args, **_options(t))
+    tile = TILES["grad_w"]
+    grid = (triton.cdiv(P, tile.p), triton.cdiv(C, tile.channels), splits)
+    args = (R, P, C, K, *dy.stride(), triton.cdiv(R, splits), M, *tile[:3])
+    _grad_w_kernel[grid](t, dy, h, dw, *args, num_warps=tile.num_warps, **_options(t))
     return dw
 
 
@@ -203,6 +215,8 @@ def grad_h(t: Tensor, w: Tensor, dy: Tensor, mid: int) -> Tensor:
     """``dh [E, M]``, in the inputs' dtype."""
     P, (E, K, C) = t.shape[1], dy.shape
     dh = t.new_empty(E, mid)
-    grid = (triton.cdiv(E, BLOCK_ROWS),)
-    _grad_h_kernel[grid](t, w, dy, dh, E, P, C, K, *dy.stride(), mid, *_blocks(), **_options(t))
+    tile = TILES["grad_h"]
+    grid = (triton.cdiv(E, tile.rows),)
+    args = (E, P, C, K, *dy.stride(), mid, *tile[:3])
+    _grad_h_kernel[grid](t, w, dy, dh, *args, num_warps=tile.num_warps, **_options(t))
     return dh
