@@ -15,11 +15,11 @@ with the gradients
     dT = dG\, W^\top, \quad dW = T^\top dG, \quad dh_{e m} = \sum_{k o} dy_{(e k) o}\, G_{(e k) (o m)},
     \qquad dG_{r (o m)} = dy_{r o} h_{e(r) m}.
 
-Each is one operator (``torch.ops.se3pyg.*``). On CUDA, in float16, bfloat16 or float32 with Triton installed,
-each is one Triton kernel that forms its tiles of :math:`G` or :math:`dG` in registers
-(:mod:`se3pyg.nn.triton_radial`): ``G`` is never written, and the backward pass forms it again for ``dh``.
-Elsewhere (CPU, float64, no Triton) the operators run :func:`contract_reference`, the ``"reassociated"`` kernel's
-products, which write ``G`` and ``dG``.
+Each is one operator (``torch.ops.se3pyg.*``). On CUDA, in float16, bfloat16 or float32 with Triton installed
+(and ``M`` a power of two, as the radial networks' 32), each is one Triton kernel that forms its tiles of :math:`G`
+or :math:`dG` in registers (:mod:`se3pyg.nn.triton_radial`): ``G`` is never written, and the backward pass forms it
+again for ``dh``. Elsewhere (CPU, float64, no Triton, no rows) the operators run :func:`contract_reference`, the
+``"reassociated"`` kernel's products, which write ``G`` and ``dG``.
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ def row_splits(rows: int) -> int:
     return max(1, min(MAX_SPLITS, -(-rows // ROWS_PER_SPLIT)))
 
 
-def _runs_triton(t: Tensor) -> bool:
-    return t.is_cuda and t.dtype in TRITON_DTYPES and triton_available()
+def _runs_triton(t: Tensor, mid: int) -> bool:
+    """Triton for CUDA tensors of its dtypes, with rows to run and a power-of-two hidden width (a tile dimension)."""
+    shape_ok = t.numel() > 0 and mid > 0 and mid & (mid - 1) == 0
+    return t.is_cuda and t.dtype in TRITON_DTYPES and shape_ok and triton_available()
 
 
 def _partial_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -67,7 +69,7 @@ def _dg_reference(dy: Tensor, h: Tensor) -> Tensor:
 
 @torch.library.custom_op("se3pyg::radial_contract", mutates_args=())
 def _contract(t: Tensor, w: Tensor, h: Tensor, components: int) -> Tensor:
-    if _runs_triton(t):
+    if _runs_triton(t, h.shape[1]):
         from se3pyg.nn import triton_radial
 
         return triton_radial.contract(t, w, h, components)
@@ -81,7 +83,7 @@ def _(t: Tensor, w: Tensor, h: Tensor, components: int) -> Tensor:
 
 @torch.library.custom_op("se3pyg::radial_contract_grad_t", mutates_args=())
 def _grad_t(dy: Tensor, w: Tensor, h: Tensor) -> Tensor:
-    if _runs_triton(dy):
+    if _runs_triton(dy, h.shape[1]):
         from se3pyg.nn import triton_radial
 
         return triton_radial.grad_t(dy, w, h)
@@ -95,7 +97,7 @@ def _(dy: Tensor, w: Tensor, h: Tensor) -> Tensor:
 
 @torch.library.custom_op("se3pyg::radial_contract_grad_w", mutates_args=())
 def _grad_w(t: Tensor, dy: Tensor, h: Tensor, splits: int) -> Tensor:
-    if _runs_triton(t):
+    if _runs_triton(t, h.shape[1]):
         from se3pyg.nn import triton_radial
 
         return triton_radial.grad_w(t, dy, h, splits)
@@ -112,7 +114,7 @@ def _(t: Tensor, dy: Tensor, h: Tensor, splits: int) -> Tensor:
 
 @torch.library.custom_op("se3pyg::radial_contract_grad_h", mutates_args=())
 def _grad_h(t: Tensor, w: Tensor, dy: Tensor, mid: int) -> Tensor:
-    if _runs_triton(t):
+    if _runs_triton(t, mid):
         from se3pyg.nn import triton_radial
 
         return triton_radial.grad_h(t, w, dy, mid)
