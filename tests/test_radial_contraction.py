@@ -142,3 +142,11 @@ def test_triton_kernels_on_cuda_equal_the_reference() -> None:
     expected_grads = torch.autograd.grad(expected, (t64, w64, h64), dy.double())
     for got, want in zip([actual, *grads], [expected, *expected_grads], strict=True):
         assert ((got.double() - want).abs().max() / want.abs().max()).item() <= 1e-5
+
+
+def test_no_edges() -> None:
+    t, w, h = _inputs(0, 3, p=20, channels=4, mid=8)
+    y = radial_contract(t, w, h, 3)
+    assert y.shape == (0, 3, 4)
+    dt, dw, dh = torch.autograd.grad(y, (t, w, h), torch.ones_like(y))
+    assert dt.shape == t.shape and dh.shape == h.shape and torch.equal(dw, torch.zeros_like(w))

@@ -58,13 +58,16 @@ def _partial_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def contract_reference(t: Tensor, w: Tensor, h: Tensor, components: int) -> Tensor:
     """``y [E, K, C]`` through ``G [E, K C, M]`` written to memory (differentiable by autograd)."""
-    g = (t @ w).view(h.shape[0], -1, h.shape[1])
-    return torch.bmm(g, h.unsqueeze(-1)).view(h.shape[0], components, -1)
+    (edges, mid), channels = h.shape, w.shape[1] // h.shape[1]
+    g = (t @ w).view(edges, components * channels, mid)
+    return torch.bmm(g, h.unsqueeze(-1)).view(edges, components, channels)
 
 
 def _dg_reference(dy: Tensor, h: Tensor) -> Tensor:
     """``dG [R, C M]`` written to memory."""
-    return torch.bmm(dy.reshape(h.shape[0], -1, 1), h.unsqueeze(1)).view(-1, dy.shape[-1] * h.shape[1])
+    edges, components, channels = dy.shape
+    dg = torch.bmm(dy.reshape(edges, components * channels, 1), h.unsqueeze(1))
+    return dg.view(edges * components, channels * h.shape[1])
 
 
 @torch.library.custom_op("se3pyg::radial_contract", mutates_args=())
@@ -102,7 +105,7 @@ def _grad_w(t: Tensor, dy: Tensor, h: Tensor, splits: int) -> Tensor:
 
         return triton_radial.grad_w(t, dy, h, splits)
     dg = _dg_reference(dy, h)
-    step = -(-t.shape[0] // splits)
+    step = max(1, -(-t.shape[0] // splits))
     runs = [t[a : a + step].T @ dg[a : a + step] for a in range(0, step * splits, step)]
     return torch.stack(runs).to(_partial_dtype(t.dtype))
 
@@ -120,7 +123,7 @@ def _grad_h(t: Tensor, w: Tensor, dy: Tensor, mid: int) -> Tensor:
         return triton_radial.grad_h(t, w, dy, mid)
     edges, components, channels = dy.shape
     g = (t @ w).view(edges, components * channels, mid)
-    return torch.bmm(dy.reshape(edges, 1, -1), g).view(edges, mid)
+    return torch.bmm(dy.reshape(edges, 1, components * channels), g).view(edges, mid)
 
 
 @_grad_h.register_fake
