@@ -71,10 +71,11 @@ def test_epochs_and_processes(qm9_dir: Path, tmp_path: Path) -> None:
 
 
 def test_compiled_model(qm9_dir: Path, tmp_path: Path) -> None:
-    """``--compile``: the model runs under torch.compile (the Clebsch-Gordan constants stay outside the graph)."""
+    """``--compile``: the model runs under torch.compile (the Clebsch-Gordan constants stay outside the graph), here
+    with ``--kernel fused``, whose operators the compiled graph calls."""
     tiny = ["--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2", "--no-tracking"]
     done = _bench("predict", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--gpus", "0", *tiny,
-                  "--batch-size", "8", "--steps", "3", "--compile", cwd=tmp_path)  # fmt: skip
+                  "--batch-size", "8", "--steps", "3", "--compile", "--kernel", "fused", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["steps"] == 3 and result["throughput_mol_per_ms"] > 0
