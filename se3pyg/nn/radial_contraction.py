@@ -24,6 +24,7 @@ again for ``dh``. Elsewhere (CPU, float64, no Triton, no rows) the operators run
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch
@@ -35,6 +36,7 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 ROWS_PER_SPLIT, MAX_SPLITS = 16384, 16
 
 
+@functools.cache
 def triton_available() -> bool:
     """Whether Triton is installed (the CUDA kernels of this module need it)."""
     return importlib.util.find_spec("triton") is not None
