@@ -50,7 +50,7 @@ def _columns(outs, C, M: tl.constexpr, BC: tl.constexpr):
     """Columns ``o M + m`` of ``G`` for the channels ``outs`` and whether each is in range, as ``[BC * M]``."""
     ms = tl.arange(0, M)
     cols = tl.reshape(outs[:, None] * M + ms[None, :], (BC * M,))
-    valid = tl.reshape((outs[:, None] < C) & (ms[None, :] < M), (BC * M,))
+    valid = tl.reshape(tl.broadcast_to(outs[:, None] < C, (BC, M)), (BC * M,))
     return cols, valid
 
 
@@ -61,6 +61,12 @@ def _g_step(t_ptr, w_ptr, rows, row_ok, cols, col_ok, ps, P, N, acc, IEEE: tl.co
     a = tl.load(t_ptr + rows[:, None] * P + ps[None, :], mask=row_ok[:, None] & p_ok[None, :], other=0.0)
     b = tl.load(w_ptr + ps[:, None].to(tl.int64) * N + cols[None, :], mask=p_ok[:, None] & col_ok[None, :], other=0.0)
     return _dot(a, b, acc, IEEE)
+
+
+@triton.jit
+def _hidden_rows(h_ptr, rows, row_ok, K, M: tl.constexpr):
+    """``h[e(rows), :]``, ``[BR, M]``, in the inputs' dtype."""
+    return tl.load(h_ptr + (rows // K)[:, None] * M + tl.arange(0, M)[None, :], mask=row_ok[:, None], other=0.0)
 
 
 @triton.jit
@@ -83,8 +89,7 @@ def _forward_kernel(
     g = tl.zeros((BR, BC * M), tl.float32)
     for p0 in range(0, P, BP):
         g = _g_step(t_ptr, w_ptr, rows, row_ok, cols, col_ok, p0 + tl.arange(0, BP), P, C * M, g, IEEE)
-    ms = tl.arange(0, M)
-    h = tl.load(h_ptr + (rows // K)[:, None] * M + ms[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    h = _hidden_rows(h_ptr, rows, row_ok, K, M).to(tl.float32)
     y = tl.sum(tl.reshape(g, (BR, BC, M)) * h[:, None, :], axis=2)
     mask = row_ok[:, None] & (outs[None, :] < C)
     tl.store(y_ptr + rows[:, None] * C + outs[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -107,8 +112,7 @@ def _grad_t_kernel(
     rows = (tl.program_id(0) * BR + tl.arange(0, BR)).to(tl.int64)
     ps = tl.program_id(1) * BP + tl.arange(0, BP)
     row_ok, p_ok = rows < R, ps < P
-    ms = tl.arange(0, M)
-    h = tl.load(h_ptr + (rows // K)[:, None] * M + ms[None, :], mask=row_ok[:, None], other=0.0)
+    h = _hidden_rows(h_ptr, rows, row_ok, K, M)
     acc = tl.zeros((BR, BP), tl.float32)
     for o0 in range(0, C, BC):
         outs = o0 + tl.arange(0, BC)
@@ -132,7 +136,6 @@ def _grad_w_kernel(
     split = tl.program_id(2).to(tl.int64)
     p_ok = ps < P
     cols, col_ok = _columns(outs, C, M, BC)
-    ms = tl.arange(0, M)
     start = split * rows_per_split
     stop = tl.minimum(start + rows_per_split, R)
     acc = tl.zeros((BP, BC * M), tl.float32)
@@ -140,7 +143,7 @@ def _grad_w_kernel(
         rows = r0 + tl.arange(0, BR)
         row_ok = rows < stop
         at = tl.load(t_ptr + rows[None, :] * P + ps[:, None], mask=p_ok[:, None] & row_ok[None, :], other=0.0)
-        h = tl.load(h_ptr + (rows // K)[:, None] * M + ms[None, :], mask=row_ok[:, None], other=0.0)
+        h = _hidden_rows(h_ptr, rows, row_ok, K, M)
         dg = _dg_tile(dy_ptr, h, rows, row_ok, outs, C, K, s_e, s_k, s_c, BR, BC, M)
         acc = _dot(at, dg, acc, IEEE)
     out = dw_ptr + split * P * C * M + ps[:, None].to(tl.int64) * (C * M) + cols[None, :]
