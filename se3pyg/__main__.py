@@ -1,6 +1,6 @@
 """``python -m se3pyg`` (and ``torchrun -m se3pyg``) runs the CLI."""
 
-from se3pyg.cli.app import main
+from se3pyg.cli import main
 
 if __name__ == "__main__":
     main()

@@ -116,6 +116,7 @@ def test_no_third_party_deprecation_warnings(tmp_path: Path) -> None:
     """Even with every warning shown, se3pyg's imports and a model run print none of PyG's or e3nn's (as in
     every se3pyg command, se3pyg is imported first: a user's own earlier PyG import is the user's)."""
     code = (
+        "import se3pyg.engine.predict, se3pyg.engine.benchmark, se3pyg.cli.app;"
         "from se3pyg import SE3TransformerPooled; import torch; from torch_geometric.data import Batch, Data;"
         "m = SE3TransformerPooled(num_layers=1, num_degrees=2, num_channels=8, num_heads=2);"
         "d = Data(x=torch.randn(2, 6), pos=torch.randn(2, 3), edge_index=torch.tensor([[0, 1], [1, 0]]),"

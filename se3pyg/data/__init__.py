@@ -1,5 +1,6 @@
 """QM9 through PyG, offline, with NVIDIA's tasks and splits."""
 
+import se3pyg.thirdparty  # noqa: F401  (first: third-party imports without their deprecation warnings)
 from se3pyg.data.batches import FlatLoader
 from se3pyg.data.custom import DatasetSpec
 from se3pyg.data.errors import DataError

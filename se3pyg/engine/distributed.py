@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from se3pyg.engine.allocator import keep_freed_memory
+from se3pyg.allocator import keep_freed_memory
 from se3pyg.processes import end_with_parent
 
 R = TypeVar("R")

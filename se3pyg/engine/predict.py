@@ -13,12 +13,12 @@ import torch
 from torch_geometric.data import Data, InMemoryDataset
 from torch_geometric.loader import DataLoader
 
+from se3pyg.allocator import keep_freed_memory
 from se3pyg.compat.nvidia import load_nvidia
 from se3pyg.data import DatasetSpec, TargetStats, TrainingView, dataset_splits, get_task, make_loader, qm9_splits
 from se3pyg.data.custom import build_dataset
 from se3pyg.data.molecules import ELEMENTS, read_molecules
 from se3pyg.data.tasks import Task
-from se3pyg.engine.allocator import keep_freed_memory
 from se3pyg.engine.checkpoint import (
     CheckpointError,
     is_se3pyg_checkpoint,

@@ -1,5 +1,6 @@
 """Equivariant layers, one per module."""
 
+import se3pyg.thirdparty  # noqa: F401  (first: third-party imports without their deprecation warnings)
 from se3pyg.nn.attention import AttentionBlockSE3, AttentionSE3
 from se3pyg.nn.conv import KERNELS, LAYOUTS, ConvSE3, KernelGroup, auto_kernel
 from se3pyg.nn.linear import LinearSE3
