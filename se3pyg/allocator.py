@@ -54,11 +54,12 @@ def keep_freed_memory() -> bool:
 def exec_keeping_freed_memory() -> None:
     """Restart this process under :data:`GLIBC_TUNABLES` (appended to the user's own), with the same arguments.
 
-    Returns without restarting where they are set already or the C library is not glibc. Call it before
-    anything else: the process is replaced, and child processes inherit the setting.
+    Returns without restarting where they are set already, the C library is not glibc, or Python cannot name its
+    own executable (an embedded interpreter). Call it before anything else: the process is replaced, and child
+    processes inherit the setting.
     """
     current = os.environ.get("GLIBC_TUNABLES", "")
-    if not _is_glibc() or GLIBC_TUNABLES in current:
+    if not _is_glibc() or GLIBC_TUNABLES in current or not sys.executable:
         return
     os.environ["GLIBC_TUNABLES"] = f"{current}:{GLIBC_TUNABLES}" if current else GLIBC_TUNABLES
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
