@@ -38,7 +38,7 @@ def _run(code: str, *args: str, tunables: str | None = None) -> str:
 
 
 def test_freed_large_blocks_are_reused_without_page_faults() -> None:
-    """Every process, not most: with mallopt alone, glibc's tcache made 6 of 12 such processes fault every page."""
+    """Every process, not most: with mallopt alone, glibc's tcache made 6 of 12 such processes fault again."""
     pages = 4 * (1 << 28) // 4096
     default = int(_run(MEASURE, "default"))
     assert default > pages // 2  # glibc's default: fresh pages every time
