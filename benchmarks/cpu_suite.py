@@ -6,6 +6,11 @@ its faster one on CPU) then se3pyg's (``se3pyg benchmark``, one process a run), 
 the same minutes of this shared machine. Both time the model step alone (median step); the ratio is taken per
 directed bond, since the molecules drawn differ. Writes one JSON file.
 
+The ``se3pyg`` command runs under glibc's settings for reusing freed memory (:data:`se3pyg.allocator.GLIBC_TUNABLES`,
+set by the command itself). They are an environment, not code, and speed NVIDIA's code up as well, so NVIDIA runs
+twice in each repeat: as its users run it (``nvidia_*`` keys) and under the same settings (``nvidia_tunables_*``;
+``speedup_per_bond_same_allocator`` compares the code alone).
+
     PYREF=$(../shared/nvidia_ref/setup.sh)
     python ../shared/nvidia_ref/export_sample.py data/qm9 nvidia_sample.pt --count 3200
     python benchmarks/cpu_suite.py --nvidia-python $PYREF --sample nvidia_sample.pt --out benchmarks/results/cpu.json
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -23,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from se3pyg.allocator import GLIBC_TUNABLES
 from se3pyg.engine.benchmark import matmul_gflops
 
 NVIDIA_BENCH = Path(__file__).resolve().parents[2] / "shared" / "nvidia_ref" / "bench.py"
@@ -32,15 +39,18 @@ CONFIGS = {
 }
 
 
-def _last_json(command: list[str]) -> dict:
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+def _last_json(command: list[str], tunables: str | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    if tunables is not None:
+        env["GLIBC_TUNABLES"] = tunables
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def nvidia(python: str, sample: str, name: str, mode: str, steps: int, seed: int) -> dict:
+def nvidia(python: str, sample: str, name: str, mode: str, steps: int, seed: int, tunables: str | None = None) -> dict:
     command = [python, str(NVIDIA_BENCH), mode, "--sample", sample, "--config", name, "--layout", "partial",
                "--batch-size", "64", "--steps", str(steps), "--seed", str(seed)]  # fmt: skip
-    run = _last_json(command)
+    run = _last_json(command, tunables)
     return {"mol_per_s": run["throughput_mol_per_s"], "edges_per_molecule": run["edges_per_molecule"]}
 
 
@@ -59,11 +69,14 @@ def se3pyg(data_dir: str, limit: int | None, name: str, mode: str, steps: int, s
 
 def row(args: argparse.Namespace, name: str, mode: str) -> dict:
     steps = args.steps if name == "published" else 4 * args.steps
-    pairs = []
+    pairs, same_allocator = [], []
     for repeat in range(args.repeats):  # A B A B: both sides in the same minutes
         theirs = nvidia(args.nvidia_python, args.sample, name, mode, steps, repeat)
+        same_allocator.append(nvidia(args.nvidia_python, args.sample, name, mode, steps, repeat, GLIBC_TUNABLES))
         ours = se3pyg(args.data_dir, args.limit, name, mode, steps, repeat)
         pairs.append((theirs, ours))
+    nv_same = statistics.median(t["mol_per_s"] for t in same_allocator)
+    nv_same_edges = statistics.mean(t["edges_per_molecule"] for t in same_allocator)
     nv = statistics.median(t["mol_per_s"] for t, _ in pairs)
     us = statistics.median(o["mol_per_s"] for _, o in pairs)
     nv_edges = statistics.mean(t["edges_per_molecule"] for t, _ in pairs)
@@ -80,6 +93,9 @@ def row(args: argparse.Namespace, name: str, mode: str) -> dict:
         "se3pyg_edges_per_molecule": us_edges,
         "speedup": us / nv,
         "speedup_per_bond": (us * us_edges) / (nv * nv_edges),
+        "nvidia_tunables_mol_per_s": nv_same,
+        "nvidia_tunables_runs": [t["mol_per_s"] for t in same_allocator],
+        "speedup_per_bond_same_allocator": (us * us_edges) / (nv_same * nv_same_edges),
         "se3pyg_peak_memory_mb": max(o["peak_memory_mb"] for _, o in pairs),
         "matmul_gflops_runs": [o["matmul_gflops"] for _, o in pairs],
     }
