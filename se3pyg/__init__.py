@@ -19,8 +19,12 @@ __version__ = "0.1.0"
 
 __all__ = ["Basis", "Fiber", "SE3Transformer", "SE3TransformerPooled", "__version__"]
 
-_HOMES = {"Basis": "se3pyg.basis", "Fiber": "se3pyg.fiber", "SE3Transformer": "se3pyg.model"}
-_HOMES["SE3TransformerPooled"] = "se3pyg.model"
+_HOMES = {  # each class -> the module that defines it
+    "Basis": "se3pyg.basis",
+    "Fiber": "se3pyg.fiber",
+    "SE3Transformer": "se3pyg.model",
+    "SE3TransformerPooled": "se3pyg.model",
+}
 
 
 def __getattr__(name: str) -> Any:
