@@ -39,17 +39,20 @@ def _fiber(value: Fiber | Mapping[int, int] | None) -> Fiber:
     return value if isinstance(value, Fiber) else Fiber(value or {})
 
 
-def _graph_tensors(graph: Any) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(edge_index, relative positions, batch)`` of a PyG ``Data``/``Batch`` or an ``(edge_index, pos)`` pair."""
+def _graph_tensors(graph: Any) -> tuple[Tensor, Tensor, Tensor | None, bool]:
+    """``(edge_index, relative positions, batch, edge pairs)`` of a PyG ``Data``/``Batch`` or an
+    ``(edge_index, pos)`` pair; edge pairs only where ``graph.edge_pairs is True`` (:mod:`se3pyg.data.pairs`)."""
     if isinstance(graph, tuple | list):
         edge_index, pos = graph
         batch = None
         rel_pos = None
+        edge_pairs = False
     else:
         edge_index = getattr(graph, "edge_index", None)
         pos = getattr(graph, "pos", None)
         rel_pos = getattr(graph, "rel_pos", None)
         batch = getattr(graph, "batch", None)
+        edge_pairs = getattr(graph, "edge_pairs", None) is True
     if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2:
         raise ValueError(f"edge_index: expected a [2, E] integer tensor, got {_describe(edge_index)}")
     if edge_index.dtype not in (torch.int64, torch.int32):
@@ -65,7 +68,7 @@ def _graph_tensors(graph: Any) -> tuple[Tensor, Tensor, Tensor | None]:
             raise ValueError(f"edge_index: node ids must lie in [0, {pos.shape[0]})") from None
     elif rel_pos.shape != (edge_index.shape[1], 3):
         raise ValueError(f"rel_pos: expected [{edge_index.shape[1]}, 3], got {list(rel_pos.shape)}")
-    return edge_index, rel_pos, batch
+    return edge_index, rel_pos, batch, edge_pairs
 
 
 def _describe(value: Any) -> str:
@@ -207,7 +210,7 @@ class SE3Transformer(nn.Module):
         edge_feats: Mapping[str, Tensor] | None = None,
         basis: Basis | Tensor | None = None,
     ) -> Tensor | dict[str, Tensor]:
-        edge_index, rel_pos, batch = _graph_tensors(graph)
+        edge_index, rel_pos, batch, edge_pairs = _graph_tensors(graph)
         num_nodes = next(iter(node_feats.values())).shape[0] if node_feats else 0
         _check_features("node_feats", node_feats, self.fiber_in, num_nodes, exact=False)
         edge_feats = dict(edge_feats or {})
@@ -225,7 +228,7 @@ class SE3Transformer(nn.Module):
         for module in self.graph_modules:
             if isinstance(feats, dict) and module is not self.graph_modules[0] and self.fiber_hidden.is_uniform:
                 feats = self.fiber_hidden.stack(feats)
-            feats = module(feats, edge_feats, edge_index, basis)
+            feats = module(feats, edge_feats, edge_index, basis, edge_pairs=edge_pairs)
         if isinstance(feats, Tensor):
             feats = self.fiber_out.unstack(feats)
 

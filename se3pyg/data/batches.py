@@ -15,7 +15,8 @@ once and assembles a batch of molecules ``m_1 .. m_B`` with a few gathers:
 with the same tensors as ``Batch.from_data_list`` of the same molecules
 (training view: node features ``x[:, :6]``, ``edge_attr[:, :4]``, the
 standardized target, the molecules' QM9 indices, precomputed harmonics
-when present). Batch sizes are
+when present; ``edge_pairs`` when the storage's edges come in reverse pairs, see
+:mod:`se3pyg.data.pairs`). Batch sizes are
 read from host copies of the per-molecule counts, so assembling a batch on a
 GPU reads nothing back from it.
 """
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch, InMemoryDataset
 
+from se3pyg.data.pairs import in_reverse_pairs
 from se3pyg.data.transforms import EDGE_FEATURES, TrainingView
 
 
@@ -51,6 +53,7 @@ class _Storage:
     edge_counts: Tensor
     host_node_counts: Tensor  # batch sizes are read from these
     host_edge_counts: Tensor
+    edge_pairs: bool  # every molecule's edges in reverse pairs (se3pyg.data.pairs): so is every batch's
 
 
 _STORAGE: dict[int, dict[torch.device, _Storage]] = {}  # by id of the collated data, dropped with it
@@ -68,11 +71,13 @@ def _storage(dataset: InMemoryDataset, device: torch.device) -> _Storage:
         data, slices = dataset._data, dataset.slices
         node_ptr, edge_ptr = slices["x"], slices["edge_index"]
         sh = data.sh.to(device) if "sh" in data else None
+        edge_attr = data.edge_attr[:, :EDGE_FEATURES]
+        paired = not bool((edge_ptr % 2).any()) and in_reverse_pairs(data.edge_index, edge_attr)
         per_device[device] = _Storage(
             x=data.x[:, :node_features].to(device),
             pos=data.pos.to(device),
             edge_index=data.edge_index.to(device),
-            edge_attr=data.edge_attr[:, :EDGE_FEATURES].to(device),
+            edge_attr=edge_attr.to(device),
             y=data.y.to(device),
             sh=sh,
             idx=data.idx.to(device) if "idx" in data else None,
@@ -82,6 +87,7 @@ def _storage(dataset: InMemoryDataset, device: torch.device) -> _Storage:
             edge_counts=edge_ptr.diff().to(device),
             host_node_counts=node_ptr.diff(),
             host_edge_counts=edge_ptr.diff(),
+            edge_pairs=paired,
         )
     return per_device[device]
 
@@ -205,4 +211,5 @@ class FlatLoader:
         if s.idx is not None:
             batch.idx = s.idx[mols]
         batch._num_graphs = len(host_mols)
+        batch.edge_pairs = s.edge_pairs
         return batch

@@ -23,9 +23,10 @@ from torch_geometric.data import Data, InMemoryDataset
 
 from se3pyg.data.errors import DataError
 from se3pyg.data.molecules import INPUT_SUFFIXES, checked, element_order, read_sdf_records, read_xyz_frames, to_data
+from se3pyg.data.pairs import pair_dataset_edges
 from se3pyg.data.tasks import Task
 
-FORMAT = 1
+FORMAT = 2
 MANIFEST, PROCESSED = "manifest.json", "dataset.pt"
 _SPLIT_NAMES = {"train": 0, "training": 0, "val": 1, "valid": 1, "validation": 1, "test": 2}
 BAD_RECORDS = ("skip", "refuse")
@@ -170,6 +171,7 @@ def _process(spec: DatasetSpec) -> BuiltDataset:
             molecules = [_refeaturized(m, elements, used) for m in molecules]
     dataset = InMemoryDataset()
     dataset.data, dataset.slices = InMemoryDataset.collate(molecules)
+    pair_dataset_edges(dataset)
     return BuiltDataset(dataset, used, len(errors), [str(e) for e in errors[:5]])
 
 

@@ -3,7 +3,8 @@
 A batch of ``B`` molecules with ``N`` atoms and ``E`` directed bonds becomes
 one of ``B + 1`` graphs, ``N'`` atoms and ``E'`` bonds: the extra graph holds
 the ``N' - N`` padding atoms, 1 Å apart on a line, with zero features, and the
-``E' - E`` padding bonds, each from padding atom ``k`` to ``k + 1`` (cyclically).
+``E' - E`` padding bonds, in reverse pairs ``k -> k + 1``, ``k + 1 -> k`` over the padding atoms
+(cyclically), so that a batch in reverse pairs stays so (:mod:`se3pyg.data.pairs`).
 No real atom sends to or receives from a padding atom, and every layer works
 per atom or per bond, so the first ``B`` outputs (and their gradients) are
 those of the unpadded batch.
@@ -45,7 +46,7 @@ def fits(batch: Batch, shape: tuple[int, int, int]) -> bool:
 
 def pad_batch(batch: Batch, num_nodes: int, num_edges: int) -> Batch:
     """``batch`` with a padding graph that brings it to ``num_nodes`` atoms and ``num_edges`` bonds."""
-    extra = sorted(set(batch.keys()) - {*PADDED_FIELDS, "idx"})
+    extra = sorted(set(batch.keys()) - {*PADDED_FIELDS, "idx", "edge_pairs"})
     if extra:
         raise ValueError(f"padding keeps only {', '.join(PADDED_FIELDS)}; the batch also has {', '.join(extra)}")
     n, e, graphs = batch.num_nodes, batch.edge_index.shape[1], batch.num_graphs
@@ -56,8 +57,10 @@ def pad_batch(batch: Batch, num_nodes: int, num_edges: int) -> Batch:
         )
     device, index = batch.x.device, batch.edge_index
     line = torch.arange(pad_nodes, device=device, dtype=batch.pos.dtype)
-    k = torch.arange(pad_edges, device=device, dtype=index.dtype)
-    padding_bonds = torch.stack([k % pad_nodes, (k + 1) % pad_nodes]) + n
+    bond = torch.arange(pad_edges, device=device, dtype=index.dtype)
+    first, second = (bond // 2) % pad_nodes, (bond // 2 + 1) % pad_nodes  # bonds 2k and 2k + 1 reverse each other
+    forward = bond % 2 == 0
+    padding_bonds = torch.stack([torch.where(forward, first, second), torch.where(forward, second, first)]) + n
     padded = Batch(
         x=torch.cat([batch.x, batch.x.new_zeros(pad_nodes, batch.x.shape[1])]),
         pos=torch.cat([batch.pos, torch.stack([line, torch.zeros_like(line), torch.zeros_like(line)], 1)]),
@@ -70,4 +73,5 @@ def pad_batch(batch: Batch, num_nodes: int, num_edges: int) -> Batch:
     if getattr(batch, "edge_attr", None) is not None:
         padded.edge_attr = torch.cat([batch.edge_attr, batch.edge_attr.new_zeros(pad_edges, batch.edge_attr.shape[1])])
     padded._num_graphs = graphs + 1
+    padded.edge_pairs = getattr(batch, "edge_pairs", None) is True and pad_edges % 2 == 0
     return padded

@@ -59,7 +59,7 @@ class GraphedSteps:
     def __init__(self, state: TrainState, capture: bool = True) -> None:
         self.state = state
         self.capture = capture
-        self.graphs: dict[tuple[str, int, int, int], _Graph] = {}
+        self.graphs: dict[tuple[str, bool, int, int, int], _Graph] = {}
         self.pool: tuple | None = None
         params = [p for p in state.model.parameters() if p.requires_grad]
         device = params[0].device
@@ -94,9 +94,10 @@ class GraphedSteps:
     def _replay(self, kind: str, batch: Batch) -> Tensor:
         own = static_shape(batch)
         # the smallest shape already captured that the batch fits, rather than a capture of its own
-        captured = [key[1:] for key in self.graphs if key[0] == kind and fits(batch, key[1:])]
+        pairs = getattr(batch, "edge_pairs", None) is True  # the path a capture takes (se3pyg.data.pairs)
+        captured = [key[2:] for key in self.graphs if key[:2] == (kind, pairs) and fits(batch, key[2:])]
         graphs, nodes, edges = min(captured, key=lambda shape: shape[1] * shape[2], default=own)
-        key = (kind, graphs, nodes, edges)
+        key = (kind, pairs, graphs, nodes, edges)
         padded = pad_batch(batch, nodes, edges)
         graph = self.graphs.get(key)
         if graph is None:

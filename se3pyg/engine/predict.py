@@ -18,6 +18,7 @@ from se3pyg.compat.nvidia import load_nvidia
 from se3pyg.data import DatasetSpec, TargetStats, TrainingView, dataset_splits, get_task, make_loader, qm9_splits
 from se3pyg.data.custom import build_dataset
 from se3pyg.data.molecules import ELEMENTS, read_molecules
+from se3pyg.data.pairs import pair_edges
 from se3pyg.data.tasks import Task
 from se3pyg.engine.checkpoint import (
     CheckpointError,
@@ -92,7 +93,8 @@ def predict_molecules(
             f"(the mean and std of {loaded.task.name} over the training split, in {loaded.task.unit})"
         )
     model = loaded.model.to(device).eval()
-    out = [predict_step(model, batch.to(device), precision).cpu() for batch in DataLoader(molecules, batch_size)]
+    batches = (pair_edges(batch).to(device) for batch in DataLoader(molecules, batch_size))
+    out = [predict_step(model, batch, precision).cpu() for batch in batches]
     return torch.cat(out) * loaded.std + loaded.mean
 
 

@@ -198,10 +198,11 @@ class AttentionBlockSE3(nn.Module):
         edge_feats: dict[str, Tensor],
         edge_index: Tensor,
         basis: Basis,
+        edge_pairs: bool = False,
     ) -> dict[str, Tensor] | Tensor:
         stacked = isinstance(node_feats, Tensor)
         value_fiber, key_fiber = self.attention.value_fiber, self.attention.key_fiber
-        key_value = self.to_key_value(node_feats, edge_feats, edge_index, basis)
+        key_value = self.to_key_value(node_feats, edge_feats, edge_index, basis, edge_pairs)
         if isinstance(key_value, Tensor) and key_fiber.degrees == value_fiber.degrees:
             value, key = key_value.chunk(2, dim=-1)  # stacked channels: values, then keys
         else:

@@ -146,20 +146,30 @@ class KernelGroup(nn.Module):
         self.radial_func.reset_parameters()
 
     def forward(
-        self, features: Tensor, edge_scalars: Tensor, basis: Basis | None, kernel: str = "edge_weights"
+        self,
+        features: Tensor,
+        edge_scalars: Tensor,
+        basis: Basis | None,
+        kernel: str = "edge_weights",
+        edge_pairs: bool = False,
     ) -> Tensor:
+        """``[E, D_out, C_out]``; with ``edge_pairs`` (edge ``2u + 1`` the reverse of edge ``2u``, see
+        :mod:`se3pyg.data.pairs`), ``edge_scalars`` holds one row per pair and both edges share its weights."""
         hidden = self.radial_func.hidden(edge_scalars)
+        per_unit = 2 if edge_pairs else 1  # edges per row of radial weights
         if basis is None:  # NVIDIA's pairwise 0 -> 0 kernel
             weights = (hidden @ self.radial_func.last.weight.T).view(-1, self.channels_out, self.channels_in)
-            return features @ weights.transpose(1, 2)
+            x = features.reshape(hidden.shape[0], per_unit * features.shape[1], self.channels_in)
+            return (x @ weights.transpose(1, 2)).view(features.shape[0], -1, self.channels_out)
         if kernel == "edge_weights":
-            return self._edge_weights(features, hidden, basis)
-        return self._reassociated(features, hidden, basis, fused=kernel == "fused")
+            return self._edge_weights(features, hidden, basis, per_unit)
+        return self._reassociated(features, hidden, basis, per_unit, fused=kernel == "fused")
 
-    def _reassociated(self, features: Tensor, hidden: Tensor, basis: Basis, fused: bool) -> Tensor:
+    def _reassociated(self, features: Tensor, hidden: Tensor, basis: Basis, per_unit: int, fused: bool) -> Tensor:
         """``[E, D_out, C_out]`` through ``G`` (see the class docstring); no per-edge radial weights.
 
-        ``fused``: by the operators of :mod:`se3pyg.nn.radial_contraction`, else by PyTorch's products.
+        ``fused``: by the operators of :mod:`se3pyg.nn.radial_contraction`, else by PyTorch's products. The
+        ``per_unit`` edges of a row of ``hidden`` are consecutive, so their output components are one run.
         """
         num_edges, c_in = features.shape[0], self.channels_in
         contract = radial_contract if fused else contract_reference
@@ -168,34 +178,37 @@ class KernelGroup(nn.Module):
             block = basis.fused(self.degrees_in, [d])  # [E, D_d, F_d, D_in]
             dim = block.shape[1]
             t = torch.bmm(block.reshape(num_edges, dim * freq, -1), features)  # [E, D_d F_d, C_in]
-            y = contract(t.view(num_edges * dim, freq * c_in), w.reshape(freq * c_in, -1), hidden, dim)
-            parts.append(y)
+            y = contract(t.view(num_edges * dim, freq * c_in), w.reshape(freq * c_in, -1), hidden, per_unit * dim)
+            parts.append(y.view(num_edges, dim, -1))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
-    def _edge_weights(self, features: Tensor, hidden: Tensor, basis: Basis) -> Tensor:
+    def _edge_weights(self, features: Tensor, hidden: Tensor, basis: Basis, per_unit: int) -> Tensor:
         """``[E, D_out, C_out]`` through per-edge radial weights, in edge chunks of at most 32 MB of them on CPU.
 
         Per output degree, ``T = B x`` (``[E, D_d, F_d C_in]``, the same product as the reassociated kernel's)
-        times the radial weights ``[E, F_d C_in, C_out]``: both products read contiguous operands, and no
-        gradient needs a copy.
+        times the radial weights ``[U, F_d C_in, C_out]`` of the ``U`` rows of ``hidden``, each shared by
+        ``per_unit`` consecutive edges (``T`` viewed ``[U, per_unit D_d, F_d C_in]``): both products read
+        contiguous operands, and no gradient needs a copy.
         """
         blocks = [basis.fused(self.degrees_in, [d]) for d in self.degrees_out]
         under_autograd = torch.is_grad_enabled() and hidden.requires_grad
         maps = self._radial_maps(hidden_major=under_autograd)  # [H, F_d C_in C_out]
-        num_edges = features.shape[0]
-        chunk = num_edges
+        num_units = hidden.shape[0]
+        chunk = num_units
         if features.device.type == "cpu" and not under_autograd:
             chunk = max(1, self.CPU_CHUNK_FLOATS // (self.channels_out * self.channels_in * sum(self.freq_blocks)))
         outputs = []
-        for start in range(0, num_edges, chunk):
-            stop = min(start + chunk, num_edges)
-            x, h, count = features[start:stop], hidden[start:stop], stop - start
+        for start in range(0, num_units, chunk):
+            stop = min(start + chunk, num_units)
+            units, edges = stop - start, slice(start * per_unit, stop * per_unit)
+            x, h, count = features[edges], hidden[start:stop], (stop - start) * per_unit
             parts = []
             for radial_map, block, freq in zip(maps, blocks, self.freq_blocks, strict=True):
                 dim = block.shape[1]
-                t = torch.bmm(block[start:stop].reshape(count, dim * freq, -1), x)  # [e, D_d F_d, C_in]
-                radial = (h @ radial_map).view(count, freq * self.channels_in, self.channels_out)
-                parts.append(torch.bmm(t.view(count, dim, freq * self.channels_in), radial))
+                t = torch.bmm(block[edges].reshape(count, dim * freq, -1), x)  # [e, D_d F_d, C_in]
+                radial = (h @ radial_map).view(units, freq * self.channels_in, self.channels_out)
+                y = torch.bmm(t.view(units, per_unit * dim, freq * self.channels_in), radial)
+                parts.append(y.view(count, dim, self.channels_out))
             outputs.append(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
@@ -337,10 +350,13 @@ class ConvSE3(MessagePassing):
         edge_feats: dict[str, Tensor],
         edge_index: Tensor,
         basis: Basis,
+        edge_pairs: bool = False,
     ) -> dict[str, Tensor] | Tensor:
         """Node features in, node features (``pool=True``) or edge features out.
 
         Stacked node features (``[N, D, C]``) give stacked features out when ``fiber_out`` is uniform.
+        ``edge_pairs``: edge ``2u + 1`` is the reverse of edge ``2u`` with equal edge features, so the radial
+        weights are formed once per pair (:mod:`se3pyg.data.pairs`).
         """
         stacked = isinstance(node_feats, Tensor)
         if stacked:
@@ -349,7 +365,7 @@ class ConvSE3(MessagePassing):
         else:
             num_nodes = next(iter(node_feats.values())).shape[0]
             x = self.fiber_in.stack(node_feats) if self.stacked_in else self.fiber_in.pack(node_feats)
-        kwargs = dict(x=x, edge_feats=edge_feats, basis=basis, size=(num_nodes, num_nodes))
+        kwargs = dict(x=x, edge_feats=edge_feats, basis=basis, edge_pairs=edge_pairs, size=(num_nodes, num_nodes))
         out = self.propagate(edge_index, **kwargs) if self.pool else self.edge_updater(edge_index, **kwargs)
         if self.self_interaction:
             out = self._add_self_interaction(out, x, edge_index, num_nodes)
@@ -375,19 +391,21 @@ class ConvSE3(MessagePassing):
             out[key] = out[key] + (count[:, None, None] * term if self.pool else term[edge_index[1]])
         return out
 
-    def message(self, x_j: Tensor, edge_feats: dict[str, Tensor], basis: Basis) -> Tensor:
-        return self.edge_update(x_j, edge_feats, basis)
+    def message(self, x_j: Tensor, edge_feats: dict[str, Tensor], basis: Basis, edge_pairs: bool) -> Tensor:
+        return self.edge_update(x_j, edge_feats, basis, edge_pairs)
 
-    def edge_update(self, x_j: Tensor, edge_feats: dict[str, Tensor], basis: Basis) -> Tensor:
+    def edge_update(self, x_j: Tensor, edge_feats: dict[str, Tensor], basis: Basis, edge_pairs: bool) -> Tensor:
         """Per-edge kernel outputs: stacked ``[E, D_out, C_out]`` for a uniform ``fiber_out``, else packed
         ``[E, fiber_out.num_features]``."""
         edge_scalars = edge_feats["0"].squeeze(-1)
+        if edge_pairs:  # one row of radial network inputs per pair of edges
+            edge_scalars = edge_scalars[0::2]
         kernel = auto_kernel(x_j.device.type) if self.kernel == "auto" else self.kernel
         inputs = self._group_inputs(x_j, edge_feats)
         sums: dict[tuple[int, ...], Tensor] = {}  # per output degrees of the groups
         for group in self.groups:
             group_basis = basis if group.uses_basis else None
-            args = (inputs[tuple(group.degrees_in)], edge_scalars, group_basis, kernel)
+            args = (inputs[tuple(group.degrees_in)], edge_scalars, group_basis, kernel, edge_pairs)
             if self.low_memory and torch.is_grad_enabled():
                 y = torch.utils.checkpoint.checkpoint(group, *args, use_reentrant=False)
             else:
