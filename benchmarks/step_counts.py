@@ -15,6 +15,7 @@ from torch_geometric.data import Batch
 
 from se3pyg import SE3TransformerPooled
 from se3pyg.data import get_task, qm9_splits
+from se3pyg.data.pairs import pair_edges
 from se3pyg.engine.counting import count_training_step
 from se3pyg.nn.conv import KERNELS, auto_kernel
 
@@ -31,12 +32,15 @@ def main() -> None:
         help="a kernel of se3pyg.nn.conv.KERNELS, or a device type: the kernel auto_kernel picks there",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--any-edge-order", action="store_true", help="the general path: edges not in reverse pairs")
     args = parser.parse_args()
 
     train = qm9_splits(args.data_dir, get_task("homo"), args.limit).train
     generator = torch.Generator().manual_seed(args.seed)
     picks = torch.randperm(len(train), generator=generator)[: args.batch_size].tolist()
     batch = Batch.from_data_list([train[i] for i in picks])
+    if not args.any_edge_order:
+        batch = pair_edges(batch)  # as the training loaders give it (se3pyg.data.pairs)
     torch.manual_seed(args.seed)
     kernel = auto_kernel(args.kernel) if args.kernel in ("cpu", "cuda") else args.kernel
     options = {} if kernel is None else {"kernel": kernel}
@@ -53,6 +57,7 @@ def main() -> None:
         "batch_size": batch.num_graphs,
         "directed_bonds": edges,
         "kernel": kernel,
+        "edge_pairs": getattr(batch, "edge_pairs", None) is True,
         "host_syncs": counts.host_syncs,
         "launches": counts.launches,
         "bytes_written": counts.bytes_written,

@@ -62,9 +62,17 @@ def test_ddp_shares_follow_distributed_sampler(split, drop_last: bool) -> None:
 
 
 def test_make_loader_serves_qm9_splits_flat_and_other_data_through_pyg(split) -> None:
-    assert isinstance(make_loader(split, 8, shuffle=False), FlatLoader)
-    assert not isinstance(make_loader(split, 8, shuffle=False, num_workers=1), FlatLoader)
-    assert not isinstance(make_loader([split[0], split[1]], 8, shuffle=False), FlatLoader)
+    """Every loader's batches come with their edges in reverse pairs, flagged (se3pyg.data.pairs), worker processes
+    included."""
+    flat = make_loader(split, 8, shuffle=False)
+    assert isinstance(flat, FlatLoader) and next(iter(flat)).edge_pairs is True
+    with_workers = make_loader(split, 8, shuffle=False, num_workers=1)
+    assert not isinstance(with_workers, FlatLoader) and next(iter(with_workers)).edge_pairs is True
+    molecules = [split[0], split[1]]
+    listed = make_loader(molecules, 8, shuffle=False)
+    assert not isinstance(listed, FlatLoader) and next(iter(listed)).edge_pairs is True
+    molecules[1].edge_attr = torch.rand_like(molecules[1].edge_attr)  # directions no longer alike: no pairs
+    assert "edge_pairs" not in next(iter(make_loader(molecules, 8, shuffle=False)))
 
 
 def test_benchmark_data_reports_molecules_delivered(qm9_dir: Path, tmp_path: Path) -> None:

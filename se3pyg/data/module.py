@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
-from torch_geometric.data import InMemoryDataset
+from torch_geometric.data import Batch, InMemoryDataset
 from torch_geometric.loader import DataLoader
 
 from se3pyg.data.bases import attach_spherical_harmonics
@@ -16,6 +17,7 @@ from se3pyg.data.batches import FlatLoader, flat_loadable, storage_bytes
 from se3pyg.data.custom import BuiltDataset, DatasetSpec, build_dataset, split_positions
 from se3pyg.data.errors import DataError
 from se3pyg.data.molecules import ELEMENTS
+from se3pyg.data.pairs import pair_edges
 from se3pyg.data.qm9 import Progress, load_qm9
 from se3pyg.data.splits import split_indices
 from se3pyg.data.tasks import Task
@@ -120,7 +122,8 @@ def make_loader(
 ) -> Loader:
     """Batches of ``dataset`` for one rank: a :class:`FlatLoader` on ``device`` for a QM9 split (its storage
     held there when it fits in half the free memory, else on the host), a PyG ``DataLoader`` for other
-    datasets or with worker processes; under DDP each rank reads its share.
+    datasets or with worker processes (its batches' edges put in reverse pairs where they can be,
+    :mod:`se3pyg.data.pairs`); under DDP each rank reads its share.
     """
     if num_workers == 0 and flat_loadable(dataset):
         device = torch.device(device)
@@ -132,7 +135,7 @@ def make_loader(
         sampler = DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
         )
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
@@ -142,6 +145,18 @@ def make_loader(
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
     )
+    loader.collate_fn = PairingCollater(loader.collate_fn)
+    return loader
+
+
+class PairingCollater:
+    """PyG's collation, then :func:`~se3pyg.data.pairs.pair_edges`: batches whose bonds pair up are flagged."""
+
+    def __init__(self, collate: Callable[[list], Batch]) -> None:
+        self.collate = collate
+
+    def __call__(self, molecules: list) -> Batch:
+        return pair_edges(self.collate(molecules))
 
 
 def set_epoch(loader: Loader, epoch: int) -> None:
