@@ -155,3 +155,14 @@ def test_pairs_form_half_the_radial_weights(golden: dict) -> None:
         step = lambda model=model, batch=batch: model(batch).sum().backward()  # noqa: E731
         written[name] = count_ops(step).bytes_by_op["mm"]  # the radial weights: [E or E / 2, F C_in C_out]
     assert written["paired"] < 0.7 * written["plain"], written
+
+
+def test_pairs_with_recomputed_kernels_give_the_same_gradients(golden: dict) -> None:
+    """``low_memory`` (kernels recomputed in the backward pass) takes the flag along."""
+    grads = []
+    for batch in (golden_batch(golden), pair_edges(golden_batch(golden))):
+        torch.manual_seed(0)
+        model = SE3TransformerPooled(num_layers=2, num_degrees=3, num_channels=8, num_heads=2, low_memory=True)
+        model(batch).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert ((grads[1] - grads[0]).abs().max() / grads[0].abs().max()).item() <= 1e-5

@@ -63,6 +63,10 @@ class KernelGroup(nn.Module):
     and one chunk is faster (fewer, larger weight-gradient products: 1.2x on
     a published-recipe training step).
 
+    With edges in reverse pairs (:mod:`se3pyg.data.pairs`), :math:`R` depends on the bond alone and
+    is formed once per pair: the products above take the pair's two edges as ``2 D_d`` rows of one
+    matrix.
+
     The ``"reassociated"`` kernel never forms :math:`R`: with
     :math:`R_{e o (i f)} = \sum_m W_{(o i f) m} h_{e m}` (``h`` the radial
     network's last hidden layer),
@@ -88,7 +92,8 @@ class KernelGroup(nn.Module):
 
     Shapes:
         ``forward(features [E, D_in, C_in], edge_scalars [E, edge_dim], basis)`` -> ``[E, D_out, C_out]``
-        (stacked, components before channels), ``D = sum_d (2d + 1)`` over the fused degrees.
+        (stacked, components before channels), ``D = sum_d (2d + 1)`` over the fused degrees; with
+        ``edge_pairs``, ``edge_scalars [E / 2, edge_dim]``, a row a pair.
     """
 
     #: Radial weights per CPU chunk (floats): 32 MB. Smaller chunks ran slower (8 MB: 1.21-1.28x the step time of
@@ -188,7 +193,8 @@ class KernelGroup(nn.Module):
         Per output degree, ``T = B x`` (``[E, D_d, F_d C_in]``, the same product as the reassociated kernel's)
         times the radial weights ``[U, F_d C_in, C_out]`` of the ``U`` rows of ``hidden``, each shared by
         ``per_unit`` consecutive edges (``T`` viewed ``[U, per_unit D_d, F_d C_in]``): both products read
-        contiguous operands, and no gradient needs a copy.
+        contiguous operands. No gradient needs a copy, but for pairs the output gradient's degree blocks, which
+        the pairs' layout reads as one run. CPU chunks hold whole rows of ``hidden``.
         """
         blocks = [basis.fused(self.degrees_in, [d]) for d in self.degrees_out]
         under_autograd = torch.is_grad_enabled() and hidden.requires_grad
