@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch, InMemoryDataset
 
-from se3pyg.data.pairs import in_reverse_pairs
+from se3pyg.data.pairs import molecules_in_reverse_pairs
 from se3pyg.data.transforms import EDGE_FEATURES, TrainingView
 
 
@@ -72,7 +72,7 @@ def _storage(dataset: InMemoryDataset, device: torch.device) -> _Storage:
         node_ptr, edge_ptr = slices["x"], slices["edge_index"]
         sh = data.sh.to(device) if "sh" in data else None
         edge_attr = data.edge_attr[:, :EDGE_FEATURES]
-        paired = not bool((edge_ptr % 2).any()) and in_reverse_pairs(data.edge_index, edge_attr)
+        paired = molecules_in_reverse_pairs(data.edge_index, edge_attr, edge_ptr)
         per_device[device] = _Storage(
             x=data.x[:, :node_features].to(device),
             pos=data.pos.to(device),

@@ -61,6 +61,12 @@ def in_reverse_pairs(edge_index: Tensor, edge_attr: Tensor | None) -> bool:
     return edge_attr is None or torch.equal(edge_attr[0::2], edge_attr[1::2])
 
 
+def molecules_in_reverse_pairs(edge_index: Tensor, edge_attr: Tensor | None, edge_ptr: Tensor) -> bool:
+    """Whether every molecule of a collated dataset (edges ``edge_ptr[m] .. edge_ptr[m + 1]``, node ids per
+    molecule) has its edges in reverse pairs: no pair straddles two molecules when every molecule starts even."""
+    return not bool((edge_ptr % 2).any()) and in_reverse_pairs(edge_index, edge_attr)
+
+
 def pair_edges(data: Data) -> Data:
     """``data`` (a ``Data`` or ``Batch``) with its edges in reverse pairs and ``edge_pairs = True``; unchanged
     where some edge has no reverse of equal features.
@@ -102,4 +108,11 @@ def pair_dataset_edges(dataset: InMemoryDataset) -> bool:
     return True
 
 
-__all__ = ["EDGE_KEYS", "in_reverse_pairs", "pair_dataset_edges", "pair_edges", "pair_order"]
+__all__ = [
+    "EDGE_KEYS",
+    "in_reverse_pairs",
+    "molecules_in_reverse_pairs",
+    "pair_dataset_edges",
+    "pair_edges",
+    "pair_order",
+]

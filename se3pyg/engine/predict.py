@@ -11,14 +11,12 @@ from typing import TextIO
 
 import torch
 from torch_geometric.data import Data, InMemoryDataset
-from torch_geometric.loader import DataLoader
 
 from se3pyg.allocator import keep_freed_memory
 from se3pyg.compat.nvidia import load_nvidia
 from se3pyg.data import DatasetSpec, TargetStats, TrainingView, dataset_splits, get_task, make_loader, qm9_splits
 from se3pyg.data.custom import build_dataset
 from se3pyg.data.molecules import ELEMENTS, read_molecules
-from se3pyg.data.pairs import pair_edges
 from se3pyg.data.tasks import Task
 from se3pyg.engine.checkpoint import (
     CheckpointError,
@@ -93,8 +91,8 @@ def predict_molecules(
             f"(the mean and std of {loaded.task.name} over the training split, in {loaded.task.unit})"
         )
     model = loaded.model.to(device).eval()
-    batches = (pair_edges(batch).to(device) for batch in DataLoader(molecules, batch_size))
-    out = [predict_step(model, batch, precision).cpu() for batch in batches]
+    loader = make_loader(molecules, batch_size, shuffle=False)  # PyG's batches, edges in reverse pairs where they pair
+    out = [predict_step(model, batch.to(device), precision).cpu() for batch in loader]
     return torch.cat(out) * loaded.std + loaded.mean
 
 
