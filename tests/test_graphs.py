@@ -18,7 +18,7 @@ from se3pyg.data.padding import fits, pad_batch, padded_size, static_shape
 from se3pyg.engine import distributed
 from se3pyg.engine.config import TrainConfig
 from se3pyg.engine.distributed import DistInfo
-from se3pyg.engine.graphs import GraphedSteps
+from se3pyg.engine.graphs import GraphedPredictor, GraphedSteps
 from se3pyg.engine.state import TrainState
 from se3pyg.engine.step import predict_step, train_step
 from se3pyg.model import SE3TransformerPooled
@@ -167,7 +167,10 @@ def test_captured_steps_equal_the_eager_steps_on_cuda(qm9_dir: Path) -> None:
         torch.testing.assert_close(steps.train(batch, update=False), expected, rtol=1e-10, atol=1e-12)
     grads = torch.cat([p.grad.flatten() for p in eager.model.parameters()])
     torch.testing.assert_close(steps.flat_grad, grads, rtol=1e-9, atol=1e-12)
+    predictor = GraphedPredictor(eager.model.eval(), eager.precision)  # se3pyg predict --cuda-graphs
     with torch.inference_mode():
         for batch in batches:
             expected = predict_step(eager.model, batch, eager.precision)
             torch.testing.assert_close(steps.predict(batch), expected, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(predictor.predict(batch), expected, rtol=1e-10, atol=1e-12)
+    assert all(graph.graph is not None for graph in predictor.graphs.values())

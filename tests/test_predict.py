@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch_geometric.data import Batch
 
 from se3pyg.data.molecules import read_molecules
 from se3pyg.engine.config import TrainConfig
+from se3pyg.engine.graphs import GraphedPredictor
+from se3pyg.engine.precision import Precision
+from se3pyg.engine.predict import evaluate_split, graphed_predictor, load_model, predict_molecules
 from se3pyg.engine.train import run
 
 from .conftest import GOLDEN, QM9_SUBSET, run_se3pyg
@@ -194,3 +198,28 @@ def test_missing_or_foreign_checkpoints_are_refused(inputs: Path, tmp_path: Path
     done = _cli("--ckpt", str(path), "--input", str(inputs), "--output", str(out), cwd=tmp_path)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert not out.exists()
+
+
+def test_padded_static_shape_predictions_equal_the_eager_ones(trained: Path, inputs: Path, qm9_dir: Path) -> None:
+    """``cuda_graphs``: batches padded to static shapes (replayed as CUDA graphs on a GPU, run eagerly here) give
+    the eager predictions, for the user's named molecules and for a QM9 split."""
+    loaded, cpu = load_model(trained), torch.device("cpu")
+    precision = Precision.choose(False, "auto", cpu)
+    molecules = read_molecules([inputs])
+    eager = predict_molecules(loaded, molecules, 2, cpu, precision)
+    padded = predict_molecules(loaded, molecules, 2, cpu, precision, cuda_graphs=True)
+    torch.testing.assert_close(padded, eager, rtol=1e-5, atol=1e-6)
+    predictor = graphed_predictor(loaded.model, precision, cpu)
+    assert isinstance(predictor, GraphedPredictor) and not predictor.capture  # no capture off CUDA
+    with torch.no_grad():
+        predictor.predict(Batch.from_data_list(molecules))  # names ride along unpadded
+    assert [key[0] for key in predictor.graphs] == ["predict"]
+    split = [evaluate_split(loaded, qm9_dir, QM9_SUBSET, "val", 8, cpu, precision, cuda_graphs=g) for g in (0, 1)]
+    assert split[0][1] == split[1][1] == 41
+    assert split[1][0] == pytest.approx(split[0][0], rel=1e-5)
+
+
+def test_cuda_graphs_without_a_gpu_is_refused(trained: Path, inputs: Path, tmp_path: Path) -> None:
+    done = _cli("--ckpt", str(trained), "--input", str(inputs), "--cuda-graphs", "--gpus", "0", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--cuda-graphs needs a GPU, and this run is on the CPU" in done.stderr

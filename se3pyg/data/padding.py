@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch_geometric.data import Batch
 
-#: Fields a padded batch carries; the molecules' QM9 indices (``idx``) are left out, any other field (e.g.
-#: precomputed harmonics) is refused.
+#: Fields a padded batch carries; the molecules' QM9 indices (``idx``) and fields that are not tensors (e.g. the
+#: names of the user's molecules) are left out, any other tensor (e.g. precomputed harmonics) is refused.
 PADDED_FIELDS = ("x", "pos", "edge_index", "edge_attr", "batch", "ptr", "y")
 
 
@@ -46,7 +46,8 @@ def fits(batch: Batch, shape: tuple[int, int, int]) -> bool:
 
 def pad_batch(batch: Batch, num_nodes: int, num_edges: int) -> Batch:
     """``batch`` with a padding graph that brings it to ``num_nodes`` atoms and ``num_edges`` bonds."""
-    extra = sorted(set(batch.keys()) - {*PADDED_FIELDS, "idx", "edge_pairs"})
+    dropped = {*PADDED_FIELDS, "idx", "edge_pairs"}
+    extra = sorted(k for k, value in batch if k not in dropped and isinstance(value, torch.Tensor))
     if extra:
         raise ValueError(f"padding keeps only {', '.join(PADDED_FIELDS)}; the batch also has {', '.join(extra)}")
     n, e, graphs = batch.num_nodes, batch.edge_index.shape[1], batch.num_graphs

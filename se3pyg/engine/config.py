@@ -36,6 +36,11 @@ class DeviceOptions:
     gpus: int | None = option(None, "GPUs on this node, one process each (0: the CPU; default: all visible).")
     tracking_uri: str | None = option(None, "MLflow store (default $MLFLOW_TRACKING_URI or mlruns/).")
     experiment: str = option("se3pyg", "MLflow experiment.")
+    cuda_graphs: bool = option(
+        False,
+        "Replay each step as a CUDA graph, batches padded to a few shapes (GPUs).",
+        "--cuda-graphs/--no-cuda-graphs",
+    )
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -54,6 +59,8 @@ class DeviceOptions:
         gpus = visible if self.gpus is None else self.gpus
         if gpus > visible:
             raise ValueError(f"--gpus {gpus}: only {visible} visible")
+        if self.cuda_graphs and not gpus:
+            raise ValueError("--cuda-graphs needs a GPU, and this run is on the CPU (no GPU visible, or --gpus 0)")
         return dataclasses.replace(self, gpus=gpus)
 
     @property
@@ -72,11 +79,6 @@ class RunOptions(DeviceOptions, ModelOptions):
     data_dir: str = option("data/qm9", "QM9 folder (built when missing).")
     limit: int | None = option(None, "Use only the first N QM9 molecules.")
     precompute_bases: bool = option(False, "Keep every bond's spherical harmonics in RAM.")
-    cuda_graphs: bool = option(
-        False,
-        "Replay each step as a CUDA graph, batches padded to a few shapes (GPUs).",
-        "--cuda-graphs/--no-cuda-graphs",
-    )
     processes: int = option(1, "Processes when not on GPUs (DDP over gloo), e.g. to test DDP on CPU.")
     dataset: str | None = option(None, "Your molecules instead of QM9: an SDF, or a folder of XYZ/SDF files + a CSV.")
     target: str | None = option(None, "With --dataset: the SDF data field or CSV column to learn.")
@@ -92,12 +94,6 @@ class RunOptions(DeviceOptions, ModelOptions):
     def model_options(self) -> dict[str, Any]:
         """The :class:`ModelOptions` fields, as ``SE3TransformerPooled`` keywords."""
         return {f.name: getattr(self, f.name) for f in fields(ModelOptions)}
-
-    def resolve_gpus(self: _Options) -> _Options:
-        resolved = super().resolve_gpus()
-        if resolved.cuda_graphs and not resolved.gpus:
-            raise ValueError("--cuda-graphs needs a GPU, and this run is on the CPU (no GPU visible, or --gpus 0)")
-        return resolved
 
     @property
     def world_size(self) -> int:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.data import Batch
 
 from se3pyg.engine.distributed import DistInfo, all_reduce_sum, gather_on_main
 from se3pyg.engine.precision import Precision
@@ -27,14 +28,21 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict_split(net: nn.Module, loader: Iterable, info: DistInfo, precision: Precision) -> Predictions:
-    """This rank's predictions for every batch of ``loader`` (kept on the device: nothing is read back)."""
+def predict_split(
+    net: nn.Module,
+    loader: Iterable,
+    info: DistInfo,
+    precision: Precision,
+    predict: Callable[[Batch], Tensor] | None = None,
+) -> Predictions:
+    """This rank's predictions for every batch of ``loader`` (kept on the device: nothing is read back), by
+    ``predict`` (e.g. a :class:`~se3pyg.engine.graphs.GraphedPredictor`'s) or :func:`predict_step` of ``net``."""
     was_training = net.training
     net.eval()
     idx, pred, target = [], [], []
     for batch in loader:
         batch = batch.to(info.device, non_blocking=True)
-        pred.append(predict_step(net, batch, precision).float())
+        pred.append(predict(batch) if predict is not None else predict_step(net, batch, precision).float())
         target.append(batch.y.float())
         idx.append(batch.idx if "idx" in batch else torch.full_like(batch.y, -1, dtype=torch.long))
     net.train(was_training)
@@ -53,10 +61,15 @@ def split_mae(predictions: Predictions, info: DistInfo, target_std: float) -> fl
 
 
 def mean_absolute_error(
-    net: nn.Module, loader: Iterable, info: DistInfo, target_std: float, precision: Precision
+    net: nn.Module,
+    loader: Iterable,
+    info: DistInfo,
+    target_std: float,
+    precision: Precision,
+    predict: Callable[[Batch], Tensor] | None = None,
 ) -> float:
     """:func:`split_mae` of :func:`predict_split`."""
-    return split_mae(predict_split(net, loader, info, precision), info, target_std)
+    return split_mae(predict_split(net, loader, info, precision, predict), info, target_std)
 
 
 def gather_predictions(predictions: Predictions, info: DistInfo) -> Predictions | None:

@@ -15,7 +15,9 @@ same tensors and DDP all-reduces them in one call; the optimizer step (fused on
 CUDA), gradient clipping and the loss scale's update run eagerly after the
 replay, so the learning rate schedule and the loss scale work as in the eager
 step. With ``capture=False`` the same padded, static-buffer steps run eagerly
-(on any device: how they are tested without a GPU).
+(on any device: how they are tested without a GPU). :class:`GraphedPredictor`
+replays prediction alone (``se3pyg predict --cuda-graphs``), :class:`GraphedSteps`
+a training run's steps.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 from se3pyg.data.padding import PADDED_FIELDS, fits, pad_batch, static_shape
+from se3pyg.engine.precision import Precision
 
 if TYPE_CHECKING:
     from se3pyg.engine.state import TrainState
@@ -50,17 +53,73 @@ class _Graph:
         return self.output  # type: ignore[return-value]
 
 
-class GraphedSteps:
-    """:func:`~se3pyg.engine.step.train_step` and :func:`~se3pyg.engine.step.predict_step` of ``state`` over
-    padded batches, one CUDA graph per shape (see the module docstring)."""
+class GraphedPredictor:
+    """The model's prediction over padded batches, one CUDA graph per shape (see the module docstring): what
+    ``se3pyg predict --cuda-graphs`` runs. ``model`` in eval mode; grad mode is the caller's."""
 
     WARMUP = 2  # eager runs on a side stream before a capture (builds cached constants, autograd's buffers)
 
-    def __init__(self, state: TrainState, capture: bool = True) -> None:
-        self.state = state
+    def __init__(self, model: nn.Module, precision: Precision, capture: bool = True) -> None:
+        self.model = model
+        self.precision = precision
         self.capture = capture
         self.graphs: dict[tuple[str, bool, int, int, int], _Graph] = {}
         self.pool: tuple | None = None
+
+    def predict(self, batch: Batch) -> Tensor:
+        """The model's float32 prediction for ``batch`` (replayed)."""
+        return self._replay("predict", batch).clone()
+
+    def _replay(self, kind: str, batch: Batch) -> Tensor:
+        own = static_shape(batch)
+        # the smallest shape already captured that the batch fits, rather than a capture of its own
+        pairs = getattr(batch, "edge_pairs", None) is True  # the path a capture takes (se3pyg.data.pairs)
+        captured = [key[2:] for key in self.graphs if key[:2] == (kind, pairs) and fits(batch, key[2:])]
+        graphs, nodes, edges = min(captured, key=lambda shape: shape[1] * shape[2], default=own)
+        key = (kind, pairs, graphs, nodes, edges)
+        padded = pad_batch(batch, nodes, edges)
+        graph = self.graphs.get(key)
+        if graph is None:
+            graph = self.graphs[key] = self._build(kind, padded)
+        else:
+            for name in PADDED_FIELDS:
+                if getattr(padded, name, None) is not None:
+                    getattr(graph.inputs, name).copy_(getattr(padded, name))
+        return graph.replay()
+
+    def _step(self, kind: str, inputs: Batch) -> Callable[[], Tensor]:
+        model, precision, real = self.model, self.precision, inputs.num_graphs - 1  # the last graph is the padding
+
+        def predict() -> Tensor:
+            with precision.autocast(cache=False):
+                return model(inputs)[:real].float()
+
+        return predict
+
+    def _build(self, kind: str, inputs: Batch) -> _Graph:
+        run = self._step(kind, inputs)
+        if not self.capture:
+            return _Graph(inputs, None, None, run)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            output = run()
+        self.pool = graph.pool()
+        return _Graph(inputs, output, graph, run)
+
+
+class GraphedSteps(GraphedPredictor):
+    """:func:`~se3pyg.engine.step.train_step` and :func:`~se3pyg.engine.step.predict_step` of ``state`` over
+    padded batches, one CUDA graph per shape (see the module docstring); both kinds share one memory pool."""
+
+    def __init__(self, state: TrainState, capture: bool = True) -> None:
+        super().__init__(state.model, state.precision, capture)
+        self.state = state
         params = [p for p in state.model.parameters() if p.requires_grad]
         device = params[0].device
         self.flat_grad = torch.zeros(sum(p.numel() for p in params), device=device, dtype=params[0].dtype)
@@ -87,29 +146,10 @@ class GraphedSteps:
             self.flat_grad.zero_()
         return loss
 
-    def predict(self, batch: Batch) -> Tensor:
-        """The model's float32 prediction for ``batch`` (replayed; grad mode: the caller's)."""
-        return self._replay("predict", batch).clone()
-
-    def _replay(self, kind: str, batch: Batch) -> Tensor:
-        own = static_shape(batch)
-        # the smallest shape already captured that the batch fits, rather than a capture of its own
-        pairs = getattr(batch, "edge_pairs", None) is True  # the path a capture takes (se3pyg.data.pairs)
-        captured = [key[2:] for key in self.graphs if key[:2] == (kind, pairs) and fits(batch, key[2:])]
-        graphs, nodes, edges = min(captured, key=lambda shape: shape[1] * shape[2], default=own)
-        key = (kind, pairs, graphs, nodes, edges)
-        padded = pad_batch(batch, nodes, edges)
-        graph = self.graphs.get(key)
-        if graph is None:
-            graph = self.graphs[key] = self._build(kind, padded)
-        else:
-            for name in PADDED_FIELDS:
-                if getattr(padded, name, None) is not None:
-                    getattr(graph.inputs, name).copy_(getattr(padded, name))
-        return graph.replay()
-
     def _step(self, kind: str, inputs: Batch) -> Callable[[], Tensor]:
-        state, real = self.state, inputs.num_graphs - 1  # the last graph is the padding
+        if kind != "train":
+            return super()._step(kind, inputs)
+        state, real = self.state, inputs.num_graphs - 1
 
         def train() -> Tensor:
             with state.precision.autocast(cache=False):
@@ -118,26 +158,11 @@ class GraphedSteps:
             state.scaler.scale(loss / state.accumulate).backward()
             return loss.detach()
 
-        def predict() -> Tensor:
-            with state.precision.autocast(cache=False):
-                return state.model(inputs)[:real].float()
-
-        return train if kind == "train" else predict
+        return train
 
     def _build(self, kind: str, inputs: Batch) -> _Graph:
-        run = self._step(kind, inputs)
-        if not self.capture:
-            return _Graph(inputs, None, None, run)
-        saved = self.flat_grad.clone()  # the warm-up's backward passes add to the gradients
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.WARMUP):
-                run()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            output = run()
-        self.pool = graph.pool()
-        self.flat_grad.copy_(saved)  # (a capture records kernels without running them)
-        return _Graph(inputs, output, graph, run)
+        saved = self.flat_grad.clone() if self.capture else None  # the warm-up's backward passes add to gradients
+        graph = super()._build(kind, inputs)
+        if saved is not None:
+            self.flat_grad.copy_(saved)  # (a capture records kernels without running them)
+        return graph

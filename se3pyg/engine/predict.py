@@ -27,6 +27,7 @@ from se3pyg.engine.checkpoint import (
 from se3pyg.engine.config import PredictConfig, dataset_spec
 from se3pyg.engine.distributed import DistInfo
 from se3pyg.engine.evaluate import mean_absolute_error
+from se3pyg.engine.graphs import GraphedPredictor
 from se3pyg.engine.precision import Precision
 from se3pyg.engine.step import predict_step
 from se3pyg.engine.tracking import Tracker
@@ -80,11 +81,21 @@ def load_model(
     return LoadedModel(model, get_task(task or "homo"), target_mean, target_std, "nvidia")
 
 
+def graphed_predictor(model: SE3TransformerPooled, precision: Precision, device: torch.device) -> GraphedPredictor:
+    """``model``'s predictions replayed as CUDA graphs on a GPU; elsewhere the same padded batches run eagerly."""
+    return GraphedPredictor(model, precision, capture=device.type == "cuda")
+
+
 @torch.no_grad()
 def predict_molecules(
-    loaded: LoadedModel, molecules: list[Data], batch_size: int, device: torch.device, precision: Precision
+    loaded: LoadedModel,
+    molecules: list[Data],
+    batch_size: int,
+    device: torch.device,
+    precision: Precision,
+    cuda_graphs: bool = False,
 ) -> torch.Tensor:
-    """Predictions in the task's unit, one per molecule, in order."""
+    """Predictions in the task's unit, one per molecule, in order; ``cuda_graphs``: by :func:`graphed_predictor`."""
     if loaded.mean is None or loaded.std is None:
         raise CheckpointError(
             "an NVIDIA checkpoint holds no target statistics: pass --target-mean and --target-std "
@@ -92,7 +103,11 @@ def predict_molecules(
         )
     model = loaded.model.to(device).eval()
     loader = make_loader(molecules, batch_size, shuffle=False)  # PyG's batches, edges in reverse pairs where they pair
-    out = [predict_step(model, batch.to(device), precision).cpu() for batch in loader]
+    graphed = graphed_predictor(model, precision, device) if cuda_graphs else None
+    out = []
+    for batch in loader:
+        batch = batch.to(device)
+        out.append((graphed.predict(batch) if graphed else predict_step(model, batch, precision)).cpu())
     return torch.cat(out) * loaded.std + loaded.mean
 
 
@@ -105,6 +120,7 @@ def evaluate_split(
     device: torch.device,
     precision: Precision,
     dataset: str | None = None,
+    cuda_graphs: bool = False,
 ) -> tuple[float, int]:
     """``(MAE in the task's unit, molecules)`` on NVIDIA's ``test`` or ``val`` split of the first ``limit`` QM9
     molecules, or on that split of the ``--dataset`` the model was trained on (as its checkpoint records), or of
@@ -112,6 +128,7 @@ def evaluate_split(
     may be ``all`` there).
 
     Targets are standardized with the checkpoint's statistics (an se3pyg checkpoint) or the train split's.
+    ``cuda_graphs``: predictions by :func:`graphed_predictor`.
     """
     if split not in ("test", "val", "all") or (split == "all" and dataset is None):
         raise ValueError(f"--split must be test or val (or all, with --dataset), got {split!r}")
@@ -128,7 +145,9 @@ def evaluate_split(
         )
         molecules, std = (splits.test if split == "test" else splits.val), splits.stats.std
     loader = make_loader(molecules, batch_size, shuffle=False, device=device)
-    mae = mean_absolute_error(loaded.model.to(device), loader, DistInfo(device=device), std, precision)
+    model = loaded.model.to(device).eval()
+    predict = graphed_predictor(model, precision, device).predict if cuda_graphs else None
+    mae = mean_absolute_error(model, loader, DistInfo(device=device), std, precision, predict)
     return mae, len(molecules)
 
 
@@ -180,7 +199,7 @@ def run_predict(config: PredictConfig) -> PredictResult:
                 raise ValueError(f"--output {config.output}: is one of the --input files; it would be overwritten")
             check_writable(config.output, "--output")
         molecules = read_molecules(config.input, loaded.elements)
-        values = predict_molecules(loaded, molecules, config.batch_size, device, precision)
+        values = predict_molecules(loaded, molecules, config.batch_size, device, precision, config.cuda_graphs)
         names = [m.name for m in molecules]
         if config.output is not None:
             with atomic_write(config.output) as tmp, tmp.open("w", newline="") as handle:
@@ -194,8 +213,9 @@ def run_predict(config: PredictConfig) -> PredictResult:
     status = "FAILED"
     try:
         mae, n = evaluate_split(
-            loaded, data_dir, limit, config.split, config.batch_size, device, precision, config.dataset
-        )
+            loaded, data_dir, limit, config.split, config.batch_size, device, precision, config.dataset,
+            config.cuda_graphs,
+        )  # fmt: skip
         params = {"ckpt": config.ckpt, "split": config.split, "task": loaded.task.name, "n": n, "source": loaded.source}
         tracker.log_params(params)
         tracker.log_metrics({f"{config.split}_mae": mae}, step=0)
