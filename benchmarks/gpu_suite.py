@@ -3,10 +3,10 @@
 Needs only torch, torch_geometric and e3nn on the GPU machine (no mlflow,
 rdkit or qm9pack): molecules come from a file exported beforehand on a
 machine with the QM9 build (``--export``), the golden files from
-``../shared/golden``.
+``../shared/golden`` or ``--golden`` (DEVELOPERS.md: how a lent GPU runs it).
 
-    python benchmarks/gpu_suite.py --export benchmarks/qm9_sample.pt --data-dir data/qm9   # here
-    python benchmarks/gpu_suite.py --molecules benchmarks/qm9_sample.pt                  # on the GPU
+    python benchmarks/gpu_suite.py --export gpu_carry/qm9_sample.pt --data-dir data/qm9        # here
+    python benchmarks/gpu_suite.py --molecules gpu_carry/qm9_sample.pt --golden gpu_carry/golden   # on the GPU
 """
 
 from __future__ import annotations
@@ -49,10 +49,14 @@ def export(data_dir: str, path: str, count: int, seed: int = 0) -> None:
     torch.save(mols, path)
 
 
-def golden_checks(device: torch.device, kernel: str) -> dict:
-    """NVIDIA's golden outputs recomputed on ``device`` with ``kernel``: float32 error and TF32/fp16/bf16 drift."""
+def golden_checks(golden: Path, device: torch.device, kernel: str) -> dict:
+    """NVIDIA's golden outputs (the ``nvidia_*.pt`` files in ``golden``) recomputed on ``device`` with ``kernel``:
+    float32 error and TF32/fp16/bf16 drift."""
     out = {}
-    for path in sorted((ROOT.parent / "shared" / "golden").glob("nvidia_*.pt")):
+    paths = sorted(golden.glob("nvidia_*.pt"))
+    if not paths:
+        raise FileNotFoundError(f"{golden}: no nvidia_*.pt golden files (pass --golden)")
+    for path in paths:
         g = torch.load(path, weights_only=True)
         model = load_nvidia(g["state_dict"], num_heads=g["nvidia_config"]["num_heads"]).to(device)
         for module in model.modules():
@@ -359,6 +363,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default="data/qm9")
     parser.add_argument("--count", type=int, default=3200)
     parser.add_argument("--molecules", default=str(ROOT / "benchmarks" / "qm9_sample.pt"))
+    parser.add_argument("--golden", default=str(ROOT.parent / "shared" / "golden"), help="folder of golden files")
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_results.json"))
     parser.add_argument("--smoke", action="store_true", help="a short run on this machine's CPU, to check the suite")
     parser.add_argument("--only", default="", help="comma-separated job names: run only those jobs")
@@ -371,11 +376,12 @@ def main() -> None:
     name = "cpu (smoke run)" if args.smoke else torch.cuda.get_device_name()
     report: dict = {"device": name, "torch": torch.__version__}
     mols = torch.load(args.molecules, weights_only=True)
+    golden = Path(args.golden)
     # What decides auto_kernel("cuda") and the floors comes first: a machine's time may run out mid-suite.
     jobs = [
-        ("golden_reassociated", lambda: golden_checks(device, "reassociated")),
-        ("golden_fused", lambda: golden_checks(device, "fused")),
-        ("golden_edge_weights", lambda: golden_checks(device, "edge_weights")),
+        ("golden_reassociated", lambda: golden_checks(golden, device, "reassociated")),
+        ("golden_fused", lambda: golden_checks(golden, device, "fused")),
+        ("golden_edge_weights", lambda: golden_checks(golden, device, "edge_weights")),
         (f"train_amp_fp16_b{small}", lambda: throughput(mols, "train", small, "fp16", steps=steps, gpus=gpus)),
         (f"train_amp_fp16_b{small}_edge_weights",
          lambda: throughput(mols, "train", small, "fp16", "edge_weights", steps, gpus)),
