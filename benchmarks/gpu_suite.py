@@ -38,11 +38,12 @@ from se3pyg.nn.conv import ConvSE3  # noqa: E402
 KEYS = ("x", "pos", "edge_index", "edge_attr")
 
 
-def export(data_dir: str, path: str, count: int, seed: int = 0) -> None:
-    """``count`` random QM9 molecules (training view, standardized homo) as a list of tensor dicts."""
+def export(data_dir: str, path: str, count: int, limit: int | None = None, seed: int = 0) -> None:
+    """``count`` random QM9 molecules (training view, standardized homo; of the first ``limit``) as a list of
+    tensor dicts."""
     from se3pyg.data import get_task, qm9_splits
 
-    splits = qm9_splits(data_dir, get_task("homo"))
+    splits = qm9_splits(data_dir, get_task("homo"), limit)
     order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))[:count]
     # clone: a molecule's tensors are views of the whole collated dataset, which torch.save would write each time
     mols = [{k: getattr(splits.train[int(i)], k).clone() for k in (*KEYS, "y")} for i in order]
@@ -362,6 +363,7 @@ def main() -> None:
     parser.add_argument("--export", help="write a molecule sample to this file and stop")
     parser.add_argument("--data-dir", default="data/qm9")
     parser.add_argument("--count", type=int, default=3200)
+    parser.add_argument("--limit", type=int, default=None, help="with --export: draw from the first N molecules")
     parser.add_argument("--molecules", default=str(ROOT / "benchmarks" / "qm9_sample.pt"))
     parser.add_argument("--golden", default=str(ROOT.parent / "shared" / "golden"), help="folder of golden files")
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_results.json"))
@@ -369,7 +371,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated job names: run only those jobs")
     args = parser.parse_args()
     if args.export:
-        export(args.data_dir, args.export, args.count)
+        export(args.data_dir, args.export, args.count, args.limit)
         return
     device = torch.device("cpu" if args.smoke else "cuda")
     gpus, steps, big, small = (0, 2, 32, 8) if args.smoke else (1, 20, 1600, 240)

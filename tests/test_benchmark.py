@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -79,3 +80,27 @@ def test_compiled_model(qm9_dir: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["steps"] == 3 and result["throughput_mol_per_ms"] > 0
+
+
+def test_gpu_suite_smoke_run_on_cpu(qm9_dir: Path, tmp_path: Path) -> None:
+    """The GPU suite as a lent GPU runs it (exported molecules, golden files from --golden), short, on CPU: golden
+    checks pass in both edge orders, a training step is timed and counted; a missing golden folder is an error."""
+    suite_py = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
+    sample, out = tmp_path / "sample.pt", tmp_path / "gpu_results.json"
+    export = [sys.executable, str(suite_py), "--export", str(sample), "--data-dir", str(qm9_dir), "--count", "64",
+              "--limit", str(QM9_SUBSET)]  # fmt: skip
+    subprocess.run(export, check=True, capture_output=True, timeout=300)
+    golden = Path(__file__).resolve().parents[2] / "shared" / "golden"
+
+    def suite(folder: Path, jobs: str) -> dict:
+        command = [sys.executable, str(suite_py), "--molecules", str(sample), "--golden", str(folder), "--smoke",
+                   "--only", jobs, "--out", str(out)]  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True, timeout=600)
+        return json.loads(out.read_text())
+
+    report = suite(golden, "golden_reassociated,step_counts_reassociated,train_amp_fp16_b8")
+    assert all(row["pass"] for row in report["golden_reassociated"].values())
+    assert report["step_counts_reassociated"]["host_syncs"] == 0
+    assert report["train_amp_fp16_b8"]["throughput_mol_per_ms"] > 0
+    report = suite(tmp_path / "no-golden", "golden_reassociated")
+    assert "no nvidia_*.pt golden files" in report["golden_reassociated"]["error"]
