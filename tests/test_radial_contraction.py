@@ -129,6 +129,47 @@ def test_triton_kernels_equal_the_reference_under_the_interpreter() -> None:
         assert error <= (1e-3 if "float16" in key else 1e-6), (key, error)
 
 
+#: The largest shared memory a block may use (opt-in), by compute capability: A100, H100/H200.
+SHARED_MEMORY = {80: 163 * 1024, 90: 227 * 1024}
+
+
+@pytest.mark.skipif(not _triton_version(), reason="Triton is not installed")
+@pytest.mark.parametrize("arch", sorted(SHARED_MEMORY))
+def test_triton_kernels_compile_for_gpus_without_one(arch: int) -> None:
+    """Each kernel, with its tile of ``triton_radial.TILES``, compiles for ``sm_{arch}`` in float16, bfloat16 and
+    float32 (exact and TF32) within the block's shared memory, with tensor-core products (``mma``) in half
+    precision: what the interpreter cannot show."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from se3pyg.nn import triton_radial
+
+    kernels = {
+        "contract": triton_radial._forward_kernel,
+        "grad_t": triton_radial._grad_t_kernel,
+        "grad_w": triton_radial._grad_w_kernel,
+        "grad_h": triton_radial._grad_h_kernel,
+    }
+    for name, kernel in kernels.items():
+        tile = triton_radial.TILES[name]
+        for dtype, ieee in (("fp16", False), ("bf16", False), ("fp32", True), ("fp32", False)):
+            constexprs = dict(M=32, BR=tile.rows, BC=tile.channels, BP=tile.p, IEEE=ieee)
+            signature = {
+                param.name: "constexpr"
+                if param.name in constexprs
+                else ("*fp32" if param.name == "dw_ptr" else f"*{dtype}")
+                if param.name.endswith("_ptr")
+                else "i32"
+                for param in kernel.params
+            }
+            source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+            compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": tile.num_warps})
+            assert compiled.metadata.shared <= SHARED_MEMORY[arch], (name, dtype, compiled.metadata.shared)
+            if dtype != "fp32":
+                assert "mma" in compiled.asm["ptx"], (name, dtype, arch)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or not _triton_version(), reason="needs CUDA and Triton")
 def test_triton_kernels_on_cuda_equal_the_reference() -> None:
     """The compiled kernels (no TF32) against float64 products of the same float32 inputs, through the operators."""
