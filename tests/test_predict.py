@@ -15,6 +15,7 @@ from se3pyg.engine.config import TrainConfig
 from se3pyg.engine.graphs import GraphedPredictor
 from se3pyg.engine.precision import Precision
 from se3pyg.engine.predict import evaluate_split, graphed_predictor, load_model, predict_molecules
+from se3pyg.engine.step import predict_step
 from se3pyg.engine.train import run
 
 from .conftest import GOLDEN, QM9_SUBSET, run_se3pyg
@@ -211,10 +212,13 @@ def test_padded_static_shape_predictions_equal_the_eager_ones(trained: Path, inp
     torch.testing.assert_close(padded, eager, rtol=1e-5, atol=1e-6)
     predictor = graphed_predictor(loaded.model, precision, cpu)
     assert isinstance(predictor, GraphedPredictor) and not predictor.capture  # no capture off CUDA
+    batch = Batch.from_data_list(molecules)  # with the molecules' names, which padding leaves out
     with torch.no_grad():
-        predictor.predict(Batch.from_data_list(molecules))  # names ride along unpadded
+        expected = predict_step(loaded.model, batch, precision)
+        torch.testing.assert_close(predictor.predict(batch), expected, rtol=1e-5, atol=1e-6)
     assert [key[0] for key in predictor.graphs] == ["predict"]
-    split = [evaluate_split(loaded, qm9_dir, QM9_SUBSET, "val", 8, cpu, precision, cuda_graphs=g) for g in (0, 1)]
+    options = (False, True)
+    split = [evaluate_split(loaded, qm9_dir, QM9_SUBSET, "val", 8, cpu, precision, cuda_graphs=g) for g in options]
     assert split[0][1] == split[1][1] == 41
     assert split[1][0] == pytest.approx(split[0][0], rel=1e-5)
 
