@@ -14,7 +14,7 @@ from se3pyg.data.molecules import read_molecules
 from se3pyg.engine.config import TrainConfig
 from se3pyg.engine.graphs import GraphedPredictor
 from se3pyg.engine.precision import Precision
-from se3pyg.engine.predict import evaluate_split, graphed_predictor, load_model, predict_molecules
+from se3pyg.engine.predict import evaluate_split, load_model, predict_molecules, prediction_step
 from se3pyg.engine.step import predict_step
 from se3pyg.engine.train import run
 
@@ -210,7 +210,7 @@ def test_padded_static_shape_predictions_equal_the_eager_ones(trained: Path, inp
     eager = predict_molecules(loaded, molecules, 2, cpu, precision)
     padded = predict_molecules(loaded, molecules, 2, cpu, precision, cuda_graphs=True)
     torch.testing.assert_close(padded, eager, rtol=1e-5, atol=1e-6)
-    predictor = graphed_predictor(loaded.model, precision, cpu)
+    predictor = prediction_step(loaded.model, precision, cpu, cuda_graphs=True).__self__
     assert isinstance(predictor, GraphedPredictor) and not predictor.capture  # no capture off CUDA
     batch = Batch.from_data_list(molecules)  # with the molecules' names, which padding leaves out
     with torch.no_grad():

@@ -155,14 +155,15 @@ def test_triton_kernels_compile_for_gpus_without_one(arch: int) -> None:
         tile = triton_radial.TILES[name]
         for dtype, ieee in (("fp16", False), ("bf16", False), ("fp32", True), ("fp32", False)):
             constexprs = dict(M=32, BR=tile.rows, BC=tile.channels, BP=tile.p, IEEE=ieee)
-            signature = {
-                param.name: "constexpr"
-                if param.name in constexprs
-                else ("*fp32" if param.name == "dw_ptr" else f"*{dtype}")
-                if param.name.endswith("_ptr")
-                else "i32"
-                for param in kernel.params
-            }
+
+            def argument_type(name: str, dtype: str = dtype, constexprs: dict = constexprs) -> str:
+                if name in constexprs:
+                    return "constexpr"
+                if name == "dw_ptr":  # dW's partial sums are float32 whatever the inputs
+                    return "*fp32"
+                return f"*{dtype}" if name.endswith("_ptr") else "i32"
+
+            signature = {param.name: argument_type(param.name) for param in kernel.params}
             source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
             compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": tile.num_warps})
             assert compiled.metadata.shared <= SHARED_MEMORY[arch], (name, dtype, compiled.metadata.shared)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 import torch
-from torch_geometric.data import Data, InMemoryDataset
+from torch_geometric.data import Batch, Data, InMemoryDataset
 
 from se3pyg.allocator import keep_freed_memory
 from se3pyg.compat.nvidia import load_nvidia
@@ -81,9 +83,14 @@ def load_model(
     return LoadedModel(model, get_task(task or "homo"), target_mean, target_std, "nvidia")
 
 
-def graphed_predictor(model: SE3TransformerPooled, precision: Precision, device: torch.device) -> GraphedPredictor:
-    """``model``'s predictions replayed as CUDA graphs on a GPU; elsewhere the same padded batches run eagerly."""
-    return GraphedPredictor(model, precision, capture=device.type == "cuda")
+def prediction_step(
+    model: SE3TransformerPooled, precision: Precision, device: torch.device, cuda_graphs: bool = False
+) -> Callable[[Batch], torch.Tensor]:
+    """``batch -> model's float32 prediction``: :func:`predict_step`, or with ``cuda_graphs`` a
+    :class:`GraphedPredictor`'s (replayed CUDA graphs on a GPU; elsewhere the same padded batches run eagerly)."""
+    if cuda_graphs:
+        return GraphedPredictor(model, precision, capture=device.type == "cuda").predict
+    return functools.partial(predict_step, model, precision=precision)
 
 
 @torch.no_grad()
@@ -95,7 +102,7 @@ def predict_molecules(
     precision: Precision,
     cuda_graphs: bool = False,
 ) -> torch.Tensor:
-    """Predictions in the task's unit, one per molecule, in order; ``cuda_graphs``: by :func:`graphed_predictor`."""
+    """Predictions in the task's unit, one per molecule, in order (``cuda_graphs``: see :func:`prediction_step`)."""
     if loaded.mean is None or loaded.std is None:
         raise CheckpointError(
             "an NVIDIA checkpoint holds no target statistics: pass --target-mean and --target-std "
@@ -103,11 +110,8 @@ def predict_molecules(
         )
     model = loaded.model.to(device).eval()
     loader = make_loader(molecules, batch_size, shuffle=False)  # PyG's batches, edges in reverse pairs where they pair
-    graphed = graphed_predictor(model, precision, device) if cuda_graphs else None
-    out = []
-    for batch in loader:
-        batch = batch.to(device)
-        out.append((graphed.predict(batch) if graphed else predict_step(model, batch, precision)).cpu())
+    predict = prediction_step(model, precision, device, cuda_graphs)
+    out = [predict(batch.to(device)).cpu() for batch in loader]
     return torch.cat(out) * loaded.std + loaded.mean
 
 
@@ -128,7 +132,7 @@ def evaluate_split(
     may be ``all`` there).
 
     Targets are standardized with the checkpoint's statistics (an se3pyg checkpoint) or the train split's.
-    ``cuda_graphs``: predictions by :func:`graphed_predictor`.
+    ``cuda_graphs``: see :func:`prediction_step`.
     """
     if split not in ("test", "val", "all") or (split == "all" and dataset is None):
         raise ValueError(f"--split must be test or val (or all, with --dataset), got {split!r}")
@@ -146,7 +150,7 @@ def evaluate_split(
         molecules, std = (splits.test if split == "test" else splits.val), splits.stats.std
     loader = make_loader(molecules, batch_size, shuffle=False, device=device)
     model = loaded.model.to(device).eval()
-    predict = graphed_predictor(model, precision, device).predict if cuda_graphs else None
+    predict = prediction_step(model, precision, device, cuda_graphs)
     mae = mean_absolute_error(model, loader, DistInfo(device=device), std, precision, predict)
     return mae, len(molecules)
 
