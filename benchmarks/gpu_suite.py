@@ -92,7 +92,7 @@ def first_batch(mols: list[dict], batch_size: int, device: torch.device) -> Batc
 
 
 def step_counts(mols: list[dict], device: torch.device, batch_size: int, kernel: str) -> dict:
-    """Host syncs, launches and bytes written by one published-recipe forward + backward on ``device``."""
+    """Host syncs, launches, bytes written and FLOPs of one published-recipe forward + backward on ``device``."""
     batch = first_batch(mols, batch_size, device)
     torch.manual_seed(0)
     counts = count_training_step(SE3TransformerPooled(kernel=kernel).to(device), batch)
@@ -104,6 +104,7 @@ def step_counts(mols: list[dict], device: torch.device, batch_size: int, kernel:
         "host_syncs": counts.host_syncs,
         "launches": counts.launches,
         "mb_written_per_bond": counts.bytes_written / edges / 1e6,
+        "gflop": counts.flops / 1e9,
     }
 
 

@@ -1,4 +1,4 @@
-"""Host syncs, kernel launches and bytes written by one forward + backward, counted on this CPU.
+"""Host syncs, kernel launches, bytes written and FLOPs of one forward + backward, counted on this CPU.
 
     python benchmarks/step_counts.py --data-dir data/qm9 --batch-size 240 [--kernel cuda]
 
@@ -53,6 +53,8 @@ def main() -> None:
     print(f"launches by module (forward) and in backward: {counts.by_module.most_common(12)}")
     print(f"bytes written {counts.bytes_written / 1e9:.2f} GB, {counts.bytes_written / edges / 1e6:.2f} MB per bond")
     print("GB written by operator:", [(k, round(v / 1e9, 2)) for k, v in counts.bytes_by_op.most_common(10)])
+    print(f"{counts.flops / 1e12:.2f} TFLOP ({counts.flops / counts.bytes_written:.0f} a byte written):",
+          [(k, round(v / 1e12, 3)) for k, v in counts.flops_by_op.most_common(6)])  # fmt: skip
     result = {
         "batch_size": batch.num_graphs,
         "directed_bonds": edges,
@@ -62,6 +64,7 @@ def main() -> None:
         "launches": counts.launches,
         "bytes_written": counts.bytes_written,
         "mb_written_per_bond": counts.bytes_written / edges / 1e6,
+        "flops": counts.flops,
         "launches_by_module": dict(counts.by_module),
     }
     print(json.dumps(result))

@@ -12,7 +12,8 @@ import textwrap
 import pytest
 import torch
 
-from se3pyg.nn.radial_contraction import contract_reference, radial_contract, row_splits
+from se3pyg.engine.counting import count_ops
+from se3pyg.nn.radial_contraction import OPERATORS, contract_reference, radial_contract, row_splits
 
 
 def _inputs(edges: int, components: int, p: int, channels: int, mid: int = 32, dtype=torch.float64) -> tuple:
@@ -192,3 +193,18 @@ def test_no_edges() -> None:
     assert y.shape == (0, 3, 4)
     dt, dw, dh = torch.autograd.grad(y, (t, w, h), torch.ones_like(y))
     assert dt.shape == t.shape and dh.shape == h.shape and torch.equal(dw, torch.zeros_like(w))
+
+
+def test_counted_flops_of_the_operators_are_the_reference_products_and_one_more_forward() -> None:
+    """FLOPs counted for forward + backward: the fused operators' (:func:`operator_flops`) are PyTorch's count of the
+    reference products plus one forward's worth, the backward pass forming ``G`` again for ``dh``."""
+    t, w, h = _inputs(50, 7, p=48, channels=6)
+    dy = _strided_gradient(50, 7, channels=6)
+    totals = {}
+    for name, contract in (("reference", contract_reference), ("fused", radial_contract)):
+        totals[name] = count_ops(lambda contract=contract: torch.autograd.grad(contract(t, w, h, 7), (t, w, h), dy))
+    rows, cm, p = 50 * 7, 6 * 32, 48
+    forward = 2 * rows * cm * (p + 1)
+    assert totals["reference"].flops == 3 * forward
+    assert totals["fused"].flops == 4 * forward
+    assert set(totals["fused"].flops_by_op) == set(OPERATORS)

@@ -1,11 +1,14 @@
-"""What a step asks of a device, counted on any device: host syncs, operator calls, bytes written.
+"""What a step asks of a device, counted on any device: host syncs, operator calls, bytes written, FLOPs.
 
 Counted with a ``TorchDispatchMode`` under autograd, so the backward pass is
 seen too. A *host sync* is an operator whose result the host must wait for
 (``.item()``, ``int()``/``bool()`` of a tensor, ``nonzero``, ``unique``,
 ``masked_select``): on a GPU each drains the queue. Every other operator
 that is not a view is one kernel launch on a GPU; its outputs (or, for an
-in-place operator, its mutated input) are the bytes it writes.
+in-place operator, its mutated input) are the bytes it writes. FLOPs are
+counted for the products, 2 a multiply-add, by ``torch.utils.flop_counter``'s
+formulas for PyTorch's operators and by
+:func:`se3pyg.nn.radial_contraction.operator_flops` for the fused kernel's.
 """
 
 from __future__ import annotations
@@ -18,19 +21,24 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry
+
+from se3pyg.nn.radial_contraction import OPERATORS, operator_flops
 
 SYNC_OPS = ("_local_scalar_dense", "nonzero", "unique", "_unique", "_unique2", "unique_dim", "masked_select", "item")
 
 
 @dataclass
 class OpCounts:
-    """Host syncs, non-view operator calls and bytes written, with the calls by operator name."""
+    """Host syncs, non-view operator calls, bytes written and FLOPs, with each by operator name."""
 
     host_syncs: int = 0
     launches: int = 0
     bytes_written: int = 0
+    flops: int = 0
     by_op: Counter = field(default_factory=Counter)
     bytes_by_op: Counter = field(default_factory=Counter)
+    flops_by_op: Counter = field(default_factory=Counter)
     syncs_by_op: Counter = field(default_factory=Counter)
     #: Launches by the class of the innermost module running them in the forward pass; outside any module
     #: ``"(none)"``, during autograd's backward pass ``"(backward)"``.
@@ -60,7 +68,21 @@ class _Counter(TorchDispatchMode):
         nbytes = sum(t.nbytes for t in written if isinstance(t, torch.Tensor))
         self.counts.bytes_written += nbytes
         self.counts.bytes_by_op[name] += nbytes
+        flops = _flops(func, args, kwargs or {}, out)
+        if flops:
+            self.counts.flops += flops
+            self.counts.flops_by_op[name] += flops
         return out
+
+
+def _flops(func: Any, args: tuple, kwargs: dict, out: Any) -> int:
+    """FLOPs of one operator call: PyTorch's formula for its products, this package's for the fused kernel's."""
+    formula = flop_registry.get(func.overloadpacket)
+    if formula is not None:
+        return int(formula(*args, **kwargs, out_val=out))
+    if func.namespace == "se3pyg" and func.overloadpacket.__name__ in OPERATORS:
+        return operator_flops(func.overloadpacket.__name__, args)
+    return 0
 
 
 def count_ops(fn: Callable[[], object]) -> OpCounts:

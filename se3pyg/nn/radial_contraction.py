@@ -153,6 +153,29 @@ def _backward(ctx: torch.autograd.function.FunctionCtx, dy: Tensor) -> tuple[Ten
 _contract.register_autograd(_backward, setup_context=_setup_context)
 
 
+#: The operators' names in ``torch.ops.se3pyg``.
+OPERATORS = ("radial_contract", "radial_contract_grad_t", "radial_contract_grad_w", "radial_contract_grad_h")
+
+
+def operator_flops(name: str, args: tuple) -> int:
+    """FLOPs (2 a multiply-add) of one call of ``torch.ops.se3pyg.<name>`` (one of :data:`OPERATORS`) on ``args``.
+
+    Each operator forms ``G`` (``R x C M`` values of ``P`` products each) or ``dG`` (one product each) and contracts it
+    with ``h`` or ``dy`` (one product a value) or ``W`` (``P``): ``2 R C M (P + 1)`` for every one of them, as
+    PyTorch's formulas count the reference products. The backward pass forms ``G`` once more than the reference
+    does, for ``dh``, and ``dG`` once per gradient instead of once.
+    """
+    if name not in OPERATORS:
+        raise ValueError(f"not an operator of this module: {name!r}")
+    if name == "radial_contract_grad_t":  # (dy [E, K, C], w [P, C M], h)
+        rows, (p, cm) = args[0].shape[0] * args[0].shape[1], args[1].shape
+    elif name == "radial_contract_grad_w":  # (t [R, P], dy [E, K, C], h [E, M], splits)
+        (rows, p), cm = args[0].shape, args[1].shape[2] * args[2].shape[1]
+    else:  # (t [R, P], w [P, C M], ...)
+        rows, (p, cm) = args[0].shape[0], args[1].shape
+    return 2 * rows * cm * (p + 1)
+
+
 def radial_contract(t: Tensor, w: Tensor, h: Tensor, components: int) -> Tensor:
     """``y [E, K, C]`` (module docstring) by the operators; under autocast, in autocast's dtype as a matmul would be.
 
