@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,25 +83,48 @@ def test_compiled_model(qm9_dir: Path, tmp_path: Path) -> None:
     assert result["steps"] == 3 and result["throughput_mol_per_ms"] > 0
 
 
+#: Imported first by a Python started with this folder on ``PYTHONPATH``: the GPU machine's packages, which lack these.
+GPU_MACHINE_SITE = """
+import sys
+
+
+class _Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("mlflow", "rdkit", "qm9pack"):
+            raise ModuleNotFoundError(f"No module named {name!r} (not on the GPU machine)")
+
+
+sys.meta_path.insert(0, _Missing())
+"""
+
+
 def test_gpu_suite_smoke_run_on_cpu(qm9_dir: Path, tmp_path: Path) -> None:
-    """The GPU suite as a lent GPU runs it (exported molecules, golden files from --golden), short, on CPU: golden
-    checks pass in both edge orders, a training step is timed and counted; a missing golden folder is an error."""
+    """The GPU suite as a lent GPU runs it (exported molecules, golden files from --golden, no mlflow, rdkit or
+    qm9pack), short, on CPU: golden checks pass in both edge orders, a training step is timed and counted; a missing
+    golden folder is an error."""
     suite_py = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
     sample, out = tmp_path / "sample.pt", tmp_path / "gpu_results.json"
     export = [sys.executable, str(suite_py), "--export", str(sample), "--data-dir", str(qm9_dir), "--count", "64",
               "--limit", str(QM9_SUBSET)]  # fmt: skip
     subprocess.run(export, check=True, capture_output=True, timeout=300)
     golden = Path(__file__).resolve().parents[2] / "shared" / "golden"
+    site = tmp_path / "gpu_machine_site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(GPU_MACHINE_SITE)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    missing = subprocess.run([sys.executable, "-c", "import mlflow"], env=env, capture_output=True, text=True)
+    assert "not on the GPU machine" in missing.stderr
 
     def suite(folder: Path, jobs: str) -> dict:
         command = [sys.executable, str(suite_py), "--molecules", str(sample), "--golden", str(folder), "--smoke",
                    "--only", jobs, "--out", str(out)]  # fmt: skip
-        subprocess.run(command, check=True, capture_output=True, timeout=600)
+        subprocess.run(command, check=True, capture_output=True, timeout=600, env=env)
         return json.loads(out.read_text())
 
     report = suite(golden, "golden_reassociated,step_counts_reassociated,train_amp_fp16_b8")
     assert all(row["pass"] for row in report["golden_reassociated"].values())
     assert report["step_counts_reassociated"]["host_syncs"] == 0
+    assert report["step_counts_reassociated"]["gflop"] > 0
     assert report["train_amp_fp16_b8"]["throughput_mol_per_ms"] > 0
     report = suite(tmp_path / "no-golden", "golden_reassociated")
     assert "no nvidia_*.pt golden files" in report["golden_reassociated"]["error"]
