@@ -31,6 +31,7 @@ def main() -> None:
         choices=[*KERNELS, "cpu", "cuda"],
         help="a kernel of se3pyg.nn.conv.KERNELS, or a device type: the kernel auto_kernel picks there",
     )
+    parser.add_argument("--autocast", choices=["bf16", "fp16"], help="forward under autocast, as --amp runs it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--any-edge-order", action="store_true", help="the general path: edges not in reverse pairs")
     args = parser.parse_args()
@@ -45,9 +46,11 @@ def main() -> None:
     kernel = auto_kernel(args.kernel) if args.kernel in ("cpu", "cuda") else args.kernel
     options = {} if kernel is None else {"kernel": kernel}
     model = SE3TransformerPooled(**options)
-    counts = count_training_step(model, batch)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.autocast)
+    counts = count_training_step(model, batch, autocast)
     edges = batch.edge_index.shape[1]
-    print(f"{batch.num_graphs} molecules, {edges} directed bonds, kernel {kernel or 'default'}")
+    precision = args.autocast or "fp32"
+    print(f"{batch.num_graphs} molecules, {edges} directed bonds, kernel {kernel or 'default'}, {precision}")
     print(f"host syncs {counts.host_syncs} {dict(counts.syncs_by_op)}")
     print(f"operator calls (launches) {counts.launches}: {counts.by_op.most_common(12)}")
     print(f"launches by module (forward) and in backward: {counts.by_module.most_common(12)}")
@@ -60,6 +63,7 @@ def main() -> None:
         "directed_bonds": edges,
         "kernel": kernel,
         "edge_pairs": getattr(batch, "edge_pairs", None) is True,
+        "precision": precision,
         "host_syncs": counts.host_syncs,
         "launches": counts.launches,
         "bytes_written": counts.bytes_written,

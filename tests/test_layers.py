@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch_geometric.data import Batch
 
 from se3pyg import Fiber, SE3TransformerPooled
@@ -149,6 +150,39 @@ def test_conv_stacked_equals_dict(layout: str, pool: bool) -> None:
         expected = conv(feats, edge_feats, data.edge_index, basis)
         out = conv(hidden.stack(feats), edge_feats, data.edge_index, basis)
         _close(fiber_out.unstack(out) if fiber_out.is_uniform else out, expected)
+
+
+class _WeightCasts(TorchDispatchMode):
+    """Casts of tensors with ``numel`` elements, as ``"forward"`` or ``"backward"``."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.casts = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ == "_to_copy" and args[0].numel() == self.numel:
+            self.casts.append("backward" if torch._C._current_autograd_node() is not None else "forward")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kernel", ["edge_weights", "reassociated", "fused"])
+@pytest.mark.parametrize("grad", [True, False])
+def test_autocast_casts_the_last_radial_weight_once(kernel: str, grad: bool) -> None:
+    """Under autocast, a kernel group over three output degrees casts its radial network's last weight once a
+    forward (in the copy that reorders it), and its gradient back once."""
+    hidden = Fiber.create(3, 4)
+    data = chain_molecule(6)
+    edge_feats = {"0": torch.randn(data.edge_index.shape[1], 5, 1)}
+    basis = Basis.from_relative_pos(data.pos[data.edge_index[1]] - data.pos[data.edge_index[0]], max_degree=2)
+    conv = ConvSE3(hidden, hidden, Fiber({0: 4}), layout="full", max_degree=2, kernel=kernel)
+    feats = hidden.stack({k: v.float() for k, v in _features(hidden, 6).items()})
+    mode = _WeightCasts(conv.conv.radial_func.last.weight.numel())
+    with mode, torch.set_grad_enabled(grad):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = conv(feats, edge_feats, data.edge_index, basis)
+        if grad:
+            out.float().sum().backward()
+    assert mode.casts == (["forward", "backward"] if grad else ["forward"])
 
 
 def test_attention_block_stacked_equals_dict() -> None:

@@ -101,11 +101,19 @@ def count_ops(fn: Callable[[], object]) -> OpCounts:
     return counts
 
 
-def count_training_step(model: torch.nn.Module, batch: Any) -> OpCounts:
+def count_training_step(model: torch.nn.Module, batch: Any, autocast: torch.dtype | None = None) -> OpCounts:
     """One forward + L1-loss backward of ``model`` on ``batch`` (targets ``batch.y``), counted after one
-    uncounted step that builds the cached constants (Clebsch-Gordan tensors, indices); gradients cleared."""
-    model(batch).sum().backward()
+    uncounted step that builds the cached constants (Clebsch-Gordan tensors, indices); gradients cleared.
+    ``autocast``: the forward pass under autocast to that dtype on the model's device, as ``--amp`` runs it."""
+    device = next(model.parameters()).device.type
+
+    def step() -> None:
+        with torch.autocast(device, dtype=autocast, enabled=autocast is not None):
+            prediction = model(batch).float()
+        torch.nn.functional.l1_loss(prediction, batch.y).backward()
+
+    step()
     model.zero_grad(set_to_none=True)
-    counts = count_ops(lambda: torch.nn.functional.l1_loss(model(batch), batch.y).backward())
+    counts = count_ops(step)
     model.zero_grad(set_to_none=True)
     return counts

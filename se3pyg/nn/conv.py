@@ -37,6 +37,11 @@ def auto_kernel(device_type: str) -> str:
     return "reassociated" if device_type == "cuda" else "edge_weights"
 
 
+def _contiguous(x: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """``x`` contiguous, and in ``dtype`` if given: one copy either way."""
+    return x.contiguous() if dtype is None else x.to(dtype, memory_format=torch.contiguous_format)
+
+
 class KernelGroup(nn.Module):
     r"""One radial network and the fused basis block it weighs.
 
@@ -121,32 +126,34 @@ class KernelGroup(nn.Module):
         num_freq = sum(self.freq_blocks)
         self.radial_func = RadialProfile(num_freq, channels_in, channels_out, edge_dim, use_layer_norm=use_layer_norm)
 
-    def _weights_by_frequency(self) -> tuple[Tensor, ...]:
+    def _weights_by_frequency(self, dtype: torch.dtype | None = None) -> tuple[Tensor, ...]:
         """The radial network's last weight per output degree ``d``, as ``[F_d, C_in, C_out, H]`` blocks.
 
-        NVIDIA's rows ``(o, i, f)`` reordered to ``(f, i, o)``, one copy for all output degrees: each block is
-        contiguous, so the radial weights it gives (``[E, F_d C_in, C_out]``) and its reassociated products read it
-        without copies.
+        NVIDIA's rows ``(o, i, f)`` reordered to ``(f, i, o)``, one copy for all output degrees (in ``dtype``, if
+        given): each block is contiguous, so the radial weights it gives (``[E, F_d C_in, C_out]``) and its
+        reassociated products read it without copies.
         """
-        return self._last_weight_by_pair().permute(2, 1, 0, 3).contiguous().split(self.freq_blocks)
+        return _contiguous(self._last_weight_by_pair().permute(2, 1, 0, 3), dtype).split(self.freq_blocks)
 
     def _last_weight_by_pair(self) -> Tensor:
         """The radial network's last weight as NVIDIA lays out its rows, ``[C_out, C_in, F, H]`` (a view)."""
         return self.radial_func.last.weight.view(self.channels_out, self.channels_in, sum(self.freq_blocks), -1)
 
-    def _radial_maps(self, hidden_major: bool) -> list[Tensor]:
+    def _radial_maps(self, hidden_major: bool, dtype: torch.dtype | None = None) -> list[Tensor]:
         """Per output degree ``d``, the map from the hidden layer to the radial weights: ``[H, F_d C_in C_out]``.
 
         Columns ``(f, i, o)``. ``hidden_major``: one copy with ``H`` as rows, so the forward product and both of its
         gradients (``h^T dR``, ``dR W``) read their operands without transposes: 1.04-1.11x a training step on CPU
         (alternated steps, published recipe and small configuration). Otherwise a transposed view of
         :meth:`_weights_by_frequency`, which inference reads faster (the copy costs more than it saves there).
+        In ``dtype``, if given, by the same copy.
         """
         if not hidden_major:
-            return [w.reshape(-1, w.shape[-1]).T for w in self._weights_by_frequency()]
+            return [w.reshape(-1, w.shape[-1]).T for w in self._weights_by_frequency(dtype)]
         by_pair = self._last_weight_by_pair()
         columns = [f * self.channels_in * self.channels_out for f in self.freq_blocks]
-        return list(by_pair.permute(3, 2, 1, 0).reshape(by_pair.shape[-1], -1).split(columns, dim=1))
+        hidden_rows = _contiguous(by_pair.permute(3, 2, 1, 0), dtype).view(by_pair.shape[-1], -1)
+        return list(hidden_rows.split(columns, dim=1))
 
     def reset_parameters(self) -> None:
         self.radial_func.reset_parameters()
@@ -167,11 +174,17 @@ class KernelGroup(nn.Module):
             weights = (hidden @ self.radial_func.last.weight.T).view(-1, self.channels_out, self.channels_in)
             x = features.reshape(hidden.shape[0], per_unit * features.shape[1], self.channels_in)
             return (x @ weights.transpose(1, 2)).view(features.shape[0], -1, self.channels_out)
+        # Under autocast, the last weight is cast once (with its reordering copy) instead of once per output degree;
+        # features and hidden layer stay cast per product, so their gradients still add up in float32.
+        device = features.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         if kernel == "edge_weights":
-            return self._edge_weights(features, hidden, basis, per_unit)
-        return self._reassociated(features, hidden, basis, per_unit, fused=kernel == "fused")
+            return self._edge_weights(features, hidden, basis, per_unit, dtype)
+        return self._reassociated(features, hidden, basis, per_unit, fused=kernel == "fused", dtype=dtype)
 
-    def _reassociated(self, features: Tensor, hidden: Tensor, basis: Basis, per_unit: int, fused: bool) -> Tensor:
+    def _reassociated(
+        self, features: Tensor, hidden: Tensor, basis: Basis, per_unit: int, fused: bool, dtype: torch.dtype | None
+    ) -> Tensor:
         """``[E, D_out, C_out]`` through ``G`` (see the class docstring); no per-edge radial weights.
 
         ``fused``: by the operators of :mod:`se3pyg.nn.radial_contraction`, else by PyTorch's products. The
@@ -180,7 +193,8 @@ class KernelGroup(nn.Module):
         num_edges, c_in = features.shape[0], self.channels_in
         contract = radial_contract if fused else contract_reference
         parts = []
-        for d, w, freq in zip(self.degrees_out, self._weights_by_frequency(), self.freq_blocks, strict=True):
+        weights = self._weights_by_frequency(dtype)
+        for d, w, freq in zip(self.degrees_out, weights, self.freq_blocks, strict=True):
             block = basis.fused(self.degrees_in, [d])  # [E, D_d, F_d, D_in]
             dim = block.shape[1]
             t = torch.bmm(block.reshape(num_edges, dim * freq, -1), features)  # [E, D_d F_d, C_in]
@@ -188,7 +202,9 @@ class KernelGroup(nn.Module):
             parts.append(y.view(num_edges, dim, -1))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
-    def _edge_weights(self, features: Tensor, hidden: Tensor, basis: Basis, per_unit: int) -> Tensor:
+    def _edge_weights(
+        self, features: Tensor, hidden: Tensor, basis: Basis, per_unit: int, dtype: torch.dtype | None
+    ) -> Tensor:
         """``[E, D_out, C_out]`` through per-edge radial weights, in edge chunks of at most 32 MB of them on CPU.
 
         Per output degree, ``T = B x`` (``[E, D_d, F_d C_in]``, the same product as the reassociated kernel's)
@@ -199,7 +215,7 @@ class KernelGroup(nn.Module):
         """
         blocks = [basis.fused(self.degrees_in, [d]) for d in self.degrees_out]
         under_autograd = torch.is_grad_enabled() and hidden.requires_grad
-        maps = self._radial_maps(hidden_major=under_autograd)  # [H, F_d C_in C_out]
+        maps = self._radial_maps(hidden_major=under_autograd, dtype=dtype)  # [H, F_d C_in C_out]
         num_units = hidden.shape[0]
         chunk = num_units
         if features.device.type == "cpu" and not under_autograd:
