@@ -169,7 +169,7 @@ class _WeightCasts(TorchDispatchMode):
 @pytest.mark.parametrize("grad", [True, False])
 def test_autocast_casts_the_last_radial_weight_once(kernel: str, grad: bool) -> None:
     """Under autocast, a kernel group over three output degrees casts its radial network's last weight once a
-    forward (in the copy that reorders it), and its gradient back once."""
+    forward (in the copy that reorders it), and its gradient back once; a float64 one casts nothing, as autocast."""
     hidden = Fiber.create(3, 4)
     data = chain_molecule(6)
     edge_feats = {"0": torch.randn(data.edge_index.shape[1], 5, 1)}
@@ -183,6 +183,11 @@ def test_autocast_casts_the_last_radial_weight_once(kernel: str, grad: bool) -> 
         if grad:
             out.float().sum().backward()
     assert mode.casts == (["forward", "backward"] if grad else ["forward"])
+    conv.double()  # autocast leaves float64 alone, and so does the kernel group
+    feats, edge_feats, basis = feats.double(), {"0": edge_feats["0"].double()}, Basis(basis.sh.double(), 2)
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(feats, edge_feats, data.edge_index, basis)
+    assert torch.equal(out, conv(feats, edge_feats, data.edge_index, basis))
 
 
 def test_attention_block_stacked_equals_dict() -> None:

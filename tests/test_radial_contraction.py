@@ -66,6 +66,9 @@ def test_autocast_contracts_in_its_dtype_as_the_reference_does() -> None:
     assert torch.equal(actual, expected)
     with pytest.raises(TypeError, match="one dtype"):
         radial_contract(t, w.double(), h, 5)
+    t, w, h = (x.double() for x in (t, w, h))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast leaves float64 alone, as it does a matmul's
+        assert torch.equal(radial_contract(t, w, h, 5), contract_reference(t, w, h, 5))
 
 
 INTERPRETED = """

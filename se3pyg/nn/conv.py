@@ -174,10 +174,12 @@ class KernelGroup(nn.Module):
             weights = (hidden @ self.radial_func.last.weight.T).view(-1, self.channels_out, self.channels_in)
             x = features.reshape(hidden.shape[0], per_unit * features.shape[1], self.channels_in)
             return (x @ weights.transpose(1, 2)).view(features.shape[0], -1, self.channels_out)
-        # Under autocast, the last weight is cast once (with its reordering copy) instead of once per output degree;
-        # features and hidden layer stay cast per product, so their gradients still add up in float32.
-        device = features.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        # Under autocast, the last weight is cast once (with its reordering copy) instead of once per output degree,
+        # as autocast would cast it (float64 never); features and hidden layer stay cast per product, so their
+        # gradients still add up in float32.
+        device, weight = features.device.type, self.radial_func.last.weight
+        casts = torch.is_autocast_enabled(device) and weight.dtype != torch.float64
+        dtype = torch.get_autocast_dtype(device) if casts else None
         if kernel == "edge_weights":
             return self._edge_weights(features, hidden, basis, per_unit, dtype)
         return self._reassociated(features, hidden, basis, per_unit, fused=kernel == "fused", dtype=dtype)

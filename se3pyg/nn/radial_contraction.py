@@ -177,7 +177,8 @@ def operator_flops(name: str, args: tuple) -> int:
 
 
 def radial_contract(t: Tensor, w: Tensor, h: Tensor, components: int) -> Tensor:
-    """``y [E, K, C]`` (module docstring) by the operators; under autocast, in autocast's dtype as a matmul would be.
+    """``y [E, K, C]`` (module docstring) by the operators; under autocast, in autocast's dtype as a matmul would be
+    (float64 inputs stay float64).
 
     Args:
         t: ``[R, P]``, rows ``(e, k)``.
@@ -186,7 +187,7 @@ def radial_contract(t: Tensor, w: Tensor, h: Tensor, components: int) -> Tensor:
         components: ``K``.
     """
     device = t.device.type
-    if torch.is_autocast_enabled(device):
+    if torch.is_autocast_enabled(device) and torch.float64 not in (t.dtype, w.dtype, h.dtype):
         dtype = torch.get_autocast_dtype(device)
     elif t.dtype == w.dtype == h.dtype:
         dtype = t.dtype
