@@ -121,10 +121,14 @@ def test_gpu_suite_smoke_run_on_cpu(qm9_dir: Path, tmp_path: Path) -> None:
         subprocess.run(command, check=True, capture_output=True, timeout=600, env=env)
         return json.loads(out.read_text())
 
-    report = suite(golden, "golden_reassociated,step_counts_reassociated,train_amp_fp16_b8")
+    report = suite(
+        golden, "golden_reassociated,step_counts_reassociated,step_counts_amp_fp16_reassociated,train_amp_fp16_b8"
+    )
     assert all(row["pass"] for row in report["golden_reassociated"].values())
     assert report["step_counts_reassociated"]["host_syncs"] == 0
     assert report["step_counts_reassociated"]["gflop"] > 0
+    amp_counts = report["step_counts_amp_fp16_reassociated"]
+    assert amp_counts["precision"] == "fp16" and amp_counts["host_syncs"] == 0
     assert report["train_amp_fp16_b8"]["throughput_mol_per_ms"] > 0
     report = suite(tmp_path / "no-golden", "golden_reassociated")
     assert "no nvidia_*.pt golden files" in report["golden_reassociated"]["error"]
