@@ -109,7 +109,8 @@ def count_training_step(model: torch.nn.Module, batch: Any, autocast: torch.dtyp
 
     def step() -> None:
         with torch.autocast(device, dtype=autocast, enabled=autocast is not None):
-            prediction = model(batch).float()
+            prediction = model(batch)
+        prediction = prediction if autocast is None else prediction.float()  # the loss in float32, as train_step
         torch.nn.functional.l1_loss(prediction, batch.y).backward()
 
     step()
