@@ -111,7 +111,7 @@ def test_gpu_suite_smoke_run_on_cpu(qm9_dir: Path, tmp_path: Path) -> None:
     site = tmp_path / "gpu_machine_site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(GPU_MACHINE_SITE)
-    env = {**os.environ, "PYTHONPATH": str(site)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
     missing = subprocess.run([sys.executable, "-c", "import mlflow"], env=env, capture_output=True, text=True)
     assert "not on the GPU machine" in missing.stderr
 

@@ -169,7 +169,8 @@ class _WeightCasts(TorchDispatchMode):
 @pytest.mark.parametrize("grad", [True, False])
 def test_autocast_casts_the_last_radial_weight_once(kernel: str, grad: bool) -> None:
     """Under autocast, a kernel group over three output degrees casts its radial network's last weight once a
-    forward (in the copy that reorders it), and its gradient back once; a float64 one casts nothing, as autocast."""
+    forward (in the copy that reorders it), and its gradient back once; a float64 one computes as it does without
+    autocast, since autocast leaves float64 alone."""
     hidden = Fiber.create(3, 4)
     data = chain_molecule(6)
     edge_feats = {"0": torch.randn(data.edge_index.shape[1], 5, 1)}
