@@ -32,6 +32,7 @@ from se3pyg.data.pairs import pair_edges  # noqa: E402
 from se3pyg.engine.benchmark import run_benchmark  # noqa: E402
 from se3pyg.engine.config import BenchmarkConfig  # noqa: E402
 from se3pyg.engine.counting import count_training_step  # noqa: E402
+from se3pyg.engine.precision import DTYPES  # noqa: E402
 from se3pyg.model import SE3TransformerPooled  # noqa: E402
 from se3pyg.nn.conv import ConvSE3  # noqa: E402
 
@@ -91,18 +92,17 @@ def first_batch(mols: list[dict], batch_size: int, device: torch.device) -> Batc
     return pair_edges(Batch.from_data_list([Data(**m) for m in mols[:batch_size]])).to(device)
 
 
-def step_counts(
-    mols: list[dict], device: torch.device, batch_size: int, kernel: str, autocast: torch.dtype | None = None
-) -> dict:
+def step_counts(mols: list[dict], device: torch.device, batch_size: int, kernel: str, amp: str | None = None) -> dict:
     """Host syncs, launches, bytes written and FLOPs of one published-recipe forward + backward on ``device``
-    (the forward under ``autocast`` to that dtype, if given, as ``--amp`` runs it)."""
+    (the forward under autocast to ``amp``, ``"fp16"`` or ``"bf16"``, if given, as ``--amp`` runs it)."""
     batch = first_batch(mols, batch_size, device)
     torch.manual_seed(0)
-    counts = count_training_step(SE3TransformerPooled(kernel=kernel).to(device), batch, autocast)
+    model = SE3TransformerPooled(kernel=kernel).to(device)
+    counts = count_training_step(model, batch, DTYPES[amp] if amp else None)
     edges = batch.edge_index.shape[1]
     return {
         "kernel": kernel,
-        "precision": {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(autocast, "fp32"),
+        "precision": amp or "fp32",
         "batch_size": batch.num_graphs,
         "directed_bonds": edges,
         "host_syncs": counts.host_syncs,
@@ -409,7 +409,7 @@ def main() -> None:
         ("step_counts_reassociated", lambda: step_counts(mols, device, small, "reassociated")),
         ("step_counts_fused", lambda: step_counts(mols, device, small, "fused")),
         ("step_counts_edge_weights", lambda: step_counts(mols, device, small, "edge_weights")),
-        ("step_counts_amp_fp16_reassociated", lambda: step_counts(mols, device, small, "reassociated", torch.float16)),
+        ("step_counts_amp_fp16_reassociated", lambda: step_counts(mols, device, small, "reassociated", "fp16")),
         (f"predict_amp_fp16_b{big}", lambda: throughput(mols, "predict", big, "fp16", steps=steps, gpus=gpus)),
         (f"device_busy_amp_fp16_b{small}", lambda: device_busy(mols, device, small, "fp16", steps)),
         (f"step_breakdown_amp_fp16_b{small}", lambda: step_breakdown(mols, device, small, steps)),

@@ -17,6 +17,7 @@ from se3pyg import SE3TransformerPooled
 from se3pyg.data import get_task, qm9_splits
 from se3pyg.data.pairs import pair_edges
 from se3pyg.engine.counting import count_training_step
+from se3pyg.engine.precision import DTYPES
 from se3pyg.nn.conv import KERNELS, auto_kernel
 
 
@@ -31,7 +32,7 @@ def main() -> None:
         choices=[*KERNELS, "cpu", "cuda"],
         help="a kernel of se3pyg.nn.conv.KERNELS, or a device type: the kernel auto_kernel picks there",
     )
-    parser.add_argument("--autocast", choices=["bf16", "fp16"], help="forward under autocast, as --amp runs it")
+    parser.add_argument("--autocast", choices=list(DTYPES), help="forward under autocast, as --amp runs it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--any-edge-order", action="store_true", help="the general path: edges not in reverse pairs")
     args = parser.parse_args()
@@ -46,8 +47,7 @@ def main() -> None:
     kernel = auto_kernel(args.kernel) if args.kernel in ("cpu", "cuda") else args.kernel
     options = {} if kernel is None else {"kernel": kernel}
     model = SE3TransformerPooled(**options)
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.autocast)
-    counts = count_training_step(model, batch, autocast)
+    counts = count_training_step(model, batch, DTYPES.get(args.autocast))
     edges = batch.edge_index.shape[1]
     precision = args.autocast or "fp32"
     print(f"{batch.num_graphs} molecules, {edges} directed bonds, kernel {kernel or 'default'}, {precision}")
