@@ -175,6 +175,69 @@ def _contraction_times(t: torch.Tensor, w: torch.Tensor, h: torch.Tensor, dy: to
     return timing
 
 
+#: ``triton_edge_weights.Tile``s: units, p, channels, num_warps, num_stages.
+EDGE_WEIGHTS_TILE_CANDIDATES = [(16, 16, 32, 4, 1), (32, 16, 32, 4, 1), (16, 32, 32, 4, 1), (16, 16, 32, 8, 1),
+                                (32, 32, 32, 8, 1), (64, 16, 32, 8, 1), (16, 16, 16, 4, 1), (16, 16, 32, 4, 2),
+                                (32, 16, 32, 8, 2)]  # fmt: skip
+
+
+def edge_weights_tiles(
+    mols: list[dict], device: torch.device, batch_size: int, steps: int,
+    candidates: list[tuple] = EDGE_WEIGHTS_TILE_CANDIDATES,
+) -> dict:  # fmt: skip
+    """Milliseconds of each fused-edge-weights operator per tile (``se3pyg.nn.triton_edge_weights.TILES``), float16
+    (float32 on CPU), on the published recipe's shapes at ``batch_size`` with edges in pairs (output degrees 3 and 1
+    of a full kernel group: ``2 (2d + 1)`` rows a pair), beside the edge-weights products (cuBLAS: ``R`` written) for
+    the same contraction, forward and forward + backward."""
+    units = first_batch(mols, batch_size, device).edge_index.shape[1] // 2
+    generator = torch.Generator(device).manual_seed(0)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    result: dict = {"pairs": units, "dtype": str(dtype), "candidates": candidates}
+    for degree, freq in ((3, 16), (1, 10)):
+        rows_per_unit, p, channels, mid = 2 * (2 * degree + 1), freq * 32, 32, 32
+        t = torch.randn(units * rows_per_unit, p, generator=generator, device=device).to(dtype).requires_grad_()
+        w = (torch.randn(mid, p * channels, generator=generator, device=device) / mid**0.5).to(dtype).requires_grad_()
+        h = torch.randn(units, mid, generator=generator, device=device).to(dtype).requires_grad_()
+        wide = torch.randn(units * rows_per_unit, channels + 16, generator=generator, device=device).to(dtype)
+        dy = wide[:, 1 : channels + 1]  # a slice, as torch.cat's backward gives it
+        times = _edge_weights_times(t, w, h, dy, rows_per_unit, steps, device, candidates)
+        result[f"degree_{degree}"] = {"rows": units * rows_per_unit, "p": p, **times}
+    return result
+
+
+def _edge_weights_times(t: torch.Tensor, w: torch.Tensor, h: torch.Tensor, dy: torch.Tensor, rows_per_unit: int,
+                        steps: int, device: torch.device, candidates: list[tuple]) -> dict:  # fmt: skip
+    from se3pyg.nn import triton_edge_weights
+    from se3pyg.nn.edge_weights_contraction import contract_reference, edge_weights_contract
+    from se3pyg.nn.radial_contraction import row_splits
+
+    def both(contract: Callable) -> None:
+        torch.autograd.grad(contract(t, w, h, rows_per_unit), (t, w, h), dy)
+
+    timing: dict = {
+        "edge_weights_forward_ms": ms_per_step(lambda: contract_reference(t, w, h, rows_per_unit), steps, device),
+        "edge_weights_forward_backward_ms": ms_per_step(lambda: both(contract_reference), steps, device),
+    }
+    operators = {
+        "contract": lambda: triton_edge_weights.contract(t, w, h, rows_per_unit),
+        "grad_t_h": lambda: triton_edge_weights.grad_t_h(dy, t, w, h),
+        "grad_w": lambda: triton_edge_weights.grad_w(t, dy, h, row_splits(t.shape[0])),
+    }
+    for name, run in operators.items():
+        default, times = triton_edge_weights.TILES[name], []
+        for tile in candidates:
+            triton_edge_weights.TILES[name] = triton_edge_weights.Tile(*tile)
+            try:
+                times.append(ms_per_step(run, steps, device))
+            except Exception as error:  # a tile this GPU cannot run (shared memory, registers)
+                times.append(f"{type(error).__name__}: {str(error)[:120]}")
+        triton_edge_weights.TILES[name] = default
+        timing[f"{name}_ms_by_tile"] = times
+    timing["fused_forward_ms"] = ms_per_step(lambda: edge_weights_contract(t, w, h, rows_per_unit), steps, device)
+    timing["fused_forward_backward_ms"] = ms_per_step(lambda: both(edge_weights_contract), steps, device)
+    return timing
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -389,26 +452,34 @@ def main() -> None:
         ("golden_reassociated", lambda: golden_checks(golden, device, "reassociated")),
         ("golden_fused", lambda: golden_checks(golden, device, "fused")),
         ("golden_edge_weights", lambda: golden_checks(golden, device, "edge_weights")),
+        ("golden_fused_edge_weights", lambda: golden_checks(golden, device, "fused_edge_weights")),
         (f"train_amp_fp16_b{small}", lambda: throughput(mols, "train", small, "fp16", steps=steps, gpus=gpus)),
         (f"train_amp_fp16_b{small}_edge_weights",
          lambda: throughput(mols, "train", small, "fp16", "edge_weights", steps, gpus)),
         (f"train_amp_fp16_b{small}_fused", lambda: throughput(mols, "train", small, "fp16", "fused", steps, gpus)),
+        (f"train_amp_fp16_b{small}_fused_edge_weights",
+         lambda: throughput(mols, "train", small, "fp16", "fused_edge_weights", steps, gpus)),
         (f"graphs_train_amp_fp16_b{small}", lambda: throughput(mols, "train", small, "fp16", steps=steps, gpus=gpus,
                                                                graphs=True)),
         (f"graphs_train_amp_fp16_b{small}_edge_weights",
          lambda: throughput(mols, "train", small, "fp16", "edge_weights", steps=steps, gpus=gpus, graphs=True)),
         (f"graphs_train_amp_fp16_b{small}_fused",
          lambda: throughput(mols, "train", small, "fp16", "fused", steps=steps, gpus=gpus, graphs=True)),
+        (f"graphs_train_amp_fp16_b{small}_fused_edge_weights",
+         lambda: throughput(mols, "train", small, "fp16", "fused_edge_weights", steps=steps, gpus=gpus, graphs=True)),
         (f"graphs_predict_amp_fp16_b{big}", lambda: throughput(mols, "predict", big, "fp16", steps=steps, gpus=gpus,
                                                                graphs=True)),
         (f"graphs_predict_amp_fp16_b{big}_edge_weights",
          lambda: throughput(mols, "predict", big, "fp16", "edge_weights", steps=steps, gpus=gpus, graphs=True)),
         (f"graphs_predict_amp_fp16_b{big}_fused",
          lambda: throughput(mols, "predict", big, "fp16", "fused", steps=steps, gpus=gpus, graphs=True)),
+        (f"graphs_predict_amp_fp16_b{big}_fused_edge_weights",
+         lambda: throughput(mols, "predict", big, "fp16", "fused_edge_weights", steps=steps, gpus=gpus, graphs=True)),
         (f"graphs_check_b{small}", lambda: graphs_check(mols, device, small)),
         ("step_counts_reassociated", lambda: step_counts(mols, device, small, "reassociated")),
         ("step_counts_fused", lambda: step_counts(mols, device, small, "fused")),
         ("step_counts_edge_weights", lambda: step_counts(mols, device, small, "edge_weights")),
+        ("step_counts_fused_edge_weights", lambda: step_counts(mols, device, small, "fused_edge_weights")),
         ("step_counts_amp_fp16_reassociated", lambda: step_counts(mols, device, small, "reassociated", "fp16")),
         (f"predict_amp_fp16_b{big}", lambda: throughput(mols, "predict", big, "fp16", steps=steps, gpus=gpus)),
         (f"device_busy_amp_fp16_b{small}", lambda: device_busy(mols, device, small, "fp16", steps)),
@@ -416,6 +487,8 @@ def main() -> None:
         # on CPU (the smoke run, with TRITON_INTERPRET=1) one tile: the interpreter takes seconds a call
         (f"fused_tiles_b{small}",
          lambda: fused_tiles(mols, device, small, steps, TILE_CANDIDATES[: 1 if args.smoke else None])),
+        (f"fused_edge_weights_tiles_b{small}", lambda: edge_weights_tiles(
+            mols, device, small, steps, EDGE_WEIGHTS_TILE_CANDIDATES[: 1 if args.smoke else None])),
         (f"train_amp_bf16_b{small}", lambda: throughput(mols, "train", small, "bf16", steps=steps, gpus=gpus)),
         (f"train_tf32_b{small}", lambda: throughput(mols, "train", small, None, steps=steps, gpus=gpus)),
         (f"predict_tf32_b{big}", lambda: throughput(mols, "predict", big, None, steps=steps, gpus=gpus)),

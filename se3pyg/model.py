@@ -32,7 +32,9 @@ class ModelOptions:
     use_layer_norm: bool = option(True, "LayerNorm in the radial networks.")
     layout: str = option("full", "Parameter layout: full, partial or pairwise.")
     low_memory: bool = option(False, "Recompute convolution kernels in the backward pass (less memory).")
-    kernel: str = option("auto", "Kernel: edge_weights, reassociated, fused, or auto (reassociated on GPUs).")
+    kernel: str = option(
+        "auto", "Kernel: edge_weights, reassociated, fused, fused_edge_weights, or auto (reassociated on GPUs)."
+    )
 
 
 def _fiber(value: Fiber | Mapping[int, int] | None) -> Fiber:

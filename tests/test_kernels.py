@@ -24,7 +24,7 @@ def _use(model: torch.nn.Module, kernel: str) -> None:
 
 
 def test_kernel_choices() -> None:
-    assert KERNELS == ("auto", "edge_weights", "reassociated", "fused")
+    assert KERNELS == ("auto", "edge_weights", "reassociated", "fused", "fused_edge_weights")
     assert auto_kernel("cuda") == "reassociated"
     assert auto_kernel("cpu") == "edge_weights"
     with pytest.raises(ValueError, match="kernel must be one of"):
@@ -87,3 +87,23 @@ def test_the_fused_kernel_writes_no_hidden_products(golden: dict) -> None:
     )
     assert fused.launches < reassociated.launches
     assert fused.bytes_written < 0.75 * reassociated.bytes_written
+
+
+def test_the_fused_edge_weights_kernel_writes_no_radial_weights(golden: dict) -> None:
+    """Counted on CPU, forward + backward: its operators write the outputs only, so the step writes less than the
+    edge-weights kernel's (which writes ``R`` and ``dR``), with no host sync; its backward pass forms ``R`` and ``dR``
+    once more (the contraction's FLOPs times 4/3, the step's less)."""
+    batch = Batch.from_data_list(golden_batch(golden).to_data_list())
+    counts = {}
+    for kernel in ("edge_weights", "fused_edge_weights"):
+        torch.manual_seed(0)
+        model = SE3TransformerPooled(num_layers=2, num_degrees=3, num_channels=8, num_heads=2, kernel=kernel)
+        model(batch).sum().backward()  # the cached constants
+        counts[kernel] = count_ops(lambda model=model: model(batch).sum().backward())
+    fused, unfused = counts["fused_edge_weights"], counts["edge_weights"]
+    assert fused.host_syncs == 0
+    assert {"edge_weights_contract", "edge_weights_contract_grad_t_h", "edge_weights_contract_grad_w"} <= set(
+        fused.by_op
+    )
+    assert fused.bytes_written < 0.75 * unfused.bytes_written
+    assert unfused.flops < fused.flops < 4 / 3 * unfused.flops

@@ -7,8 +7,8 @@ seen too. A *host sync* is an operator whose result the host must wait for
 that is not a view is one kernel launch on a GPU; its outputs (or, for an
 in-place operator, its mutated input) are the bytes it writes. FLOPs are
 counted for the products, 2 a multiply-add, by ``torch.utils.flop_counter``'s
-formulas for PyTorch's operators and by
-:func:`se3pyg.nn.radial_contraction.operator_flops` for the fused kernel's.
+formulas for PyTorch's operators and by the ``operator_flops`` of
+:mod:`se3pyg.nn.radial_contraction` and :mod:`se3pyg.nn.edge_weights_contraction` for the fused kernels'.
 """
 
 from __future__ import annotations
@@ -23,7 +23,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
-from se3pyg.nn.radial_contraction import OPERATORS, operator_flops
+from se3pyg.nn import edge_weights_contraction, radial_contraction
+
+#: ``torch.ops.se3pyg`` operator name -> its FLOP formula (the fused kernels' operators).
+_OPERATOR_FLOPS = {
+    name: module.operator_flops
+    for module in (radial_contraction, edge_weights_contraction)
+    for name in module.OPERATORS
+}
 
 SYNC_OPS = ("_local_scalar_dense", "nonzero", "unique", "_unique", "_unique2", "unique_dim", "masked_select", "item")
 
@@ -80,8 +87,9 @@ def _flops(func: Any, args: tuple, kwargs: dict, out: Any) -> int:
     formula = flop_registry.get(func.overloadpacket)
     if formula is not None:
         return int(formula(*args, **kwargs, out_val=out))
-    if func.namespace == "se3pyg" and func.overloadpacket.__name__ in OPERATORS:
-        return operator_flops(func.overloadpacket.__name__, args)
+    name = func.overloadpacket.__name__
+    if func.namespace == "se3pyg" and name in _OPERATOR_FLOPS:
+        return _OPERATOR_FLOPS[name](name, args)
     return 0
 
 

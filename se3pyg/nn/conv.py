@@ -12,6 +12,7 @@ from torch_geometric.utils import degree as node_degree
 
 from se3pyg.basis import Basis, num_frequencies
 from se3pyg.fiber import Fiber, component_rows
+from se3pyg.nn.edge_weights_contraction import edge_weights_contract
 from se3pyg.nn.linear import stacked_linear
 from se3pyg.nn.radial import RadialProfile
 from se3pyg.nn.radial_contraction import contract_reference, radial_contract
@@ -22,9 +23,11 @@ LAYOUTS: tuple[str, ...] = ("full", "partial", "pairwise")
 #: How a kernel group computes: ``"edge_weights"`` forms each edge's radial weights and contracts them with
 #: the basis product; ``"reassociated"`` applies the radial network's last layer after the basis product,
 #: as one large GEMM over edges (more FLOPs, far fewer bytes); ``"fused"`` contracts that GEMM's output with the
-#: hidden layer tile by tile, never writing it (Triton on CUDA; :mod:`se3pyg.nn.radial_contraction`). ``"auto"``
-#: picks per device type.
-KERNELS: tuple[str, ...] = ("auto", "edge_weights", "reassociated", "fused")
+#: hidden layer tile by tile, never writing it (Triton on CUDA; :mod:`se3pyg.nn.radial_contraction`);
+#: ``"fused_edge_weights"`` forms the radial weights tile by tile and contracts them at once, never writing them
+#: (``"edge_weights"``' products, Triton on CUDA; :mod:`se3pyg.nn.edge_weights_contraction`). ``"auto"`` picks per
+#: device type.
+KERNELS: tuple[str, ...] = ("auto", "edge_weights", "reassociated", "fused", "fused_edge_weights")
 
 
 def auto_kernel(device_type: str) -> str:
@@ -87,7 +90,9 @@ class KernelGroup(nn.Module):
     ``C_out * C_in * F`` (36% for degrees 0..3 at 32 channels), for about
     4x the multiplications of the radial part. The ``"fused"`` kernel computes the same
     products in operators that form :math:`G` (and its gradient) tile by tile and contract
-    them at once (:mod:`se3pyg.nn.radial_contraction`), writing only :math:`y`.
+    them at once (:mod:`se3pyg.nn.radial_contraction`), writing only :math:`y`. The ``"fused_edge_weights"`` kernel
+    computes the ``"edge_weights"`` products in operators that form :math:`R` (and :math:`dR`) tile by tile and
+    contract them at once (:mod:`se3pyg.nn.edge_weights_contraction`): the fewest FLOPs, and neither written.
 
     Args:
         degrees_in, degrees_out: the degrees fused on each side.
@@ -182,6 +187,8 @@ class KernelGroup(nn.Module):
         dtype = torch.get_autocast_dtype(device) if casts else None
         if kernel == "edge_weights":
             return self._edge_weights(features, hidden, basis, per_unit, dtype)
+        if kernel == "fused_edge_weights":
+            return self._fused_edge_weights(features, hidden, basis, per_unit, dtype)
         return self._reassociated(features, hidden, basis, per_unit, fused=kernel == "fused", dtype=dtype)
 
     def _reassociated(
@@ -201,6 +208,22 @@ class KernelGroup(nn.Module):
             dim = block.shape[1]
             t = torch.bmm(block.reshape(num_edges, dim * freq, -1), features)  # [E, D_d F_d, C_in]
             y = contract(t.view(num_edges * dim, freq * c_in), w.reshape(freq * c_in, -1), hidden, per_unit * dim)
+            parts.append(y.view(num_edges, dim, -1))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def _fused_edge_weights(
+        self, features: Tensor, hidden: Tensor, basis: Basis, per_unit: int, dtype: torch.dtype | None
+    ) -> Tensor:
+        """``[E, D_out, C_out]`` by :func:`~se3pyg.nn.edge_weights_contraction.edge_weights_contract`: per output
+        degree, ``T = B x`` viewed as ``per_unit D_d`` rows a row of ``hidden``, and the hidden-major radial map."""
+        num_edges, c_in = features.shape[0], self.channels_in
+        maps = self._radial_maps(hidden_major=True, dtype=dtype)  # [H, F_d C_in C_out], columns (f, i, o)
+        parts = []
+        for d, radial_map, freq in zip(self.degrees_out, maps, self.freq_blocks, strict=True):
+            block = basis.fused(self.degrees_in, [d])  # [E, D_d, F_d, D_in]
+            dim = block.shape[1]
+            t = torch.bmm(block.reshape(num_edges, dim * freq, -1), features)  # [E, D_d F_d, C_in]
+            y = edge_weights_contract(t.view(num_edges * dim, freq * c_in), radial_map, hidden, per_unit * dim)
             parts.append(y.view(num_edges, dim, -1))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 

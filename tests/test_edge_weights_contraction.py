@@ -1,0 +1,212 @@
+"""The fused edge-weights kernel's contraction: its operators, and its Triton kernels run by Triton's interpreter on
+CPU and compiled for GPUs without one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from se3pyg.engine.counting import count_ops
+from se3pyg.nn.edge_weights_contraction import OPERATORS, contract_reference, edge_weights_contract
+from se3pyg.nn.radial_contraction import row_splits
+
+from .test_radial_contraction import SHARED_MEMORY, _triton_version
+
+
+def _inputs(units: int, rows_per_unit: int, p: int, channels: int, mid: int = 32, dtype=torch.float64) -> tuple:
+    """``t [U J, P]``, ``w [M, P C]`` as a column slice of a wider map (as a kernel group's radial maps are), ``h``."""
+    generator = torch.Generator().manual_seed(0)
+    t = torch.randn(units * rows_per_unit, p, generator=generator, dtype=dtype, requires_grad=True)
+    wider = torch.randn(mid, p * channels + 10, generator=generator, dtype=dtype)
+    w = wider[:, 3 : 3 + p * channels].requires_grad_()
+    h = torch.randn(units, mid, generator=generator, dtype=dtype, requires_grad=True)
+    return t, w, h
+
+
+def _strided_gradient(rows: int, channels: int, dtype=torch.float64) -> torch.Tensor:
+    """A ``[R, C]`` gradient that is a slice of a wider one, as ``torch.cat``'s backward gives."""
+    wider = torch.randn(rows, channels + 3, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    return wider[:, 1 : channels + 1]
+
+
+@pytest.mark.parametrize("rows_per_unit", [1, 14])
+def test_operators_equal_autograd_of_the_reference(rows_per_unit: int) -> None:
+    """Forward and all three gradients equal PyTorch's products with autograd, float64; dW in several partial sums."""
+    units = 40_000 // rows_per_unit  # 40,000 rows: three partial sums of dW
+    assert row_splits(units * rows_per_unit) == 3
+    t, w, h = _inputs(units, rows_per_unit, p=24, channels=6)
+    dy = _strided_gradient(units * rows_per_unit, channels=6)
+    expected = contract_reference(t, w, h, rows_per_unit)
+    expected_grads = torch.autograd.grad(expected, (t, w, h), dy)
+    actual = edge_weights_contract(t, w, h, rows_per_unit)
+    assert actual.shape == (units * rows_per_unit, 6)
+    assert torch.allclose(actual, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(torch.autograd.grad(actual, (t, w, h), dy), expected_grads, strict=True):
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-11)
+
+
+def test_operators_pass_torch_library_checks() -> None:
+    """Schemas, fake (meta) implementations and autograd registration, as ``torch.library.opcheck`` tests them."""
+    t, w, h = (x.detach().contiguous().requires_grad_() for x in _inputs(6, 3, p=20, channels=4, mid=8))
+    torch.library.opcheck(torch.ops.se3pyg.edge_weights_contract.default, (t, w, h, 3))
+    dy = _strided_gradient(18, channels=4)
+    checks = ("test_schema", "test_faketensor")
+    torch.library.opcheck(torch.ops.se3pyg.edge_weights_contract_grad_t_h.default, (dy, t, w, h), test_utils=checks)
+    torch.library.opcheck(torch.ops.se3pyg.edge_weights_contract_grad_w.default, (t, dy, h, 2), test_utils=checks)
+
+
+def test_autocast_contracts_in_its_dtype_as_the_reference_does() -> None:
+    t, w, h = (x.detach().float() for x in _inputs(30, 5, p=64, channels=8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        actual = edge_weights_contract(t, w, h, 5)
+        expected = contract_reference(t.bfloat16(), w.bfloat16(), h.bfloat16(), 5)
+    assert actual.dtype == torch.bfloat16
+    assert torch.equal(actual, expected)
+    with pytest.raises(TypeError, match="one dtype"):
+        edge_weights_contract(t, w.double(), h, 5)
+    t, w, h = (x.double() for x in (t, w, h))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast leaves float64 alone, as it does a matmul's
+        assert torch.equal(edge_weights_contract(t, w, h, 5), contract_reference(t, w, h, 5))
+
+
+def test_no_units() -> None:
+    t, w, h = _inputs(0, 3, p=20, channels=4, mid=8)
+    y = edge_weights_contract(t, w, h, 3)
+    assert y.shape == (0, 4)
+    dt, dw, dh = torch.autograd.grad(y, (t, w, h), torch.ones_like(y))
+    assert dt.shape == t.shape and dh.shape == h.shape and torch.equal(dw, torch.zeros_like(w))
+
+
+def test_counted_flops_of_the_operators_are_the_reference_products_and_one_more_of_each() -> None:
+    """FLOPs counted for forward + backward: the operators' (``operator_flops``) are PyTorch's count of the reference
+    products times 4/3, the backward pass forming ``R`` again for ``dT`` and ``dR`` once for each gradient."""
+    units, rows_per_unit, p, channels, mid = 50, 6, 24, 6, 32
+    t, w, h = _inputs(units, rows_per_unit, p, channels, mid)
+    dy = _strided_gradient(units * rows_per_unit, channels)
+    totals = {}
+    for name, contract in (("reference", contract_reference), ("fused", edge_weights_contract)):
+        totals[name] = count_ops(
+            lambda contract=contract: torch.autograd.grad(contract(t, w, h, rows_per_unit), (t, w, h), dy)
+        )
+    radial, products = 2 * units * mid * p * channels, 2 * units * rows_per_unit * p * channels
+    assert totals["reference"].flops == 3 * (radial + products)
+    assert totals["fused"].flops == 4 * (radial + products)
+    assert set(totals["fused"].flops_by_op) == set(OPERATORS)
+
+
+INTERPRETED = """
+import json, torch
+from se3pyg.nn import triton_edge_weights
+from se3pyg.nn.edge_weights_contraction import contract_reference
+
+errors = {}
+generator = torch.Generator().manual_seed(0)
+# units, reduction and channels off the tiles (16, 16, 32); rows a unit of pairs and single edges; channels over two
+# tiles; w a column slice of a wider map; dW in three partial sums; dy a strided slice. No bfloat16: the interpreter
+# (Triton 3.9) multiplies bfloat16 blocks as if their bits were other numbers (errors of 1e10 on a 16 x 16 product).
+for dtype, (units, rows, p, channels) in [
+    (torch.float32, (37, 10, 48, 16)), (torch.float32, (20, 14, 40, 48)), (torch.float16, (19, 3, 40, 6)),
+    (torch.float16, (17, 2, 24, 32)), (torch.float32, (5, 1, 20, 32)),
+]:
+    mid = 32
+    t = torch.randn(units * rows, p, generator=generator).to(dtype)
+    w = (torch.randn(mid, p * channels + 8, generator=generator) / mid**0.5).to(dtype)[:, 4 : 4 + p * channels]
+    h = torch.randn(units, mid, generator=generator).to(dtype)
+    dy = torch.randn(units * rows, channels + 2, generator=generator).to(dtype)[:, 1:-1]
+    # the reference in float64 from the same (rounded) inputs
+    t64, w64, h64 = (x.double().requires_grad_() for x in (t, w, h))
+    y64 = contract_reference(t64, w64, h64, rows)
+    grads64 = torch.autograd.grad(y64, (t64, w64, h64), dy.double())
+    dt, dh = triton_edge_weights.grad_t_h(dy, t, w, h)
+    actual = [triton_edge_weights.contract(t, w, h, rows), dt, triton_edge_weights.grad_w(t, dy, h, 3).sum(0), dh]
+    for name, got, want in zip(["y", "dT", "dW", "dh"], actual, [y64, *grads64]):
+        assert got.dtype == (torch.float32 if name == "dW" else dtype), (name, got.dtype)
+        key = f"{dtype}-{units}x{rows}x{channels}-{name}"
+        errors[key] = ((got.double() - want).abs().max() / want.abs().max()).item()
+print(json.dumps(errors))
+"""
+
+
+@pytest.mark.skipif(not _triton_version(), reason="Triton is not installed")
+@pytest.mark.skipif(
+    (0,) < _triton_version() < (3, 8), reason="Triton's interpreter before 3.8 fails on loops with runtime bounds"
+)
+def test_triton_kernels_equal_the_reference_under_the_interpreter() -> None:
+    """The CUDA kernels, run by Triton's interpreter on CPU tensors, against float64 products of the same inputs.
+
+    float32 products are exact here (the interpreter has no TF32), summed in float32 up to 1,920 at a time (``dh``:
+    ``P C`` terms), whose round-off grows as the square root of the count (6e-8 a term): 2e-6 relative to the largest
+    value; float16 inputs (``R`` rounded to them, as the reference's product is), float32 sums: 1e-3.
+    """
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(INTERPRETED)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    errors = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(errors) == 20
+    for key, error in errors.items():
+        assert error <= (1e-3 if "float16" in key else 2e-6), (key, error)
+
+
+ALL_PRECISIONS = (("fp16", False), ("bf16", False), ("fp32", True), ("fp32", False))  # (dtype, exact float32)
+
+
+@pytest.mark.skipif(not _triton_version(), reason="Triton is not installed")
+@pytest.mark.parametrize(("arch", "precisions"), [(90, ALL_PRECISIONS), (80, (("fp16", False), ("fp32", True)))])
+def test_triton_kernels_compile_for_gpus_without_one(arch: int, precisions: tuple) -> None:
+    """Each kernel, with its tile of ``triton_edge_weights.TILES``, compiles for ``sm_{arch}`` within the block's
+    shared memory, with tensor-core products (``mma``) in half precision: what the interpreter cannot show. The
+    A100 (sm_80) in float16 and exact float32 only, the largest tiles in shared memory (its limit is the lower)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from se3pyg.nn import triton_edge_weights
+
+    kernels = {
+        "contract": triton_edge_weights._forward_kernel,
+        "grad_t_h": triton_edge_weights._grad_t_h_kernel,
+        "grad_w": triton_edge_weights._grad_w_kernel,
+    }
+    for name, kernel in kernels.items():
+        tile = triton_edge_weights.TILES[name]
+        for dtype, ieee in precisions:
+            constexprs = dict(M=32, BU=tile.units, BJ=16, BP=tile.p, BC=tile.channels, IEEE=ieee)
+
+            def argument_type(name: str, dtype: str = dtype, constexprs: dict = constexprs) -> str:
+                if name in constexprs:
+                    return "constexpr"
+                if name == "dw_ptr":  # dW's partial sums are float32 whatever the inputs
+                    return "*fp32"
+                return f"*{dtype}" if name.endswith("_ptr") else "i32"
+
+            signature = {param.name: argument_type(param.name) for param in kernel.params}
+            source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+            options = {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
+            compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+            assert compiled.metadata.shared <= SHARED_MEMORY[arch], (name, dtype, compiled.metadata.shared)
+            if dtype != "fp32":
+                assert "mma" in compiled.asm["ptx"], (name, dtype, arch)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not _triton_version(), reason="needs CUDA and Triton")
+def test_triton_kernels_on_cuda_equal_the_reference() -> None:
+    """The compiled kernels (no TF32) against float64 products of the same float32 inputs, through the operators."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    t, w, h = (x.detach().float().cuda().requires_grad_() for x in _inputs(3001, 14, p=512, channels=32))
+    dy = _strided_gradient(3001 * 14, channels=32, dtype=torch.float32).cuda()
+    actual = edge_weights_contract(t, w, h, 14)
+    grads = torch.autograd.grad(actual, (t, w, h), dy)
+    t64, w64, h64 = (x.detach().double().requires_grad_() for x in (t, w, h))
+    expected = contract_reference(t64, w64, h64, 14)
+    expected_grads = torch.autograd.grad(expected, (t64, w64, h64), dy.double())
+    for got, want in zip([actual, *grads], [expected, *expected_grads], strict=True):
+        assert ((got.double() - want).abs().max() / want.abs().max()).item() <= 1e-5
