@@ -165,7 +165,7 @@ class _WeightCasts(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("kernel", ["edge_weights", "reassociated", "fused"])
+@pytest.mark.parametrize("kernel", ["edge_weights", "reassociated", "fused", "fused_edge_weights"])
 @pytest.mark.parametrize("grad", [True, False])
 def test_autocast_casts_the_last_radial_weight_once(kernel: str, grad: bool) -> None:
     """Under autocast, a kernel group over three output degrees casts its radial network's last weight once a

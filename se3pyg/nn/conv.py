@@ -35,7 +35,8 @@ def auto_kernel(device_type: str) -> str:
 
     On CPU the per-edge weights fit the caches and the reassociated GEMM's extra FLOPs (2.11 against 0.32 TFLOP a
     published-recipe training step at batch 240) cost more than the bytes they save. On an H100 the reassociated
-    kernel's graphed training step took 21.5 ms against 27.4 ms (AMP, batch 240, edges not yet in pairs).
+    kernel's graphed training step took 21.5 ms against 27.4 ms (AMP, batch 240, edges not yet in pairs). The fused
+    kernels write half its bytes (``"fused_edge_weights"`` with a fifth of its FLOPs) but have no GPU timing yet.
     """
     return "reassociated" if device_type == "cuda" else "edge_weights"
 
