@@ -208,8 +208,7 @@ def edge_weights_tiles(
 def _edge_weights_times(t: torch.Tensor, w: torch.Tensor, h: torch.Tensor, dy: torch.Tensor, rows_per_unit: int,
                         steps: int, device: torch.device, candidates: list[tuple]) -> dict:  # fmt: skip
     from se3pyg.nn import triton_edge_weights
-    from se3pyg.nn.edge_weights_contraction import contract_reference, edge_weights_contract
-    from se3pyg.nn.radial_contraction import row_splits
+    from se3pyg.nn.edge_weights_contraction import contract_reference, edge_weights_contract, weight_splits
 
     def both(contract: Callable) -> None:
         torch.autograd.grad(contract(t, w, h, rows_per_unit), (t, w, h), dy)
@@ -221,7 +220,7 @@ def _edge_weights_times(t: torch.Tensor, w: torch.Tensor, h: torch.Tensor, dy: t
     operators = {
         "contract": lambda: triton_edge_weights.contract(t, w, h, rows_per_unit),
         "grad_t_h": lambda: triton_edge_weights.grad_t_h(dy, t, w, h),
-        "grad_w": lambda: triton_edge_weights.grad_w(t, dy, h, row_splits(t.shape[0])),
+        "grad_w": lambda: triton_edge_weights.grad_w(t, dy, h, weight_splits(h.shape[0], t.shape[1], dy.shape[1])),
     }
     for name, run in operators.items():
         default, times = triton_edge_weights.TILES[name], []

@@ -13,8 +13,13 @@ import pytest
 import torch
 
 from se3pyg.engine.counting import count_ops
-from se3pyg.nn.edge_weights_contraction import OPERATORS, contract_reference, edge_weights_contract
-from se3pyg.nn.radial_contraction import row_splits
+from se3pyg.nn.edge_weights_contraction import (
+    MAX_SPLITS,
+    OPERATORS,
+    contract_reference,
+    edge_weights_contract,
+    weight_splits,
+)
 
 from .test_radial_contraction import SHARED_MEMORY, _triton_version
 
@@ -38,9 +43,9 @@ def _strided_gradient(rows: int, channels: int, dtype=torch.float64) -> torch.Te
 @pytest.mark.parametrize("rows_per_unit", [1, 14])
 def test_operators_equal_autograd_of_the_reference(rows_per_unit: int) -> None:
     """Forward and all three gradients equal PyTorch's products with autograd, float64; dW in several partial sums."""
-    units = 40_000 // rows_per_unit  # 40,000 rows: three partial sums of dW
-    assert row_splits(units * rows_per_unit) == 3
+    units = 3_000 // rows_per_unit
     t, w, h = _inputs(units, rows_per_unit, p=24, channels=6)
+    assert weight_splits(units, 24, 6) > 1  # dW in several partial sums
     dy = _strided_gradient(units * rows_per_unit, channels=6)
     expected = contract_reference(t, w, h, rows_per_unit)
     expected_grads = torch.autograd.grad(expected, (t, w, h), dy)
@@ -50,6 +55,14 @@ def test_operators_equal_autograd_of_the_reference(rows_per_unit: int) -> None:
     for got, want in zip(torch.autograd.grad(actual, (t, w, h), dy), expected_grads, strict=True):
         assert got.shape == want.shape
         assert torch.allclose(got, want, rtol=1e-12, atol=1e-11)
+
+
+def test_weight_splits() -> None:
+    """About 256 programs for dW's kernel, each over 64 units or more, at most 64 partial sums."""
+    assert weight_splits(4416, 512, 32) == 8  # degree 3 at batch 240: 32 tiles
+    assert weight_splits(4416, 128, 32) == 32  # degree 0: 8 tiles
+    assert weight_splits(10**6, 32, 16) == MAX_SPLITS
+    assert weight_splits(100, 512, 32) == 1 and weight_splits(0, 512, 32) == 1
 
 
 def test_operators_pass_torch_library_checks() -> None:

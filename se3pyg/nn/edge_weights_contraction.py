@@ -26,7 +26,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from se3pyg.nn.radial_contraction import TRITON_DTYPES, row_splits, triton_available
+from se3pyg.nn.radial_contraction import TRITON_DTYPES, triton_available
+
+#: ``dW``'s partial sums: enough for about this many programs of the Triton kernel (tiles of 16 ``P`` columns and
+#: 32 channels times partial sums; a few waves of an H100's or H200's 132 multiprocessors), each over at least
+#: :data:`UNITS_PER_SPLIT` units, at most :data:`MAX_SPLITS` of them.
+TARGET_PROGRAMS, UNITS_PER_SPLIT, MAX_SPLITS = 256, 64, 64
+
+
+def weight_splits(units: int, p: int, channels: int) -> int:
+    """How many partial sums ``dW`` is formed in (:data:`TARGET_PROGRAMS`); 1 for few units."""
+    tiles = -(-p // 16) * -(-channels // 32)
+    return max(1, min(MAX_SPLITS, -(-TARGET_PROGRAMS // tiles), units // UNITS_PER_SPLIT))
 
 
 def _runs_triton(t: Tensor, h: Tensor) -> bool:
@@ -120,7 +131,7 @@ def _backward(ctx: torch.autograd.function.FunctionCtx, dy: Tensor) -> tuple[Ten
     if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
         dt, dh = _grad_t_h(dy, t, w, h)
     if ctx.needs_input_grad[1]:
-        dw = _grad_w(t, dy, h, row_splits(t.shape[0])).sum(0).to(w.dtype)
+        dw = _grad_w(t, dy, h, weight_splits(h.shape[0], t.shape[1], dy.shape[1])).sum(0).to(w.dtype)
     return dt, dw, dh, None
 
 
