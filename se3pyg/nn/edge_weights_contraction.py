@@ -29,9 +29,10 @@ from torch import Tensor
 from se3pyg.nn.radial_contraction import TRITON_DTYPES, triton_available
 
 #: ``dW``'s partial sums: enough for about this many programs of the Triton kernel (tiles of 16 ``P`` columns and
-#: 32 channels times partial sums; a few waves of an H100's or H200's 132 multiprocessors), each over at least
-#: :data:`UNITS_PER_SPLIT` units, at most :data:`MAX_SPLITS` of them.
-TARGET_PROGRAMS, UNITS_PER_SPLIT, MAX_SPLITS = 256, 64, 64
+#: 32 channels times partial sums; two waves of an H100's or H200's 132 multiprocessors), each over at least
+#: :data:`UNITS_PER_SPLIT` units (so they hold at most ``M / 256``, an eighth, of the values of ``R``), at most
+#: :data:`MAX_SPLITS` of them.
+TARGET_PROGRAMS, UNITS_PER_SPLIT, MAX_SPLITS = 256, 256, 64
 
 
 def weight_splits(units: int, p: int, channels: int) -> int:
