@@ -2,6 +2,7 @@ r"""TFN convolution as a PyG ``MessagePassing`` layer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -188,43 +189,37 @@ class KernelGroup(nn.Module):
         dtype = torch.get_autocast_dtype(device) if casts else None
         if kernel == "edge_weights":
             return self._edge_weights(features, hidden, basis, per_unit, dtype)
-        if kernel == "fused_edge_weights":
-            return self._fused_edge_weights(features, hidden, basis, per_unit, dtype)
-        return self._reassociated(features, hidden, basis, per_unit, fused=kernel == "fused", dtype=dtype)
+        if kernel == "fused_edge_weights":  # R = h W formed in the operators, from the hidden-major maps
+            maps = self._radial_maps(hidden_major=True, dtype=dtype)  # [H, F_d C_in C_out]
+            return self._by_output_degree(features, hidden, basis, per_unit, maps, edge_weights_contract)
+        weights = [w.flatten(2).flatten(0, 1) for w in self._weights_by_frequency(dtype)]  # [F_d C_in, C_out H]
+        contract = radial_contract if kernel == "fused" else contract_reference
+        return self._by_output_degree(features, hidden, basis, per_unit, weights, contract)
 
-    def _reassociated(
-        self, features: Tensor, hidden: Tensor, basis: Basis, per_unit: int, fused: bool, dtype: torch.dtype | None
+    def _by_output_degree(
+        self,
+        features: Tensor,
+        hidden: Tensor,
+        basis: Basis,
+        per_unit: int,
+        weights: list[Tensor],
+        contract: Callable[[Tensor, Tensor, Tensor, int], Tensor],
     ) -> Tensor:
-        """``[E, D_out, C_out]`` through ``G`` (see the class docstring); no per-edge radial weights.
+        """``[E, D_out, C_out]``: per output degree ``d``, ``T = B x`` as ``[E D_d, F_d C_in]`` (rows ``(e, k)``)
+        contracted with degree ``d``'s weight and ``hidden`` by ``contract(T, weight, hidden, per_unit D_d)``.
 
-        ``fused``: by the operators of :mod:`se3pyg.nn.radial_contraction`, else by PyTorch's products. The
-        ``per_unit`` edges of a row of ``hidden`` are consecutive, so their output components are one run.
+        The reassociated kernels contract through ``G`` (class docstring; ``contract`` from
+        :mod:`se3pyg.nn.radial_contraction`), ``"fused_edge_weights"`` through ``R``
+        (:mod:`se3pyg.nn.edge_weights_contraction`); neither writes per-edge radial weights. The ``per_unit`` edges
+        of a row of ``hidden`` are consecutive, so their output components are one run of rows.
         """
         num_edges, c_in = features.shape[0], self.channels_in
-        contract = radial_contract if fused else contract_reference
         parts = []
-        weights = self._weights_by_frequency(dtype)
-        for d, w, freq in zip(self.degrees_out, weights, self.freq_blocks, strict=True):
+        for d, weight, freq in zip(self.degrees_out, weights, self.freq_blocks, strict=True):
             block = basis.fused(self.degrees_in, [d])  # [E, D_d, F_d, D_in]
             dim = block.shape[1]
             t = torch.bmm(block.reshape(num_edges, dim * freq, -1), features)  # [E, D_d F_d, C_in]
-            y = contract(t.view(num_edges * dim, freq * c_in), w.reshape(freq * c_in, -1), hidden, per_unit * dim)
-            parts.append(y.view(num_edges, dim, -1))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-
-    def _fused_edge_weights(
-        self, features: Tensor, hidden: Tensor, basis: Basis, per_unit: int, dtype: torch.dtype | None
-    ) -> Tensor:
-        """``[E, D_out, C_out]`` by :func:`~se3pyg.nn.edge_weights_contraction.edge_weights_contract`: per output
-        degree, ``T = B x`` viewed as ``per_unit D_d`` rows a row of ``hidden``, and the hidden-major radial map."""
-        num_edges, c_in = features.shape[0], self.channels_in
-        maps = self._radial_maps(hidden_major=True, dtype=dtype)  # [H, F_d C_in C_out], columns (f, i, o)
-        parts = []
-        for d, radial_map, freq in zip(self.degrees_out, maps, self.freq_blocks, strict=True):
-            block = basis.fused(self.degrees_in, [d])  # [E, D_d, F_d, D_in]
-            dim = block.shape[1]
-            t = torch.bmm(block.reshape(num_edges, dim * freq, -1), features)  # [E, D_d F_d, C_in]
-            y = edge_weights_contract(t.view(num_edges * dim, freq * c_in), radial_map, hidden, per_unit * dim)
+            y = contract(t.view(num_edges * dim, freq * c_in), weight, hidden, per_unit * dim)
             parts.append(y.view(num_edges, dim, -1))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
