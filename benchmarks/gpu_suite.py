@@ -87,6 +87,44 @@ def golden_checks(golden: Path, device: torch.device, kernel: str) -> dict:
     return out
 
 
+def operator_checks(device: torch.device) -> dict:
+    """The fused kernels' operators (Triton on CUDA) and their gradients against float64 products of the same float32
+    inputs, no TF32, at a published-recipe shape (degree 3: ``P`` 512, 32 channels, 32 hidden units; edges in
+    pairs for ``fused_edge_weights``): the largest error relative to the largest value, at most 1e-5."""
+    from se3pyg.nn import edge_weights_contraction, radial_contraction
+
+    generator = torch.Generator(device).manual_seed(0)
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+    units, rows_per_unit, p, channels, mid = 3001, 14, 512, 32, 32
+    t = torch.randn(units * rows_per_unit, p, generator=generator, device=device)
+    h = torch.randn(units, mid, generator=generator, device=device)
+    dy = torch.randn(units * rows_per_unit, channels + 2, generator=generator, device=device)[:, 1:-1]
+    cases = {  # operator, its reference, w, rows a row of h, the gradient of its output (a strided slice)
+        "fused": (radial_contraction.radial_contract, radial_contraction.contract_reference,
+                  torch.randn(p, channels * mid, generator=generator, device=device) / p**0.5, rows_per_unit,
+                  dy.view(units, rows_per_unit, channels)),
+        "fused_edge_weights": (edge_weights_contraction.edge_weights_contract,
+                               edge_weights_contraction.contract_reference,
+                               torch.randn(mid, p * channels, generator=generator, device=device) / mid**0.5,
+                               rows_per_unit, dy),
+    }  # fmt: skip
+    out = {}
+    try:
+        for name, (operator, reference, w, k, grad) in cases.items():
+            inputs = [x.clone().requires_grad_() for x in (t, w, h)]
+            got = operator(*inputs, k)
+            got_grads = torch.autograd.grad(got, inputs, grad)
+            inputs64 = [x.detach().double().requires_grad_() for x in inputs]
+            want = reference(*inputs64, k)
+            want_grads = torch.autograd.grad(want, inputs64, grad.double())
+            pairs = zip([got, *got_grads], [want, *want_grads], strict=True)
+            errors = [((a.double() - b).abs().max() / b.abs().max()).item() for a, b in pairs]
+            out[name] = {"y_dt_dw_dh_rel_error": errors, "pass": max(errors) <= 1e-5}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    return out
+
+
 def first_batch(mols: list[dict], batch_size: int, device: torch.device) -> Batch:
     """The sample's first ``batch_size`` molecules as one batch on ``device``, edges in reverse pairs as in training."""
     return pair_edges(Batch.from_data_list([Data(**m) for m in mols[:batch_size]])).to(device)
@@ -452,6 +490,7 @@ def main() -> None:
         ("golden_fused", lambda: golden_checks(golden, device, "fused")),
         ("golden_edge_weights", lambda: golden_checks(golden, device, "edge_weights")),
         ("golden_fused_edge_weights", lambda: golden_checks(golden, device, "fused_edge_weights")),
+        ("operator_checks", lambda: operator_checks(device)),
         (f"train_amp_fp16_b{small}", lambda: throughput(mols, "train", small, "fp16", steps=steps, gpus=gpus)),
         (f"train_amp_fp16_b{small}_edge_weights",
          lambda: throughput(mols, "train", small, "fp16", "edge_weights", steps, gpus)),

@@ -100,8 +100,8 @@ sys.meta_path.insert(0, _Missing())
 
 def test_gpu_suite_smoke_run_on_cpu(qm9_dir: Path, tmp_path: Path) -> None:
     """The GPU suite as a lent GPU runs it (exported molecules, golden files from --golden, no mlflow, rdkit or
-    qm9pack), short, on CPU: golden checks pass in both edge orders, a training step is timed and counted; a missing
-    golden folder is an error."""
+    qm9pack), short, on CPU: golden checks pass in both edge orders, the fused kernels' operators equal float64
+    products, a training step is timed and counted; a missing golden folder is an error."""
     suite_py = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
     sample, out = tmp_path / "sample.pt", tmp_path / "gpu_results.json"
     export = [sys.executable, str(suite_py), "--export", str(sample), "--data-dir", str(qm9_dir), "--count", "64",
@@ -121,10 +121,11 @@ def test_gpu_suite_smoke_run_on_cpu(qm9_dir: Path, tmp_path: Path) -> None:
         subprocess.run(command, check=True, capture_output=True, timeout=600, env=env)
         return json.loads(out.read_text())
 
-    report = suite(
-        golden, "golden_reassociated,step_counts_reassociated,step_counts_amp_fp16_reassociated,train_amp_fp16_b8"
-    )
+    jobs = "golden_reassociated,operator_checks,step_counts_reassociated,step_counts_amp_fp16_reassociated"
+    report = suite(golden, f"{jobs},train_amp_fp16_b8")
     assert all(row["pass"] for row in report["golden_reassociated"].values())
+    assert set(report["operator_checks"]) == {"fused", "fused_edge_weights"}
+    assert all(row["pass"] for row in report["operator_checks"].values())
     assert report["step_counts_reassociated"]["host_syncs"] == 0
     assert report["step_counts_reassociated"]["gflop"] > 0
     amp_counts = report["step_counts_amp_fp16_reassociated"]
