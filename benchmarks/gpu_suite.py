@@ -19,6 +19,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.autograd import DeviceType
@@ -184,33 +185,14 @@ def _contraction_times(t: torch.Tensor, w: torch.Tensor, h: torch.Tensor, dy: to
     from se3pyg.nn.radial_contraction import contract_reference, radial_contract, row_splits
 
     k, mid = dy.shape[1], h.shape[1]
-
-    def both(contract: Callable) -> None:
-        torch.autograd.grad(contract(t, w, h, k), (t, w, h), dy)
-
-    timing: dict = {
-        "reassociated_forward_ms": ms_per_step(lambda: contract_reference(t, w, h, k), steps, device),
-        "reassociated_forward_backward_ms": ms_per_step(lambda: both(contract_reference), steps, device),
-    }
     operators = {
         "contract": lambda: triton_radial.contract(t, w, h, k),
         "grad_t": lambda: triton_radial.grad_t(dy, w, h),
         "grad_w": lambda: triton_radial.grad_w(t, dy, h, row_splits(t.shape[0])),
         "grad_h": lambda: triton_radial.grad_h(t, w, dy, mid),
     }
-    for name, run in operators.items():
-        default, times = triton_radial.TILES[name], []
-        for tile in candidates:
-            triton_radial.TILES[name] = triton_radial.Tile(*tile)
-            try:
-                times.append(ms_per_step(run, steps, device))
-            except Exception as error:  # a tile this GPU cannot run (shared memory, registers)
-                times.append(f"{type(error).__name__}: {str(error)[:120]}")
-        triton_radial.TILES[name] = default
-        timing[f"{name}_ms_by_tile"] = times
-    timing["fused_forward_ms"] = ms_per_step(lambda: radial_contract(t, w, h, k), steps, device)
-    timing["fused_forward_backward_ms"] = ms_per_step(lambda: both(radial_contract), steps, device)
-    return timing
+    products = ("reassociated", contract_reference, radial_contract)
+    return _kernel_times(products, (t, w, h, k), dy, triton_radial, operators, steps, device, candidates)
 
 
 #: ``triton_edge_weights.Tile``s: units, p, channels, num_warps, num_stages.
@@ -248,30 +230,59 @@ def _edge_weights_times(t: torch.Tensor, w: torch.Tensor, h: torch.Tensor, dy: t
     from se3pyg.nn import triton_edge_weights
     from se3pyg.nn.edge_weights_contraction import contract_reference, edge_weights_contract, weight_splits
 
-    def both(contract: Callable) -> None:
-        torch.autograd.grad(contract(t, w, h, rows_per_unit), (t, w, h), dy)
-
-    timing: dict = {
-        "edge_weights_forward_ms": ms_per_step(lambda: contract_reference(t, w, h, rows_per_unit), steps, device),
-        "edge_weights_forward_backward_ms": ms_per_step(lambda: both(contract_reference), steps, device),
-    }
+    splits = weight_splits(h.shape[0], t.shape[1], dy.shape[1])
     operators = {
         "contract": lambda: triton_edge_weights.contract(t, w, h, rows_per_unit),
         "grad_t_h": lambda: triton_edge_weights.grad_t_h(dy, t, w, h),
-        "grad_w": lambda: triton_edge_weights.grad_w(t, dy, h, weight_splits(h.shape[0], t.shape[1], dy.shape[1])),
+        "grad_w": lambda: triton_edge_weights.grad_w(t, dy, h, splits),
     }
+    products = ("edge_weights", contract_reference, edge_weights_contract)
+    args = (t, w, h, rows_per_unit)
+    return _kernel_times(products, args, dy, triton_edge_weights, operators, steps, device, candidates)
+
+
+def _kernel_times(
+    products: tuple[str, Callable, Callable],
+    args: tuple,
+    dy: torch.Tensor,
+    module: Any,
+    operators: dict[str, Callable],
+    steps: int,
+    device: torch.device,
+    candidates: list[tuple],
+) -> dict:
+    """The unfused products (``name``, ``reference``) and the fused operator (``fused``) of ``products``, forward and
+    forward + backward on ``args`` (``t, w, h, k``; output gradient ``dy``), and the fused kernel's Triton ``operators``
+    per tile of ``module``."""
+    name, reference, fused = products
+
+    def both(contract: Callable) -> None:
+        torch.autograd.grad(contract(*args), args[:3], dy)
+
+    return {
+        f"{name}_forward_ms": ms_per_step(lambda: reference(*args), steps, device),
+        f"{name}_forward_backward_ms": ms_per_step(lambda: both(reference), steps, device),
+        **_times_by_tile(module, operators, candidates, steps, device),
+        "fused_forward_ms": ms_per_step(lambda: fused(*args), steps, device),
+        "fused_forward_backward_ms": ms_per_step(lambda: both(fused), steps, device),
+    }
+
+
+def _times_by_tile(module: Any, operators: dict[str, Callable], candidates: list[tuple], steps: int,
+                   device: torch.device) -> dict:  # fmt: skip
+    """``{name}_ms_by_tile``: milliseconds of each operator of a Triton module with each candidate of its ``Tile``
+    (an error's first words where a tile cannot run); its ``TILES`` restored after."""
+    timing = {}
     for name, run in operators.items():
-        default, times = triton_edge_weights.TILES[name], []
+        default, times = module.TILES[name], []
         for tile in candidates:
-            triton_edge_weights.TILES[name] = triton_edge_weights.Tile(*tile)
+            module.TILES[name] = module.Tile(*tile)
             try:
                 times.append(ms_per_step(run, steps, device))
             except Exception as error:  # a tile this GPU cannot run (shared memory, registers)
                 times.append(f"{type(error).__name__}: {str(error)[:120]}")
-        triton_edge_weights.TILES[name] = default
+        module.TILES[name] = default
         timing[f"{name}_ms_by_tile"] = times
-    timing["fused_forward_ms"] = ms_per_step(lambda: edge_weights_contract(t, w, h, rows_per_unit), steps, device)
-    timing["fused_forward_backward_ms"] = ms_per_step(lambda: both(edge_weights_contract), steps, device)
     return timing
 
 

@@ -9,7 +9,8 @@ from torch_geometric.data import Batch
 from se3pyg.compat.nvidia import load_nvidia
 from se3pyg.engine.counting import count_ops
 from se3pyg.model import SE3TransformerPooled
-from se3pyg.nn import KERNELS, ConvSE3, auto_kernel
+from se3pyg.nn import KERNELS, ConvSE3, auto_kernel, radial_contraction
+from se3pyg.nn.edge_weights_contraction import OPERATORS
 
 from .conftest import golden_batch, relative_error
 
@@ -70,40 +71,24 @@ def test_the_gpu_kernel_reads_no_device_value_on_the_host(golden: dict) -> None:
     assert {"AttentionSE3", "LinearSE3", "NormSE3", "KernelGroup", "(backward)"} <= set(counts.by_module)
 
 
-def test_the_fused_kernel_writes_no_hidden_products(golden: dict) -> None:
-    """Counted on CPU, forward + backward: the fused kernel's operators write the outputs only, so the step writes
-    less than the reassociated kernel's (which writes ``G`` and ``dG``), with no host sync and fewer launches."""
+@pytest.mark.parametrize(
+    ("fused", "unfused", "operators"),
+    [("fused", "reassociated", radial_contraction.OPERATORS), ("fused_edge_weights", "edge_weights", OPERATORS)],
+)
+def test_the_fused_kernels_write_only_their_outputs(golden: dict, fused: str, unfused: str, operators: tuple) -> None:
+    """Counted on CPU, forward + backward: a fused kernel's operators write their outputs only, so the step writes
+    less than the products it fuses (``G`` and ``dG`` for ``"reassociated"``, ``R`` and ``dR`` for
+    ``"edge_weights"``), with no host sync and fewer launches; its backward pass forms ``G`` or ``R`` once more (the
+    contraction's FLOPs times 4/3, the step's less)."""
     batch = Batch.from_data_list(golden_batch(golden).to_data_list())
     counts = {}
-    for kernel in ("reassociated", "fused"):
+    for kernel in (unfused, fused):
         torch.manual_seed(0)
         model = SE3TransformerPooled(num_layers=2, num_degrees=3, num_channels=8, num_heads=2, kernel=kernel)
         model(batch).sum().backward()  # the cached constants
         counts[kernel] = count_ops(lambda model=model: model(batch).sum().backward())
-    fused, reassociated = counts["fused"], counts["reassociated"]
-    assert fused.host_syncs == 0
-    assert {"radial_contract", "radial_contract_grad_t", "radial_contract_grad_w", "radial_contract_grad_h"} <= set(
-        fused.by_op
-    )
-    assert fused.launches < reassociated.launches
-    assert fused.bytes_written < 0.75 * reassociated.bytes_written
-
-
-def test_the_fused_edge_weights_kernel_writes_no_radial_weights(golden: dict) -> None:
-    """Counted on CPU, forward + backward: its operators write the outputs only, so the step writes less than the
-    edge-weights kernel's (which writes ``R`` and ``dR``), with no host sync; its backward pass forms ``R`` and ``dR``
-    once more (the contraction's FLOPs times 4/3, the step's less)."""
-    batch = Batch.from_data_list(golden_batch(golden).to_data_list())
-    counts = {}
-    for kernel in ("edge_weights", "fused_edge_weights"):
-        torch.manual_seed(0)
-        model = SE3TransformerPooled(num_layers=2, num_degrees=3, num_channels=8, num_heads=2, kernel=kernel)
-        model(batch).sum().backward()  # the cached constants
-        counts[kernel] = count_ops(lambda model=model: model(batch).sum().backward())
-    fused, unfused = counts["fused_edge_weights"], counts["edge_weights"]
-    assert fused.host_syncs == 0
-    assert {"edge_weights_contract", "edge_weights_contract_grad_t_h", "edge_weights_contract_grad_w"} <= set(
-        fused.by_op
-    )
-    assert fused.bytes_written < 0.75 * unfused.bytes_written
-    assert unfused.flops < fused.flops < 4 / 3 * unfused.flops
+    assert counts[fused].host_syncs == 0
+    assert set(operators) <= set(counts[fused].by_op)
+    assert counts[fused].launches < counts[unfused].launches
+    assert counts[fused].bytes_written < 0.75 * counts[unfused].bytes_written
+    assert counts[unfused].flops < counts[fused].flops < 4 / 3 * counts[unfused].flops

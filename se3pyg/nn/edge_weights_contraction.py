@@ -26,7 +26,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from se3pyg.nn.radial_contraction import TRITON_DTYPES, triton_available
+from se3pyg.nn.radial_contraction import (
+    TRITON_DTYPES,
+    operands_in_one_dtype,
+    partial_dtype,
+    save_operands,
+    triton_available,
+)
 
 #: ``dW``'s partial sums: enough for about this many programs of the Triton kernel (tiles of 16 ``P`` columns and
 #: 32 channels times partial sums; two waves of an H100's or H200's 132 multiprocessors), each over at least
@@ -46,11 +52,6 @@ def _runs_triton(t: Tensor, h: Tensor) -> bool:
     mid = h.shape[1]
     shape_ok = h.shape[0] > 0 and mid >= 16 and mid & (mid - 1) == 0
     return t.is_cuda and t.dtype in TRITON_DTYPES and shape_ok and triton_available()
-
-
-def _partial_dtype(dtype: torch.dtype) -> torch.dtype:
-    """``dW``'s partial sums: float32, or float64 for float64 inputs."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def contract_reference(t: Tensor, w: Tensor, h: Tensor, rows_per_unit: int) -> Tensor:
@@ -113,17 +114,12 @@ def _grad_w(t: Tensor, dy: Tensor, h: Tensor, splits: int) -> Tensor:
     dr = _grad_reference(dy, t, h).reshape(units, t.shape[1] * dy.shape[1])
     step = max(1, -(-units // splits))
     runs = [h[a : a + step].T @ dr[a : a + step] for a in range(0, step * splits, step)]
-    return torch.stack(runs).to(_partial_dtype(t.dtype))
+    return torch.stack(runs).to(partial_dtype(t.dtype))
 
 
 @_grad_w.register_fake
 def _(t: Tensor, dy: Tensor, h: Tensor, splits: int) -> Tensor:
-    return t.new_empty(splits, h.shape[1], t.shape[1] * dy.shape[1], dtype=_partial_dtype(t.dtype))
-
-
-def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
-    t, w, h, _rows_per_unit = inputs
-    ctx.save_for_backward(t, w, h)
+    return t.new_empty(splits, h.shape[1], t.shape[1] * dy.shape[1], dtype=partial_dtype(t.dtype))
 
 
 def _backward(ctx: torch.autograd.function.FunctionCtx, dy: Tensor) -> tuple[Tensor | None, ...]:
@@ -136,7 +132,7 @@ def _backward(ctx: torch.autograd.function.FunctionCtx, dy: Tensor) -> tuple[Ten
     return dt, dw, dh, None
 
 
-_contract.register_autograd(_backward, setup_context=_setup_context)
+_contract.register_autograd(_backward, setup_context=save_operands)
 
 
 #: The operators' names in ``torch.ops.se3pyg``.
@@ -174,15 +170,5 @@ def edge_weights_contract(t: Tensor, w: Tensor, h: Tensor, rows_per_unit: int) -
         h: ``[U, M]``.
         rows_per_unit: ``J``.
     """
-    device = t.device.type
-    if torch.is_autocast_enabled(device) and torch.float64 not in (t.dtype, w.dtype, h.dtype):
-        dtype = torch.get_autocast_dtype(device)
-    elif t.dtype == w.dtype == h.dtype:
-        dtype = t.dtype
-    else:
-        raise TypeError(f"edge_weights_contract takes inputs of one dtype, got {t.dtype}, {w.dtype}, {h.dtype}")
-    t, h = (x.to(dtype).contiguous() for x in (t, h))
-    w = w.to(dtype)
-    if w.stride(1) != 1:
-        w = w.contiguous()
-    return _contract(t, w, h, rows_per_unit)
+    t, w, h = operands_in_one_dtype("edge_weights_contract", t, w, h)
+    return _contract(t.contiguous(), w if w.stride(1) == 1 else w.contiguous(), h.contiguous(), rows_per_unit)

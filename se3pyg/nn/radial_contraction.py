@@ -53,7 +53,7 @@ def _runs_triton(t: Tensor, mid: int) -> bool:
     return t.is_cuda and t.dtype in TRITON_DTYPES and shape_ok and triton_available()
 
 
-def _partial_dtype(dtype: torch.dtype) -> torch.dtype:
+def partial_dtype(dtype: torch.dtype) -> torch.dtype:
     """``dW``'s partial sums: float32, or float64 for float64 inputs."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -109,12 +109,12 @@ def _grad_w(t: Tensor, dy: Tensor, h: Tensor, splits: int) -> Tensor:
     dg = _dg_reference(dy, h)
     step = max(1, -(-t.shape[0] // splits))
     runs = [t[a : a + step].T @ dg[a : a + step] for a in range(0, step * splits, step)]
-    return torch.stack(runs).to(_partial_dtype(t.dtype))
+    return torch.stack(runs).to(partial_dtype(t.dtype))
 
 
 @_grad_w.register_fake
 def _(t: Tensor, dy: Tensor, h: Tensor, splits: int) -> Tensor:
-    return t.new_empty(splits, t.shape[1], dy.shape[-1] * h.shape[1], dtype=_partial_dtype(t.dtype))
+    return t.new_empty(splits, t.shape[1], dy.shape[-1] * h.shape[1], dtype=partial_dtype(t.dtype))
 
 
 @torch.library.custom_op("se3pyg::radial_contract_grad_h", mutates_args=())
@@ -133,9 +133,9 @@ def _(t: Tensor, w: Tensor, dy: Tensor, mid: int) -> Tensor:
     return t.new_empty(dy.shape[0], mid)
 
 
-def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
-    t, w, h, _components = inputs
-    ctx.save_for_backward(t, w, h)
+def save_operands(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
+    """An operator's autograd context: its operands ``t``, ``w`` and ``h`` (the first three inputs) saved."""
+    ctx.save_for_backward(*inputs[:3])
 
 
 def _backward(ctx: torch.autograd.function.FunctionCtx, dy: Tensor) -> tuple[Tensor | None, ...]:
@@ -150,7 +150,7 @@ def _backward(ctx: torch.autograd.function.FunctionCtx, dy: Tensor) -> tuple[Ten
     return dt, dw, dh, None
 
 
-_contract.register_autograd(_backward, setup_context=_setup_context)
+_contract.register_autograd(_backward, setup_context=save_operands)
 
 
 #: The operators' names in ``torch.ops.se3pyg``.
@@ -176,6 +176,19 @@ def operator_flops(name: str, args: tuple) -> int:
     return 2 * rows * cm * (p + 1)
 
 
+def operands_in_one_dtype(name: str, t: Tensor, w: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``t``, ``w`` and ``h`` in one dtype for the operator ``name``: autocast's, if it is on and none is float64 (as
+    a matmul would be), else theirs, which must agree."""
+    device = t.device.type
+    if torch.is_autocast_enabled(device) and torch.float64 not in (t.dtype, w.dtype, h.dtype):
+        dtype = torch.get_autocast_dtype(device)
+    elif t.dtype == w.dtype == h.dtype:
+        dtype = t.dtype
+    else:
+        raise TypeError(f"{name} takes inputs of one dtype, got {t.dtype}, {w.dtype}, {h.dtype}")
+    return t.to(dtype), w.to(dtype), h.to(dtype)
+
+
 def radial_contract(t: Tensor, w: Tensor, h: Tensor, components: int) -> Tensor:
     """``y [E, K, C]`` (module docstring) by the operators; under autocast, in autocast's dtype as a matmul would be
     (float64 inputs stay float64).
@@ -186,12 +199,5 @@ def radial_contract(t: Tensor, w: Tensor, h: Tensor, components: int) -> Tensor:
         h: ``[E, M]`` with ``R = E K``.
         components: ``K``.
     """
-    device = t.device.type
-    if torch.is_autocast_enabled(device) and torch.float64 not in (t.dtype, w.dtype, h.dtype):
-        dtype = torch.get_autocast_dtype(device)
-    elif t.dtype == w.dtype == h.dtype:
-        dtype = t.dtype
-    else:
-        raise TypeError(f"radial_contract takes inputs of one dtype, got {t.dtype}, {w.dtype}, {h.dtype}")
-    t, w, h = (x.to(dtype).contiguous() for x in (t, w, h))
+    t, w, h = (x.contiguous() for x in operands_in_one_dtype("radial_contract", t, w, h))
     return _contract(t, w, h, components)

@@ -45,11 +45,17 @@ TILES: dict[str, Tile] = {name: Tile() for name in ("contract", "grad_t_h", "gra
 
 
 @triton.jit
+def _columns(ps, outs, P, C, BP: tl.constexpr, BC: tl.constexpr):
+    """Columns ``p C + o`` of ``W`` for ``ps`` and ``outs``, as ``[BP * BC]``, and whether each is in range."""
+    cols = tl.reshape(ps[:, None] * C + outs[None, :], (BP * BC,))
+    return cols, tl.reshape((ps[:, None] < P) & (outs[None, :] < C), (BP * BC,))
+
+
+@triton.jit
 def _weights_tile(h, w_ptr, s_m, ps, outs, P, C, M: tl.constexpr, BU: tl.constexpr, BP: tl.constexpr,
                   BC: tl.constexpr, IEEE: tl.constexpr):  # fmt: skip
     """``R[units, ps, outs] = h[units] W[:, (ps, outs)]``, ``[BU, BP, BC]`` in the inputs' dtype (float32 sums)."""
-    cols = tl.reshape(ps[:, None] * C + outs[None, :], (BP * BC,))
-    ok = tl.reshape((ps[:, None] < P) & (outs[None, :] < C), (BP * BC,))
+    cols, ok = _columns(ps, outs, P, C, BP, BC)
     ms = tl.arange(0, M)
     w = tl.load(w_ptr + ms[:, None].to(tl.int64) * s_m + cols[None, :], mask=ok[None, :], other=0.0)
     r = _dot(h, w, tl.zeros((BU, BP * BC), tl.float32), IEEE)
@@ -118,8 +124,7 @@ def _grad_t_h_kernel(
             r = _weights_tile(h, w_ptr, s_m, ps, outs, P, C, M, BU, BP, BC, IEEE)
             dt = _dot(dy, tl.permute(r, (0, 2, 1)), dt, IEEE)
             dr = _dot(tl.permute(t, (0, 2, 1)), dy, tl.zeros((BU, BP, BC), tl.float32), IEEE)
-            cols = tl.reshape(ps[:, None] * C + outs[None, :], (BP * BC,))
-            ok = tl.reshape((ps[:, None] < P) & (outs[None, :] < C), (BP * BC,))
+            cols, ok = _columns(ps, outs, P, C, BP, BC)
             wt = tl.load(w_ptr + cols[:, None] + ms[None, :].to(tl.int64) * s_m, mask=ok[:, None], other=0.0)
             dh = _dot(tl.reshape(dr, (BU, BP * BC)).to(wt.dtype), wt, dh, IEEE)
         mask = row_ok[:, :, None] & (ps < P)[None, None, :]
@@ -148,8 +153,7 @@ def _grad_w_kernel(
         dr = _dot(tl.permute(t, (0, 2, 1)), dy, tl.zeros((BU, BP, BC), tl.float32), IEEE)
         h = _hidden(h_ptr, units, unit_ok, M)
         acc = _dot(tl.trans(h), tl.reshape(dr, (BU, BP * BC)).to(h.dtype), acc, IEEE)
-    cols = tl.reshape(ps[:, None] * C + outs[None, :], (BP * BC,))
-    ok = tl.reshape((ps[:, None] < P) & (outs[None, :] < C), (BP * BC,))
+    cols, ok = _columns(ps, outs, P, C, BP, BC)
     out = dw_ptr + split * M * P * C + tl.arange(0, M)[:, None].to(tl.int64) * (P * C) + cols[None, :]
     tl.store(out, acc, mask=ok[None, :])
 
