@@ -3,12 +3,6 @@ CPU and compiled for GPUs without one."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 
@@ -21,7 +15,14 @@ from se3pyg.nn.edge_weights_contraction import (
     weight_splits,
 )
 
-from .test_radial_contraction import SHARED_MEMORY, _triton_version
+from .triton_checks import (
+    assert_autocast_rule,
+    assert_compiles_for_gpu,
+    needs_interpreter,
+    needs_triton,
+    run_interpreted,
+    triton_version,
+)
 
 
 def _inputs(units: int, rows_per_unit: int, p: int, channels: int, mid: int = 32, dtype=torch.float64) -> tuple:
@@ -76,17 +77,7 @@ def test_operators_pass_torch_library_checks() -> None:
 
 
 def test_autocast_contracts_in_its_dtype_as_the_reference_does() -> None:
-    t, w, h = (x.detach().float() for x in _inputs(30, 5, p=64, channels=8))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        actual = edge_weights_contract(t, w, h, 5)
-        expected = contract_reference(t.bfloat16(), w.bfloat16(), h.bfloat16(), 5)
-    assert actual.dtype == torch.bfloat16
-    assert torch.equal(actual, expected)
-    with pytest.raises(TypeError, match="one dtype"):
-        edge_weights_contract(t, w.double(), h, 5)
-    t, w, h = (x.double() for x in (t, w, h))
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast leaves float64 alone, as it does a matmul's
-        assert torch.equal(edge_weights_contract(t, w, h, 5), contract_reference(t, w, h, 5))
+    assert_autocast_rule(edge_weights_contract, contract_reference, *_inputs(30, 5, p=64, channels=8), 5)
 
 
 def test_no_units() -> None:
@@ -147,10 +138,7 @@ print(json.dumps(errors))
 """
 
 
-@pytest.mark.skipif(not _triton_version(), reason="Triton is not installed")
-@pytest.mark.skipif(
-    (0,) < _triton_version() < (3, 8), reason="Triton's interpreter before 3.8 fails on loops with runtime bounds"
-)
+@needs_interpreter
 def test_triton_kernels_equal_the_reference_under_the_interpreter() -> None:
     """The CUDA kernels, run by Triton's interpreter on CPU tensors, against float64 products of the same inputs.
 
@@ -158,12 +146,7 @@ def test_triton_kernels_equal_the_reference_under_the_interpreter() -> None:
     ``P C`` terms), whose round-off grows as the square root of the count (6e-8 a term): 2e-6 relative to the largest
     value; float16 inputs (``R`` rounded to them, as the reference's product is), float32 sums: 1e-3.
     """
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(INTERPRETED)], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    errors = json.loads(run.stdout.strip().splitlines()[-1])
+    errors = run_interpreted(INTERPRETED)
     assert len(errors) == 20
     for key, error in errors.items():
         assert error <= (1e-3 if "float16" in key else 2e-6), (key, error)
@@ -172,16 +155,12 @@ def test_triton_kernels_equal_the_reference_under_the_interpreter() -> None:
 ALL_PRECISIONS = (("fp16", False), ("bf16", False), ("fp32", True), ("fp32", False))  # (dtype, exact float32)
 
 
-@pytest.mark.skipif(not _triton_version(), reason="Triton is not installed")
+@needs_triton
 @pytest.mark.parametrize(("arch", "precisions"), [(90, ALL_PRECISIONS), (80, (("fp16", False), ("fp32", True)))])
 def test_triton_kernels_compile_for_gpus_without_one(arch: int, precisions: tuple) -> None:
     """Each kernel, with its tile of ``triton_edge_weights.TILES``, compiles for ``sm_{arch}`` within the block's
     shared memory, with tensor-core products (``mma``) in half precision: what the interpreter cannot show. The
     A100 (sm_80) in float16 and exact float32 only, the largest tiles in shared memory (its limit is the lower)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from se3pyg.nn import triton_edge_weights
 
     kernels = {
@@ -191,26 +170,13 @@ def test_triton_kernels_compile_for_gpus_without_one(arch: int, precisions: tupl
     }
     for name, kernel in kernels.items():
         tile = triton_edge_weights.TILES[name]
+        options = {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
         for dtype, ieee in precisions:
             constexprs = dict(M=32, BU=tile.units, BJ=16, BP=tile.p, BC=tile.channels, IEEE=ieee)
-
-            def argument_type(name: str, dtype: str = dtype, constexprs: dict = constexprs) -> str:
-                if name in constexprs:
-                    return "constexpr"
-                if name == "dw_ptr":  # dW's partial sums are float32 whatever the inputs
-                    return "*fp32"
-                return f"*{dtype}" if name.endswith("_ptr") else "i32"
-
-            signature = {param.name: argument_type(param.name) for param in kernel.params}
-            source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-            options = {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
-            compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
-            assert compiled.metadata.shared <= SHARED_MEMORY[arch], (name, dtype, compiled.metadata.shared)
-            if dtype != "fp32":
-                assert "mma" in compiled.asm["ptx"], (name, dtype, arch)
+            assert_compiles_for_gpu(kernel, constexprs, options, arch, dtype)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or not _triton_version(), reason="needs CUDA and Triton")
+@pytest.mark.skipif(not torch.cuda.is_available() or not triton_version(), reason="needs CUDA and Triton")
 def test_triton_kernels_on_cuda_equal_the_reference() -> None:
     """The compiled kernels (no TF32) against float64 products of the same float32 inputs, through the operators."""
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 
 from se3pyg.engine.counting import count_ops
 from se3pyg.nn.radial_contraction import OPERATORS, contract_reference, radial_contract, row_splits
+
+from .triton_checks import (
+    SHARED_MEMORY,
+    assert_autocast_rule,
+    assert_compiles_for_gpu,
+    needs_interpreter,
+    needs_triton,
+    run_interpreted,
+    triton_version,
+)
 
 
 def _inputs(edges: int, components: int, p: int, channels: int, mid: int = 32, dtype=torch.float64) -> tuple:
@@ -58,17 +61,7 @@ def test_operators_pass_torch_library_checks() -> None:
 
 
 def test_autocast_contracts_in_its_dtype_as_the_reference_does() -> None:
-    t, w, h = (x.detach().float() for x in _inputs(30, 5, p=64, channels=8))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        actual = radial_contract(t, w, h, 5)
-        expected = contract_reference(t.bfloat16(), w.bfloat16(), h.bfloat16(), 5)
-    assert actual.dtype == torch.bfloat16
-    assert torch.equal(actual, expected)
-    with pytest.raises(TypeError, match="one dtype"):
-        radial_contract(t, w.double(), h, 5)
-    t, w, h = (x.double() for x in (t, w, h))
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast leaves float64 alone, as it does a matmul's
-        assert torch.equal(radial_contract(t, w, h, 5), contract_reference(t, w, h, 5))
+    assert_autocast_rule(radial_contract, contract_reference, *_inputs(30, 5, p=64, channels=8), 5)
 
 
 INTERPRETED = """
@@ -105,48 +98,24 @@ print(json.dumps(errors))
 """
 
 
-def _triton_version() -> tuple[int, ...]:
-    if importlib.util.find_spec("triton") is None:
-        return ()
-    from importlib.metadata import version
-
-    return tuple(int(part) for part in version("triton").split(".")[:2])
-
-
-@pytest.mark.skipif(not _triton_version(), reason="Triton is not installed")
-@pytest.mark.skipif(
-    (0,) < _triton_version() < (3, 8), reason="Triton's interpreter before 3.8 fails on loops with runtime bounds"
-)
+@needs_interpreter
 def test_triton_kernels_equal_the_reference_under_the_interpreter() -> None:
     """The CUDA kernels, run by Triton's interpreter on CPU tensors, against float64 products of the same inputs.
 
     float32 products are exact here (the interpreter has no TF32): 1e-6 relative; float16 inputs, float32 sums: 1e-3.
     """
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(INTERPRETED)], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    errors = json.loads(run.stdout.strip().splitlines()[-1])
+    errors = run_interpreted(INTERPRETED)
     assert len(errors) == 12
     for key, error in errors.items():
         assert error <= (1e-3 if "float16" in key else 1e-6), (key, error)
 
 
-#: The largest shared memory a block may use (opt-in), by compute capability: A100, H100/H200.
-SHARED_MEMORY = {80: 163 * 1024, 90: 227 * 1024}
-
-
-@pytest.mark.skipif(not _triton_version(), reason="Triton is not installed")
+@needs_triton
 @pytest.mark.parametrize("arch", sorted(SHARED_MEMORY))
 def test_triton_kernels_compile_for_gpus_without_one(arch: int) -> None:
     """Each kernel, with its tile of ``triton_radial.TILES``, compiles for ``sm_{arch}`` in float16, bfloat16 and
     float32 (exact and TF32) within the block's shared memory, with tensor-core products (``mma``) in half
     precision: what the interpreter cannot show."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from se3pyg.nn import triton_radial
 
     kernels = {
@@ -159,23 +128,10 @@ def test_triton_kernels_compile_for_gpus_without_one(arch: int) -> None:
         tile = triton_radial.TILES[name]
         for dtype, ieee in (("fp16", False), ("bf16", False), ("fp32", True), ("fp32", False)):
             constexprs = dict(M=32, BR=tile.rows, BC=tile.channels, BP=tile.p, IEEE=ieee)
-
-            def argument_type(name: str, dtype: str = dtype, constexprs: dict = constexprs) -> str:
-                if name in constexprs:
-                    return "constexpr"
-                if name == "dw_ptr":  # dW's partial sums are float32 whatever the inputs
-                    return "*fp32"
-                return f"*{dtype}" if name.endswith("_ptr") else "i32"
-
-            signature = {param.name: argument_type(param.name) for param in kernel.params}
-            source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-            compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": tile.num_warps})
-            assert compiled.metadata.shared <= SHARED_MEMORY[arch], (name, dtype, compiled.metadata.shared)
-            if dtype != "fp32":
-                assert "mma" in compiled.asm["ptx"], (name, dtype, arch)
+            assert_compiles_for_gpu(kernel, constexprs, {"num_warps": tile.num_warps}, arch, dtype)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or not _triton_version(), reason="needs CUDA and Triton")
+@pytest.mark.skipif(not torch.cuda.is_available() or not triton_version(), reason="needs CUDA and Triton")
 def test_triton_kernels_on_cuda_equal_the_reference() -> None:
     """The compiled kernels (no TF32) against float64 products of the same float32 inputs, through the operators."""
     torch.backends.cuda.matmul.allow_tf32 = False
