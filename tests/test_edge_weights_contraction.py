@@ -15,14 +15,7 @@ from se3pyg.nn.edge_weights_contraction import (
     weight_splits,
 )
 
-from .triton_checks import (
-    assert_autocast_rule,
-    assert_compiles_for_gpu,
-    needs_interpreter,
-    needs_triton,
-    run_interpreted,
-    triton_version,
-)
+from . import triton_checks as checks
 
 
 def _inputs(units: int, rows_per_unit: int, p: int, channels: int, mid: int = 32, dtype=torch.float64) -> tuple:
@@ -77,7 +70,7 @@ def test_operators_pass_torch_library_checks() -> None:
 
 
 def test_autocast_contracts_in_its_dtype_as_the_reference_does() -> None:
-    assert_autocast_rule(edge_weights_contract, contract_reference, *_inputs(30, 5, p=64, channels=8), 5)
+    checks.assert_autocast_rule(edge_weights_contract, contract_reference, *_inputs(30, 5, p=64, channels=8), 5)
 
 
 def test_no_units() -> None:
@@ -138,7 +131,7 @@ print(json.dumps(errors))
 """
 
 
-@needs_interpreter
+@checks.needs_interpreter
 def test_triton_kernels_equal_the_reference_under_the_interpreter() -> None:
     """The CUDA kernels, run by Triton's interpreter on CPU tensors, against float64 products of the same inputs.
 
@@ -146,7 +139,7 @@ def test_triton_kernels_equal_the_reference_under_the_interpreter() -> None:
     ``P C`` terms), whose round-off grows as the square root of the count (6e-8 a term): 2e-6 relative to the largest
     value; float16 inputs (``R`` rounded to them, as the reference's product is), float32 sums: 1e-3.
     """
-    errors = run_interpreted(INTERPRETED)
+    errors = checks.run_interpreted(INTERPRETED)
     assert len(errors) == 20
     for key, error in errors.items():
         assert error <= (1e-3 if "float16" in key else 2e-6), (key, error)
@@ -155,7 +148,7 @@ def test_triton_kernels_equal_the_reference_under_the_interpreter() -> None:
 ALL_PRECISIONS = (("fp16", False), ("bf16", False), ("fp32", True), ("fp32", False))  # (dtype, exact float32)
 
 
-@needs_triton
+@checks.needs_triton
 @pytest.mark.parametrize(("arch", "precisions"), [(90, ALL_PRECISIONS), (80, (("fp16", False), ("fp32", True)))])
 def test_triton_kernels_compile_for_gpus_without_one(arch: int, precisions: tuple) -> None:
     """Each kernel, with its tile of ``triton_edge_weights.TILES``, compiles for ``sm_{arch}`` within the block's
@@ -173,19 +166,16 @@ def test_triton_kernels_compile_for_gpus_without_one(arch: int, precisions: tupl
         options = {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
         for dtype, ieee in precisions:
             constexprs = dict(M=32, BU=tile.units, BJ=16, BP=tile.p, BC=tile.channels, IEEE=ieee)
-            assert_compiles_for_gpu(kernel, constexprs, options, arch, dtype)
+            checks.assert_compiles_for_gpu(kernel, constexprs, options, arch, dtype)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or not triton_version(), reason="needs CUDA and Triton")
+@checks.needs_cuda_and_triton
 def test_triton_kernels_on_cuda_equal_the_reference() -> None:
     """The compiled kernels (no TF32) against float64 products of the same float32 inputs, through the operators."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    t, w, h = (x.detach().float().cuda().requires_grad_() for x in _inputs(3001, 14, p=512, channels=32))
-    dy = _strided_gradient(3001 * 14, channels=32, dtype=torch.float32).cuda()
-    actual = edge_weights_contract(t, w, h, 14)
-    grads = torch.autograd.grad(actual, (t, w, h), dy)
-    t64, w64, h64 = (x.detach().double().requires_grad_() for x in (t, w, h))
-    expected = contract_reference(t64, w64, h64, 14)
-    expected_grads = torch.autograd.grad(expected, (t64, w64, h64), dy.double())
-    for got, want in zip([actual, *grads], [expected, *expected_grads], strict=True):
-        assert ((got.double() - want).abs().max() / want.abs().max()).item() <= 1e-5
+    checks.assert_cuda_kernels_match(
+        edge_weights_contract,
+        contract_reference,
+        _inputs(3001, 14, p=512, channels=32),
+        14,
+        _strided_gradient(3001 * 14, channels=32),
+    )

@@ -8,15 +8,7 @@ import torch
 from se3pyg.engine.counting import count_ops
 from se3pyg.nn.radial_contraction import OPERATORS, contract_reference, radial_contract, row_splits
 
-from .triton_checks import (
-    SHARED_MEMORY,
-    assert_autocast_rule,
-    assert_compiles_for_gpu,
-    needs_interpreter,
-    needs_triton,
-    run_interpreted,
-    triton_version,
-)
+from . import triton_checks as checks
 
 
 def _inputs(edges: int, components: int, p: int, channels: int, mid: int = 32, dtype=torch.float64) -> tuple:
@@ -61,7 +53,7 @@ def test_operators_pass_torch_library_checks() -> None:
 
 
 def test_autocast_contracts_in_its_dtype_as_the_reference_does() -> None:
-    assert_autocast_rule(radial_contract, contract_reference, *_inputs(30, 5, p=64, channels=8), 5)
+    checks.assert_autocast_rule(radial_contract, contract_reference, *_inputs(30, 5, p=64, channels=8), 5)
 
 
 INTERPRETED = """
@@ -98,20 +90,20 @@ print(json.dumps(errors))
 """
 
 
-@needs_interpreter
+@checks.needs_interpreter
 def test_triton_kernels_equal_the_reference_under_the_interpreter() -> None:
     """The CUDA kernels, run by Triton's interpreter on CPU tensors, against float64 products of the same inputs.
 
     float32 products are exact here (the interpreter has no TF32): 1e-6 relative; float16 inputs, float32 sums: 1e-3.
     """
-    errors = run_interpreted(INTERPRETED)
+    errors = checks.run_interpreted(INTERPRETED)
     assert len(errors) == 12
     for key, error in errors.items():
         assert error <= (1e-3 if "float16" in key else 1e-6), (key, error)
 
 
-@needs_triton
-@pytest.mark.parametrize("arch", sorted(SHARED_MEMORY))
+@checks.needs_triton
+@pytest.mark.parametrize("arch", sorted(checks.SHARED_MEMORY))
 def test_triton_kernels_compile_for_gpus_without_one(arch: int) -> None:
     """Each kernel, with its tile of ``triton_radial.TILES``, compiles for ``sm_{arch}`` in float16, bfloat16 and
     float32 (exact and TF32) within the block's shared memory, with tensor-core products (``mma``) in half
@@ -128,22 +120,19 @@ def test_triton_kernels_compile_for_gpus_without_one(arch: int) -> None:
         tile = triton_radial.TILES[name]
         for dtype, ieee in (("fp16", False), ("bf16", False), ("fp32", True), ("fp32", False)):
             constexprs = dict(M=32, BR=tile.rows, BC=tile.channels, BP=tile.p, IEEE=ieee)
-            assert_compiles_for_gpu(kernel, constexprs, {"num_warps": tile.num_warps}, arch, dtype)
+            checks.assert_compiles_for_gpu(kernel, constexprs, {"num_warps": tile.num_warps}, arch, dtype)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or not triton_version(), reason="needs CUDA and Triton")
+@checks.needs_cuda_and_triton
 def test_triton_kernels_on_cuda_equal_the_reference() -> None:
     """The compiled kernels (no TF32) against float64 products of the same float32 inputs, through the operators."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    t, w, h = (x.detach().float().cuda().requires_grad_() for x in _inputs(3001, 7, p=512, channels=32))
-    dy = _strided_gradient(3001, 7, channels=32, dtype=torch.float32).cuda()
-    actual = radial_contract(t, w, h, 7)
-    grads = torch.autograd.grad(actual, (t, w, h), dy)
-    t64, w64, h64 = (x.detach().double().requires_grad_() for x in (t, w, h))
-    expected = contract_reference(t64, w64, h64, 7)
-    expected_grads = torch.autograd.grad(expected, (t64, w64, h64), dy.double())
-    for got, want in zip([actual, *grads], [expected, *expected_grads], strict=True):
-        assert ((got.double() - want).abs().max() / want.abs().max()).item() <= 1e-5
+    checks.assert_cuda_kernels_match(
+        radial_contract,
+        contract_reference,
+        _inputs(3001, 7, p=512, channels=32),
+        7,
+        _strided_gradient(3001, 7, channels=32),
+    )
 
 
 def test_no_edges() -> None:

@@ -31,6 +31,27 @@ needs_interpreter = pytest.mark.skipif(
     reason="Triton is not installed, or its interpreter (before 3.8) fails on loops with runtime bounds",
 )
 
+needs_cuda_and_triton = pytest.mark.skipif(
+    not torch.cuda.is_available() or not triton_version(), reason="needs CUDA and Triton"
+)
+
+
+def assert_cuda_kernels_match(contract: Callable, reference: Callable, inputs: tuple, k: int,
+                              dy: torch.Tensor) -> None:  # fmt: skip
+    """``contract`` on CUDA (its Triton kernels, no TF32) and its three gradients, from the float32 ``inputs``
+    (``t, w, h``) and output gradient ``dy``, within 1e-5 of ``reference``'s float64 products of the same values."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    t, w, h = (x.detach().float().cuda().requires_grad_() for x in inputs)
+    dy = dy.float().cuda()
+    actual = contract(t, w, h, k)
+    grads = torch.autograd.grad(actual, (t, w, h), dy)
+    t64, w64, h64 = (x.detach().double().requires_grad_() for x in (t, w, h))
+    expected = reference(t64, w64, h64, k)
+    expected_grads = torch.autograd.grad(expected, (t64, w64, h64), dy.double())
+    for got, want in zip([actual, *grads], [expected, *expected_grads], strict=True):
+        assert ((got.double() - want).abs().max() / want.abs().max()).item() <= 1e-5
+
+
 #: The largest shared memory a block may use (opt-in), by compute capability: A100, H100/H200.
 SHARED_MEMORY = {80: 163 * 1024, 90: 227 * 1024}
 
