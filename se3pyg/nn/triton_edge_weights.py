@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from se3pyg.nn import triton_radial
 from se3pyg.nn.triton_radial import _dot
 
 
@@ -159,14 +160,14 @@ def _grad_w_kernel(
 
 
 def _options(x: Tensor, rows_per_unit: int, channels: int, tile: Tile) -> dict:
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"the Triton edge-weights contraction takes float16, bfloat16 or float32, got {x.dtype}")
+    """The launch of a kernel on inputs like ``x``: its tile's block sizes, rows a unit padded to a power of two (16 or
+    more), and the float32 precision rule of the radial kernels (``triton_radial._options``)."""
     return dict(
+        **triton_radial._options(x),
         BU=tile.units,
         BJ=max(16, triton.next_power_of_2(rows_per_unit)),
         BP=tile.p,
         BC=max(16, min(tile.channels, triton.next_power_of_2(channels))),
-        IEEE=x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32,
         num_warps=tile.num_warps,
         num_stages=tile.num_stages,
     )
@@ -187,7 +188,7 @@ def grad_t_h(dy: Tensor, t: Tensor, w: Tensor, h: Tensor) -> tuple[Tensor, Tenso
     """``(dT [U J, P], dh [U, M])`` for ``dy [U J, C]`` of any strides."""
     (U, M), (R, P), C = h.shape, t.shape, dy.shape[1]
     dt, dh = t.new_empty(R, P), h.new_empty(U, M)
-    options = _options(t, R // max(U, 1), C, TILES["grad_t_h"])
+    options = _options(t, R // U, C, TILES["grad_t_h"])
     grid = (triton.cdiv(U, options["BU"]),)
     _grad_t_h_kernel[grid](dy, t, w, h, dt, dh, U, R // U, P, C, w.stride(0), *dy.stride(), M, **options)
     return dt, dh

@@ -175,8 +175,9 @@ def _grad_h_kernel(
 
 
 def _options(t: Tensor) -> dict:
+    """Every Triton contraction's precision on inputs like ``t``: exact float32 products unless TF32 is allowed."""
     if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"the Triton radial contraction takes float16, bfloat16 or float32, got {t.dtype}")
+        raise TypeError(f"the Triton contractions take float16, bfloat16 or float32, got {t.dtype}")
     return dict(IEEE=t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32)
 
 
