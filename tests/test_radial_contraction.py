@@ -46,10 +46,10 @@ def test_operators_pass_torch_library_checks() -> None:
     t, w, h = _inputs(6, 3, p=20, channels=4, mid=8)
     torch.library.opcheck(torch.ops.se3pyg.radial_contract.default, (t, w, h, 3))
     dy = _strided_gradient(6, 3, channels=4)
-    checks = ("test_schema", "test_faketensor")
-    torch.library.opcheck(torch.ops.se3pyg.radial_contract_grad_t.default, (dy, w, h), test_utils=checks)
-    torch.library.opcheck(torch.ops.se3pyg.radial_contract_grad_w.default, (t, dy, h, 2), test_utils=checks)
-    torch.library.opcheck(torch.ops.se3pyg.radial_contract_grad_h.default, (t, w, dy, 8), test_utils=checks)
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(torch.ops.se3pyg.radial_contract_grad_t.default, (dy, w, h), test_utils=utils)
+    torch.library.opcheck(torch.ops.se3pyg.radial_contract_grad_w.default, (t, dy, h, 2), test_utils=utils)
+    torch.library.opcheck(torch.ops.se3pyg.radial_contract_grad_h.default, (t, w, dy, 8), test_utils=utils)
 
 
 def test_autocast_contracts_in_its_dtype_as_the_reference_does() -> None:
