@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -131,5 +132,34 @@ def test_gpu_suite_smoke_run_on_cpu(qm9_dir: Path, tmp_path: Path) -> None:
     amp_counts = report["step_counts_amp_fp16_reassociated"]
     assert amp_counts["precision"] == "fp16" and amp_counts["host_syncs"] == 0
     assert report["train_amp_fp16_b8"]["throughput_mol_per_ms"] > 0
+    assert set(report["seconds"]) == {*jobs.split(","), "train_amp_fp16_b8"}
+    assert report["summary"] == {"failed_checks": []}  # no graphed job ran: nothing timed decides yet
     report = suite(tmp_path / "no-golden", "golden_reassociated")
     assert "no nvidia_*.pt golden files" in report["golden_reassociated"]["error"]
+
+
+def test_gpu_suite_summary_names_the_fastest_kernel_and_the_failed_checks() -> None:
+    """The suite's summary: per mode, the graphed AMP fp16 rate of each kernel timed, the fastest, the floor and
+    goal (12 and 25 mol/ms training, 40 and 60 inference); golden or operator checks that failed or raised."""
+    spec = importlib.util.spec_from_file_location(
+        "gpu_suite", Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
+    )
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    report = {
+        "graphs_train_amp_fp16_b240": {"throughput_mol_per_ms": 10.3},
+        "graphs_train_amp_fp16_b240_fused_edge_weights": {"throughput_mol_per_ms": 13.0},
+        "graphs_train_amp_fp16_b240_fused": {"error": "Traceback ..."},
+        "graphs_predict_amp_fp16_b1600_edge_weights": {"throughput_mol_per_ms": 61.0},
+        "golden_reassociated": {"nvidia_a": {"pass": True}, "nvidia_b": {"pass": True}},
+        "golden_fused": {"nvidia_a": {"pass": False}},
+        "golden_edge_weights": {"error": "Traceback ..."},
+        "operator_checks": {"fused": {"pass": True}, "fused_edge_weights": {"pass": True}},
+    }
+    assert suite.summary(report, 240, 1600) == {
+        "train": {"mol_per_ms": {"reassociated": 10.3, "fused_edge_weights": 13.0}, "fastest": "fused_edge_weights",
+                  "floor_met": True, "goal_met": False},
+        "predict": {"mol_per_ms": {"edge_weights": 61.0}, "fastest": "edge_weights", "floor_met": True,
+                    "goal_met": True},
+        "failed_checks": ["golden_fused", "golden_edge_weights"],
+    }  # fmt: skip
