@@ -20,7 +20,6 @@ from typing import Any
 from se3pyg.io import first_line
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-DEFAULT_EXPERIMENT = "se3pyg"
 #: MLflow 3 opens an experiment in its model-training view (charts, run comparison) rather than its GenAI
 #: view (traces, evaluations) when the experiment carries this tag.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
