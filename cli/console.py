@@ -35,16 +35,33 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 @contextmanager
 def one_line_errors() -> Iterator[None]:
     """What se3pyg refuses (bad options, data, checkpoints, stores) or stops for ends as one line and an exit code."""
-    from se3pyg.data import DataError
-    from se3pyg.engine.tracking import TrackingError
-    from se3pyg.engine.train import TrainingError
-
     try:
         yield
-    except TrainingError as exc:
-        raise fail(str(exc), exc.code) from None
-    except (ValueError, DataError, TrackingError) as exc:
-        raise fail(str(exc)) from None
+    except Exception as exc:
+        code = _refusal_code(exc)
+        if code is None:
+            raise
+        raise fail(str(exc), code) from None
+
+
+#: se3pyg's exceptions that end a command as one line: (module, class); ``ValueError`` too (bad options).
+REFUSALS = (("se3pyg.engine.train", "TrainingError"), ("se3pyg.data.errors", "DataError"),
+            ("se3pyg.engine.tracking", "TrackingError"))  # fmt: skip
+
+
+def _refusal_code(exc: Exception) -> int | None:
+    """The exit status of a refusal (a ``TrainingError``'s own code, else 2), ``None`` for other exceptions.
+
+    The classes are looked up among the modules already imported, not imported here: an exception of a module never
+    imported cannot have been raised, and ``se3pyg --help`` or ``se3pyg runs`` start without torch and PyG.
+    """
+    if isinstance(exc, ValueError):
+        return 2
+    for module, name in REFUSALS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(exc, cls):
+            return getattr(exc, "code", 2)
+    return None
 
 
 #: Off a terminal, a stage's progress is printed when it starts and then at most this often (seconds).

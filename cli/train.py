@@ -9,7 +9,6 @@ import typer
 
 from se3pyg.cli.console import console, one_line_errors, stage_progress
 from se3pyg.cli.options import config_options, typed_by_user
-from se3pyg.engine.checkpoint import best_path
 from se3pyg.engine.config import TrainConfig
 
 #: ``--quick``: defaults of a demo run (small model, 10,000 molecules, minutes on a CPU); typed options win.
@@ -27,6 +26,7 @@ def train(
     silent: bool = typer.Option(False, "--silent", help="Print nothing but errors and the final line."),
 ) -> None:
     """Train on QM9 (or your --dataset) with NVIDIA's recipe; every run is an MLflow run with a model."""
+    from se3pyg.engine.checkpoint import best_path
     from se3pyg.engine.train import run
 
     if quick:

@@ -9,8 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from se3pyg.processes import pid_alive
 
 
@@ -66,6 +64,8 @@ def check_writable(path: str | os.PathLike, option: str) -> None:
 
 def read_torch_file(path: str | os.PathLike) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU, or :class:`CheckpointError` naming the file."""
+    import torch  # here: this module serves the command line, which starts without torch
+
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: no such file")

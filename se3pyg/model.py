@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Literal
 
 import torch
@@ -13,28 +13,9 @@ from se3pyg.basis import Basis
 from se3pyg.fiber import Fiber, degree_to_dim
 from se3pyg.nn import AttentionBlockSE3, ConvSE3, GraphPooling, NormSE3
 from se3pyg.nn.conv import LAYOUTS, Layout
-from se3pyg.options import option
+from se3pyg.options import ModelOptions
 
 Pooling = Literal["max", "avg"]
-
-
-@dataclass
-class ModelOptions:
-    """The hyperparameters of :class:`SE3TransformerPooled` (defaults: NVIDIA's published QM9 recipe)."""
-
-    num_layers: int = option(7, "Attention layers.")
-    num_degrees: int = option(4, "Hidden degrees 0 .. N-1.")
-    num_channels: int = option(32, "Hidden channels per degree.")
-    num_heads: int = option(8, "Attention heads.")
-    channels_div: int = option(2, "Channel division for keys and values.")
-    pooling: str = option("max", "Graph pooling: max or avg.")
-    norm: bool = option(True, "Equivariant norm after each attention block.")
-    use_layer_norm: bool = option(True, "LayerNorm in the radial networks.")
-    layout: str = option("full", "Parameter layout: full, partial or pairwise.")
-    low_memory: bool = option(False, "Recompute convolution kernels in the backward pass (less memory).")
-    kernel: str = option(
-        "auto", "Kernel: edge_weights, reassociated, fused, fused_edge_weights, or auto (reassociated on GPUs)."
-    )
 
 
 def _fiber(value: Fiber | Mapping[int, int] | None) -> Fiber:

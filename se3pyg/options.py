@@ -1,14 +1,15 @@
 """Options as dataclass fields that carry their own help text.
 
 A command's options are declared once, as the fields of a config dataclass
-(:class:`se3pyg.model.ModelOptions`, :mod:`se3pyg.engine.config`); the command
-line is generated from those fields, so a default or a help text lives in one
-place.
+(:class:`ModelOptions` below, :mod:`se3pyg.engine.config`); the command line is
+generated from those fields, so a default or a help text lives in one place.
+Nothing here imports torch: ``se3pyg --help`` builds the command line from these
+classes alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import Field, field
+from dataclasses import Field, dataclass, field
 from typing import Any
 
 
@@ -20,3 +21,22 @@ def option(default: Any, help: str, *flags: str) -> Any:
 def help_of(f: Field) -> str:
     """The help text of a field declared with :func:`option` (empty for others)."""
     return f.metadata.get("help", "")
+
+
+@dataclass
+class ModelOptions:
+    """The hyperparameters of :class:`se3pyg.SE3TransformerPooled` (defaults: NVIDIA's published QM9 recipe)."""
+
+    num_layers: int = option(7, "Attention layers.")
+    num_degrees: int = option(4, "Hidden degrees 0 .. N-1.")
+    num_channels: int = option(32, "Hidden channels per degree.")
+    num_heads: int = option(8, "Attention heads.")
+    channels_div: int = option(2, "Channel division for keys and values.")
+    pooling: str = option("max", "Graph pooling: max or avg.")
+    norm: bool = option(True, "Equivariant norm after each attention block.")
+    use_layer_norm: bool = option(True, "LayerNorm in the radial networks.")
+    layout: str = option("full", "Parameter layout: full, partial or pairwise.")
+    low_memory: bool = option(False, "Recompute convolution kernels in the backward pass (less memory).")
+    kernel: str = option(
+        "auto", "Kernel: edge_weights, reassociated, fused, fused_edge_weights, or auto (reassociated on GPUs)."
+    )

@@ -18,9 +18,9 @@ from se3pyg.basis import Basis
 from se3pyg.data import get_task, qm9_splits
 from se3pyg.engine.benchmark import run_benchmark
 from se3pyg.engine.checkpoint import load_checkpoint
-from se3pyg.engine.config import BenchmarkConfig, TrainConfig
+from se3pyg.engine.config import AMP_DTYPES, BenchmarkConfig, TrainConfig
 from se3pyg.engine.distributed import DistInfo
-from se3pyg.engine.precision import Precision
+from se3pyg.engine.precision import DTYPES, Precision
 from se3pyg.engine.serving import log_trained_model
 from se3pyg.engine.state import TrainState
 from se3pyg.engine.step import predict_step, train_step
@@ -113,6 +113,7 @@ def test_auto_precision_is_fp16_on_gpus_and_bf16_on_cpu() -> None:
     assert Precision.choose(False, "auto", torch.device("cuda")).dtype is None
     with pytest.raises(ValueError, match="--amp-dtype must be fp16 or bf16"):
         Precision.choose(True, "fp8", torch.device("cpu"))
+    assert ("auto", *DTYPES) == AMP_DTYPES  # the option's names (kept without torch) are the precisions'
 
 
 def test_gradient_accumulation_steps_the_optimizer_every_k_batches(qm9_dir: Path, tmp_path: Path) -> None:

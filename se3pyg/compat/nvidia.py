@@ -27,8 +27,9 @@ from se3pyg import model
 from se3pyg.basis import Basis
 from se3pyg.fiber import Fiber
 from se3pyg.io import read_torch_file
-from se3pyg.model import ModelOptions, Pooling
+from se3pyg.model import Pooling
 from se3pyg.nn.conv import Layout
+from se3pyg.options import ModelOptions
 
 __all__ = ["Fiber", "SE3Transformer", "SE3TransformerPooled", "load_nvidia", "nvidia_layout"]
 

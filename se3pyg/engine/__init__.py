@@ -1,3 +1,6 @@
-"""Training, evaluation, prediction and benchmarks around the model."""
+"""Training, evaluation, prediction and benchmarks around the model.
 
-import se3pyg.thirdparty  # noqa: F401  (first: third-party imports without their deprecation warnings)
+Importing the package imports nothing else: the command line reads its options (:mod:`se3pyg.engine.config`)
+and MLflow stores (:mod:`se3pyg.engine.tracking`) without torch or PyG. Modules that use PyG import it through
+:mod:`se3pyg.data` or :mod:`se3pyg.model` (which import :mod:`se3pyg.thirdparty` first).
+"""

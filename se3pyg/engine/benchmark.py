@@ -17,10 +17,9 @@ import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch_geometric.data import Data
 
 from se3pyg.data import Loader, make_loader, set_epoch
 from se3pyg.engine import distributed
@@ -30,6 +29,9 @@ from se3pyg.engine.state import TrainState
 from se3pyg.engine.step import predict_step, train_step
 from se3pyg.engine.tracking import Tracker
 from se3pyg.engine.training_data import load_splits, prepare_data
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:

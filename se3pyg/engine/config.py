@@ -12,17 +12,15 @@ import dataclasses
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-
-from se3pyg.engine.precision import DTYPES
-from se3pyg.io import check_writable
-from se3pyg.model import ModelOptions
-from se3pyg.options import option
+from se3pyg.options import ModelOptions, option
 
 if TYPE_CHECKING:
+    import torch
+
     from se3pyg.data.custom import DatasetSpec
 
-AMP_DTYPES = ("auto", *DTYPES)
+#: ``--amp-dtype`` (the names of :data:`se3pyg.engine.precision.DTYPES`, and auto).
+AMP_DTYPES = ("auto", "fp16", "bf16")
 _Options = TypeVar("_Options", bound="DeviceOptions")
 
 
@@ -54,6 +52,8 @@ class DeviceOptions:
 
     def resolve_gpus(self: _Options) -> _Options:
         """A copy with ``gpus`` counted (``None``: every visible GPU), validated; ``ValueError`` when too many."""
+        import torch
+
         self.validate()
         visible = torch.cuda.device_count()
         gpus = visible if self.gpus is None else self.gpus
@@ -182,6 +182,7 @@ class TrainConfig(RunOptions):
         """Refuse what would only fail or do nothing after the data build: a training split smaller than one
         batch a process, a checkpoint path that cannot be written."""
         from se3pyg.data import NUM_MOLECULES, split_sizes
+        from se3pyg.io import check_writable
 
         train = split_sizes(self.limit or NUM_MOLECULES)[0] // self.world_size
         if self.dataset is None and train < self.batch_size:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import Batch
 
 from se3pyg.engine.distributed import DistInfo, all_reduce_sum, gather_on_main
 from se3pyg.engine.precision import Precision
 from se3pyg.engine.step import predict_step
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Batch
 
 
 @dataclass

@@ -28,12 +28,13 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import Batch
 
 from se3pyg.data.padding import PADDED_FIELDS, fits, pad_batch, static_shape
 from se3pyg.engine.precision import Precision
 
 if TYPE_CHECKING:
+    from torch_geometric.data import Batch
+
     from se3pyg.engine.state import TrainState
 
 

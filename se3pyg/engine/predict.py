@@ -9,10 +9,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import torch
-from torch_geometric.data import Batch, Data, InMemoryDataset
 
 from se3pyg.allocator import keep_freed_memory
 from se3pyg.compat.nvidia import load_nvidia
@@ -35,6 +34,9 @@ from se3pyg.engine.step import predict_step
 from se3pyg.engine.tracking import Tracker
 from se3pyg.io import atomic_write, check_writable, read_torch_file
 from se3pyg.model import SE3TransformerPooled
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Batch, Data, InMemoryDataset
 
 
 @dataclass

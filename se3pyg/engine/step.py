@@ -9,13 +9,16 @@ the host: the loss comes back as a tensor on the device.
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch_geometric.data import Batch
 
 from se3pyg.engine.precision import Precision
 from se3pyg.engine.state import TrainState
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Batch
 
 
 def train_step(state: TrainState, batch: Batch, update: bool = True) -> Tensor:
