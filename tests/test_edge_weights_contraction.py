@@ -154,7 +154,7 @@ def test_triton_kernels_compile_for_gpus_without_one(arch: int, precisions: tupl
     """Each kernel, with its tile of ``triton_edge_weights.TILES``, compiles for ``sm_{arch}`` within the block's
     shared memory, with tensor-core products (``mma``) in half precision: what the interpreter cannot show. The
     A100 (sm_80) in float16 and exact float32 only, the largest tiles in shared memory (its limit is the lower)."""
-    from se3pyg.nn import triton_edge_weights
+    from se3pyg.nn import triton_edge_weights, triton_radial
 
     kernels = {
         "contract": triton_edge_weights._forward_kernel,
@@ -163,7 +163,7 @@ def test_triton_kernels_compile_for_gpus_without_one(arch: int, precisions: tupl
     }
     for name, kernel in kernels.items():
         tile = triton_edge_weights.TILES[name]
-        options = {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
+        options = {"num_warps": tile.num_warps, "num_stages": tile.num_stages, **triton_radial.COMPILE_OPTIONS}
         for dtype, ieee in precisions:
             constexprs = dict(M=32, BU=tile.units, BJ=16, BP=tile.p, BC=tile.channels, IEEE=ieee)
             checks.assert_compiles_for_gpu(kernel, constexprs, options, arch, dtype)

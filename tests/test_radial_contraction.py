@@ -120,7 +120,8 @@ def test_triton_kernels_compile_for_gpus_without_one(arch: int) -> None:
         tile = triton_radial.TILES[name]
         for dtype, ieee in (("fp16", False), ("bf16", False), ("fp32", True), ("fp32", False)):
             constexprs = dict(M=32, BR=tile.rows, BC=tile.channels, BP=tile.p, IEEE=ieee)
-            checks.assert_compiles_for_gpu(kernel, constexprs, {"num_warps": tile.num_warps}, arch, dtype)
+            options = {"num_warps": tile.num_warps, **triton_radial.COMPILE_OPTIONS}
+            checks.assert_compiles_for_gpu(kernel, constexprs, options, arch, dtype)
 
 
 @checks.needs_cuda_and_triton

@@ -174,11 +174,17 @@ def _grad_h_kernel(
     tl.store(dh_ptr + edges[:, None] * M + ms[None, :], acc.to(dh_ptr.dtype.element_ty), mask=edge_ok[:, None])
 
 
+#: Compile options of every Triton contraction: multiplies and adds fused (FMA), stated rather than left to Triton's
+#: default, which is on through Triton 3.9 (the versions tested) and turns off in 3.10.
+COMPILE_OPTIONS = {"enable_fp_fusion": True}
+
+
 def _options(t: Tensor) -> dict:
-    """Every Triton contraction's precision on inputs like ``t``: exact float32 products unless TF32 is allowed."""
+    """Every Triton contraction's precision on inputs like ``t``: exact float32 products unless TF32 is allowed; and
+    :data:`COMPILE_OPTIONS`."""
     if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"the Triton contractions take float16, bfloat16 or float32, got {t.dtype}")
-    return dict(IEEE=t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32)
+    return dict(IEEE=t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32, **COMPILE_OPTIONS)
 
 
 def contract(t: Tensor, w: Tensor, h: Tensor, components: int) -> Tensor:
