@@ -45,8 +45,11 @@ def one_line_errors() -> Iterator[None]:
 
 
 #: se3pyg's exceptions that end a command as one line: (module, class); ``ValueError`` too (bad options).
-REFUSALS = (("se3pyg.engine.train", "TrainingError"), ("se3pyg.data.errors", "DataError"),
-            ("se3pyg.engine.tracking", "TrackingError"))  # fmt: skip
+REFUSALS = (
+    ("se3pyg.engine.train", "TrainingError"),
+    ("se3pyg.data.errors", "DataError"),
+    ("se3pyg.engine.tracking", "TrackingError"),
+)
 
 
 def _refusal_code(exc: Exception) -> int | None:
@@ -60,7 +63,7 @@ def _refusal_code(exc: Exception) -> int | None:
     for module, name in REFUSALS:
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(exc, cls):
-            return getattr(exc, "code", 2)
+            return exc.code if name == "TrainingError" else 2
     return None
 
 
