@@ -35,7 +35,7 @@ from se3pyg.engine.config import BenchmarkConfig  # noqa: E402
 from se3pyg.engine.counting import count_training_step  # noqa: E402
 from se3pyg.engine.precision import DTYPES  # noqa: E402
 from se3pyg.model import SE3TransformerPooled  # noqa: E402
-from se3pyg.nn.conv import ConvSE3  # noqa: E402
+from se3pyg.nn.conv import KERNELS, ConvSE3, auto_kernel  # noqa: E402
 
 KEYS = ("x", "pos", "edge_index", "edge_attr")
 
@@ -496,11 +496,12 @@ def summary(report: dict, small: int, big: int) -> dict:
         return True
 
     decided: dict[str, Any] = {}
+    default = auto_kernel("cuda")  # what the jobs without a kernel in their name run
     for mode, batch in (("train", small), ("predict", big)):
         prefix = f"graphs_{mode}_amp_fp16_b{batch}"
         rates = {}
-        for kernel in ("reassociated", "edge_weights", "fused", "fused_edge_weights"):
-            job = report.get(prefix if kernel == "reassociated" else f"{prefix}_{kernel}", {})
+        for kernel in (k for k in KERNELS if k != "auto"):
+            job = report.get(f"{prefix}_{kernel}") or (report.get(prefix, {}) if kernel == default else {})
             if "throughput_mol_per_ms" in job:
                 rates[kernel] = round(job["throughput_mol_per_ms"], 2)
         candidates = [kernel for kernel in rates if correct(kernel)]
