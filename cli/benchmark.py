@@ -18,10 +18,13 @@ def benchmark(
     values: dict[str, Any], mode: str = typer.Argument(..., help="train, predict or data (the loader alone).")
 ) -> None:
     """Measure throughput (mol/ms), latency and peak memory; the last line is one JSON object."""
+    with one_line_errors():
+        config = BenchmarkConfig(mode=mode, **values)
+        config.validate()  # before torch loads: a mistyped option is told at once
     from se3pyg.engine.benchmark import run_benchmark
 
     with one_line_errors():
-        result = run_benchmark(BenchmarkConfig(mode=mode, **values))
+        result = run_benchmark(config)
     if result is None:  # a torchrun rank other than 0
         return
     table = Table(title=f"se3pyg benchmark {mode} on {result['device']}")

@@ -13,10 +13,13 @@ from se3pyg.engine.config import PredictConfig
 @config_options(PredictConfig)
 def predict(values: dict[str, Any]) -> None:
     """Evaluate a checkpoint on a split of QM9 or of a --dataset (an MLflow run), or predict for XYZ/SDF molecules."""
+    with one_line_errors():
+        config = PredictConfig(**values)
+        config.validate()  # before torch loads: a mistyped option is told at once
     from se3pyg.engine.predict import run_predict, write_predictions_csv
 
     with one_line_errors():
-        done = run_predict(PredictConfig(**values))
+        done = run_predict(config)
     if done.values is not None and done.output is None:  # the CSV is the output: nothing else on stdout
         write_predictions_csv(sys.stdout, done.names, done.task, done.values)
     elif done.output is not None:

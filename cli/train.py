@@ -26,12 +26,15 @@ def train(
     silent: bool = typer.Option(False, "--silent", help="Print nothing but errors and the final line."),
 ) -> None:
     """Train on QM9 (or your --dataset) with NVIDIA's recipe; every run is an MLflow run with a model."""
-    from se3pyg.engine.checkpoint import best_path
-    from se3pyg.engine.train import run
-
     if quick:
         values.update({k: v for k, v in QUICK.items() if not typed_by_user(ctx, k)})
+    with one_line_errors():
+        config = TrainConfig(**values)
+        config.validate()  # before torch loads: a mistyped option is told at once
+    if quick:
         console.print("se3pyg --quick: a demo run (small model, 10,000 QM9 molecules), not the published recipe")
+    from se3pyg.engine.checkpoint import best_path
+    from se3pyg.engine.train import run
 
     def report(m: dict[str, float]) -> None:
         if not silent:
@@ -44,7 +47,7 @@ def train(
 
     start = time.perf_counter()
     with one_line_errors(), stage_progress() as progress:
-        result = run(TrainConfig(**values), on_epoch=report, on_progress=None if silent else progress)
+        result = run(config, on_epoch=report, on_progress=None if silent else progress)
     if result is None:
         return
     if result.skipped:

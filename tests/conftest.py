@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import se3pyg.thirdparty  # noqa: F401  (first, as in se3pyg: PyG imported without its deprecation warnings)
+
+# isort: split
 import os
 import subprocess
 import sys

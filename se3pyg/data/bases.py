@@ -10,6 +10,9 @@ on the model's device (:class:`se3pyg.basis.Basis`).
 
 from __future__ import annotations
 
+import se3pyg.thirdparty  # noqa: F401  (first: third-party imports without their deprecation warnings)
+
+# isort: split
 import torch
 from torch_geometric.data import InMemoryDataset
 

@@ -23,6 +23,9 @@ GPU reads nothing back from it.
 
 from __future__ import annotations
 
+import se3pyg.thirdparty  # noqa: F401  (first: third-party imports without their deprecation warnings)
+
+# isort: split
 import math
 import weakref
 from collections.abc import Iterator

@@ -11,6 +11,9 @@ source or a damaged cache is rebuilt.
 
 from __future__ import annotations
 
+import se3pyg.thirdparty  # noqa: F401  (first: third-party imports without their deprecation warnings)
+
+# isort: split
 import csv
 import hashlib
 import json

@@ -8,6 +8,9 @@ SDF lists its own).
 
 from __future__ import annotations
 
+import se3pyg.thirdparty  # noqa: F401  (first: third-party imports without their deprecation warnings)
+
+# isort: split
 import math
 import os
 from collections.abc import Iterator, Sequence

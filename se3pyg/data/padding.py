@@ -12,6 +12,9 @@ those of the unpadded batch.
 
 from __future__ import annotations
 
+import se3pyg.thirdparty  # noqa: F401  (first: third-party imports without their deprecation warnings)
+
+# isort: split
 import torch
 from torch_geometric.data import Batch
 

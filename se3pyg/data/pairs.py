@@ -15,6 +15,9 @@ batches of a paired one).
 
 from __future__ import annotations
 
+import se3pyg.thirdparty  # noqa: F401  (first: third-party imports without their deprecation warnings)
+
+# isort: split
 import copy
 
 import torch

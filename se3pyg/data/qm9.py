@@ -14,6 +14,9 @@ written, last and atomically; everything is built in a scratch folder first.
 
 from __future__ import annotations
 
+import se3pyg.thirdparty  # noqa: F401  (first: third-party imports without their deprecation warnings)
+
+# isort: split
 import ast
 import contextlib
 import csv

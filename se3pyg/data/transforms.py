@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import se3pyg.thirdparty  # noqa: F401  (first: third-party imports without their deprecation warnings)
+
+# isort: split
 import torch
 from torch import Tensor
 from torch_geometric.data import Data

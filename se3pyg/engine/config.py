@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 #: ``--amp-dtype`` (the names of :data:`se3pyg.engine.precision.DTYPES`, and auto).
 AMP_DTYPES = ("auto", "fp16", "bf16")
+#: ``--optimizer``: AdamW, SGD with momentum, LAMB (:func:`se3pyg.engine.optim.make_optimizer`).
+OPTIMIZERS = ("adam", "sgd", "lamb")
 _Options = TypeVar("_Options", bound="DeviceOptions")
 
 
@@ -157,7 +159,6 @@ class TrainConfig(RunOptions):
 
     def validate(self) -> None:
         from se3pyg.data.tasks import get_task
-        from se3pyg.engine.optim import OPTIMIZERS
 
         if self.dataset is None:
             get_task(self.task or "homo")  # the task first: a typo there is the commonest mistake

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-OPTIMIZERS = ("adam", "sgd", "lamb")
+from se3pyg.engine.config import OPTIMIZERS
 
 
 class Lamb(torch.optim.Optimizer):
