@@ -50,7 +50,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 
 def check_writable(path: str | os.PathLike, option: str) -> None:
     """``ValueError`` naming ``option`` when ``path`` cannot be written (a directory, a parent that cannot be
-    created or written): checked before the work whose result it will hold."""
+    created or written in): checked before the work whose result it will hold."""
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"{option} {p}: is a directory")
@@ -58,8 +58,16 @@ def check_writable(path: str | os.PathLike, option: str) -> None:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"{option} {p}: cannot create {p.parent} ({exc.strerror})") from None
-    if not os.access(p.parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+    if p.exists() and not os.access(p, os.W_OK):
         raise ValueError(f"{option} {p}: not writable")
+    # A file made and removed, named as atomic_write's temporaries (so a killed probe's is cleared by the next
+    # write): permission bits say nothing for root, read-only mounts or /proc.
+    probe = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_WRONLY))
+    except OSError as exc:
+        raise ValueError(f"{option} {p}: cannot write in {p.parent} ({exc.strerror})") from None
+    probe.unlink()
 
 
 def read_torch_file(path: str | os.PathLike) -> Any:
@@ -92,6 +100,8 @@ def exclusive_use(path: str | os.PathLike, option: str) -> Iterator[None]:
                 raise ValueError(f"{option} {target}: in use by process {held[0]} on {held[1]}") from None
             lock.unlink(missing_ok=True)  # stale: its process is gone
             continue
+        except OSError as exc:
+            raise ValueError(f"{option} {target}: cannot write its lock {lock} ({exc.strerror})") from None
         with os.fdopen(fd, "w") as handle:
             handle.write(f"{os.getpid()} {host}")
         break

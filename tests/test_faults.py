@@ -13,6 +13,7 @@ import torch
 from se3pyg.engine.checkpoint import best_path, load_checkpoint, save_checkpoint
 from se3pyg.engine.config import TrainConfig
 from se3pyg.engine.train import run
+from se3pyg.io import check_writable, exclusive_use
 
 from .conftest import QM9_SUBSET
 
@@ -39,6 +40,21 @@ def test_a_checkpoint_path_held_by_a_live_run_is_refused(qm9_dir: Path, tmp_path
     lock.write_text(f"{_dead_pid()} {socket.gethostname()}")  # left by a killed run: stale
     assert run(_config(qm9_dir, tmp_path, epochs=1, save_ckpt_path=str(ckpt))) is not None
     assert ckpt.is_file() and not lock.exists()  # released at the end
+
+
+def test_a_checkpoint_path_whose_folder_takes_no_files_is_refused_by_name() -> None:
+    """Permission bits say nothing for root or /proc: a file is made and removed to check, the lock's own
+    failure is a refusal too, and neither leaves anything behind."""
+    with pytest.raises(ValueError, match=r"--save-ckpt-path /proc/model.pt: cannot write in /proc \("):
+        check_writable("/proc/model.pt", "--save-ckpt-path")
+    lock = exclusive_use("/proc/model.pt", "--save-ckpt-path")
+    with pytest.raises(ValueError, match=r"--save-ckpt-path /proc/model.pt: cannot write its lock /proc/.model"):
+        lock.__enter__()
+
+
+def test_the_writability_check_leaves_nothing_behind(tmp_path: Path) -> None:
+    check_writable(tmp_path / "sub" / "model.pt", "--save-ckpt-path")
+    assert [p.name for p in tmp_path.rglob("*")] == ["sub"]
 
 
 def test_temporaries_of_killed_writes_are_removed_by_the_next_write(tmp_path: Path) -> None:

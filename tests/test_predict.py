@@ -127,6 +127,8 @@ def test_an_output_that_is_an_input_or_unwritable_is_refused_first(trained: Path
     assert source.read_bytes() == before
     done = _cli("--ckpt", str(trained), "--input", str(source), "--output", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 2 and f"--output {tmp_path}: is a directory" in done.stderr
+    done = _cli("--ckpt", str(trained), "--input", str(source), "--output", "/proc/out.csv", cwd=tmp_path)
+    assert done.returncode == 2 and "--output /proc/out.csv: cannot write in /proc" in done.stderr  # root too
 
 
 def test_nvidia_checkpoint_needs_target_statistics(inputs: Path, tmp_path: Path) -> None:

@@ -201,6 +201,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(qm9_dir: Path,
         (["--amp-dtype", "bf16"], "--amp-dtype bf16 needs --amp"),
         (["--batch-size", "500"], "--batch-size 500: the training split has 229 molecules a process"),
         (["--save-ckpt-path", "."], "--save-ckpt-path .: is a directory"),
+        (["--save-ckpt-path", "/proc/model.pt"], "--save-ckpt-path /proc/model.pt: cannot write in /proc"),
         (["--tracking-uri", "http://127.0.0.1:9"], "MLflow tracking store http://127.0.0.1:9 is unreachable"),
     ],
 )
