@@ -203,6 +203,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(qm9_dir: Path,
         (["--save-ckpt-path", "."], "--save-ckpt-path .: is a directory"),
         (["--save-ckpt-path", "/proc/model.pt"], "--save-ckpt-path /proc/model.pt: cannot write in /proc"),
         (["--tracking-uri", "http://127.0.0.1:9"], "MLflow tracking store http://127.0.0.1:9 is unreachable"),
+        (["--tracking-uri", "sqlite:////proc/m.db"], "MLflow tracking store /proc/m.db: cannot write in /proc"),
     ],
 )
 def test_bad_training_options_are_one_line_errors(qm9_dir: Path, tmp_path: Path, args: list[str], message: str) -> None:

@@ -120,12 +120,20 @@ def serve_ui(uri: str, host: str, port: int) -> int:
             os.killpg(server.pid, signal.SIGTERM)  # workers the server left behind
 
 
-def check_reachable(uri: str) -> None:
-    """A tracking server must answer within seconds: fail fast, and never stall a run in MLflow's retries."""
+def check_reachable(uri: str, writing: bool = False) -> None:
+    """A tracking server must answer within seconds: fail fast, and never stall a run in MLflow's retries.
+
+    ``writing``: a local SQLite store that a run will write must be in a folder that takes files (created if
+    missing): its journal and the run's artifacts go there.
+    """
     if uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         _probe(uri)
+    elif writing and uri.startswith("sqlite:///"):
+        from se3pyg.io import check_writable
+
+        check_writable(uri.removeprefix("sqlite:///"), "MLflow tracking store")
 
 
 @contextlib.contextmanager
@@ -172,9 +180,7 @@ class Tracker:
         self._mlflow = mlflow
         self.uri = resolve_tracking_uri(uri)
         self.active = True
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        check_reachable(self.uri)
+        check_reachable(self.uri, writing=True)
         try:
             with _first_use_lock(self.uri):
                 self._start(experiment, run_name, tags)

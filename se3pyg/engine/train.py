@@ -78,7 +78,7 @@ def run(
     config = config.resolve_gpus()
     config.check_before_training()
     if distributed.is_main_process():
-        check_reachable(resolve_tracking_uri(config.tracking_uri))  # before the data build, not after
+        check_reachable(resolve_tracking_uri(config.tracking_uri), writing=True)  # before the data build
     checkpoint = load_checkpoint(config.load_ckpt_path) if config.load_ckpt_path else None
     config = (
         config.resumed_from(checkpoint)
