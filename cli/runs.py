@@ -21,10 +21,10 @@ def ui(
     experiment: str = typer.Option("se3pyg", help="MLflow experiment whose runs page to print."),
 ) -> None:
     """The MLflow UI over the run store, until Ctrl-C (the server stops with it)."""
-    from se3pyg.engine.tracking import check_port_free, is_loopback, resolve_tracking_uri, runs_page, serve_ui
+    from se3pyg.engine import tracking
 
-    uri = resolve_tracking_uri(tracking_uri)
-    if not is_loopback(host):
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    if not tracking.is_loopback(host):
         err_console.print(
             f"warning: --host {host} serves the MLflow UI and its API, without authentication, to the network",
             markup=False,
@@ -32,9 +32,10 @@ def ui(
             soft_wrap=True,
         )
     with one_line_errors():
-        check_port_free(host, port)
-        console.print(f"MLflow UI for {uri}: {runs_page(uri, experiment, f'http://{host}:{port}')}", highlight=False)
-        status = serve_ui(uri, host, port)
+        tracking.check_servable(uri, host, port)
+        page = tracking.runs_page(uri, experiment, f"http://{host}:{port}")
+        console.print(f"MLflow UI for {uri}: {page}", highlight=False)
+        status = tracking.serve_ui(uri, host, port)
     raise typer.Exit(status)
 
 

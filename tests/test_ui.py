@@ -105,6 +105,17 @@ def test_ui_refuses_a_taken_port_and_warns_beyond_loopback(tmp_path: Path) -> No
         assert done.returncode == 2  # the port is taken there too: nothing was served
 
 
+def test_ui_refuses_a_port_out_of_range_and_a_store_it_could_not_open(tmp_path: Path) -> None:
+    """One line each, at once: not a traceback, nor a server retrying a store it cannot create for minutes."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    for port in ("65536", "-1"):
+        done = run_se3pyg("ui", "--tracking-uri", uri, "--port", port, cwd=tmp_path, timeout=60)
+        assert done.returncode == 2 and f"--port {port}: must be between 0 and 65535" in done.stderr, done.stderr
+    done = run_se3pyg("ui", "--tracking-uri", "sqlite:////proc/mlflow.db", "--port", "0", cwd=tmp_path, timeout=60)
+    assert done.returncode == 2 and "MLflow tracking store /proc/mlflow.db: cannot write in /proc" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was served, nor created
+
+
 def test_sigterm_to_ui_stops_its_server(tmp_path: Path) -> None:
     port = distributed.free_port()
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -84,11 +84,21 @@ def is_loopback(host: str) -> bool:
 
 def check_port_free(host: str, port: int) -> None:
     """:class:`TrackingError` naming ``--port`` when ``host:port`` cannot be bound (in use, not an address here)."""
+    if not 0 <= port <= 65535:
+        raise TrackingError(f"--port {port}: must be between 0 and 65535")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:
             probe.bind((host, port))
         except OSError as exc:
             raise TrackingError(f"--port {port}: {host}:{port} cannot be served ({exc.strerror})") from None
+
+
+def check_servable(uri: str, host: str, port: int) -> None:
+    """What :func:`serve_ui` needs, refused by name: ``host:port`` free, and a local SQLite store that exists or
+    can be created (the server would retry one it cannot open for minutes)."""
+    check_port_free(host, port)
+    missing = uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()
+    check_reachable(uri, writing=missing)
 
 
 def serve_ui(uri: str, host: str, port: int) -> int:
@@ -99,7 +109,7 @@ def serve_ui(uri: str, host: str, port: int) -> int:
     import signal
     import subprocess
 
-    check_port_free(host, port)
+    check_servable(uri, host, port)
     cmd, env = ui_server_command(uri, host, port)
     server = subprocess.Popen(cmd, env=env, start_new_session=True)
     stopped_by: list[int] = []
