@@ -46,6 +46,8 @@ def test_option_errors_are_told_before_torch_loads(tmp_path: Path) -> None:
         ("train", "--optimizer", "adamw"): "--optimizer must be one of adam, sgd, lamb, got 'adamw'",
         ("train", "--num-heads", "3"): "--num-heads 3 must divide num_channels / channels_div = 16",
         ("predict", "--ckpt", "model.pt", "--split", "train"): "--split must be test or val",
+        ("predict", "--ckpt", "model.pt"): "--ckpt model.pt: no such file",
+        ("train", "--load-ckpt-path", "."): "--load-ckpt-path .: is a folder, not a file",
         ("benchmark", "train", "--steps", "0"): "--steps must be >= 1",
     }
     heavy = ("torch", "torch_geometric", "e3nn", "mlflow")

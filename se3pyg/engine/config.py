@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from se3pyg.options import ModelOptions, option
@@ -24,6 +25,14 @@ AMP_DTYPES = ("auto", "fp16", "bf16")
 #: ``--optimizer``: AdamW, SGD with momentum, LAMB (:func:`se3pyg.engine.optim.make_optimizer`).
 OPTIMIZERS = ("adam", "sgd", "lamb")
 _Options = TypeVar("_Options", bound="DeviceOptions")
+
+
+def check_file(path: str, option: str) -> None:
+    """``ValueError`` naming ``option`` when ``path`` is not a file: told before torch loads."""
+    if Path(path).is_dir():
+        raise ValueError(f"{option} {path}: is a folder, not a file")
+    if not Path(path).is_file():
+        raise ValueError(f"{option} {path}: no such file")
 
 
 @dataclass
@@ -178,6 +187,8 @@ class TrainConfig(RunOptions):
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
         if self.num_workers < 0:
             raise ValueError(f"--num-workers must be >= 0, got {self.num_workers}")
+        if self.load_ckpt_path is not None:
+            check_file(self.load_ckpt_path, "--load-ckpt-path")
 
     def check_before_training(self) -> None:
         """Refuse what would only fail or do nothing after the data build: a training split smaller than one
@@ -280,3 +291,5 @@ class PredictConfig(DeviceOptions):
         super().validate()
         if self.split not in ("test", "val", "all") or (self.split == "all" and self.dataset is None):
             raise ValueError(f"--split must be test or val (or all, with --dataset), got {self.split!r}")
+        if not self.ckpt.startswith(("runs:/", "models:/")):  # else an MLflow model or run artifact
+            check_file(self.ckpt, "--ckpt")
