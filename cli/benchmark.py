@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from se3pyg.cli.console import console, one_line_errors
-from se3pyg.cli.options import config_options
+from se3pyg.cli.options import config_options, validated
 from se3pyg.engine.config import BenchmarkConfig
 
 
@@ -18,9 +18,7 @@ def benchmark(
     values: dict[str, Any], mode: str = typer.Argument(..., help="train, predict or data (the loader alone).")
 ) -> None:
     """Measure throughput (mol/ms), latency and peak memory; the last line is one JSON object."""
-    with one_line_errors():
-        config = BenchmarkConfig(mode=mode, **values)
-        config.validate()  # before torch loads: a mistyped option is told at once
+    config = validated(BenchmarkConfig, mode=mode, **values)
     from se3pyg.engine.benchmark import run_benchmark
 
     with one_line_errors():

@@ -7,11 +7,17 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
+from se3pyg.cli.console import one_line_errors
 from se3pyg.options import help_of
+
+if TYPE_CHECKING:
+    from se3pyg.engine.config import DeviceOptions
+
+_Config = TypeVar("_Config", bound="DeviceOptions")
 
 
 def _fields(cls: type) -> list[dataclasses.Field]:
@@ -71,3 +77,12 @@ def typed_by_user(ctx: typer.Context, name: str) -> bool:
     """Whether option ``name`` came from the command line (not from its default)."""
     source = ctx.get_parameter_source(name)
     return source is not None and source.name != "DEFAULT"
+
+
+def validated(cls: type[_Config], **values: Any) -> _Config:
+    """The command's config, validated before the engine (and torch) loads: a mistyped option is refused at once,
+    as one line."""
+    with one_line_errors():
+        config = cls(**values)
+        config.validate()
+    return config

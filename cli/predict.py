@@ -6,16 +6,14 @@ import sys
 from typing import Any
 
 from se3pyg.cli.console import console, one_line_errors
-from se3pyg.cli.options import config_options
+from se3pyg.cli.options import config_options, validated
 from se3pyg.engine.config import PredictConfig
 
 
 @config_options(PredictConfig)
 def predict(values: dict[str, Any]) -> None:
     """Evaluate a checkpoint on a split of QM9 or of a --dataset (an MLflow run), or predict for XYZ/SDF molecules."""
-    with one_line_errors():
-        config = PredictConfig(**values)
-        config.validate()  # before torch loads: a mistyped option is told at once
+    config = validated(PredictConfig, **values)
     from se3pyg.engine.predict import run_predict, write_predictions_csv
 
     with one_line_errors():

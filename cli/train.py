@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from se3pyg.cli.console import console, one_line_errors, stage_progress
-from se3pyg.cli.options import config_options, typed_by_user
+from se3pyg.cli.options import config_options, typed_by_user, validated
 from se3pyg.engine.config import TrainConfig
 
 #: ``--quick``: defaults of a demo run (small model, 10,000 molecules, minutes on a CPU); typed options win.
@@ -28,9 +28,7 @@ def train(
     """Train on QM9 (or your --dataset) with NVIDIA's recipe; every run is an MLflow run with a model."""
     if quick:
         values.update({k: v for k, v in QUICK.items() if not typed_by_user(ctx, k)})
-    with one_line_errors():
-        config = TrainConfig(**values)
-        config.validate()  # before torch loads: a mistyped option is told at once
+    config = validated(TrainConfig, **values)
     if quick:
         console.print("se3pyg --quick: a demo run (small model, 10,000 QM9 molecules), not the published recipe")
     from se3pyg.engine.checkpoint import best_path
