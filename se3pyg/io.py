@@ -48,6 +48,14 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def check_file(path: str | os.PathLike, option: str) -> None:
+    """``ValueError`` naming ``option`` when ``path`` is not a file to read."""
+    if Path(path).is_dir():
+        raise ValueError(f"{option} {path}: is a folder, not a file")
+    if not Path(path).is_file():
+        raise ValueError(f"{option} {path}: no such file")
+
+
 def check_writable(path: str | os.PathLike, option: str) -> None:
     """``ValueError`` naming ``option`` when ``path`` cannot be written (a directory, a parent that cannot be
     created or written in): checked before the work whose result it will hold."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from se3pyg.io import check_file, check_writable
 from se3pyg.options import ModelOptions, option
 
 if TYPE_CHECKING:
@@ -25,14 +25,6 @@ AMP_DTYPES = ("auto", "fp16", "bf16")
 #: ``--optimizer``: AdamW, SGD with momentum, LAMB (:func:`se3pyg.engine.optim.make_optimizer`).
 OPTIMIZERS = ("adam", "sgd", "lamb")
 _Options = TypeVar("_Options", bound="DeviceOptions")
-
-
-def check_file(path: str, option: str) -> None:
-    """``ValueError`` naming ``option`` when ``path`` is not a file: told before torch loads."""
-    if Path(path).is_dir():
-        raise ValueError(f"{option} {path}: is a folder, not a file")
-    if not Path(path).is_file():
-        raise ValueError(f"{option} {path}: no such file")
 
 
 @dataclass
@@ -194,7 +186,6 @@ class TrainConfig(RunOptions):
         """Refuse what would only fail or do nothing after the data build: a training split smaller than one
         batch a process, a checkpoint path that cannot be written."""
         from se3pyg.data import NUM_MOLECULES, split_sizes
-        from se3pyg.io import check_writable
 
         train = split_sizes(self.limit or NUM_MOLECULES)[0] // self.world_size
         if self.dataset is None and train < self.batch_size:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from se3pyg.io import first_line
+from se3pyg.io import check_writable, first_line
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 #: MLflow 3 opens an experiment in its model-training view (charts, run comparison) rather than its GenAI
@@ -41,11 +41,15 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a local SQLite store (``sqlite:///PATH``), ``None`` for other stores."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def artifact_location(uri: str) -> str | None:
     """Artifacts beside a local SQLite store (``.../mlruns/mlflow.db`` -> ``.../mlruns/``)."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).resolve().parent.as_uri()
-    return None
+    db = sqlite_file(uri)
+    return None if db is None else db.resolve().parent.as_uri()
 
 
 def runs_page(uri: str, experiment: str, base_url: str) -> str:
@@ -97,8 +101,8 @@ def check_servable(uri: str, host: str, port: int) -> None:
     """What :func:`serve_ui` needs, refused by name: ``host:port`` free, and a local SQLite store that exists or
     can be created (the server would retry one it cannot open for minutes)."""
     check_port_free(host, port)
-    missing = uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()
-    check_reachable(uri, writing=missing)
+    db = sqlite_file(uri)
+    check_reachable(uri, writing=db is not None and not db.is_file())
 
 
 def serve_ui(uri: str, host: str, port: int) -> int:
@@ -140,21 +144,20 @@ def check_reachable(uri: str, writing: bool = False) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         _probe(uri)
-    elif writing and uri.startswith("sqlite:///"):
-        from se3pyg.io import check_writable
-
-        check_writable(uri.removeprefix("sqlite:///"), "MLflow tracking store")
+    elif writing and (db := sqlite_file(uri)) is not None:
+        check_writable(db, "MLflow tracking store")
 
 
 @contextlib.contextmanager
 def _first_use_lock(uri: str) -> Iterator[None]:
     """Processes opening one SQLite store take turns (the first creates its tables: two at once collide)."""
-    if not uri.startswith("sqlite:///"):
+    db = sqlite_file(uri)
+    if db is None:
         yield
         return
     import fcntl
 
-    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock = Path(f"{db}.lock")
     with lock.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -286,7 +289,8 @@ def list_runs(uri: str | None, experiment: str, task: str | None = None) -> list
     import mlflow
 
     uri = resolve_tracking_uri(uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    db = sqlite_file(uri)
+    if db is not None and not db.is_file():
         raise TrackingError(f"MLflow tracking store {uri}: no store there yet (nothing has been tracked)")
     check_reachable(uri)
     try:
