@@ -1,11 +1,11 @@
-"""Files: atomic writes, and PyTorch files read without running code."""
+"""Files: atomic writes, locks, paths a command may not write over, and PyTorch files read without running code."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,31 +91,109 @@ def read_torch_file(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
 
 
-@contextlib.contextmanager
-def exclusive_use(path: str | os.PathLike, option: str) -> Iterator[None]:
-    """Hold ``path`` for this process (a lock file ``.NAME.lock`` beside it with the pid and host), so that
-    a second run writing the same file is refused; a lock whose process is gone is stale and taken over."""
-    target = Path(path)
-    lock = target.with_name(f".{target.name}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    host = socket.gethostname()
-    for _ in range(2):
+def _take_lock(lock: Path, wait: bool) -> int | None:
+    """A descriptor of ``lock`` holding its exclusive ``flock`` (``None`` when another process holds it and
+    ``wait`` is false). The kernel drops the lock when its holder dies, so no lock is ever stale; a lock file
+    removed or replaced between the open and the lock is opened again."""
+    import fcntl
+
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            held = lock.read_text().split()
-            if len(held) == 2 and held[0].isdigit() and (held[1] != host or pid_alive(int(held[0]))):
-                raise ValueError(f"{option} {target}: in use by process {held[0]} on {held[1]}") from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        except OSError as exc:
-            raise ValueError(f"{option} {target}: cannot write its lock {lock} ({exc.strerror})") from None
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"{os.getpid()} {host}")
-        break
-    else:
-        raise ValueError(f"{option} {target}: its lock {lock} could not be taken")
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            current = os.stat(lock).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            return fd
+        os.close(fd)  # its holder released and removed it meanwhile
+
+
+def best_path(path: str | os.PathLike) -> Path:
+    """Where the best-validation checkpoint goes beside ``path``: ``model.pt`` -> ``model.best.pt``."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.best{p.suffix or '.pt'}")
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of :func:`exclusive_use` beside ``path``: ``.NAME.lock``."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.lock")
+
+
+def cache_dir(source: str | os.PathLike) -> Path:
+    """``SOURCE.se3pyg``: the processed cache of a ``--dataset``, beside its file or folder."""
+    path = Path(source).resolve()
+    return path.with_name(path.name + ".se3pyg")
+
+
+@contextlib.contextmanager
+def exclusive_use(path: str | os.PathLike, option: str, wait: bool = False) -> Iterator[None]:
+    """Hold ``path`` for this process: an ``flock`` on ``.NAME.lock`` beside it, which records the holder's pid
+    and host. A second process is refused naming the holder, or with ``wait`` waits its turn; a holder that dies
+    (even by SIGKILL) releases the lock with its process."""
+    target = Path(path)
+    lock = lock_path(target)
     try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = _take_lock(lock, wait)
+    except OSError as exc:
+        raise ValueError(f"{option} {target}: cannot write its lock {lock} ({exc.strerror})") from None
+    if fd is None:
+        try:
+            held = lock.read_text().split()
+        except OSError:
+            held = []
+        holder = f"process {held[0]} on {held[1]}" if len(held) == 2 else "another process"
+        raise ValueError(f"{option} {target}: in use by {holder}")
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}".encode())
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)  # before the release: a waiter that gets the old file opens the path again
+        os.close(fd)
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two resolved paths name one file (hard links too)."""
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+PathsOf = Iterable[tuple[str, "str | os.PathLike"]]
+"""``(option, path)`` pairs: what a command reads or writes, named as its error messages name them."""
+
+
+def refuse_overwrites(reads: PathsOf, writes: PathsOf) -> None:
+    """``ValueError`` when a command would write over what it reads or writes elsewhere.
+
+    ``reads`` and ``writes`` are ``(option, path)`` pairs; links are resolved. A path written may not be a file
+    read, lie inside a folder read (the files found in an input folder, a data folder), or be written by another
+    option as well.
+    """
+    read = [(option, Path(path), _resolved(path)) for option, path in reads]
+    written: list[tuple[str, Path, Path]] = []
+    for option, path in writes:
+        target = _resolved(path)
+        for other, given, resolved in read:
+            if _same_file(target, resolved):
+                raise ValueError(f"{option} {path}: is {other} {given}, which this command reads; not overwritten")
+            if resolved.is_dir() and target.is_relative_to(resolved):
+                raise ValueError(f"{option} {path}: lies inside {other} {given}, which this command reads")
+        for other, given, resolved in written:
+            if _same_file(target, resolved):
+                raise ValueError(f"{option} {path}: {other} {given} is written there too")
+        written.append((option, Path(path), target))

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
+import multiprocessing
 import os
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -30,16 +35,74 @@ def _config(qm9_dir: Path, tmp_path: Path, **options: object) -> TrainConfig:
     return TrainConfig(**{**TINY, **options}, data_dir=str(qm9_dir), tracking_uri=f"sqlite:///{tmp_path}/m.db")
 
 
+def _holder(path: Path) -> subprocess.Popen:
+    """A live process holding ``path`` through :func:`exclusive_use` until it is killed."""
+    code = "import sys, time\nfrom se3pyg.io import exclusive_use\nwith exclusive_use(sys.argv[1], 'x'):\n"
+    code += "    print('held', flush=True)\n    time.sleep(600)\n"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_a_checkpoint_path_held_by_a_live_run_is_refused(qm9_dir: Path, tmp_path: Path) -> None:
     ckpt = tmp_path / "model.pt"
     lock = tmp_path / ".model.pt.lock"
-    lock.write_text(f"{os.getpid()} {socket.gethostname()}")  # a live process holds it
-    with pytest.raises(ValueError, match=rf"--save-ckpt-path {ckpt}: in use by process {os.getpid()}"):
-        run(_config(qm9_dir, tmp_path, epochs=1, save_ckpt_path=str(ckpt)))
+    holder = _holder(ckpt)
+    try:
+        with pytest.raises(ValueError, match=rf"--save-ckpt-path {ckpt}: in use by process {holder.pid}"):
+            run(_config(qm9_dir, tmp_path, epochs=1, save_ckpt_path=str(ckpt)))
+    finally:
+        holder.kill()
+        holder.wait()
     assert not ckpt.exists()
-    lock.write_text(f"{_dead_pid()} {socket.gethostname()}")  # left by a killed run: stale
+    lock.write_text(f"{_dead_pid()} {socket.gethostname()}")  # left by a killed run: held by nobody
     assert run(_config(qm9_dir, tmp_path, epochs=1, save_ckpt_path=str(ckpt))) is not None
     assert ckpt.is_file() and not lock.exists()  # released at the end
+
+
+def test_a_lock_held_before_its_holder_has_written_it_is_not_taken_for_stale(tmp_path: Path) -> None:
+    """Between a holder's lock and its write the lock file is empty: that is a live holder, not a stale file."""
+    lock = tmp_path / ".model.pt.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held (another open file, as another process's), nothing written yet
+    try:
+        with (
+            pytest.raises(ValueError, match=r"model\.pt: in use by another process"),
+            exclusive_use(tmp_path / "model.pt", "--save-ckpt-path"),
+        ):
+            pass
+        assert lock.exists()
+    finally:
+        os.close(fd)
+
+
+def _hold_at_once(path: str, start: Any, spans: Any) -> None:
+    start.wait()
+    try:
+        with exclusive_use(path, "--save-ckpt-path"):
+            began = time.monotonic()
+            time.sleep(0.02)
+            spans.put((began, time.monotonic()))
+    except ValueError:
+        spans.put(None)
+
+
+def test_simultaneous_holders_never_overlap(tmp_path: Path) -> None:
+    """Pairs of processes asking for one path at the same instant: the holds never overlap in time."""
+    context = multiprocessing.get_context("fork")
+    held = 0
+    for k in range(40):
+        start, spans = context.Barrier(2), context.Queue()
+        pair = [context.Process(target=_hold_at_once, args=(str(tmp_path / f"m{k}.pt"), start, spans)) for _ in "ab"]
+        for process in pair:
+            process.start()
+        got = [spans.get(timeout=30) for _ in pair]
+        for process in pair:
+            process.join()
+        holds = sorted(span for span in got if span is not None)
+        held += len(holds)
+        assert len(holds) < 2 or holds[0][1] <= holds[1][0], f"pair {k}: two holders at once {holds}"
+    assert held >= 40  # each pair had a holder
 
 
 def test_a_checkpoint_path_whose_folder_takes_no_files_is_refused_by_name() -> None:
@@ -139,9 +202,6 @@ def test_an_unreachable_store_is_reported_before_the_data_build(tmp_path: Path) 
 def test_two_runs_on_one_checkpoint_path_and_a_killed_launcher(qm9_dir: Path, tmp_path: Path) -> None:
     """A second training on a live run's checkpoint path is refused; kill -9 of a DDP launcher takes its
     ranks with it, and its stale lock no longer blocks the path."""
-    import sys
-    import time
-
     from .conftest import run_se3pyg
 
     ckpt = tmp_path / "model.pt"
@@ -152,7 +212,7 @@ def test_two_runs_on_one_checkpoint_path_and_a_killed_launcher(qm9_dir: Path, tm
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)  # fmt: skip
     lock = tmp_path / ".model.pt.lock"
     deadline = time.monotonic() + 120
-    while not lock.exists() and time.monotonic() < deadline:
+    while not (lock.exists() and lock.read_text()) and time.monotonic() < deadline:
         time.sleep(0.2)
     second = run_se3pyg(*common, "--epochs", "1", cwd=tmp_path)
     assert second.returncode == 2 and f"--save-ckpt-path {ckpt}: in use by process {first.pid}" in second.stderr

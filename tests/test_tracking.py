@@ -99,3 +99,25 @@ def test_runs_listing_neither_creates_a_store_nor_waits_for_an_absent_server(tmp
     done = run_se3pyg("runs", "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path)
     assert done.returncode == 2 and "http://127.0.0.1:9 is unreachable" in done.stderr
     assert time.monotonic() - start < 60 and "Traceback" not in done.stderr
+
+
+def test_a_store_whose_creation_ran_out_of_disk_leaves_nothing_half_made(tmp_path: Path) -> None:
+    """A disk that fills while the store's tables are created (a file size limit here: the store needs ~1 MB) ends
+    that command, and the next one finds no broken store but makes a whole one."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
+        "from se3pyg.engine.tracking import Tracker\n"
+        "Tracker(sys.argv[1], 'exp')\n"
+    )
+    full = subprocess.run([sys.executable, "-c", code, uri], capture_output=True, text=True, timeout=120)
+    assert full.returncode != 0 and "TrackingError" in full.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+    tracker = Tracker(uri, "exp")
+    tracker.finish()
+    assert mlflow.MlflowClient(uri).get_run(tracker.run_id).info.status == "FINISHED"

@@ -28,6 +28,7 @@ from se3pyg.data.errors import DataError
 from se3pyg.data.molecules import INPUT_SUFFIXES, checked, element_order, read_sdf_records, read_xyz_frames, to_data
 from se3pyg.data.pairs import pair_dataset_edges
 from se3pyg.data.tasks import Task
+from se3pyg.io import cache_dir
 
 FORMAT = 2
 MANIFEST, PROCESSED = "manifest.json", "dataset.pt"
@@ -70,12 +71,6 @@ class BuiltDataset:
     elements: tuple[str, ...]
     skipped: int = 0
     reasons: list[str] = field(default_factory=list)
-
-
-def cache_dir(source: str | Path) -> Path:
-    """``SOURCE.se3pyg`` beside the source file or folder."""
-    path = Path(source).resolve()
-    return path.with_name(path.name + ".se3pyg")
 
 
 def _source_files(source: Path) -> list[Path]:

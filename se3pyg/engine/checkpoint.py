@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from se3pyg.io import CheckpointError, atomic_write, first_line, read_torch_file
+from se3pyg.io import CheckpointError, atomic_write, best_path, first_line, read_torch_file
 from se3pyg.model import SE3TransformerPooled
 
 FORMAT = "se3pyg-checkpoint"
@@ -22,12 +22,6 @@ __all__ = [
     "model_from_checkpoint",
     "save_checkpoint",
 ]
-
-
-def best_path(path: str | os.PathLike) -> Path:
-    """Where the best-validation checkpoint goes beside ``path``: ``model.pt`` -> ``model.best.pt``."""
-    p = Path(path)
-    return p.with_name(f"{p.stem}.best{p.suffix or '.pt'}")
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:

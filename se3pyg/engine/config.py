@@ -12,7 +12,8 @@ import dataclasses
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from se3pyg.io import check_file, check_writable
+from se3pyg.engine.tracking import resolve_tracking_uri, sqlite_file
+from se3pyg.io import best_path, cache_dir, check_file, check_writable, lock_path, refuse_overwrites
 from se3pyg.options import ModelOptions, option
 
 if TYPE_CHECKING:
@@ -66,6 +67,11 @@ class DeviceOptions:
             raise ValueError("--cuda-graphs needs a GPU, and this run is on the CPU (no GPU visible, or --gpus 0)")
         return dataclasses.replace(self, gpus=gpus)
 
+    def tracking_store(self) -> list[tuple[str, str]]:
+        """The local file of the tracking store, as an ``(option, path)`` pair (none for a server or a folder)."""
+        db = sqlite_file(resolve_tracking_uri(self.tracking_uri))
+        return [("the MLflow tracking store", str(db))] if db is not None else []
+
     @property
     def use_cuda(self) -> bool:
         return bool(self.gpus)
@@ -97,6 +103,10 @@ class RunOptions(DeviceOptions, ModelOptions):
     def model_options(self) -> dict[str, Any]:
         """The :class:`ModelOptions` fields, as ``SE3TransformerPooled`` keywords."""
         return {f.name: getattr(self, f.name) for f in fields(ModelOptions)}
+
+    def data_read(self) -> list[tuple[str, str]]:
+        """The molecules a run reads, as ``(option, path)`` pairs: ``--dataset`` and its cache, or the QM9 folder."""
+        return _dataset_read(self.dataset) if self.dataset is not None else [("--data-dir", self.data_dir)]
 
     @property
     def world_size(self) -> int:
@@ -181,6 +191,20 @@ class TrainConfig(RunOptions):
             raise ValueError(f"--num-workers must be >= 0, got {self.num_workers}")
         if self.load_ckpt_path is not None:
             check_file(self.load_ckpt_path, "--load-ckpt-path")
+        # --load-ckpt-path is not among the reads: it is read whole before any write, and resuming a run writes
+        # its checkpoints over the ones it resumed from.
+        refuse_overwrites(self.data_read(), self.tracking_store() + self.checkpoints_written())
+
+    def checkpoints_written(self) -> list[tuple[str, str]]:
+        """``--save-ckpt-path``, the best checkpoint and the lock beside it, as ``(option, path)`` pairs."""
+        if not self.save_ckpt_path:
+            return []
+        save = self.save_ckpt_path
+        return [
+            ("--save-ckpt-path", save),
+            (f"the best checkpoint of --save-ckpt-path {save}", str(best_path(save))),
+            (f"the lock of --save-ckpt-path {save}", str(lock_path(save))),
+        ]
 
     def check_before_training(self) -> None:
         """Refuse what would only fail or do nothing after the data build: a training split smaller than one
@@ -212,6 +236,11 @@ class TrainConfig(RunOptions):
             )
         model = {k: v for k, v in checkpoint["model_config"].items() if k in self.model_options()}
         return dataclasses.replace(self, task=checkpoint["task"], **model)
+
+
+def _dataset_read(dataset: str) -> list[tuple[str, str]]:
+    """``--dataset`` and its cache, as ``(option, path)`` pairs of what a command reads."""
+    return [("--dataset", dataset), ("the cache of --dataset", str(cache_dir(dataset)))]
 
 
 def dataset_spec(options: dict[str, Any]) -> DatasetSpec:
@@ -282,5 +311,11 @@ class PredictConfig(DeviceOptions):
         super().validate()
         if self.split not in ("test", "val", "all") or (self.split == "all" and self.dataset is None):
             raise ValueError(f"--split must be test or val (or all, with --dataset), got {self.split!r}")
-        if not self.ckpt.startswith(("runs:/", "models:/")):  # else an MLflow model or run artifact
+        local = not self.ckpt.startswith(("runs:/", "models:/"))  # else an MLflow model or run artifact
+        if local:
             check_file(self.ckpt, "--ckpt")
+        reads = [("--ckpt", self.ckpt)] if local else []
+        reads += [("--input", path) for path in self.input or []]
+        reads += _dataset_read(self.dataset) if self.dataset is not None else []
+        reads += [("--data-dir", self.data_dir)] if self.data_dir is not None else []
+        refuse_overwrites(reads, [("--output", self.output)] if self.output is not None else [])

@@ -200,9 +200,6 @@ def run_predict(config: PredictConfig) -> PredictResult:
     loaded = load_model(ckpt, config.task, config.target_mean, config.target_std, config.num_heads, config.channels_div)
     if config.input:
         if config.output is not None:
-            output = Path(config.output).resolve()
-            if any(Path(path).resolve() == output for path in config.input):
-                raise ValueError(f"--output {config.output}: is one of the --input files; it would be overwritten")
             check_writable(config.output, "--output")
         molecules = read_molecules(config.input, loaded.elements)
         values = predict_molecules(loaded, molecules, config.batch_size, device, precision, config.cuda_graphs)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from se3pyg.io import check_writable, first_line
+from se3pyg.io import atomic_write, check_writable, exclusive_use, first_line
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 #: MLflow 3 opens an experiment in its model-training view (charts, run comparison) rather than its GenAI
@@ -149,21 +149,27 @@ def check_reachable(uri: str, writing: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def _first_use_lock(uri: str) -> Iterator[None]:
-    """Processes opening one SQLite store take turns (the first creates its tables: two at once collide)."""
+def _first_use(uri: str) -> Iterator[None]:
+    """Processes opening one local SQLite store take turns, and the first creates it whole
+    (:func:`_create_sqlite_store`)."""
     db = sqlite_file(uri)
     if db is None:
         yield
         return
-    import fcntl
+    with exclusive_use(db, "MLflow tracking store", wait=True):
+        if not db.exists():
+            _create_sqlite_store(db)
+        yield
 
-    lock = Path(f"{db}.lock")
-    with lock.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+
+def _create_sqlite_store(db: Path) -> None:
+    """A new SQLite store, made whole or not at all: its tables are created in a temporary file beside it,
+    renamed into place once complete (a disk that fills midway leaves no half-made store to fail every later
+    command)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    with atomic_write(db) as tmp:
+        SqlAlchemyStore(f"sqlite:///{tmp}", db.resolve().parent.as_uri()).engine.dispose()
 
 
 def _probe(uri: str) -> None:
@@ -195,7 +201,7 @@ class Tracker:
         self.active = True
         check_reachable(self.uri, writing=True)
         try:
-            with _first_use_lock(self.uri):
+            with _first_use(self.uri):
                 self._start(experiment, run_name, tags)
         except Exception as exc:
             raise TrackingError(f"MLflow tracking store {self.uri} is unreachable: {first_line(exc)}") from None
