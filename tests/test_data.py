@@ -20,7 +20,7 @@ from se3pyg.data import (
     split_indices,
     split_sizes,
 )
-from se3pyg.data.qm9 import MANIFEST, verify
+from se3pyg.data.qm9 import MANIFEST, _sha256, verify
 
 from .conftest import QM9_SUBSET
 
@@ -147,3 +147,54 @@ def test_interrupted_build_leaves_no_complete_folder(tmp_path) -> None:
     (root / "processed" / "data_v3.pt").write_bytes(b"half written")
     with pytest.raises(DataError, match="no complete QM9 build"):
         load_qm9(root, build=False)
+
+
+def test_a_folder_holding_files_no_build_wrote_is_refused_and_kept(tmp_path) -> None:
+    """se3pyg replaces its own build, never the user's files: a folder with others is refused by name."""
+    measurements, results = tmp_path / "raw" / "measurements.csv", tmp_path / "processed" / "results.csv"
+    for path in (measurements, results):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("mine\n")
+    with pytest.raises(DataError, match=rf"--data-dir {tmp_path}: holds {results} and 1 more, which no QM9 build"):
+        prepare_qm9(tmp_path, limit=20)
+    assert measurements.read_text() == results.read_text() == "mine\n"
+
+
+class _RunsCode:
+    """A pickle that, once unpickled, writes a file: what a planted data file would do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_loading_qm9_unpickles_nothing(qm9_dir, tmp_path) -> None:
+    """PyG reads processed/pre_transform.pt with weights_only=False; se3pyg reads neither it nor pre_filter.pt, and
+    reads the processed file (even one a manifest vouches for) with weights_only=True only."""
+    root = tmp_path / "qm9"
+    shutil.copytree(qm9_dir, root)
+    marker = tmp_path / "ran"
+    for name in ("pre_transform.pt", "pre_filter.pt"):
+        torch.save(_RunsCode(str(marker)), root / "processed" / name)
+    assert len(load_qm9(root, limit=QM9_SUBSET, build=False)) == QM9_SUBSET
+    assert not marker.exists()
+    manifest = json.loads((root / MANIFEST).read_text())
+    processed = root / "processed" / manifest["processed_file"]
+    torch.save((_RunsCode(str(marker)), {}, None), processed)
+    manifest.update(processed_size=processed.stat().st_size, processed_sha256=_sha256(processed))
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=rf"{processed}: not a QM9 build se3pyg can read"):
+        load_qm9(root, limit=QM9_SUBSET, build=False)
+    assert not marker.exists()
+
+
+def test_a_build_without_its_raw_files_loads(qm9_dir, tmp_path) -> None:
+    """Only the processed file and the manifest are read: a build whose raw/ was deleted loads, and `data prepare`
+    rightly calls it ready."""
+    root = tmp_path / "qm9"
+    shutil.copytree(qm9_dir, root)
+    shutil.rmtree(root / "raw")
+    assert len(load_qm9(root, limit=QM9_SUBSET, build=False)) == QM9_SUBSET
+    assert prepare_qm9(root, limit=QM9_SUBSET)["count"] == QM9_SUBSET and not (root / "raw").exists()

@@ -32,12 +32,15 @@ from concurrent.futures import ProcessPoolExecutor
 from importlib.util import find_spec
 from pathlib import Path
 
+import torch
+from torch_geometric.data import Data
+from torch_geometric.data.dataset import files_exist
 from torch_geometric.datasets import QM9
 
 from se3pyg.data.errors import DataError
 from se3pyg.data.molecules import perceive_bonds
 from se3pyg.data.pairs import pair_dataset_edges
-from se3pyg.io import atomic_write
+from se3pyg.io import atomic_write, exclusive_use
 from se3pyg.processes import end_with_parent, pid_alive
 
 NUM_MOLECULES = 130_831
@@ -68,10 +71,33 @@ _PLACEHOLDER = "{name}\n     se3pyg\n\n  1  0  0  0  0  0  0  0  0  0999 V2000\n
 
 
 class OfflineQM9(QM9):
-    """PyG's ``QM9`` over a folder prepared by :func:`prepare_qm9`; never downloads."""
+    """PyG's ``QM9`` over a folder prepared by :func:`prepare_qm9`; never downloads, and unpickles nothing.
+
+    PyG's own loading reads ``processed/pre_transform.pt`` and ``pre_filter.pt`` with ``weights_only=False``
+    (any code in them runs) and falls back to that for the processed file too. Here those two files are neither
+    read nor written (se3pyg passes no pre-transform or filter) and the processed file is read with
+    ``weights_only=True`` only. A processed build needs no raw files.
+    """
+
+    def _download(self) -> None:
+        if not files_exist(self.processed_paths):
+            super()._download()
 
     def download(self) -> None:
         raise DataError(f"{self.root}: QM9 raw files are missing; run `se3pyg data prepare --data-dir {self.root}`")
+
+    def _process(self) -> None:
+        if not files_exist(self.processed_paths):
+            os.makedirs(self.processed_dir, exist_ok=True)
+            self.process()
+
+    def load(self, path: str, data_cls: type = Data) -> None:
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            data, self.slices, *rest = stored
+            self.data = (rest[0] if rest else data_cls).from_dict(data)
+        except Exception as exc:  # whatever it holds, it is not run
+            raise DataError(f"{path}: not a QM9 build se3pyg can read ({type(exc).__name__})") from None
 
 
 def qm9pack_files() -> list[Path]:
@@ -224,14 +250,9 @@ def prepare_qm9(
     root = Path(data_dir)
     if limit is not None and not 1 <= limit <= NUM_MOLECULES:
         raise DataError(f"--limit must be between 1 and {NUM_MOLECULES}, got {limit}")
-    want = limit or NUM_MOLECULES
-    try:
-        manifest = verify(root)
-        if manifest["count"] >= want:
-            return manifest
-    except DataError:
-        pass
-
+    manifest = _complete(root, limit)
+    if manifest is not None:
+        return manifest
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: is a file, not a folder for the QM9 build")
     try:
@@ -240,6 +261,46 @@ def prepare_qm9(
         raise DataError(f"{root}: cannot create the QM9 folder ({exc.strerror})") from None
     if not os.access(root, os.W_OK):
         raise DataError(f"{root}: not writable, so QM9 cannot be built there")
+    with exclusive_use(root / MANIFEST, "--data-dir", wait=True):  # one build of a folder at a time
+        return _complete(root, limit) or _build(root, limit, progress, workers)
+
+
+def _complete(root: Path, limit: int | None) -> dict | None:
+    """The manifest of a complete, verified build of at least ``limit`` molecules in ``root``, else ``None``."""
+    try:
+        manifest = verify(root)
+    except DataError:
+        return None
+    return manifest if manifest["count"] >= (limit or NUM_MOLECULES) else None
+
+
+#: What a QM9 build writes in its folder's ``raw`` and ``processed`` (older builds: PyG's two pickles too).
+_BUILD_FILES = {
+    "raw": {"gdb9.sdf", "gdb9.sdf.csv", "uncharacterized.txt"},
+    "processed": {"data_v3.pt", "pre_transform.pt", "pre_filter.pt"},
+}
+
+
+def _foreign(root: Path) -> list[Path]:
+    """What lies in ``root`` that no QM9 build wrote: se3pyg replaces a build, never deletes anything else."""
+    found = []
+    for entry in root.iterdir():
+        if entry.name in _BUILD_FILES and entry.is_dir() and not entry.is_symlink():
+            found += [f for f in entry.iterdir() if f.name not in _BUILD_FILES[entry.name]]
+        elif entry.name != MANIFEST and not entry.name.startswith((f".{MANIFEST}.", ".build-")):
+            found.append(entry)
+    return sorted(found)
+
+
+def _build(root: Path, limit: int | None, progress: Progress | None, workers: int | None) -> dict:
+    """Build QM9 in a scratch folder of ``root``, then move it in place of the previous build, manifest last."""
+    foreign = _foreign(root)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise DataError(
+            f"--data-dir {root}: holds {foreign[0]}{more}, which no QM9 build wrote; QM9 is built only in an empty "
+            "folder or one se3pyg built"
+        )
     for stale in root.glob(".build-*"):  # folders of builds whose process was killed
         pid = stale.name.removeprefix(".build-")
         if pid.isdigit() and not pid_alive(int(pid)):
