@@ -7,6 +7,7 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -233,3 +234,52 @@ def test_v3000_and_v2000_molfiles_give_the_same_dataset(tmp_path: Path) -> None:
     v3000 = build_dataset(DatasetSpec(str(tmp_path / "v3000.sdf"), "score")).dataset._data
     for key in ("x", "pos", "edge_index", "edge_attr", "y"):
         assert torch.allclose(v2000[key].float(), v3000[key].float(), atol=1e-4), key
+
+
+def test_a_csv_names_only_files_of_its_folder_and_each_once(tmp_path: Path) -> None:
+    """Files outside the folder or in sub-folders would be read without the cache hashing them: bad records, as is
+    a molecule listed twice."""
+    folder = tmp_path / "mols"
+    (folder / "sub").mkdir(parents=True)
+    for k, smiles in enumerate(["CCO", "CCN", "CCCl"]):
+        (folder / f"m{k}.xyz").write_text(_xyz(_embedded(smiles)))
+    (tmp_path / "outside.xyz").write_text(_xyz(_embedded("CS")))
+    (folder / "sub" / "inner.xyz").write_text(_xyz(_embedded("CS")))
+    rows = ["molecule,energy", "m0.xyz,0", "m1.xyz,1", "m2.xyz,2", "../outside.xyz,3",
+            f"{tmp_path / 'outside.xyz'},4", "sub/inner.xyz,5", "m1.xyz,6"]  # fmt: skip
+    (folder / "values.csv").write_text("\n".join(rows) + "\n")
+    built = build_dataset(DatasetSpec(str(folder), "energy"))
+    assert built.dataset._data.y.view(-1).tolist() == [0.0, 1.0, 2.0] and built.skipped == 4
+    assert built.reasons[0].endswith(
+        "values.csv:5: '../outside.xyz' is not a file name in " + f"{folder} (no folders or paths)"
+    )
+    assert "values.csv:7: 'sub/inner.xyz' is not a file name" in built.reasons[2]
+    assert built.reasons[3].endswith("values.csv:8: m1.xyz is listed again (first on line 3)")
+
+
+def _build_for(source: str, target: str, start: Any) -> None:
+    start.wait()
+    build_dataset(DatasetSpec(source, target))
+
+
+def test_builds_of_one_cache_for_different_targets_at_once_store_each_targets_values(tmp_path: Path) -> None:
+    """Each pair of builds races for one cache; whichever manifest is left describes the values stored with it."""
+    import multiprocessing
+
+    source = tmp_path / "mols.sdf"
+    _write_sdf(source, [(_embedded(smi), {"a": "1.0", "b": "2.0"}) for smi in ("CCO", "CCN", "CCC", "CO")])
+    context = multiprocessing.get_context("spawn")  # a forked torch may hang in its thread pools
+    for _ in range(4):
+        start = context.Barrier(2)
+        pair = [context.Process(target=_build_for, args=(str(source), t, start)) for t in "ab"]
+        for process in pair:
+            process.start()
+        for process in pair:
+            process.join(timeout=120)
+            assert process.exitcode == 0
+        manifest = json.loads((cache_dir(source) / "manifest.json").read_text())
+        target = manifest["spec"]["target"]
+        stamp = (cache_dir(source) / "dataset.pt").stat().st_mtime_ns
+        values = build_dataset(DatasetSpec(str(source), target)).dataset._data.y.view(-1).tolist()
+        assert (cache_dir(source) / "dataset.pt").stat().st_mtime_ns == stamp  # read from the cache, not rebuilt
+        assert values == [1.0 if target == "a" else 2.0] * 4

@@ -16,6 +16,7 @@ import se3pyg.thirdparty  # noqa: F401  (first: third-party imports without thei
 # isort: split
 import csv
 import hashlib
+import io
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -79,12 +80,13 @@ def _source_files(source: Path) -> list[Path]:
     return sorted(f for f in source.iterdir() if f.is_file() and f.suffix.lower() in (*INPUT_SUFFIXES, ".csv"))
 
 
-def _file_digest(path: Path) -> dict[str, object]:
+def _file_digest(path: Path, name: str | None = None) -> dict[str, object]:
+    """Name (``name``, else the file's), size and SHA-256 of a file."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return {"name": path.name, "size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"name": name or path.name, "size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def _raw_records(spec: DatasetSpec, errors: list[DataError]) -> list[tuple[str, list[str], list, dict[str, str]]]:
@@ -104,13 +106,18 @@ def _raw_records(spec: DatasetSpec, errors: list[DataError]) -> list[tuple[str, 
         raise DataError(f"{tables[0]}: not a readable CSV ({exc})") from None
     if not rows or "molecule" not in rows[0]:
         raise DataError(f"{tables[0]}: expected a header 'molecule,{spec.target},...' and rows")
-    records = []
+    records, first_line_of = [], {}
     for line, row in enumerate(rows, start=2):
         try:
             name = (row.get("molecule") or "").strip()
             path = source / name
+            if name != Path(name).name or name in (".", ".."):  # the manifest hashes the folder's own files only
+                raise DataError(f"{tables[0]}:{line}: {name!r} is not a file name in {source} (no folders or paths)")
             if not name or not path.is_file() or path.suffix.lower() not in INPUT_SUFFIXES:
                 raise DataError(f"{tables[0]}:{line}: no .xyz, .sdf or .mol file {name!r} in {source}")
+            if name in first_line_of:
+                raise DataError(f"{tables[0]}:{line}: {name} is listed again (first on line {first_line_of[name]})")
+            first_line_of[name] = line
             if path.suffix.lower() == ".xyz":
                 _, elements, coords = next(read_xyz_frames(path))
             else:
@@ -179,30 +186,41 @@ def _refeaturized(molecule: Data, old: tuple[str, ...], new: tuple[str, ...]) ->
     return molecule
 
 
+def source_digests(source: str | Path) -> list[dict[str, object]]:
+    """Name, size and SHA-256 of every file of a dataset that a build reads: the SDF, or the folder's CSV and
+    molecule files."""
+    return [_file_digest(f) for f in _source_files(Path(source))]
+
+
 def build_dataset(spec: DatasetSpec) -> BuiltDataset:
     """The processed dataset of ``spec``: read from its cache when the manifest matches the source files and
-    the processed file, otherwise built (and cached, manifest last)."""
-    from se3pyg.io import atomic_write
+    the processed file, otherwise built (and cached, manifest last). Builds of one cache take turns, so that
+    each manifest describes the processed file written with it."""
+    from se3pyg.io import atomic_write, exclusive_use
 
     spec.validate()
     folder = cache_dir(spec.source)
-    sources = [_file_digest(f) for f in _source_files(Path(spec.source))]
-    key = {"format": FORMAT, "spec": {**asdict(spec), "source": None}, "sources": sources}
+    key = {"format": FORMAT, "spec": {**asdict(spec), "source": None}, "sources": source_digests(spec.source)}
     cached = _load_cached(folder, key)
     if cached is not None:
         return cached
-    built = _process(spec)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / MANIFEST).unlink(missing_ok=True)  # incomplete from here until the manifest is written again
-        with atomic_write(folder / PROCESSED) as tmp:
-            torch.save({"data": built.dataset._data.to_dict(), "slices": built.dataset.slices}, tmp)
-        manifest = {
-            **key, "processed": _file_digest(folder / PROCESSED), "elements": list(built.elements),
-            "molecules": len(built.dataset), "skipped": built.skipped, "reasons": built.reasons,
-        }  # fmt: skip
-        with atomic_write(folder / MANIFEST) as tmp:
-            tmp.write_text(json.dumps(manifest, indent=1))
+        with exclusive_use(folder / MANIFEST, f"the cache of --dataset {spec.source}", wait=True):
+            cached = _load_cached(folder, key)  # built by another process meanwhile
+            if cached is not None:
+                return cached
+            built = _process(spec)
+            (folder / MANIFEST).unlink(missing_ok=True)  # incomplete from here until the manifest is written again
+            with atomic_write(folder / PROCESSED) as tmp:
+                torch.save({"data": built.dataset._data.to_dict(), "slices": built.dataset.slices}, tmp)
+                processed = _file_digest(tmp, PROCESSED)
+            manifest = {
+                **key, "processed": processed, "elements": list(built.elements),
+                "molecules": len(built.dataset), "skipped": built.skipped, "reasons": built.reasons,
+            }  # fmt: skip
+            with atomic_write(folder / MANIFEST) as tmp:
+                tmp.write_text(json.dumps(manifest, indent=1))
     except OSError as exc:
         raise DataError(f"--dataset {spec.source}: its cache {folder} cannot be written ({exc.strerror})") from None
     return built
@@ -216,11 +234,14 @@ def _load_cached(folder: Path, key: dict) -> BuiltDataset | None:
     if {k: manifest.get(k) for k in key} != json.loads(json.dumps(key)):
         return None
     try:
-        if _file_digest(folder / PROCESSED) != manifest.get("processed"):
-            return None
-        stored = torch.load(folder / PROCESSED, weights_only=True)
+        content = (folder / PROCESSED).read_bytes()  # read once: what is checked is what is loaded
     except OSError:
         return None
+    if {"name": PROCESSED, "size": len(content), "sha256": hashlib.sha256(content).hexdigest()} != manifest.get(
+        "processed"
+    ):
+        return None
+    stored = torch.load(io.BytesIO(content), weights_only=True)
     dataset = InMemoryDataset()
     dataset.data, dataset.slices = Data.from_dict(stored["data"]), stored["slices"]
     return BuiltDataset(dataset, tuple(manifest["elements"]), manifest["skipped"], manifest["reasons"])
