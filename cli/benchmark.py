@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from se3pyg.cli.console import console, one_line_errors
-from se3pyg.cli.options import config_options, validated
+from se3pyg.cli.options import announce_eager, config_options, validated
 from se3pyg.engine.config import BenchmarkConfig
 
 
@@ -20,6 +20,8 @@ def benchmark(
     """Measure throughput (mol/ms), latency and peak memory; the last line is one JSON object."""
     config = validated(BenchmarkConfig, mode=mode, **values)
     from se3pyg.engine.benchmark import run_benchmark
+
+    announce_eager(config)
 
     with one_line_errors():
         result = run_benchmark(config)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
-from se3pyg.cli.console import one_line_errors
+from se3pyg.cli.console import err_console, one_line_errors
 from se3pyg.options import help_of
 
 if TYPE_CHECKING:
@@ -86,3 +86,12 @@ def validated(cls: type[_Config], **values: Any) -> _Config:
         config = cls(**values)
         config.validate()
     return config
+
+
+def announce_eager(config: DeviceOptions) -> None:
+    """Say in one line when a run on GPUs goes eager though CUDA graphs are the default there (an option needs the
+    eager step). Loads torch, to count the GPUs."""
+    with one_line_errors():
+        note = config.graphs_note(config.resolve_gpus())
+    if note:
+        err_console.print(note, markup=False, highlight=False)  # stdout may be predict's CSV

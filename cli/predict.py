@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from se3pyg.cli.console import console, one_line_errors
-from se3pyg.cli.options import config_options, validated
+from se3pyg.cli.options import announce_eager, config_options, validated
 from se3pyg.engine.config import PredictConfig
 
 
@@ -15,6 +15,8 @@ def predict(values: dict[str, Any]) -> None:
     """Evaluate a checkpoint on a split of QM9 or of a --dataset (an MLflow run), or predict for XYZ/SDF molecules."""
     config = validated(PredictConfig, **values)
     from se3pyg.engine.predict import run_predict, write_predictions_csv
+
+    announce_eager(config)
 
     with one_line_errors():
         done = run_predict(config)

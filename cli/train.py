@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from se3pyg.cli.console import console, one_line_errors, stage_progress
-from se3pyg.cli.options import config_options, typed_by_user, validated
+from se3pyg.cli.options import announce_eager, config_options, typed_by_user, validated
 from se3pyg.engine.config import TrainConfig
 
 #: ``--quick``: defaults of a demo run (small model, 10,000 molecules, minutes on a CPU); typed options win.
@@ -32,6 +32,8 @@ def train(
     if quick:
         console.print("se3pyg --quick: a demo run (small model, 10,000 QM9 molecules), not the published recipe")
     from se3pyg.engine.checkpoint import best_path
+
+    announce_eager(config)
     from se3pyg.engine.train import run
 
     def report(m: dict[str, float]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import multiprocessing
 import os
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
 import torch
 
@@ -220,3 +222,71 @@ def test_two_runs_on_one_checkpoint_path_and_a_killed_launcher(qm9_dir: Path, tm
     third = run_se3pyg(*common, "--epochs", "1", cwd=tmp_path)
     assert third.returncode == 0, third.stderr
     assert load_checkpoint(ckpt)["epoch"] == 0 and not lock.exists()
+
+
+def test_a_resume_keeps_its_molecules_and_optimizer_and_applies_given_settings(qm9_dir: Path, tmp_path: Path) -> None:
+    """Another --limit would split the molecules anew (test molecules trained on, old statistics): taken from the
+    checkpoint when left out, refused when different, as is another optimizer, before any work. A learning rate or
+    weight decay given runs, and is what is logged."""
+    ckpt = tmp_path / "model.pt"
+    run(_config(qm9_dir, tmp_path, epochs=1, limit=200, save_ckpt_path=str(ckpt)))
+    for options, refused in [
+        (dict(limit=QM9_SUBSET), rf"--limit {QM9_SUBSET}: .*model\.pt was trained with 200; a resume keeps"),
+        (dict(limit=200, optimizer="sgd"), r"--optimizer sgd: .*model\.pt was trained with 'adam'"),
+    ]:
+        with pytest.raises(ValueError, match=refused):
+            run(_config(qm9_dir, tmp_path, epochs=3, load_ckpt_path=str(ckpt), **options))
+    resumed = run(dataclasses.replace(
+        _config(qm9_dir, tmp_path, epochs=3, load_ckpt_path=str(ckpt), save_ckpt_path=str(ckpt), learning_rate=0.01,
+                weight_decay=0.05), limit=None,
+    ))  # fmt: skip
+    assert resumed is not None and resumed.epochs_run == 2
+    saved = load_checkpoint(ckpt)
+    group = saved["optimizer"]["param_groups"][0]
+    assert (group["initial_lr"], group["weight_decay"]) == (0.01, 0.05)
+    assert saved["config"]["limit"] == 200 and saved["config"]["learning_rate"] == 0.01
+    params = mlflow.MlflowClient(f"sqlite:///{tmp_path}/m.db").get_run(resumed.run_id).data.params
+    assert (params["limit"], params["learning_rate"], params["n_train"]) == ("200", "0.01", "153")
+
+
+def test_a_dataset_changed_since_training_is_named_not_silently_used(tmp_path: Path) -> None:
+    """A checkpoint records its --dataset as an absolute path with its digest: evaluating elsewhere reads that file,
+    and a file changed since is refused, for evaluation and for a resume."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    def sdf(path: Path, smiles: list[str]) -> None:
+        with Chem.SDWriter(str(path)) as writer:
+            for k, smi in enumerate(smiles):
+                mol = Chem.AddHs(Chem.MolFromSmiles(smi))
+                AllChem.EmbedMolecule(mol, randomSeed=k)
+                mol.SetProp("y", str(k % 3))
+                writer.write(mol)
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    many = ["CCO", "CCN", "CCC", "CO", "CN", "CC=O", "CCCO", "CCCN", "OCCO", "NCCN", "CC(C)O", "CC(C)N"] * 3
+    sdf(work / "mols.sdf", many)
+    sdf(elsewhere / "mols.sdf", many[:12])  # another file of the same name, where predict runs
+    config = dict(TINY, batch_size=4, limit=None, gpus=0, epochs=1, tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    os.chdir(work)
+    try:
+        run(TrainConfig(**config, dataset="mols.sdf", target="y", save_ckpt_path=str(tmp_path / "m.pt")))
+    finally:
+        os.chdir(tmp_path)
+    assert load_checkpoint(tmp_path / "m.pt")["config"]["dataset"] == str(work / "mols.sdf")
+    from .conftest import run_se3pyg
+
+    done = run_se3pyg("predict", "--ckpt", str(tmp_path / "m.pt"), "--gpus", "0",
+                      "--tracking-uri", f"sqlite:///{tmp_path}/m.db", cwd=elsewhere)  # fmt: skip
+    assert done.returncode == 0 and "on 3 molecules" in done.stdout, done.stderr  # the trained-on file's test split
+    sdf(work / "mols.sdf", many[::-1])
+    done = run_se3pyg("predict", "--ckpt", str(tmp_path / "m.pt"), "--gpus", "0",
+                      "--tracking-uri", f"sqlite:///{tmp_path}/m.db", cwd=elsewhere)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert (
+        f"{work / 'mols.sdf'}: not the dataset the checkpoint was trained on (its files changed since)" in done.stderr
+    )
+    with pytest.raises(ValueError, match=r"mols\.sdf: changed since .*m\.pt was trained on it"):
+        run(TrainConfig(**{**config, "epochs": 2}, load_ckpt_path=str(tmp_path / "m.pt")))

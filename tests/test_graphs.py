@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from se3pyg.data import get_task, qm9_splits
+from se3pyg.data import get_task, make_loader, qm9_splits
 from se3pyg.data.padding import fits, pad_batch, padded_size, static_shape
 from se3pyg.engine import distributed
 from se3pyg.engine.config import TrainConfig
@@ -125,24 +125,83 @@ def test_graphed_steps_train_and_predict_as_the_eager_steps(qm9_dir: Path, tmp_p
             torch.testing.assert_close(steps.predict(batch), expected, rtol=1e-5, atol=1e-6)
 
 
+def _double(batch: Batch) -> Batch:
+    for name in ("x", "pos", "edge_attr", "y"):
+        setattr(batch, name, getattr(batch, name).double())
+    return batch
+
+
 def _ddp_graphed_against_eager(info: DistInfo, qm9_dir: str) -> float:
-    """A rank: two updates of DDP's eager step and of the graphed steps (all-reducing their flat gradient), each
-    rank on its own batches; the largest difference of the weights."""
-    config = TrainConfig(**TINY, data_dir=qm9_dir, processes=2, gpus=0)
+    """A rank, in float64: three updates of two accumulated batches each, gradients clipped, by DDP's eager step
+    and by the padded static-buffer steps (all-reducing their flat gradient), each rank on its own batches of
+    varying shapes; the largest difference of the weights."""
+    torch.set_default_dtype(torch.float64)  # the models are built in float64, before DDP wraps them
+    config = TrainConfig(**TINY, data_dir=qm9_dir, processes=2, gpus=0, accumulate_grad_batches=2, gradient_clip=0.5)
     eager, graphed = TrainState.build(config, info), TrainState.build(config, info)
     graphed.model.load_state_dict(eager.model.state_dict())
     steps = GraphedSteps(graphed, capture=False)
-    for batch in _batches(Path(qm9_dir), [8, 8, 8, 8])[info.rank :: 2]:
-        train_step(eager, copy.copy(batch))
-        steps.train(batch)
+    for k, batch in enumerate(_batches(Path(qm9_dir), [8, 8, 4, 4, 12, 12, 8, 4, 4, 8, 12, 8])[info.rank :: 2]):
+        update = k % 2 == 1
+        train_step(eager, _double(copy.copy(batch)), update=update)
+        steps.train(_double(batch), update=update)
     pairs = zip(eager.model.parameters(), graphed.model.parameters(), strict=True)
     return max(float((p - q).abs().max()) for p, q in pairs)
 
 
 def test_graphed_steps_under_ddp_update_as_ddp_does(qm9_dir: Path) -> None:
-    """Real processes over gloo: the flat gradient's one all-reduce gives DDP's averaged update."""
+    """Real processes over gloo: the flat gradient's one all-reduce, with accumulation and clipping, gives DDP's
+    update to float64 rounding."""
     difference = distributed.launch(_ddp_graphed_against_eager, 2, False, str(qm9_dir))
-    assert difference < 1e-6
+    assert difference < 1e-12
+
+
+def test_padding_is_invisible_in_losses_maes_predictions_and_counts(qm9_dir: Path) -> None:
+    """An epoch and an evaluation through the static-buffer steps report what the eager ones do: the padding
+    graph adds nothing to the loss, the MAE, the predictions or the molecules counted."""
+    from se3pyg.engine.evaluate import mean_absolute_error, predict_split
+    from se3pyg.engine.train import _Health, _StopFlag, train_epoch
+
+    config = TrainConfig(**TINY, data_dir=str(qm9_dir), gpus=0)
+    splits = qm9_splits(qm9_dir, get_task("homo"), limit=QM9_SUBSET)
+    loader, val = make_loader(splits.train, 16, False), make_loader(splits.val, 16, False)  # a short last batch each
+    eager, graphed = TrainState.build(config, DistInfo()), TrainState.build(config, DistInfo())
+    graphed.graphs = GraphedSteps(graphed, capture=False)
+    metrics = [train_epoch(s, loader, DistInfo(), _Health(DistInfo(), _StopFlag(), 1)) for s in (eager, graphed)]
+    assert metrics[1]["train_loss"] == pytest.approx(metrics[0]["train_loss"], rel=1e-5)
+    molecules = [m["throughput_mol_per_ms"] * m["epoch_time_s"] * 1000 for m in metrics]
+    assert molecules == pytest.approx([len(splits.train)] * 2)
+    graphed.model.load_state_dict(eager.model.state_dict())
+    maes = [mean_absolute_error(s.net, val, DistInfo(), 1.0, s.precision, s.predict) for s in (eager, graphed)]
+    assert maes[1] == pytest.approx(maes[0], rel=1e-5)
+    predictions = [predict_split(s.net, val, DistInfo(), s.precision, s.predict) for s in (eager, graphed)]
+    assert len(predictions[1].pred) == len(splits.val) == len(predictions[0].pred)
+    torch.testing.assert_close(predictions[1].pred, predictions[0].pred, rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_graphs_are_the_default_on_gpus_and_off_where_an_option_needs_the_eager_step(tmp_path: Path) -> None:
+    """The resolved configuration of a run that sees GPUs: graphs on unless --no-cuda-graphs, --precompute-bases or
+    (benchmark) --compile, which say so; on the CPU off; --cuda-graphs with an option that excludes them refused."""
+    from se3pyg.engine.config import BenchmarkConfig, PredictConfig
+
+    assert TrainConfig(task="homo").resolve_gpus(visible=8).cuda_graphs is True
+    assert TrainConfig(task="homo", gpus=1).resolve_gpus(visible=8).cuda_graphs is True
+    assert TrainConfig(task="homo").resolve_gpus(visible=0).cuda_graphs is False
+    assert TrainConfig(task="homo", cuda_graphs=False).resolve_gpus(visible=8).cuda_graphs is False
+    eager = TrainConfig(task="homo", precompute_bases=True)
+    assert eager.resolve_gpus(visible=8).cuda_graphs is False
+    assert (
+        eager.graphs_note(eager.resolve_gpus(visible=8)) == "CUDA graphs off: --precompute-bases needs the eager step"
+    )
+    assert eager.graphs_note(eager.resolve_gpus(visible=0)) is None  # no GPU: nothing was turned off
+    compiled = BenchmarkConfig(compile=True)
+    assert compiled.resolve_gpus(visible=1).cuda_graphs is False
+    assert compiled.graphs_note(compiled.resolve_gpus(visible=1)) == "CUDA graphs off: --compile needs the eager step"
+    (ckpt := tmp_path / "m.pt").write_bytes(b"")
+    assert PredictConfig(ckpt=str(ckpt)).resolve_gpus(visible=1).cuda_graphs is True
+    with pytest.raises(ValueError, match="--cuda-graphs and --precompute-bases"):
+        TrainConfig(task="homo", cuda_graphs=True, precompute_bases=True).resolve_gpus(visible=8)
+    with pytest.raises(ValueError, match="--cuda-graphs needs a GPU"):
+        TrainConfig(task="homo", cuda_graphs=True).resolve_gpus(visible=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

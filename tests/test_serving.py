@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -77,6 +78,20 @@ def test_predict_takes_runs_and_models_uris(registered: tuple[Path, str, str]) -
     assert version.run_id == run_id
 
 
+def _invoke(port: int, inputs: list[str]) -> tuple[int, object]:
+    """``(status, predictions or error)`` of a served model's answer to ``{"inputs": inputs}``."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps({"inputs": inputs}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())["predictions"]
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
 def test_mlflow_models_serve_answers_with_the_same_predictions(registered: tuple[Path, str, str]) -> None:
     folder, uri, _ = registered
     expected = _predictions(
@@ -99,14 +114,17 @@ def test_mlflow_models_serve_answers_with_the_same_predictions(registered: tuple
                 if server.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"mlflow models serve did not come up: {server.stdout.read()[-2000:]}")
                 time.sleep(0.5)
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps({"inputs": [WATER, AMMONIA_SDF]}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            served = json.loads(response.read())["predictions"]
-        assert served == pytest.approx(expected, abs=1e-5)  # the CSV rounds to 6 decimals
+        assert _invoke(port, [WATER, AMMONIA_SDF]) == (200, pytest.approx(expected, abs=1e-5))  # the CSV: 6 decimals
+        # one prediction an input, or a 400 naming the row, without a stack trace; the server stays up
+        two_frames, chloride = WATER + WATER, WATER.replace("O ", "Cl ")
+        for inputs, reason in [([WATER, two_frames], "row 1: holds 2 molecules"),
+                               ([AMMONIA_SDF * 2], "row 0: holds 2 molecules"),
+                               ([chloride], "row 0: unknown element Cl (the model knows H, C, N, O, F)")]:  # fmt: skip
+            status, answer = _invoke(port, inputs)
+            assert status == 400 and reason in answer["message"], answer
+            assert "stack_trace" not in answer and "se3pyg-serve-" not in answer["message"]
+        assert _invoke(port, []) == (200, [])
+        assert _invoke(port, [WATER]) == (200, pytest.approx(expected[:1], abs=1e-5))
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -192,6 +192,11 @@ def source_digests(source: str | Path) -> list[dict[str, object]]:
     return [_file_digest(f) for f in _source_files(Path(source))]
 
 
+def dataset_digest(source: str | Path) -> str:
+    """One SHA-256 over :func:`source_digests`: what identifies a dataset's content."""
+    return hashlib.sha256(json.dumps(source_digests(source)).encode()).hexdigest()
+
+
 def build_dataset(spec: DatasetSpec) -> BuiltDataset:
     """The processed dataset of ``spec``: read from its cache when the manifest matches the source files and
     the processed file, otherwise built (and cached, manifest last). Builds of one cache take turns, so that

@@ -9,7 +9,9 @@ turns "all visible GPUs" into a count.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from se3pyg.engine.tracking import resolve_tracking_uri, sqlite_file
@@ -38,9 +40,10 @@ class DeviceOptions:
     gpus: int | None = option(None, "GPUs on this node, one process each (0: the CPU; default: all visible).")
     tracking_uri: str | None = option(None, "MLflow store (default $MLFLOW_TRACKING_URI or mlruns/).")
     experiment: str = option("se3pyg", "MLflow experiment.")
-    cuda_graphs: bool = option(
-        False,
-        "Replay each step as a CUDA graph, batches padded to a few shapes (GPUs).",
+    cuda_graphs: bool | None = option(
+        None,
+        "Replay each step as a CUDA graph, batches padded to a few shapes (default: on GPUs, unless an option "
+        "needs the eager step).",
         "--cuda-graphs/--no-cuda-graphs",
     )
 
@@ -54,18 +57,34 @@ class DeviceOptions:
         if self.gpus is not None and self.gpus < 0:
             raise ValueError(f"--gpus must be >= 0, got {self.gpus}")
 
-    def resolve_gpus(self: _Options) -> _Options:
-        """A copy with ``gpus`` counted (``None``: every visible GPU), validated; ``ValueError`` when too many."""
-        import torch
-
+    def resolve_gpus(self: _Options, visible: int | None = None) -> _Options:
+        """A copy, validated, with ``gpus`` counted (``None``: every one of the ``visible`` GPUs, by default those
+        torch sees; ``ValueError`` when too many) and ``cuda_graphs`` decided (``None``: on GPUs, unless
+        :meth:`eager_only` names an option that needs the eager step)."""
         self.validate()
-        visible = torch.cuda.device_count()
+        if visible is None:
+            import torch
+
+            visible = torch.cuda.device_count()
         gpus = visible if self.gpus is None else self.gpus
         if gpus > visible:
             raise ValueError(f"--gpus {gpus}: only {visible} visible")
         if self.cuda_graphs and not gpus:
             raise ValueError("--cuda-graphs needs a GPU, and this run is on the CPU (no GPU visible, or --gpus 0)")
-        return dataclasses.replace(self, gpus=gpus)
+        graphs = self.cuda_graphs if self.cuda_graphs is not None else bool(gpus) and self.eager_only() is None
+        return dataclasses.replace(self, gpus=gpus, cuda_graphs=graphs)
+
+    def eager_only(self) -> str | None:
+        """The option that needs the eager step (no CUDA graphs), or ``None``."""
+        return None
+
+    def graphs_note(self, resolved: DeviceOptions) -> str | None:
+        """The line that says why a run on GPUs (``resolved``, from this config) runs eagerly though the graphed
+        step is the default there, or ``None``."""
+        reason = self.eager_only()
+        if self.cuda_graphs is None and resolved.use_cuda and reason is not None:
+            return f"CUDA graphs off: {reason} needs the eager step"
+        return None
 
     def tracking_store(self) -> list[tuple[str, str]]:
         """The local file of the tracking store, as an ``(option, path)`` pair (none for a server or a folder)."""
@@ -103,6 +122,9 @@ class RunOptions(DeviceOptions, ModelOptions):
     def model_options(self) -> dict[str, Any]:
         """The :class:`ModelOptions` fields, as ``SE3TransformerPooled`` keywords."""
         return {f.name: getattr(self, f.name) for f in fields(ModelOptions)}
+
+    def eager_only(self) -> str | None:
+        return "--precompute-bases" if self.precompute_bases else None
 
     def data_read(self) -> list[tuple[str, str]]:
         """The molecules a run reads, as ``(option, path)`` pairs: ``--dataset`` and its cache, or the QM9 folder."""
@@ -185,12 +207,24 @@ class TrainConfig(RunOptions):
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"--learning-rate must be a number > 0, got {self.learning_rate}")
+        if self.min_learning_rate is not None and not 0 <= self.min_learning_rate <= self.learning_rate:
+            raise ValueError(
+                f"--min-learning-rate must be between 0 and --learning-rate {self.learning_rate}, "
+                f"got {self.min_learning_rate}"
+            )
+        if not 0 <= self.weight_decay < math.inf or not 0 <= self.momentum < 1:
+            raise ValueError(
+                f"--weight-decay must be a number >= 0 and --momentum in [0, 1), got {self.weight_decay} and "
+                f"{self.momentum}"
+            )
         if self.num_workers < 0:
             raise ValueError(f"--num-workers must be >= 0, got {self.num_workers}")
         if self.load_ckpt_path is not None:
             check_file(self.load_ckpt_path, "--load-ckpt-path")
+        if self.save_ckpt_path and Path(self.save_ckpt_path).is_dir():
+            raise ValueError(f"--save-ckpt-path {self.save_ckpt_path}: is a directory")
         # --load-ckpt-path is not among the reads: it is read whole before any write, and resuming a run writes
         # its checkpoints over the ones it resumed from.
         refuse_overwrites(self.data_read(), self.tracking_store() + self.checkpoints_written())
@@ -220,22 +254,58 @@ class TrainConfig(RunOptions):
         if self.save_ckpt_path:
             check_writable(self.save_ckpt_path, "--save-ckpt-path")
 
+    @property
+    def lr_floor(self) -> float:
+        """The cosine schedule's floor: ``--min-learning-rate``, else a tenth of the learning rate."""
+        return self.min_learning_rate if self.min_learning_rate is not None else self.learning_rate / 10
+
     def resumed_from(self, checkpoint: dict[str, Any]) -> TrainConfig:
-        """This config with the task and model options of ``checkpoint``; a different ``task`` is an error."""
-        if checkpoint["config"].get("dataset") and not self.dataset:
-            raise ValueError(f"--load-ckpt-path {self.load_ckpt_path}: trained on --dataset; pass it (and --target)")
-        if self.dataset and self.target != checkpoint["task"]:
-            raise ValueError(f"--target {self.target}: {self.load_ckpt_path} was trained for {checkpoint['task']!r}")
-        if self.dataset:
-            model = {k: v for k, v in checkpoint["model_config"].items() if k in self.model_options()}
-            return dataclasses.replace(self, **model)
-        if self.task is not None and self.task != checkpoint["task"]:
+        """This config as the resume of ``checkpoint``: its task and model options, its molecules, split and
+        optimizer (an option left at its default takes the checkpoint's value, a different one is refused), and
+        its optimizer settings unless given (given ones take effect)."""
+        recorded = checkpoint["config"]
+        if self.dataset is None and self.task is not None and self.task != checkpoint["task"]:
             raise ValueError(
                 f"--task {self.task}: {self.load_ckpt_path} was trained for {checkpoint['task']!r}; "
                 "leave --task out to resume it"
             )
-        model = {k: v for k, v in checkpoint["model_config"].items() if k in self.model_options()}
-        return dataclasses.replace(self, task=checkpoint["task"], **model)
+        changes = {k: v for k, v in checkpoint["model_config"].items() if k in self.model_options()}
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        for name in RESUME_KEEPS + RESUME_DEFAULTS:
+            mine, theirs = getattr(self, name), recorded.get(name, defaults[name])
+            if mine == defaults[name]:
+                changes[name] = theirs
+            elif name in RESUME_KEEPS and not _same_option(name, mine, theirs):
+                raise ValueError(
+                    f"--{name.replace('_', '-')} {mine}: {self.load_ckpt_path} was trained with {theirs!r}; a resume "
+                    "keeps its molecules, split and optimizer (leave the option out)"
+                )
+        resumed = dataclasses.replace(self, **changes)
+        return resumed if resumed.dataset else dataclasses.replace(resumed, task=checkpoint["task"])
+
+
+#: What a resume keeps of its checkpoint's options: the molecules and their split (another split would test on
+#: molecules trained on, with the old split's target statistics), and the optimizer (its state is restored).
+RESUME_KEEPS = (
+    "limit",
+    "dataset",
+    "target",
+    "unit",
+    "split_field",
+    "split_fractions",
+    "seed",
+    "bad_records",
+    "optimizer",
+)
+#: What a resume takes from its checkpoint unless given: the optimizer's settings (given ones take effect).
+RESUME_DEFAULTS = ("learning_rate", "min_learning_rate", "momentum", "weight_decay")
+
+
+def _same_option(name: str, mine: Any, theirs: Any) -> bool:
+    """Whether two values of an option are the same (``--dataset``: the same file or folder, links resolved)."""
+    if name == "dataset" and mine is not None and theirs is not None:
+        return Path(mine).resolve() == Path(theirs).resolve()
+    return mine == theirs
 
 
 def _dataset_read(dataset: str) -> list[tuple[str, str]]:
@@ -278,6 +348,9 @@ class BenchmarkConfig(RunOptions):
             raise ValueError("--steps must be >= 1, --epochs and --warmup >= 0")
         if self.compile and self.cuda_graphs:
             raise ValueError("--compile and --cuda-graphs: choose one (the graphs replay the eager model)")
+
+    def eager_only(self) -> str | None:
+        return "--compile" if self.compile else super().eager_only()
 
     def training(self) -> TrainConfig:
         """The training run whose step this benchmark times (NVIDIA's optimizer and schedule)."""

@@ -16,7 +16,8 @@ import torch
 from se3pyg.allocator import keep_freed_memory
 from se3pyg.compat.nvidia import load_nvidia
 from se3pyg.data import DatasetSpec, TargetStats, TrainingView, dataset_splits, get_task, make_loader, qm9_splits
-from se3pyg.data.custom import build_dataset
+from se3pyg.data.custom import build_dataset, dataset_digest
+from se3pyg.data.errors import DataError
 from se3pyg.data.molecules import ELEMENTS, read_molecules
 from se3pyg.data.tasks import Task
 from se3pyg.engine.checkpoint import (
@@ -48,6 +49,7 @@ class LoadedModel:
     source: str  # "se3pyg" or "nvidia"
     config: dict | None = None
     elements: tuple[str, ...] = ELEMENTS  # one-hot node features, in order
+    dataset_sha256: str | None = None  # the digest of the --dataset it was trained on, as it was then
 
     @property
     def dataset(self) -> DatasetSpec | None:
@@ -75,7 +77,8 @@ def load_model(
         custom = bool(ckpt["config"].get("dataset"))
         task_of = Task(ckpt["task"], 0, ckpt.get("unit", "")) if custom else get_task(ckpt["task"])
         elements = tuple(ckpt.get("elements", ELEMENTS))
-        return LoadedModel(model, task_of, ckpt["target_mean"], ckpt["target_std"], "se3pyg", ckpt["config"], elements)
+        stats = (ckpt["target_mean"], ckpt["target_std"])
+        return LoadedModel(model, task_of, *stats, "se3pyg", ckpt["config"], elements, ckpt.get("dataset_sha256"))
     try:
         model = load_nvidia(payload, num_heads=num_heads, channels_div=channels_div)
     except ValueError as exc:
@@ -140,6 +143,11 @@ def evaluate_split(
         raise ValueError(f"--split must be test or val (or all, with --dataset), got {split!r}")
     stats = TargetStats(loaded.mean, loaded.std) if loaded.source == "se3pyg" else None
     custom = loaded.dataset
+    if dataset is None and custom is not None and loaded.dataset_sha256 not in (None, dataset_digest(custom.source)):
+        raise DataError(
+            f"{custom.source}: not the dataset the checkpoint was trained on (its files changed since); "
+            f"--dataset {custom.source} evaluates on it as it is now"
+        )
     if dataset is not None:
         recorded = custom or DatasetSpec(dataset, loaded.task.name, loaded.task.unit)
         custom = dataclasses.replace(recorded, source=dataset, elements=loaded.elements)

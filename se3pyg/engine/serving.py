@@ -22,19 +22,24 @@ EXAMPLE_MOLECULE = "3\nwater\nO 0.0 0.0 0.117\nH 0.0 0.757 -0.467\nH 0.0 -0.757 
 
 
 def read_molecule_texts(texts: Sequence[str], elements: Sequence[str]) -> list[Any]:
-    """Model inputs of molecules given as XYZ or SDF text (SDF when the text holds a molfile's ``M  END``)."""
+    """Model inputs of molecules given as XYZ or SDF text (SDF when the text holds a molfile's ``M  END``), one
+    molecule a text; :class:`~se3pyg.data.errors.DataError` naming the row (from 0) otherwise."""
+    from se3pyg.data.errors import DataError
     from se3pyg.data.molecules import read_molecules
 
+    molecules = []
     with tempfile.TemporaryDirectory(prefix="se3pyg-serve-") as folder:
-        paths = []
         for k, text in enumerate(texts):
-            suffix = ".sdf" if "M  END" in text else ".xyz"
-            path = Path(folder, f"molecule-{k}{suffix}")
+            path = Path(folder, f"row {k}{'.sdf' if 'M  END' in text else '.xyz'}")
             path.write_text(text)
-            paths.append(path)
-        molecules = read_molecules(paths, elements)
-    for molecule in molecules:  # names from the row, not the scratch file
-        molecule.name = molecule.name.replace("molecule-", "row ", 1)
+            try:
+                found = read_molecules([path], elements)
+            except DataError as exc:  # named by its row, not by the scratch file
+                raise DataError(str(exc).replace(f"{folder}/", "").replace(path.name, f"row {k}")) from None
+            if len(found) != 1:
+                raise DataError(f"row {k}: holds {len(found)} molecules (SDF records or XYZ frames); send one a row")
+            found[0].name = f"row {k}"
+            molecules += found
     return molecules
 
 
@@ -48,11 +53,20 @@ class MoleculePropertyModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, model_input: list[str], params: dict[str, Any] | None = None) -> list[float]:
         """One prediction per molecule text (MLflow reads these type hints as the model's schema)."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from se3pyg.data.errors import DataError
         from se3pyg.engine.precision import Precision
         from se3pyg.engine.predict import predict_molecules
 
+        if not model_input:
+            return []
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        molecules = read_molecule_texts(model_input, self.loaded.elements)
+        try:
+            molecules = read_molecule_texts(model_input, self.loaded.elements)
+        except DataError as exc:  # the server answers 400 with this line, no stack trace
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
         precision = Precision.choose(False, "auto", device)
         return predict_molecules(self.loaded, molecules, 64, device, precision).tolist()
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -17,6 +18,9 @@ from se3pyg.engine.graphs import GraphedSteps
 from se3pyg.engine.optim import make_optimizer
 from se3pyg.engine.precision import Precision
 from se3pyg.model import SE3TransformerPooled
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Batch
 
 
 @dataclass
@@ -65,28 +69,50 @@ class TrainState:
         net: nn.Module = torch.compile(model, dynamic=True) if compile else model
         if info.distributed:
             net = DistributedDataParallel(net, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-            net._set_static_graph()
+            if config.accumulate_grad_batches == 1:  # a static graph's reducer fails inside no_sync (accumulation)
+                net._set_static_graph()
         optimizer = make_optimizer(
             config.optimizer, model.parameters(), config.learning_rate, config.weight_decay, config.momentum
         )
-        floor = config.min_learning_rate if config.min_learning_rate is not None else config.learning_rate / 10
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=config.epochs, eta_min=floor)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            optimizer, T_0=config.epochs, eta_min=config.lr_floor
+        )
         state = cls(model, net, optimizer, scheduler, precision.grad_scaler(), precision)
         state.accumulate, state.gradient_clip = config.accumulate_grad_batches, config.gradient_clip
         if checkpoint is not None:
-            state.restore(checkpoint, config.epochs)
+            state.restore(checkpoint, config)
         if config.cuda_graphs:
             state.graphs = GraphedSteps(state)
         return state
 
-    def restore(self, checkpoint: dict[str, Any], epochs: int) -> None:
-        """Optimizer, schedule (stretched to ``epochs`` in total), loss scale and progress of ``checkpoint``."""
+    @property
+    def predict(self) -> Callable[[Batch], torch.Tensor] | None:
+        """How evaluation predicts a batch: replayed with the training's CUDA graphs, else ``None`` (the eager
+        :func:`~se3pyg.engine.step.predict_step`)."""
+        return self.graphs.predict if self.graphs is not None else None
+
+    def restore(self, checkpoint: dict[str, Any], config: TrainConfig) -> None:
+        """Optimizer, schedule (stretched to ``config.epochs`` in total), loss scale and progress of
+        ``checkpoint``; then ``config``'s optimizer settings, which differ from the checkpoint's where a resume
+        gave others: the learning rate then follows the new schedule from where the run stands."""
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.scheduler.T_0 = self.scheduler.T_i = epochs
+        self.scheduler.T_0 = self.scheduler.T_i = config.epochs
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.epoch = checkpoint["epoch"] + 1
         self.best_val_mae = checkpoint.get("best_val_mae", math.inf)
+        schedule = (self.scheduler.base_lrs[0], self.scheduler.eta_min)
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = config.weight_decay
+            if "momentum" in group:
+                group["momentum"] = config.momentum
+        if schedule != (config.learning_rate, config.lr_floor):
+            self.scheduler.base_lrs = [config.learning_rate] * len(self.optimizer.param_groups)
+            self.scheduler.eta_min = config.lr_floor
+            position = math.cos(math.pi * self.scheduler.T_cur / self.scheduler.T_i)
+            for group in self.optimizer.param_groups:
+                group["initial_lr"] = config.learning_rate
+                group["lr"] = config.lr_floor + (config.learning_rate - config.lr_floor) * (1 + position) / 2
 
     def to_checkpoint(self, epoch: int, **extra: Any) -> dict[str, Any]:
         """A checkpoint payload after ``epoch``, with ``extra`` entries (task, statistics, run id, ...)."""

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from se3pyg.data import Loader, QM9Splits, TargetStats, make_loader, set_epoch
+from se3pyg.data.custom import dataset_digest
 from se3pyg.engine import distributed
 from se3pyg.engine.checkpoint import best_path, load_checkpoint, save_checkpoint
 from se3pyg.engine.config import TrainConfig
@@ -85,6 +86,11 @@ def run(
         if checkpoint
         else dataclasses.replace(config, task=config.task or (None if config.dataset else "homo"))
     )
+    if config.dataset:  # recorded as the file it is, wherever the run was started
+        config = dataclasses.replace(config, dataset=str(Path(config.dataset).resolve()))
+        if checkpoint is not None and checkpoint.get("dataset_sha256") not in (None, dataset_digest(config.dataset)):
+            raise ValueError(f"--dataset {config.dataset}: changed since {config.load_ckpt_path} was trained on it; "
+                             "a resume needs the same molecules")  # fmt: skip
     if checkpoint is not None and checkpoint["epoch"] + 1 >= config.epochs:
         raise TrainingError(f"--epochs {config.epochs}: the checkpoint has already run {checkpoint['epoch'] + 1}", 2)
     spawning = distributed.spawns(config.world_size)
@@ -178,18 +184,15 @@ def train_worker(
     tracker = (
         _start_tracking(config, info, state, data, checkpoint and checkpoint.get("run_id")) if info.is_main else None
     )
-    task = data.splits.task
     result = TrainResult(
-        task.name,
+        data.splits.task.name,
         state.best_val_mae,
         run_id=tracker.run_id if tracker else None,
         skipped=data.splits.skipped,
         skip_reasons=data.splits.skip_reasons,
     )
     saver = _Saver(
-        config.save_ckpt_path if info.is_main else None, state,
-        dict(task=task.name, unit=task.unit, target_mean=data.splits.stats.mean, target_std=data.splits.stats.std,
-             elements=list(elements), run_id=result.run_id, versions=library_versions(), config=config.to_dict()),
+        config.save_ckpt_path if info.is_main else None, state, _recorded(config, data.splits, result.run_id),
         keep_best=tracker is not None,  # without --save-ckpt-path the best model still goes to MLflow
     )  # fmt: skip
     status = "FAILED"
@@ -203,7 +206,7 @@ def train_worker(
                     tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
                 if on_epoch is not None and info.is_main:
                     on_epoch(metrics)
-        test = predict_split(state.net, data.test, info, state.precision)
+        test = predict_split(state.net, data.test, info, state.precision, state.predict)
         result.test_mae = split_mae(test, info, data.splits.stats.std)
         test = gather_predictions(test, info)
         if tracker is not None:
@@ -224,6 +227,16 @@ def train_worker(
         if tracker is not None:
             tracker.finish(status)
         saver.close()
+
+
+def _recorded(config: TrainConfig, splits: QM9Splits, run_id: str | None) -> dict[str, Any]:
+    """What a checkpoint records beside the state: the task, the target statistics, the elements, the run, the
+    versions, the config, and the digest of ``--dataset``'s files (so that a changed dataset is told)."""
+    return dict(
+        task=splits.task.name, unit=splits.task.unit, target_mean=splits.stats.mean, target_std=splits.stats.std,
+        elements=list(splits.elements), run_id=run_id, versions=library_versions(), config=config.to_dict(),
+        dataset_sha256=dataset_digest(config.dataset) if config.dataset else None,
+    )  # fmt: skip
 
 
 def _log_report(tracker: Tracker, history: list[dict[str, float]], test: Predictions, splits: QM9Splits) -> None:
@@ -268,16 +281,15 @@ def _epochs(
             saved = f"checkpoint of epoch {epoch - 1} saved" if saver.path else "nothing saved"
             raise _InterruptError(f"interrupted at epoch {epoch} ({saved})", exc.code) from None
         except _NonFiniteLossError as exc:
-            kept = config.save_ckpt_path or "none saved"
-            raise TrainingError(
-                f"loss became {exc.value} at epoch {epoch} step {exc.step}; the last good checkpoint is kept ({kept})",
-                3,
-            ) from None
+            saved = saver.path is not None and Path(saver.path).is_file()
+            kept = f"the last good checkpoint is kept ({saver.path})" if saved else "no checkpoint was saved before"
+            raise TrainingError(f"loss became {exc.value} at epoch {epoch} step {exc.step}; {kept}", 3) from None
         state.scheduler.step()
         state.epoch = epoch + 1
         last = epoch == config.epochs - 1
         if last or (config.eval_interval > 0 and (epoch + 1) % config.eval_interval == 0):
-            metrics["val_mae"] = mean_absolute_error(state.net, data.val, info, data.splits.stats.std, state.precision)
+            std = data.splits.stats.std
+            metrics["val_mae"] = mean_absolute_error(state.net, data.val, info, std, state.precision, state.predict)
             if metrics["val_mae"] < state.best_val_mae:
                 state.best_val_mae = metrics["val_mae"]
                 saver.save(epoch, best=True)
