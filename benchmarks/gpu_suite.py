@@ -6,6 +6,7 @@ machine with the QM9 build (``--export``), the golden files from
 ``../shared/golden`` or ``--golden`` (DEVELOPERS.md: how a lent GPU runs it).
 
     python benchmarks/gpu_suite.py --export gpu_carry/qm9_sample.pt --data-dir data/qm9        # here
+    python benchmarks/gpu_suite.py --export-qm9 gpu_carry/qm9.tar.gz --data-dir data/qm9       # here
     python benchmarks/gpu_suite.py --molecules gpu_carry/qm9_sample.pt --golden gpu_carry/golden   # on the GPU
 """
 
@@ -14,7 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -50,6 +54,112 @@ def export(data_dir: str, path: str, count: int, limit: int | None = None, seed:
     # clone: a molecule's tensors are views of the whole collated dataset, which torch.save would write each time
     mols = [{k: getattr(splits.train[int(i)], k).clone() for k in (*KEYS, "y")} for i in order]
     torch.save(mols, path)
+
+
+def export_qm9(data_dir: str, path: str) -> None:
+    """The QM9 build in ``data_dir`` (its manifest and processed file: the raw files are not read once processed)
+    as a gzipped tar, for :func:`default_command` on a machine without qm9pack or RDKit."""
+    import tarfile
+
+    from se3pyg.data.qm9 import MANIFEST, verify
+
+    manifest = verify(data_dir)
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(Path(data_dir, MANIFEST), arcname=MANIFEST)
+        processed = Path("processed", manifest["processed_file"])
+        tar.add(Path(data_dir, processed), arcname=str(processed))
+
+
+#: ``se3pyg`` as the installed console script runs it (``se3pyg.cli:main``), from this checkout without installing it:
+#: the package maps ``se3pyg.cli`` to ``cli/`` (pyproject.toml), which a checkout on ``sys.path`` alone does not.
+SE3PYG = (
+    "import importlib.util, sys\n"
+    f"sys.path.insert(0, {str(ROOT)!r})\n"
+    f"spec = importlib.util.spec_from_file_location('se3pyg.cli', {str(ROOT / 'cli' / '__init__.py')!r}, "
+    f"submodule_search_locations=[{str(ROOT / 'cli')!r}])\n"
+    "cli = importlib.util.module_from_spec(spec)\n"
+    "sys.modules['se3pyg.cli'] = cli\n"
+    "spec.loader.exec_module(cli)\n"
+    "sys.argv[0] = 'se3pyg'\n"
+    "cli.main()\n"
+)
+_EPOCH_LINE = re.compile(r"^epoch (\d+)  train_loss (\S+)(?:  val_mae (\S+))?  ([\d.]+) mol/s  ([\d.]+) s$", re.M)
+_PREDICT_LINE = re.compile(r"^test MAE (\S+) \S+ on (\d+) molecules \(\w+\) in ([\d.]+) s", re.M)
+
+
+def _se3pyg(*args: str, timeout: float) -> str:
+    """The output of ``se3pyg ARGS``; ``RuntimeError`` with the end of it when the command fails."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", SE3PYG, *args], capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"se3pyg {' '.join(args)}: exit {done.returncode}: {(done.stdout + done.stderr)[-1500:]}")
+    return done.stdout + done.stderr
+
+
+def default_command(archive: Path, scratch: Path, smoke: bool) -> dict:
+    """``se3pyg train --task homo --amp`` as a user types it (published recipe; CUDA graphs by default on a GPU) for
+    two epochs on the carried QM9 build (``archive``, from ``--export-qm9``), tracking off, then ``se3pyg predict
+    --amp --batch-size 1600`` on its test split. Throughputs: each epoch's training (data and step; validation
+    timed apart), and the prediction pass over the split (loading data and model excluded); the first epoch
+    includes the graphs' captures."""
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        tar.extractall(scratch / "qm9", filter="data")
+    count = json.loads((scratch / "qm9" / "se3pyg-qm9.json").read_text())["count"]
+    size = ["--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2", "--batch-size",
+            "16", "--gpus", "0"] if smoke else []  # fmt: skip
+    ckpt = scratch / "homo.pt"
+    train = ["train", "--task", "homo", "--amp", "--no-tracking", "--data-dir", str(scratch / "qm9"), "--limit",
+             str(count), "--epochs", "2", "--eval-interval", "1", "--save-ckpt-path", str(ckpt), *size]  # fmt: skip
+    trained = _se3pyg(*train, timeout=420)
+    epochs = [
+        {"epoch": int(e), "train_loss": float(loss), "val_mae": float(val) if val else None,
+         "throughput_mol_per_ms": float(rate) / 1000, "epoch_time_s": float(seconds)}
+        for e, loss, val, rate, seconds in _EPOCH_LINE.findall(trained)
+    ]  # fmt: skip
+    predict = ["predict", "--amp", "--batch-size", "32" if smoke else "1600", "--ckpt", str(ckpt), "--no-tracking",
+               *(["--gpus", "0"] if smoke else [])]  # fmt: skip
+    predicted = _se3pyg(*predict, timeout=300)
+    mae, molecules, seconds = _PREDICT_LINE.search(predicted).groups()
+    return {
+        "device": "cpu (smoke run)" if smoke else torch.cuda.get_device_name(),
+        "command": "se3pyg " + " ".join(train),
+        "predict_command": "se3pyg " + " ".join(predict),
+        "molecules": count,
+        "epochs": epochs,
+        "throughput_mol_per_ms": epochs[-1]["throughput_mol_per_ms"],  # the second epoch: graphs captured
+        "test_mae_ev": float(mae),
+        "predict_molecules": int(molecules),
+        "predict_throughput_mol_per_ms": int(molecules) / float(seconds) / 1000,
+        "cuda_graphs_note": next((line for line in trained.splitlines() if line.startswith("CUDA graphs")), None),
+    }
+
+
+def equivariance(mols: list[dict], device: torch.device, batch_size: int) -> dict:
+    """Rotation invariance of the published recipe's pooled prediction on ``device``, per precision: the relative
+    change of the prediction when the molecules are rotated (``max |f(R x) - f(x)| / (1 + max |f(x)|)``). Users of
+    NVIDIA's code report 0.155 on GPUs (DeepLearningExamples issue 1114)."""
+    from se3pyg.engine.precision import Precision
+
+    torch.manual_seed(0)
+    model = SE3TransformerPooled(fiber_in={0: 6}).to(device).eval()
+    batch = first_batch(mols, batch_size, device)
+    rotated = batch.clone()
+    q = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64))[0]
+    rotated.pos = (batch.pos.double() @ (q * torch.sign(torch.linalg.det(q))).T.to(device)).float()
+    limits = {"fp32": 1e-4, "tf32": 2e-2, "fp16": 2e-2, "bf16": 2e-2}
+    rows = {}
+    for name in ("fp32", "tf32", "fp16", "bf16") if device.type == "cuda" else ("fp32", "bf16"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = name == "tf32"
+        precision = Precision.choose(name in ("fp16", "bf16"), name if name in ("fp16", "bf16") else "auto", device)
+        with torch.no_grad(), precision.autocast():
+            plain, turned = model(batch).float(), model(rotated).float()
+        error = float((turned - plain).abs().max() / (1 + plain.abs().max()))
+        rows[name] = {"relative_error": error, "limit": limits[name], "pass": error <= limits[name]}
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    return rows
 
 
 def golden_checks(golden: Path, device: torch.device, kernel: str) -> dict:
@@ -483,7 +593,7 @@ def summary(report: dict, small: int, big: int) -> dict:
     """What the suite's timings decide so far: per mode, graphed AMP fp16 mol/ms of each kernel timed, the fastest
     kernel whose golden checks (and, for the fused ones, operator checks) did not fail (the candidate for
     ``auto_kernel("cuda")``), and whether it reaches the floor and the goal; the checks that failed, by job."""
-    checks = [name for name in report if name.startswith("golden_") or name == "operator_checks"]
+    checks = [name for name in report if name.startswith(("golden_", "equivariance_")) or name == "operator_checks"]
     failed = [
         name for name in checks if "error" in report[name] or not all(row["pass"] for row in report[name].values())
     ]
@@ -510,6 +620,13 @@ def summary(report: dict, small: int, big: int) -> dict:
             best = rates[fastest]
             decided[mode] = {"mol_per_ms": rates, "fastest": fastest,
                              "floor_met": best >= FLOORS[mode], "goal_met": best >= GOALS[mode]}  # fmt: skip
+    command = report.get("default_command", {})
+    if "throughput_mol_per_ms" in command:  # the figures of the command users type, against the same floors
+        rates = {"train": command["throughput_mol_per_ms"], "predict": command["predict_throughput_mol_per_ms"]}
+        decided["default_command"] = {
+            mode: {"mol_per_ms": round(rate, 2), "floor_met": rate >= FLOORS[mode], "goal_met": rate >= GOALS[mode]}
+            for mode, rate in rates.items()
+        }
     decided["failed_checks"] = failed
     return decided
 
@@ -517,6 +634,8 @@ def summary(report: dict, small: int, big: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", help="write a molecule sample to this file and stop")
+    parser.add_argument("--export-qm9", help="write the QM9 build of --data-dir to this .tar.gz and stop")
+    parser.add_argument("--qm9", default=str(ROOT / "gpu_carry" / "qm9.tar.gz"), help="the default command's QM9")
     parser.add_argument("--data-dir", default="data/qm9")
     parser.add_argument("--count", type=int, default=3200)
     parser.add_argument("--limit", type=int, default=None, help="with --export: draw from the first N molecules")
@@ -529,6 +648,9 @@ def main() -> None:
     if args.export:
         export(args.data_dir, args.export, args.count, args.limit)
         return
+    if args.export_qm9:
+        export_qm9(args.data_dir, args.export_qm9)
+        return
     device = torch.device("cpu" if args.smoke else "cuda")
     gpus, steps, big, small = (0, 2, 32, 8) if args.smoke else (1, 20, 1600, 240)
     name = "cpu (smoke run)" if args.smoke else torch.cuda.get_device_name()
@@ -536,12 +658,15 @@ def main() -> None:
     mols = torch.load(args.molecules, weights_only=True)
     golden = Path(args.golden)
     # What decides auto_kernel("cuda") and the floors comes first: a machine's time may run out mid-suite.
+    scratch = Path(tempfile.mkdtemp(prefix="se3pyg-gpu-suite-"))
     jobs = [
+        ("default_command", lambda: default_command(Path(args.qm9), scratch, args.smoke)),
         ("golden_reassociated", lambda: golden_checks(golden, device, "reassociated")),
         ("golden_fused", lambda: golden_checks(golden, device, "fused")),
         ("golden_edge_weights", lambda: golden_checks(golden, device, "edge_weights")),
         ("golden_fused_edge_weights", lambda: golden_checks(golden, device, "fused_edge_weights")),
         ("operator_checks", lambda: operator_checks(device)),
+        (f"equivariance_b{small}", lambda: equivariance(mols, device, small)),
         (f"train_amp_fp16_b{small}", lambda: throughput(mols, "train", small, "fp16", steps=steps, gpus=gpus)),
         (f"train_amp_fp16_b{small}_edge_weights",
          lambda: throughput(mols, "train", small, "fp16", "edge_weights", steps, gpus)),
@@ -590,16 +715,21 @@ def main() -> None:
     ]  # fmt: skip
     if args.only:
         jobs = [(name, job) for name, job in jobs if name in args.only.split(",")]
-    for name, job in jobs:
-        start = time.perf_counter()
-        try:
-            report[name] = job()
-        except Exception:  # one failing measurement must not lose the others
-            report[name] = {"error": traceback.format_exc(limit=3)}
-        report["seconds"][name] = round(time.perf_counter() - start, 1)  # what fits in the next machine's minutes
-        report["summary"] = summary(report, small, big)
-        Path(args.out).write_text(json.dumps(report, indent=2))
-        print(name, json.dumps(report[name]), flush=True)
+    try:
+        for name, job in jobs:
+            start = time.perf_counter()
+            try:
+                report[name] = job()
+            except Exception:  # one failing measurement must not lose the others
+                report[name] = {"error": traceback.format_exc(limit=3)}
+            report["seconds"][name] = round(time.perf_counter() - start, 1)  # what fits in the next machine's minutes
+            report["summary"] = summary(report, small, big)
+            Path(args.out).write_text(json.dumps(report, indent=2))
+            if name == "default_command" and "error" not in report[name]:  # its own file, as the results keep it
+                Path(args.out).with_name("default-command.json").write_text(json.dumps(report[name], indent=2))
+            print(name, json.dumps(report[name]), flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     print("summary", json.dumps(summary(report, small, big)), flush=True)
 
 

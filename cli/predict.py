@@ -25,4 +25,9 @@ def predict(values: dict[str, Any]) -> None:
     elif done.output is not None:
         console.print(f"{done.count} predictions of {done.task.name} written to {done.output}", highlight=False)
     else:
-        console.print(f"{done.split} MAE {done.mae:.5f} {done.task.unit} on {done.count} molecules ({done.task.name})")
+        rate = done.count / done.seconds / 1000
+        console.print(
+            f"{done.split} MAE {done.mae:.5f} {done.task.unit} on {done.count} molecules ({done.task.name}) "
+            f"in {done.seconds:.2f} s, {rate:.2f} mol/ms",
+            highlight=False,
+        )

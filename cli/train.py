@@ -55,9 +55,10 @@ def train(
             f"skipped {result.skipped} bad records of --dataset (first: {'; '.join(result.skip_reasons[:3])})",
             markup=False, highlight=False, soft_wrap=True,
         )  # fmt: skip
+    tracked = f", MLflow run {result.run_id}" if result.run_id else ""
     console.print(
         f"done in {time.perf_counter() - start:.1f} s: best val MAE {result.best_val_mae:.5f}, "
-        f"test MAE {result.test_mae:.5f} ({result.task}), MLflow run {result.run_id}",
+        f"test MAE {result.test_mae:.5f} ({result.task}){tracked}",
         highlight=False,
         soft_wrap=True,
     )

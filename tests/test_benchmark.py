@@ -108,6 +108,9 @@ def test_gpu_suite_smoke_run_on_cpu(qm9_dir: Path, tmp_path: Path) -> None:
     export = [sys.executable, str(suite_py), "--export", str(sample), "--data-dir", str(qm9_dir), "--count", "64",
               "--limit", str(QM9_SUBSET)]  # fmt: skip
     subprocess.run(export, check=True, capture_output=True, timeout=300)
+    archive = tmp_path / "qm9.tar.gz"
+    export = [sys.executable, str(suite_py), "--export-qm9", str(archive), "--data-dir", str(qm9_dir)]
+    subprocess.run(export, check=True, capture_output=True, timeout=300)
     golden = Path(__file__).resolve().parents[2] / "shared" / "golden"
     site = tmp_path / "gpu_machine_site"
     site.mkdir()
@@ -118,12 +121,19 @@ def test_gpu_suite_smoke_run_on_cpu(qm9_dir: Path, tmp_path: Path) -> None:
 
     def suite(folder: Path, jobs: str) -> dict:
         command = [sys.executable, str(suite_py), "--molecules", str(sample), "--golden", str(folder), "--smoke",
-                   "--only", jobs, "--out", str(out)]  # fmt: skip
+                   "--qm9", str(archive), "--only", jobs, "--out", str(out)]  # fmt: skip
         subprocess.run(command, check=True, capture_output=True, timeout=600, env=env)
         return json.loads(out.read_text())
 
     jobs = "golden_reassociated,operator_checks,step_counts_reassociated,step_counts_amp_fp16_reassociated"
+    jobs += ",default_command,equivariance_b8"
     report = suite(golden, f"{jobs},train_amp_fp16_b8")
+    command = json.loads(out.with_name("default-command.json").read_text())  # the command's figures, in a file
+    assert command == report["default_command"] and command["command"].startswith("se3pyg train --task homo --amp")
+    assert len(command["epochs"]) == 2 and command["throughput_mol_per_ms"] > 0
+    assert command["predict_throughput_mol_per_ms"] > 0 and command["predict_molecules"] == QM9_SUBSET // 10
+    assert all(row["pass"] for row in report["equivariance_b8"].values())
+    assert set(report["summary"].pop("default_command")) == {"train", "predict"}
     assert all(row["pass"] for row in report["golden_reassociated"].values())
     assert set(report["operator_checks"]) == {"fused", "fused_edge_weights"}
     assert all(row["pass"] for row in report["operator_checks"].values())

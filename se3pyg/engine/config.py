@@ -38,6 +38,9 @@ class DeviceOptions:
     amp: bool = option(False, "Automatic mixed precision.", "--amp/--no-amp")
     amp_dtype: str = option("auto", "AMP dtype: fp16 (with a GradScaler), bf16, or auto (fp16 on GPUs, bf16 on CPU).")
     gpus: int | None = option(None, "GPUs on this node, one process each (0: the CPU; default: all visible).")
+    tracking: bool = option(
+        True, "Log the run to MLflow (--no-tracking: nothing logged, MLflow not loaded).", "--tracking/--no-tracking"
+    )
     tracking_uri: str | None = option(None, "MLflow store (default $MLFLOW_TRACKING_URI or mlruns/).")
     experiment: str = option("se3pyg", "MLflow experiment.")
     cuda_graphs: bool | None = option(
@@ -88,7 +91,7 @@ class DeviceOptions:
 
     def tracking_store(self) -> list[tuple[str, str]]:
         """The local file of the tracking store, as an ``(option, path)`` pair (none for a server or a folder)."""
-        db = sqlite_file(resolve_tracking_uri(self.tracking_uri))
+        db = sqlite_file(resolve_tracking_uri(self.tracking_uri)) if self.tracking else None
         return [("the MLflow tracking store", str(db))] if db is not None else []
 
     @property
@@ -219,6 +222,8 @@ class TrainConfig(RunOptions):
                 f"--weight-decay must be a number >= 0 and --momentum in [0, 1), got {self.weight_decay} and "
                 f"{self.momentum}"
             )
+        if self.register_model and not self.tracking:
+            raise ValueError(f"--register-model {self.register_model}: registers in MLflow, and --no-tracking is set")
         if self.num_workers < 0:
             raise ValueError(f"--num-workers must be >= 0, got {self.num_workers}")
         if self.load_ckpt_path is not None:
@@ -337,7 +342,6 @@ class BenchmarkConfig(RunOptions):
     warmup: int = option(2, "Untimed warm-up steps.")
     epochs: int = option(0, "Instead of --steps: time this many epochs after a warm-up epoch.")
     compile: bool = option(False, "torch.compile the model (dynamic shapes).", "--compile")
-    tracking: bool = option(True, "Log the figures to MLflow.", "--tracking/--no-tracking")
     experiment: str = option("se3pyg-benchmark", "MLflow experiment.")
 
     def validate(self) -> None:

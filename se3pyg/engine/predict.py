@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import functools
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,11 +131,11 @@ def evaluate_split(
     precision: Precision,
     dataset: str | None = None,
     cuda_graphs: bool = False,
-) -> tuple[float, int]:
-    """``(MAE in the task's unit, molecules)`` on NVIDIA's ``test`` or ``val`` split of the first ``limit`` QM9
-    molecules, or on that split of the ``--dataset`` the model was trained on (as its checkpoint records), or of
-    ``dataset`` (another file of molecules, with the model's target, elements and split options; ``split``
-    may be ``all`` there).
+) -> tuple[float, int, float]:
+    """``(MAE in the task's unit, molecules, seconds of the prediction pass)`` on NVIDIA's ``test`` or ``val``
+    split of the first ``limit`` QM9 molecules, or on that split of the ``--dataset`` the model was trained on (as
+    its checkpoint records), or of ``dataset`` (another file of molecules, with the model's target, elements and
+    split options; ``split`` may be ``all`` there).
 
     Targets are standardized with the checkpoint's statistics (an se3pyg checkpoint) or the train split's.
     ``cuda_graphs``: see :func:`prediction_step`.
@@ -161,8 +162,9 @@ def evaluate_split(
     loader = make_loader(molecules, batch_size, shuffle=False, device=device)
     model = loaded.model.to(device).eval()
     predict = prediction_step(model, precision, device, cuda_graphs)
+    start = time.perf_counter()  # batches served and predicted; the MAE read back ends the pass
     mae = mean_absolute_error(model, loader, DistInfo(device=device), std, precision, predict)
-    return mae, len(molecules)
+    return mae, len(molecules), time.perf_counter() - start
 
 
 def _whole(spec: DatasetSpec, stats: TargetStats | None, node_features: int) -> tuple[InMemoryDataset, float]:
@@ -192,6 +194,7 @@ class PredictResult:
     values: torch.Tensor | None = None
     split: str | None = None
     mae: float | None = None
+    seconds: float | None = None  # of the pass over the split (loading the data and the model excluded)
 
 
 def run_predict(config: PredictConfig) -> PredictResult:
@@ -220,17 +223,21 @@ def run_predict(config: PredictConfig) -> PredictResult:
     data_dir = config.data_dir or trained.get("data_dir", "data/qm9")
     limit = config.limit if config.limit is not None else trained.get("limit")
     tags = {"task": loaded.task.name, "command": "predict"}
-    tracker = Tracker(config.tracking_uri, config.experiment, config.run_name, tags)
+    tracker = Tracker(config.tracking_uri, config.experiment, config.run_name, tags) if config.tracking else None
     status = "FAILED"
     try:
-        mae, n = evaluate_split(
+        mae, n, seconds = evaluate_split(
             loaded, data_dir, limit, config.split, config.batch_size, device, precision, config.dataset,
             config.cuda_graphs,
         )  # fmt: skip
-        params = {"ckpt": config.ckpt, "split": config.split, "task": loaded.task.name, "n": n, "source": loaded.source}
-        tracker.log_params(params)
-        tracker.log_metrics({f"{config.split}_mae": mae}, step=0)
+        if tracker is not None:
+            params = {"ckpt": config.ckpt, "split": config.split, "task": loaded.task.name, "n": n,
+                      "source": loaded.source, "cuda_graphs": config.cuda_graphs,
+                      "batch_size": config.batch_size}  # fmt: skip
+            tracker.log_params(params)
+            tracker.log_metrics({f"{config.split}_mae": mae, "throughput_mol_per_ms": n / seconds / 1000}, step=0)
         status = "FINISHED"
     finally:
-        tracker.finish(status)
-    return PredictResult(loaded.task, n, split=config.split, mae=mae)
+        if tracker is not None:
+            tracker.finish(status)
+    return PredictResult(loaded.task, n, split=config.split, mae=mae, seconds=seconds)

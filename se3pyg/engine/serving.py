@@ -35,7 +35,8 @@ def read_molecule_texts(texts: Sequence[str], elements: Sequence[str]) -> list[A
             try:
                 found = read_molecules([path], elements)
             except DataError as exc:  # named by its row, not by the scratch file
-                raise DataError(str(exc).replace(f"{folder}/", "").replace(path.name, f"row {k}")) from None
+                reason = str(exc).replace(f"{folder}/", "").replace(f"{path.name}:0:", f"{path.name}:")  # frame 0
+                raise DataError(reason.replace(path.name, f"row {k}")) from None
             if len(found) != 1:
                 raise DataError(f"row {k}: holds {len(found)} molecules (SDF records or XYZ frames); send one a row")
             found[0].name = f"row {k}"

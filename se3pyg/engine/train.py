@@ -78,7 +78,7 @@ def run(
     """
     config = config.resolve_gpus()
     config.check_before_training()
-    if distributed.is_main_process():
+    if config.tracking and distributed.is_main_process():
         check_reachable(resolve_tracking_uri(config.tracking_uri), writing=True)  # before the data build
     checkpoint = load_checkpoint(config.load_ckpt_path) if config.load_ckpt_path else None
     config = (
@@ -181,9 +181,8 @@ def train_worker(
     if progress is not None:
         n_params = sum(p.numel() for p in state.model.parameters())
         progress(f"model built on {info.device}", n_params, n_params, "parameters")
-    tracker = (
-        _start_tracking(config, info, state, data, checkpoint and checkpoint.get("run_id")) if info.is_main else None
-    )
+    resumed = checkpoint and checkpoint.get("run_id")
+    tracker = _start_tracking(config, info, state, data, resumed) if info.is_main and config.tracking else None
     result = TrainResult(
         data.splits.task.name,
         state.best_val_mae,
