@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,11 @@ def one_line_errors() -> Iterator[None]:
     """What se3pyg refuses (bad options, data, checkpoints, stores) or stops for ends as one line and an exit code."""
     try:
         yield
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM (se3pyg.processes.Interrupted), the cleanup done
+        signum = getattr(exc, "signum", signal.SIGINT)
+        raise fail(f"interrupted by {signal.Signals(signum).name}", 128 + signum) from None
+    except OSError as exc:  # a full disk, an unreadable file: named by the system's message
+        raise fail(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc), 1) from None
     except Exception as exc:
         code = _refusal_code(exc)
         if code is None:

@@ -6,10 +6,12 @@ import dataclasses
 import fcntl
 import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +292,43 @@ def test_a_dataset_changed_since_training_is_named_not_silently_used(tmp_path: P
     )
     with pytest.raises(ValueError, match=r"mols\.sdf: changed since .*m\.pt was trained on it"):
         run(TrainConfig(**{**config, "epochs": 2}, load_ckpt_path=str(tmp_path / "m.pt")))
+
+
+def _stopped(command: list[str], cwd: Path, ready: Callable[[str], bool]) -> subprocess.CompletedProcess:
+    """``se3pyg COMMAND`` sent SIGTERM once a line of its output satisfies ``ready``."""
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "se3pyg", *command], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if ready(line):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(command, proc.returncode, "".join(seen) + out, err)
+
+
+def test_sigterm_after_the_last_epoch_ends_with_a_line_a_killed_run_and_no_lock(qm9_dir: Path, tmp_path: Path) -> None:
+    """Stopped while testing, reporting or logging the model: one line, exit 143, the run KILLED, the lock gone."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    command = ["train", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--batch-size", "16", "--gpus", "0",
+               "--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2", "--epochs", "1",
+               "--tracking-uri", uri, "--save-ckpt-path", str(tmp_path / "model.pt")]  # fmt: skip
+    done = _stopped(command, tmp_path, lambda line: line.startswith("epoch 0  train_loss"))
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "error: interrupted by SIGTERM" and "Traceback" not in done.stderr
+    (killed,) = mlflow.MlflowClient(uri).search_runs(
+        [mlflow.MlflowClient(uri).get_experiment_by_name("se3pyg").experiment_id]
+    )
+    assert killed.info.status == "KILLED"
+    assert not (tmp_path / ".model.pt.lock").exists() and load_checkpoint(tmp_path / "model.pt")["epoch"] == 0
+
+
+def test_sigterm_in_a_qm9_build_removes_its_scratch_and_lock(tmp_path: Path) -> None:
+    root = tmp_path / "qm9"
+    done = _stopped(["data", "prepare", "--data-dir", str(root), "--limit", "20000"], tmp_path,
+                    lambda line: line.startswith("perceiving bonds"))  # fmt: skip
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert done.stderr.strip() == "error: interrupted by SIGTERM"
+    assert sorted(p.name for p in root.iterdir()) == []  # no .build-PID, no lock, no half build

@@ -175,7 +175,8 @@ def _write_raw(raw_dir: Path, limit: int | None, progress: Progress | None, work
     by_index = dict(zip(indices, rows, strict=True))
     empty_row = "," + ",".join(["0"] * 19) + "\n"
 
-    with ProcessPoolExecutor(max_workers=workers, initializer=end_with_parent) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=end_with_parent)
+    try:
         blocks = pool.map(_molblock, jobs, chunksize=256)
         with (raw_dir / "gdb9.sdf").open("w") as sdf, (raw_dir / "gdb9.sdf.csv").open("w") as table:
             table.write(_CSV_HEADER + "\n")
@@ -190,6 +191,8 @@ def _write_raw(raw_dir: Path, limit: int | None, progress: Progress | None, work
                 else:
                     sdf.write(_PLACEHOLDER.format(name=f"gdb_{index}"))
                     table.write(f"gdb_{index}" + empty_row)
+    finally:  # a stopped build waits for the molecules in progress, not for the rest
+        pool.shutdown(wait=True, cancel_futures=True)
     with (raw_dir / "uncharacterized.txt").open("w") as handle:
         handle.write("Molecules that failed the geometry consistency check\n" * 9)
         handle.writelines(f"{i} gdb_{i}\n" for i in uncharacterized)

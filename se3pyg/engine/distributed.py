@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import socket
 import sys
 import tempfile
@@ -21,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from se3pyg.allocator import keep_freed_memory
-from se3pyg.processes import end_with_parent
+from se3pyg.processes import end_with_parent, raise_on_stop_signals
 
 R = TypeVar("R")
 
@@ -112,6 +113,7 @@ def shutdown() -> None:
 
 def _worker(local_rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple) -> None:
     end_with_parent()  # a killed launcher takes its ranks with it
+    raise_on_stop_signals()  # a stopped launcher's SIGTERM ends a rank with its cleanup done
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -128,8 +130,20 @@ def _worker(local_rank: int, world_size: int, port: int, fn: Callable[..., Any],
 
 
 def spawn(fn: Callable[..., Any], nprocs: int, *args: Any) -> None:
-    """Run ``fn(*args)`` in ``nprocs`` processes of one process group on this node."""
-    torch.multiprocessing.spawn(_worker, args=(nprocs, free_port(), fn, args), nprocs=nprocs, join=True)
+    """Run ``fn(*args)`` in ``nprocs`` processes of one process group on this node. A stop signal here
+    (:class:`~se3pyg.processes.Interrupted`) is passed on to the ranks, which end as a stopped run does (rank 0
+    saves and marks its run KILLED), and raised again once they have."""
+    context = torch.multiprocessing.spawn(_worker, args=(nprocs, free_port(), fn, args), nprocs=nprocs, join=False)
+    try:
+        while not context.join():
+            pass
+    except KeyboardInterrupt:
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+        for process in context.processes:
+            process.join(timeout=60)
+        raise
 
 
 def spawns(world_size: int) -> bool:

@@ -219,7 +219,7 @@ def train_worker(
                 result.model_uri = tracker.log_model(model, config.register_model)
         status = "FINISHED"
         return result
-    except _InterruptError:
+    except (_InterruptError, KeyboardInterrupt):  # in an epoch, or at any other stage (se3pyg.processes.Interrupted)
         status = "KILLED"
         raise
     finally:
@@ -269,16 +269,17 @@ def _epochs(
     progress: ProgressCallback | None,
 ) -> Iterator[dict[str, float]]:
     """Run the remaining epochs, yielding each one's metrics; validate and save on their intervals."""
-    for epoch in range(state.epoch, config.epochs):
+    first = state.epoch
+    for epoch in range(first, config.epochs):
         set_epoch(data.train, epoch)
         try:
             health = _Health(info, stop, config.check_every(info.device))
             batches = functools.partial(progress, f"epoch {epoch}", unit="batches") if progress else None
             metrics = train_epoch(state, data.train, info, health, batches)
         except _InterruptError as exc:
-            saver.save(epoch - 1)
-            saved = f"checkpoint of epoch {epoch - 1} saved" if saver.path else "nothing saved"
-            raise _InterruptError(f"interrupted at epoch {epoch} ({saved})", exc.code) from None
+            raise _InterruptError(
+                f"interrupted in epoch {epoch} ({saver.save_interrupted(epoch, first)})", exc.code
+            ) from None
         except _NonFiniteLossError as exc:
             saved = saver.path is not None and Path(saver.path).is_file()
             kept = f"the last good checkpoint is kept ({saver.path})" if saved else "no checkpoint was saved before"
@@ -393,6 +394,16 @@ class _Saver:
         target = self.best if best else self.path
         if target:
             save_checkpoint(target, self.state.to_checkpoint(epoch, **self.extra))
+
+    def save_interrupted(self, epoch: int, first: int) -> str:
+        """Save the state of a run stopped in ``epoch`` (its first was ``first``); what was saved, in words."""
+        if not self.path:
+            return "nothing saved: no --save-ckpt-path"
+        if epoch == first:
+            return "nothing saved: no epoch completed"
+        self.save(epoch - 1)
+        done = f"epoch {epoch - 1} and the batches of epoch {epoch} so far"
+        return f"saved {self.path}: {done}; a resume runs epoch {epoch}"
 
 
 class _StopFlag:
