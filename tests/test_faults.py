@@ -332,3 +332,48 @@ def test_sigterm_in_a_qm9_build_removes_its_scratch_and_lock(tmp_path: Path) -> 
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
     assert done.stderr.strip() == "error: interrupted by SIGTERM"
     assert sorted(p.name for p in root.iterdir()) == []  # no .build-PID, no lock, no half build
+
+
+def _with_file_size_limit(limit: int) -> Callable[[], None]:
+    """A child's set-up that makes every write past ``limit`` bytes fail with EFBIG, as a full disk does."""
+
+    def limited() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limited
+
+
+def test_a_full_disk_ends_each_command_as_one_line_and_keeps_what_was_there(qm9_dir: Path, tmp_path: Path) -> None:
+    """Checkpoint saves, predictions and a QM9 build on a disk that fills: one line naming the file, no traceback,
+    the previous checkpoint whole, no scratch left."""
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "PYTHONUNBUFFERED": "1"}
+
+    def se3pyg(*args: str, limit: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "se3pyg", *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=300, preexec_fn=_with_file_size_limit(limit))  # fmt: skip
+
+    ckpt = tmp_path / "model.pt"
+    train = ["train", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--batch-size", "16", "--gpus", "0",
+             "--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2", "--epochs", "1",
+             "--no-tracking", "--save-ckpt-path", str(ckpt)]  # fmt: skip
+    assert se3pyg(*train, limit=1 << 30).returncode == 0
+    before = ckpt.read_bytes()
+    done = se3pyg(*train, "--num-channels", "16", limit=len(before) // 2)  # a larger model's checkpoint: no room
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"{ckpt.with_name('model.best.pt')}: cannot be written, the previous file is kept" in done.stderr
+    assert ckpt.read_bytes() == before and not list(tmp_path.glob(".model*.tmp-*"))
+
+    molecule = tmp_path / "water.xyz"
+    molecule.write_text("3\nwater\nO 0.0 0.0 0.117\nH 0.0 0.757 -0.467\nH 0.0 -0.757 -0.467\n")
+    out = tmp_path / "out.csv"
+    done = se3pyg("predict", "--ckpt", str(ckpt), "--input", str(molecule), "--output", str(out), limit=20)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == f"error: --output {out}: cannot be written (File too large)" and not out.exists()
+
+    done = se3pyg("data", "prepare", "--data-dir", str(tmp_path / "qm9"), "--limit", "2000", limit=100_000)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "the QM9 build could not be written (File too large)" in done.stderr
+    assert not list((tmp_path / "qm9").glob(".build-*"))

@@ -344,6 +344,8 @@ def _build(root: Path, limit: int | None, progress: Progress | None, workers: in
         with atomic_write(root / MANIFEST) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2))
         return manifest
+    except OSError as exc:  # a full disk, most likely: the build is left out, the folder incomplete
+        raise DataError(f"--data-dir {root}: the QM9 build could not be written ({exc.strerror or exc})") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

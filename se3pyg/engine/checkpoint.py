@@ -25,9 +25,13 @@ __all__ = [
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` through a temporary file and an atomic rename."""
-    with atomic_write(path) as tmp:
-        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+    """Write ``payload`` to ``path`` through a temporary file and an atomic rename (the previous file stays whole
+    when the write fails: :class:`CheckpointError` naming it, e.g. on a full disk)."""
+    try:
+        with atomic_write(path) as tmp:
+            torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as a RuntimeError
+        raise CheckpointError(f"{path}: cannot be written, the previous file is kept ({first_line(exc)})") from None
 
 
 def is_se3pyg_checkpoint(payload: Any) -> bool:

@@ -216,8 +216,11 @@ def run_predict(config: PredictConfig) -> PredictResult:
         values = predict_molecules(loaded, molecules, config.batch_size, device, precision, config.cuda_graphs)
         names = [m.name for m in molecules]
         if config.output is not None:
-            with atomic_write(config.output) as tmp, tmp.open("w", newline="") as handle:
-                write_predictions_csv(handle, names, loaded.task, values)
+            try:
+                with atomic_write(config.output) as tmp, tmp.open("w", newline="") as handle:
+                    write_predictions_csv(handle, names, loaded.task, values)
+            except OSError as exc:  # a full disk: nothing is left at --output
+                raise ValueError(f"--output {config.output}: cannot be written ({exc.strerror or exc})") from None
         return PredictResult(loaded.task, len(molecules), config.output, names, values)
     trained = loaded.config or {}
     data_dir = config.data_dir or trained.get("data_dir", "data/qm9")
