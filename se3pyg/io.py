@@ -22,6 +22,12 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def spreadsheet_text(cell: str) -> str:
+    """A text cell of a CSV written for people: one that starts as a formula would in a spreadsheet (``=``, ``+``,
+    ``-``, ``@``, a tab or a carriage return, e.g. from a file name) gets a leading ``'``, so it stays text."""
+    return f"'{cell}" if cell.startswith(("=", "+", "-", "@", "\t", "\r")) else cell
+
+
 def _remove_dead_temporaries(target: Path) -> None:
     """Temporary files of writes to ``target`` whose process died mid-write (``.NAME.tmp-PID``)."""
     for tmp in target.parent.glob(f".{target.name}.tmp-*"):

@@ -26,7 +26,15 @@ import torch
 from torch_geometric.data import Data, InMemoryDataset
 
 from se3pyg.data.errors import DataError
-from se3pyg.data.molecules import INPUT_SUFFIXES, checked, element_order, read_sdf_records, read_xyz_frames, to_data
+from se3pyg.data.molecules import (
+    INPUT_SUFFIXES,
+    checked,
+    checked_file,
+    element_order,
+    read_sdf_records,
+    read_xyz_frames,
+    to_data,
+)
 from se3pyg.data.pairs import pair_dataset_edges
 from se3pyg.data.tasks import Task
 from se3pyg.io import cache_dir
@@ -53,6 +61,8 @@ class DatasetSpec:
     def validate(self) -> None:
         if not Path(self.source).exists():
             raise DataError(f"--dataset {self.source}: no such file or folder")
+        if not Path(self.source).is_dir():
+            checked_file(Path(self.source), "--dataset")
         if self.bad_records not in BAD_RECORDS:
             raise ValueError(f"--bad-records must be skip or refuse, got {self.bad_records!r}")
         fractions = self.split_fractions
@@ -100,7 +110,7 @@ def _raw_records(spec: DatasetSpec, errors: list[DataError]) -> list[tuple[str, 
     if len(tables) != 1:
         raise DataError(f"--dataset {source}: expected one .csv of values in the folder, found {len(tables)}")
     try:
-        with tables[0].open(newline="") as handle:
+        with checked_file(tables[0]).open(newline="", encoding="utf-8-sig") as handle:  # Excel's "CSV UTF-8" too
             rows = list(csv.DictReader(handle))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{tables[0]}: not a readable CSV ({exc})") from None
@@ -113,8 +123,9 @@ def _raw_records(spec: DatasetSpec, errors: list[DataError]) -> list[tuple[str, 
             path = source / name
             if name != Path(name).name or name in (".", ".."):  # the manifest hashes the folder's own files only
                 raise DataError(f"{tables[0]}:{line}: {name!r} is not a file name in {source} (no folders or paths)")
-            if not name or not path.is_file() or path.suffix.lower() not in INPUT_SUFFIXES:
+            if not name or not (path.exists() or path.is_symlink()) or path.suffix.lower() not in INPUT_SUFFIXES:
                 raise DataError(f"{tables[0]}:{line}: no .xyz, .sdf or .mol file {name!r} in {source}")
+            checked_file(path)
             if name in first_line_of:
                 raise DataError(f"{tables[0]}:{line}: {name} is listed again (first on line {first_line_of[name]})")
             first_line_of[name] = line
@@ -246,10 +257,13 @@ def _load_cached(folder: Path, key: dict) -> BuiltDataset | None:
         "processed"
     ):
         return None
-    stored = torch.load(io.BytesIO(content), weights_only=True)
-    dataset = InMemoryDataset()
-    dataset.data, dataset.slices = Data.from_dict(stored["data"]), stored["slices"]
-    return BuiltDataset(dataset, tuple(manifest["elements"]), manifest["skipped"], manifest["reasons"])
+    try:  # a manifest whose digests match but whose other entries are damaged is no cache either
+        stored = torch.load(io.BytesIO(content), weights_only=True)
+        dataset = InMemoryDataset()
+        dataset.data, dataset.slices = Data.from_dict(stored["data"]), stored["slices"]
+        return BuiltDataset(dataset, tuple(manifest["elements"]), int(manifest["skipped"]), list(manifest["reasons"]))
+    except Exception:
+        return None
 
 
 def split_positions(built: BuiltDataset, spec: DatasetSpec) -> tuple[list[int], list[int], list[int]]:

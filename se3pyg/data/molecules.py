@@ -26,6 +26,36 @@ ATOMIC_NUMBERS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
 INPUT_SUFFIXES = (".xyz", ".sdf", ".mol")
 MAX_COORDINATE = 1e4  # Å: far beyond any molecule
 MIN_DISTANCE = 0.1  # Å: closer atoms coincide
+MAX_ATOMS = 1_000  # atoms a molecule: bond perception and the model's graphs grow with it
+MAX_FILE_BYTES = 100 * 2**20  # a molecule file (an SDF of many records too) is read whole
+
+
+def checked_file(path: Path, what: str = "") -> Path:
+    """``path`` when it is a regular file of at most :data:`MAX_FILE_BYTES` (links followed), else
+    :class:`DataError` naming it: a FIFO would block, a device never end, a folder, a dangling link or a loop of
+    links cannot be read."""
+    import stat
+
+    name = f"{what} {path}".strip()
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise DataError(f"{name}: {exc.strerror}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise DataError(f"{name}: is a folder, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{name}: not a regular file (a FIFO, socket or device is not read)")
+    if info.st_size > MAX_FILE_BYTES:
+        raise DataError(f"{name}: {info.st_size:,} bytes, more than the {MAX_FILE_BYTES:,} se3pyg reads from a file")
+    return path
+
+
+def _text(path: Path) -> str:
+    """A molecule file's text; :class:`DataError` naming it when it is not UTF-8."""
+    try:
+        return checked_file(path).read_text()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
 def perceive_bonds(elements: Sequence[str], coords: Sequence[Sequence[float]]):  # returns an rdkit.Chem.Mol
@@ -105,7 +135,7 @@ def to_data(
 
 def read_xyz_frames(path: Path) -> Iterator[tuple[str, list[str], list[list[float]]]]:
     """``(name, elements, coordinates)`` of each frame of an XYZ file (``FILE:FRAME``)."""
-    lines = path.read_text().splitlines()
+    lines = _text(path).splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
@@ -116,6 +146,8 @@ def read_xyz_frames(path: Path) -> Iterator[tuple[str, list[str], list[list[floa
             n = int(lines[i].strip())
         except ValueError:
             raise DataError(f"{path}:{i + 1}: expected an atom count, got {lines[i].strip()[:40]!r}") from None
+        if n > MAX_ATOMS:
+            raise DataError(f"{path}:{i + 1}: {n:,} atoms, more than the {MAX_ATOMS:,} se3pyg takes in a molecule")
         if n < 1 or i + 2 + n > len(lines):
             raise DataError(f"{path}:{i + 1}: frame of {n} atoms runs past the end of the file")
         elements, coords = [], []
@@ -150,7 +182,7 @@ def read_sdf_records(
     from rdkit import Chem, RDLogger
 
     RDLogger.DisableLog("rdApp.*")
-    if not path.read_bytes().strip():
+    if not _text(path).strip():
         raise DataError(f"{path}: empty file")
     supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)
     count = 0
@@ -158,6 +190,7 @@ def read_sdf_records(
         try:
             if mol is None or mol.GetNumConformers() == 0:
                 raise DataError(f"{path}: record {k + 1} is not a valid molfile with coordinates")
+            _check_record(mol, f"{path}: record {k + 1}")
             conf = mol.GetConformer()
             elements = [a.GetSymbol() for a in mol.GetAtoms()]
             coords = [list(conf.GetAtomPosition(a.GetIdx())) for a in mol.GetAtoms()]
@@ -178,6 +211,23 @@ def read_sdf_records(
         raise DataError(f"{path}: no molecules")
 
 
+def _check_record(mol, name: str) -> None:  # mol: an rdkit.Chem.Mol
+    """:class:`DataError` for an SDF record the model cannot take as it is: too many atoms, a 2D drawing (flat
+    coordinates, the molfile's 2D flag), or charged or radical atoms (the model knows neutral closed-shell
+    molecules, whose bonds are perceived with charge 0)."""
+    if mol.GetNumAtoms() > MAX_ATOMS:
+        raise DataError(f"{name}: {mol.GetNumAtoms():,} atoms, more than the {MAX_ATOMS:,} se3pyg takes in a molecule")
+    if mol.GetNumAtoms() > 1 and not mol.GetConformer().Is3D():
+        raise DataError(f"{name}: a 2D drawing (flat coordinates); se3pyg needs 3D coordinates")
+    for atom in mol.GetAtoms():
+        if atom.GetFormalCharge() or atom.GetNumRadicalElectrons():
+            state = f"charge {atom.GetFormalCharge():+d}" if atom.GetFormalCharge() else "a radical"
+            raise DataError(
+                f"{name}: atom {atom.GetIdx() + 1} ({atom.GetSymbol()}) has {state}; se3pyg predicts for neutral "
+                "closed-shell molecules"
+            )
+
+
 def read_molecules(paths: Sequence[str | os.PathLike], vocabulary: Sequence[str] = ELEMENTS) -> list[Data]:
     """Every molecule of the given XYZ (multi-frame too), SDF or MOL files and folders of them, in order, with
     the node features of a model that knows the elements of ``vocabulary``."""
@@ -187,11 +237,11 @@ def read_molecules(paths: Sequence[str | os.PathLike], vocabulary: Sequence[str]
             found = sorted(f for f in p.iterdir() if f.suffix.lower() in INPUT_SUFFIXES)
             if not found:
                 raise DataError(f"{p}: no .xyz, .sdf or .mol files in this folder")
-            files += found
-        elif p.is_file():
+            files += [checked_file(f) for f in found]
+        elif p.exists() or p.is_symlink():
             if p.suffix.lower() not in INPUT_SUFFIXES:
                 raise DataError(f"{p}: unsupported file type (expected .xyz, .sdf or .mol)")
-            files.append(p)
+            files.append(checked_file(p))
         else:
             raise DataError(f"{p}: no such file or folder")
     molecules = []

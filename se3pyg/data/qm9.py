@@ -222,7 +222,15 @@ def read_manifest(data_dir: str | os.PathLike) -> dict | None:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return manifest if isinstance(manifest, dict) and manifest.get("version") == FORMAT_VERSION else None
+    if not isinstance(manifest, dict) or manifest.get("version") != FORMAT_VERSION:
+        return None
+    typed = all(isinstance(manifest.get(key), kind) and not isinstance(manifest.get(key), bool)
+                for key, kind in _MANIFEST_ENTRIES.items())  # fmt: skip
+    return manifest if typed and Path(manifest["processed_file"]).name == manifest["processed_file"] else None
+
+
+#: What a manifest holds besides its version: entry -> type (one without them all is no manifest).
+_MANIFEST_ENTRIES = {"count": int, "processed_file": str, "processed_size": int, "processed_sha256": str}
 
 
 def verify(data_dir: str | os.PathLike) -> dict:

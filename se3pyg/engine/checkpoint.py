@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ VERSION = 1
 __all__ = [
     "CheckpointError",
     "best_path",
+    "check_trained",
     "is_se3pyg_checkpoint",
     "load_checkpoint",
     "model_from_checkpoint",
@@ -48,6 +50,28 @@ def load_checkpoint(path: str | os.PathLike, payload: Any = None) -> dict[str, A
     if payload.get("version") != VERSION:
         raise CheckpointError(f"{p}: checkpoint version {payload.get('version')} is not supported")
     return payload
+
+
+#: What a checkpoint of a training run holds, for a model to be made of it and resumed: entry -> type.
+TRAINED = {
+    "model_config": dict, "state_dict": dict, "task": str, "config": dict, "epoch": int, "target_mean": float,
+    "target_std": float,
+}  # fmt: skip
+
+
+def check_trained(checkpoint: dict[str, Any], name: str) -> dict[str, Any]:
+    """``checkpoint`` when it holds every :data:`TRAINED` entry with its type and finite target statistics (a
+    standard deviation above 0); :class:`CheckpointError` naming ``name`` and the first entry that is not."""
+    for key, kind in TRAINED.items():
+        value = checkpoint.get(key)
+        usable = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+        if value is None or isinstance(value, bool) or not usable:
+            found = "missing" if value is None else f"of type {type(value).__name__}"
+            raise CheckpointError(f"{name}: incomplete checkpoint: {key} is {found} (expected {kind.__name__})")
+    mean, std = checkpoint["target_mean"], checkpoint["target_std"]
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise CheckpointError(f"{name}: its target statistics (mean {mean}, std {std}) cannot standardize")
+    return checkpoint
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any], name: str = "checkpoint") -> SE3TransformerPooled:

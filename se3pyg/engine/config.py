@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 #: ``--amp-dtype`` (the names of :data:`se3pyg.engine.precision.DTYPES`, and auto).
 AMP_DTYPES = ("auto", "fp16", "bf16")
+#: ``--num-degrees`` at most: features of degrees 0 .. 6, whose bonds' kernels need spherical harmonics up to
+#: degree 2 * 6 = 12, the highest e3nn computes.
+MAX_DEGREES = 7
 #: ``--optimizer``: AdamW, SGD with momentum, LAMB (:func:`se3pyg.engine.optim.make_optimizer`).
 OPTIMIZERS = ("adam", "sgd", "lamb")
 _Options = TypeVar("_Options", bound="DeviceOptions")
@@ -144,6 +147,11 @@ class RunOptions(DeviceOptions, ModelOptions):
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.num_degrees > MAX_DEGREES:
+            raise ValueError(
+                f"--num-degrees must be at most {MAX_DEGREES} (its kernels need spherical harmonics of degree "
+                f"{2 * (self.num_degrees - 1)}; e3nn computes them up to 12), got {self.num_degrees}"
+            )
         if self.num_heads < 1 or self.channels_div < 1:
             raise ValueError("--num-heads and --channels-div must be >= 1")
         if self.pooling not in ("max", "avg"):
@@ -386,6 +394,10 @@ class PredictConfig(DeviceOptions):
 
     def validate(self) -> None:
         super().validate()
+        for name in ("target_mean", "target_std"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and (name == "target_mean" or value > 0)):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number (std: > 0), got {value}")
         if self.split not in ("test", "val", "all") or (self.split == "all" and self.dataset is None):
             raise ValueError(f"--split must be test or val (or all, with --dataset), got {self.split!r}")
         local = not self.ckpt.startswith(("runs:/", "models:/"))  # else an MLflow model or run artifact

@@ -23,6 +23,7 @@ from se3pyg.data.molecules import ELEMENTS, read_molecules
 from se3pyg.data.tasks import Task
 from se3pyg.engine.checkpoint import (
     CheckpointError,
+    check_trained,
     is_se3pyg_checkpoint,
     load_checkpoint,
     model_from_checkpoint,
@@ -34,7 +35,7 @@ from se3pyg.engine.graphs import GraphedPredictor
 from se3pyg.engine.precision import Precision
 from se3pyg.engine.step import predict_step
 from se3pyg.engine.tracking import Tracker
-from se3pyg.io import atomic_write, check_writable, read_torch_file
+from se3pyg.io import atomic_write, check_writable, read_torch_file, spreadsheet_text
 from se3pyg.model import SE3TransformerPooled
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def load_model(
     p = Path(path)
     payload = read_torch_file(p)
     if is_se3pyg_checkpoint(payload):
-        ckpt = load_checkpoint(p, payload)
+        ckpt = check_trained(load_checkpoint(p, payload), str(p))
         if task is not None and task != ckpt["task"]:
             raise CheckpointError(f"{p}: trained for task {ckpt['task']!r}, not {task!r}")
         model = model_from_checkpoint(ckpt, str(p)).eval()
@@ -118,7 +119,14 @@ def predict_molecules(
     loader = make_loader(molecules, batch_size, shuffle=False)  # PyG's batches, edges in reverse pairs where they pair
     predict = prediction_step(model, precision, device, cuda_graphs)
     out = [predict(batch.to(device)).cpu() for batch in loader]
-    return torch.cat(out) * loaded.std + loaded.mean
+    values = torch.cat(out) * loaded.std + loaded.mean if out else torch.zeros(0)
+    bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+    if bad:
+        raise CheckpointError(
+            f"{molecules[bad[0]].name}: the prediction is {values[bad[0]].item()} ({len(bad)} of {len(values)} not "
+            "finite): the model's weights or target statistics are not usable"
+        )
+    return values
 
 
 def evaluate_split(
@@ -180,7 +188,9 @@ def write_predictions_csv(handle: TextIO, names: list[str], task: Task, values: 
     writer = csv.writer(handle)
     writer.writerow(["molecule", "task", "prediction", "unit"])
     for name, value in zip(names, values.tolist(), strict=True):
-        writer.writerow([name, task.name, f"{value:.6f}", task.unit])
+        writer.writerow(
+            [spreadsheet_text(name), spreadsheet_text(task.name), f"{value:.6f}", spreadsheet_text(task.unit)]
+        )
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 
 from se3pyg.data.tasks import Task
 from se3pyg.engine.evaluate import Predictions
+from se3pyg.io import spreadsheet_text
 
 LEARNING_CURVE, PARITY_PLOT, TEST_PREDICTIONS = "learning_curve.png", "parity_test.png", "test_predictions.csv"
 
@@ -34,7 +35,14 @@ def write_test_predictions(
         writer.writerow(["molecule", "task", "truth", "prediction", "error", "unit"])
         for index, t, p in zip(predictions.idx.tolist(), truth.tolist(), pred.tolist(), strict=True):
             writer.writerow(
-                [name(index) if index >= 0 else "", task.name, f"{t:.6f}", f"{p:.6f}", f"{p - t:.6f}", task.unit]
+                [
+                    spreadsheet_text(name(index) if index >= 0 else ""),
+                    spreadsheet_text(task.name),
+                    f"{t:.6f}",
+                    f"{p:.6f}",
+                    f"{p - t:.6f}",
+                    spreadsheet_text(task.unit),
+                ]
             )
 
 

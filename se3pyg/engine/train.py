@@ -24,7 +24,7 @@ import torch
 from se3pyg.data import Loader, QM9Splits, TargetStats, make_loader, set_epoch
 from se3pyg.data.custom import dataset_digest
 from se3pyg.engine import distributed
-from se3pyg.engine.checkpoint import best_path, load_checkpoint, save_checkpoint
+from se3pyg.engine.checkpoint import best_path, check_trained, load_checkpoint, save_checkpoint
 from se3pyg.engine.config import TrainConfig
 from se3pyg.engine.distributed import DistInfo
 from se3pyg.engine.evaluate import Predictions, gather_predictions, mean_absolute_error, predict_split, split_mae
@@ -80,7 +80,8 @@ def run(
     config.check_before_training()
     if config.tracking and distributed.is_main_process():
         check_reachable(resolve_tracking_uri(config.tracking_uri), writing=True)  # before the data build
-    checkpoint = load_checkpoint(config.load_ckpt_path) if config.load_ckpt_path else None
+    path = config.load_ckpt_path
+    checkpoint = check_trained(load_checkpoint(path), str(path)) if path else None
     config = (
         config.resumed_from(checkpoint)
         if checkpoint
