@@ -57,8 +57,8 @@ def train(
         )  # fmt: skip
     tracked = f", MLflow run {result.run_id}" if result.run_id else ""
     console.print(
-        f"done in {time.perf_counter() - start:.1f} s: best val MAE {result.best_val_mae:.5f}, "
-        f"test MAE {result.test_mae:.5f} ({result.task}){tracked}",
+        f"done in {time.perf_counter() - start:.1f} s ({result.parameters:,} parameters): best val MAE "
+        f"{result.best_val_mae:.5f}, test MAE {result.test_mae:.5f} ({result.task}){tracked}",
         highlight=False,
         soft_wrap=True,
     )

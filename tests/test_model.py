@@ -61,7 +61,7 @@ def test_precomputed_spherical_harmonics_give_the_same_output(small: SE3Transfor
         direct = small(batch)
         batch.sh = spherical_harmonics(rel, small.transformer.max_degree)
         cached = small(batch)
-    assert torch.equal(direct, cached)
+    torch.testing.assert_close(cached, direct, rtol=1e-6, atol=1e-7)  # one function's harmonics: float32 rounding
 
 
 def test_low_memory_gives_the_same_gradients() -> None:

@@ -66,13 +66,16 @@ def test_predict_takes_runs_and_models_uris(registered: tuple[Path, str, str]) -
     folder, uri, run_id = registered
     inputs = ["--input", "water.xyz", "--input", "ammonia.sdf"]
     from_file = _predictions(run_se3pyg("predict", "--ckpt", "model.best.pt", *inputs, cwd=folder))
-    env = {"MLFLOW_TRACKING_URI": uri}
+    scratch = folder / "tmp"  # what the commands leave in the temporary folder: nothing (PyG's generated code too)
+    scratch.mkdir()
+    env = {"MLFLOW_TRACKING_URI": uri, "TMPDIR": str(scratch)}
     for ckpt in (f"runs:/{run_id}/model", "models:/homo-tiny/1", f"runs:/{run_id}/model.best.pt", f"runs:/{run_id}"):
         done = run_se3pyg("predict", "--ckpt", ckpt, *inputs, cwd=folder, env=env)
         assert _predictions(done) == from_file, ckpt
     missing = run_se3pyg("predict", "--ckpt", "models:/nope/1", *inputs, cwd=folder, env=env)
     assert missing.returncode == 2 and "--ckpt models:/nope/1: cannot be fetched from MLflow" in missing.stderr
     assert "Traceback" not in missing.stderr
+    assert list(scratch.iterdir()) == []
     client = mlflow.MlflowClient(tracking_uri=uri)
     version = client.get_model_version("homo-tiny", "1")
     assert version.run_id == run_id

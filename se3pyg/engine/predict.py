@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import functools
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -207,18 +208,25 @@ class PredictResult:
     seconds: float | None = None  # of the pass over the split (loading the data and the model excluded)
 
 
+def _load(config: PredictConfig) -> LoadedModel:
+    """The model of ``--ckpt``: a file, or an MLflow model or run artifact (fetched into a scratch folder that is
+    removed once the model is loaded, whatever happens)."""
+    options = (config.task, config.target_mean, config.target_std, config.num_heads, config.channels_div)
+    if not config.ckpt.startswith(("runs:/", "models:/")):
+        return load_model(config.ckpt, *options)
+    from se3pyg.engine.serving import checkpoint_of
+
+    with tempfile.TemporaryDirectory(prefix="se3pyg-model-") as scratch:
+        return load_model(checkpoint_of(config.ckpt, scratch, config.tracking_uri), *options)
+
+
 def run_predict(config: PredictConfig) -> PredictResult:
     """Predict for ``config.input`` into a CSV, or evaluate on a QM9 split (an MLflow run)."""
     config = config.resolve_gpus()
     device = torch.device("cuda" if config.gpus else "cpu")
     precision = Precision.choose(config.amp, config.amp_dtype, device)
     keep_freed_memory()
-    ckpt = config.ckpt
-    if ckpt.startswith(("runs:/", "models:/")):  # an MLflow model or run artifact
-        from se3pyg.engine.serving import checkpoint_of
-
-        ckpt = checkpoint_of(ckpt, config.tracking_uri)
-    loaded = load_model(ckpt, config.task, config.target_mean, config.target_std, config.num_heads, config.channels_div)
+    loaded = _load(config)
     if config.input:
         if config.output is not None:
             check_writable(config.output, "--output")

@@ -91,16 +91,16 @@ def log_trained_model(run_id: str, checkpoint: str | os.PathLike, register_as: s
     return info.model_uri
 
 
-def checkpoint_of(uri: str, tracking_uri: str | None = None) -> Path:
+def checkpoint_of(uri: str, scratch: str | os.PathLike, tracking_uri: str | None = None) -> Path:
     """The se3pyg checkpoint behind an MLflow URI: ``runs:/RUN_ID/model`` or ``models:/NAME/VERSION`` (a logged
     model), ``runs:/RUN_ID/PATH.pt`` (a checkpoint artifact) or ``runs:/RUN_ID`` (the run's best checkpoint);
-    downloaded to a temporary folder."""
+    downloaded into the folder ``scratch`` (the caller's, to remove)."""
     from se3pyg.engine.tracking import resolve_tracking_uri
     from se3pyg.io import CheckpointError, first_line
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    scratch = tempfile.mkdtemp(prefix="se3pyg-model-")
+    scratch = str(scratch)
     run_id = uri.removeprefix("runs:/").strip("/")
     try:
         if uri.startswith("runs:/") and "/" not in run_id:  # MLflow's runs:/ URIs need a path: take the root

@@ -37,8 +37,8 @@ from se3pyg.engine.versions import library_versions
 from se3pyg.io import exclusive_use, read_torch_file
 
 EpochCallback = Callable[[dict[str, float]], None]
-#: ``progress(stage, done, total, unit, **fields)`` on rank 0: data preparation (molecules), the model
-#: (parameters) and each epoch (batches, with ``molecules`` trained so far and the ``loss`` last read, or None).
+#: ``progress(stage, done, total, unit, **fields)`` on rank 0: data preparation (molecules) and each epoch
+#: (batches, with ``molecules`` trained so far and the ``loss`` last read, or None).
 ProgressCallback = Callable[..., None]
 
 
@@ -64,6 +64,7 @@ class TrainResult:
     model_uri: str | None = None  # the MLflow model logged from the best checkpoint
     skipped: int = 0  # --dataset records skipped as bad, and the first reasons
     skip_reasons: list[str] = field(default_factory=list)
+    parameters: int = 0  # the model's
 
 
 def run(
@@ -179,18 +180,13 @@ def train_worker(
     state = TrainState.build(config, info, checkpoint, node_features=len(elements) + 1)
     if checkpoint is not None and config.save_ckpt_path:
         state.best_val_mae = min(state.best_val_mae, _recorded_best(config.save_ckpt_path))
-    if progress is not None:
-        n_params = sum(p.numel() for p in state.model.parameters())
-        progress(f"model built on {info.device}", n_params, n_params, "parameters")
     resumed = checkpoint and checkpoint.get("run_id")
     tracker = _start_tracking(config, info, state, data, resumed) if info.is_main and config.tracking else None
     result = TrainResult(
-        data.splits.task.name,
-        state.best_val_mae,
-        run_id=tracker.run_id if tracker else None,
-        skipped=data.splits.skipped,
-        skip_reasons=data.splits.skip_reasons,
-    )
+        data.splits.task.name, state.best_val_mae, run_id=tracker.run_id if tracker else None,
+        skipped=data.splits.skipped, skip_reasons=data.splits.skip_reasons,
+        parameters=sum(p.numel() for p in state.model.parameters()),
+    )  # fmt: skip
     saver = _Saver(
         config.save_ckpt_path if info.is_main else None, state, _recorded(config, data.splits, result.run_id),
         keep_best=tracker is not None,  # without --save-ckpt-path the best model still goes to MLflow
@@ -211,13 +207,7 @@ def train_worker(
         test = gather_predictions(test, info)
         if tracker is not None:
             tracker.log_metrics({"best_val_mae": result.best_val_mae, "test_mae": result.test_mae}, state.epoch - 1)
-            _log_report(tracker, result.history, test, data.splits)
-            for path in (saver.path, saver.best):
-                if path and Path(path).is_file():
-                    tracker.log_artifact(path)
-            model = next((p for p in (saver.best, saver.path) if p and Path(p).is_file()), None)
-            if model is not None:
-                result.model_uri = tracker.log_model(model, config.register_model)
+            result.model_uri = _log_outcome(tracker, result.history, test, data.splits, saver, config.register_model)
         status = "FINISHED"
         return result
     except (_InterruptError, KeyboardInterrupt):  # in an epoch, or at any other stage (se3pyg.processes.Interrupted)
@@ -239,13 +229,25 @@ def _recorded(config: TrainConfig, splits: QM9Splits, run_id: str | None) -> dic
     )  # fmt: skip
 
 
-def _log_report(tracker: Tracker, history: list[dict[str, float]], test: Predictions, splits: QM9Splits) -> None:
-    """The run's learning curve, test parity plot and test predictions, as artifacts of its MLflow run."""
+def _log_outcome(
+    tracker: Tracker,
+    history: list[dict[str, float]],
+    test: Predictions,
+    splits: QM9Splits,
+    saver: _Saver,
+    register_as: str | None,
+) -> str | None:
+    """The run's learning curve, test parity plot and test predictions, its checkpoints, and its MLflow model
+    (from the best checkpoint, else the last; registered as ``register_as``), as its artifacts; the model's URI."""
     stats = splits.stats
     with tempfile.TemporaryDirectory(prefix="se3pyg-report-") as folder:
         paths = write_run_report(Path(folder), history, test, splits.task, stats.mean, stats.std, splits.molecule_name)
         for path in paths:
             tracker.log_artifact(path)
+    saved = [Path(p) for p in (saver.best, saver.path) if p and Path(p).is_file()]
+    for path in saved[::-1]:
+        tracker.log_artifact(path)
+    return tracker.log_model(saved[0], register_as) if saved else None
 
 
 def _recorded_best(path: str) -> float:

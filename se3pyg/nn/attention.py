@@ -44,6 +44,19 @@ def head_sums(
     return (same_head * scale).to(dtype=dtype, device=device)
 
 
+def _remove_generated_source(layer: MessagePassing) -> None:
+    """Remove the file of the ``propagate`` module PyG generated for ``layer``'s class in the temporary folder
+    (``tempfile``, one a process, never removed): the module is loaded by then and stays cached in ``sys.modules``."""
+    import os
+    import sys
+    import tempfile
+
+    module = sys.modules.get(f"{type(layer).__module__}_{type(layer).__name__}_propagate")
+    source = getattr(module, "__file__", None)
+    if source and os.path.dirname(source) == tempfile.gettempdir() and os.path.isfile(source):
+        os.remove(source)
+
+
 class AttentionSE3(MessagePassing):
     r"""Multi-head attention over each node's incoming edges.
 
@@ -74,6 +87,7 @@ class AttentionSE3(MessagePassing):
 
     def __init__(self, num_heads: int, key_fiber: Fiber, value_fiber: Fiber) -> None:
         super().__init__(aggr="add", flow="source_to_target", node_dim=0)
+        _remove_generated_source(self)
         for name, fiber in (("key", key_fiber), ("value", value_fiber)):
             if any(c % num_heads for c in fiber.channels):
                 raise ValueError(f"num_heads={num_heads} must divide every {name} channel count {fiber.channels}")
