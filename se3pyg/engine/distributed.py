@@ -6,13 +6,15 @@ is what every rank runs around the work itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -149,6 +151,36 @@ def spawn(fn: Callable[..., Any], nprocs: int, *args: Any) -> None:
 def spawns(world_size: int) -> bool:
     """Whether :func:`launch` starts ``world_size`` processes itself (not one process, not under torchrun)."""
     return world_size > 1 and not launched_by_torchrun()
+
+
+class _Relay:
+    """A callback's stand-in in spawned ranks: a call is put on a queue, and made in the launcher."""
+
+    def __init__(self, queue: Any, index: int) -> None:
+        self.queue, self.index = queue, index
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        self.queue.put((self.index, args, kwargs))
+
+
+@contextlib.contextmanager
+def relayed(*callbacks: Callable[..., None] | None) -> Iterator[tuple[Callable[..., None] | None, ...]]:
+    """Stand-ins for ``callbacks`` (``None`` stays ``None``) to pass to spawned ranks: what they are called with
+    (picklable values) comes back through a queue and is passed on here, in order, by a thread of the launcher."""
+    queue = torch.multiprocessing.get_context("spawn").SimpleQueue()
+
+    def pump() -> None:
+        while (call := queue.get()) is not None:
+            index, args, kwargs = call
+            callbacks[index](*args, **kwargs)  # type: ignore[misc]
+
+    thread = threading.Thread(target=pump, name="se3pyg-relay", daemon=True)
+    thread.start()
+    try:
+        yield tuple(None if callback is None else _Relay(queue, k) for k, callback in enumerate(callbacks))
+    finally:
+        queue.put(None)
+        thread.join(timeout=10)
 
 
 def launch(

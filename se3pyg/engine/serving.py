@@ -3,7 +3,8 @@
 The model takes a list of molecules, each as XYZ or SDF (molfile) text (served: ``{"inputs": [TEXT, ...]}``),
 and returns one float per molecule, in input order, in the task's unit; its signature comes from the type
 hints of :meth:`MoleculePropertyModel.predict`. It wraps an se3pyg checkpoint
-(its ``checkpoint`` artifact) and predicts with the same code as ``se3pyg predict``.
+(its ``checkpoint`` artifact) and predicts with the same code as ``se3pyg predict``; it is logged as code
+(``served_model.py``), so loading it unpickles nothing.
 """
 
 from __future__ import annotations
@@ -79,10 +80,11 @@ def log_trained_model(run_id: str, checkpoint: str | os.PathLike, register_as: s
 
     versions = library_versions()
     requirements = [f"torch=={versions['version_torch'].split('+')[0]}", "torch_geometric", "e3nn", "rdkit", "pandas"]
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # its check of the example downloads
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
-            python_model=MoleculePropertyModel(),
+            python_model=str(Path(__file__).with_name("served_model.py")),  # code, not a pickle, makes the model
             artifacts={"checkpoint": str(checkpoint)},
             input_example=[EXAMPLE_MOLECULE],
             pip_requirements=requirements,

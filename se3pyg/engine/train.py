@@ -73,9 +73,9 @@ def run(
     """Train as ``config`` says: in this process, under torchrun, or in ``--gpus``/``--processes`` spawned ones.
 
     A ``load_ckpt_path`` sets the task and the model options (the checkpoint's). Returns rank 0's result
-    (also in a launcher that spawned), ``None`` on the other ranks. ``on_epoch`` is called on rank 0
-    after each epoch and ``on_progress`` as data is prepared and batches are trained, except in spawned
-    processes.
+    (also in a launcher that spawned), ``None`` on the other ranks. ``on_epoch`` is called after each epoch and
+    ``on_progress`` as data is prepared and batches are trained, in this process (for spawned ranks too: rank 0's
+    calls are relayed to it).
     """
     config = config.resolve_gpus()
     config.check_before_training()
@@ -96,18 +96,17 @@ def run(
     if checkpoint is not None and checkpoint["epoch"] + 1 >= config.epochs:
         raise TrainingError(f"--epochs {config.epochs}: the checkpoint has already run {checkpoint['epoch'] + 1}", 2)
     spawning = distributed.spawns(config.world_size)
-    callbacks = (None, None) if spawning else (on_epoch, on_progress)
     held = config.save_ckpt_path and distributed.is_main_process()
-    with exclusive_use(config.save_ckpt_path, "--save-ckpt-path") if held else contextlib.nullcontext():
+    with (
+        exclusive_use(config.save_ckpt_path, "--save-ckpt-path") if held else contextlib.nullcontext(),
+        distributed.relayed(on_epoch, on_progress)
+        if spawning
+        else contextlib.nullcontext((on_epoch, on_progress)) as callbacks,
+    ):  # spawned ranks report through the launcher
         return distributed.launch(
-            train_worker,
-            config.world_size,
-            config.use_cuda,
-            config,
-            checkpoint,
-            *callbacks,
-            prepare=lambda: prepare_data(config),
-        )
+            train_worker, config.world_size, config.use_cuda, config, checkpoint, *callbacks,
+            prepare=lambda: prepare_data(config, on_progress),
+        )  # fmt: skip
 
 
 @dataclass
