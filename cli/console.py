@@ -55,6 +55,7 @@ REFUSALS = (
     ("se3pyg.engine.train", "TrainingError"),
     ("se3pyg.data.errors", "DataError"),
     ("se3pyg.engine.tracking", "TrackingError"),
+    ("se3pyg.engine.distributed", "RankError"),
 )
 
 

@@ -377,3 +377,21 @@ def test_a_full_disk_ends_each_command_as_one_line_and_keeps_what_was_there(qm9_
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "the QM9 build could not be written (File too large)" in done.stderr
     assert not list((tmp_path / "qm9").glob(".build-*"))
+
+
+def test_a_killed_ddp_rank_ends_the_run_as_one_line(qm9_dir: Path, tmp_path: Path) -> None:
+    """kill -9 of one spawned rank: the command says which rank and how, once, without the other rank's traceback."""
+    command = ["train", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--batch-size", "16", "--gpus", "0",
+               "--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2", "--epochs", "1000",
+               "--processes", "2", "--no-tracking"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "se3pyg", *command], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    for line in proc.stdout:
+        if line.startswith("epoch 0  train_loss"):
+            break
+    ranks = [c for c in _children(proc.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+    os.kill(sorted(ranks)[-1], signal.SIGKILL)  # rank 1, started second
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "error: rank 1 was ended by SIGKILL; the run stopped"

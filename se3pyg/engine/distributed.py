@@ -7,6 +7,7 @@ is what every rank runs around the work itself.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import signal
@@ -125,7 +126,11 @@ def _worker(local_rank: int, world_size: int, port: int, fn: Callable[..., Any],
         LOCAL_WORLD_SIZE=str(world_size),
         **{_SPAWNED: "1"},
     )
-    fn(*args)  # an exception propagates to torch.multiprocessing, which reports it and exits non-zero
+    try:
+        fn(*args)  # an exception propagates to torch.multiprocessing, which reports it and exits non-zero
+    finally:  # the work is over: a launcher ending the other ranks of a failed run ends this one quietly
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
@@ -135,6 +140,8 @@ def spawn(fn: Callable[..., Any], nprocs: int, *args: Any) -> None:
     """Run ``fn(*args)`` in ``nprocs`` processes of one process group on this node. A stop signal here
     (:class:`~se3pyg.processes.Interrupted`) is passed on to the ranks, which end as a stopped run does (rank 0
     saves and marks its run KILLED), and raised again once they have."""
+    # a failed rank is reported as one error: not also the ranks torch then ends (its warning for each)
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     context = torch.multiprocessing.spawn(_worker, args=(nprocs, free_port(), fn, args), nprocs=nprocs, join=False)
     try:
         while not context.join():
@@ -204,12 +211,23 @@ def launch(
         out = Path(scratch) / "result.pkl"
         try:
             spawn(_run_and_report, world_size, worker, use_cuda, args, str(out))
-        except Exception:
-            errors = sorted(Path(scratch).glob("error-*.pkl"))
-            if errors:
-                raise pickle.loads(errors[0].read_bytes()) from None
-            raise
+        except torch.multiprocessing.ProcessExitedException as exc:
+            if exc.signal_name:  # the others' errors (a peer gone from the collectives) follow from this one
+                raise RankError(f"rank {exc.error_index} was ended by {exc.signal_name}; the run stopped") from None
+            raise _first_error(Path(scratch)) or exc from None
+        except Exception as exc:
+            raise _first_error(Path(scratch)) or exc from None
         return pickle.loads(out.read_bytes())
+
+
+class RankError(RuntimeError):
+    """A spawned rank ended without an error of its own (killed): the run cannot go on."""
+
+
+def _first_error(scratch: Path) -> Exception | None:
+    """The exception the lowest failing rank raised (left in ``scratch`` by :func:`_run_and_report`), if any."""
+    errors = sorted(scratch.glob("error-*.pkl"))
+    return pickle.loads(errors[0].read_bytes()) if errors else None
 
 
 def run_worker(worker: Callable[..., R], use_cuda: bool, *args: Any) -> R | None:
