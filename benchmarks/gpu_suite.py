@@ -83,7 +83,7 @@ SE3PYG = (
     "sys.argv[0] = 'se3pyg'\n"
     "cli.main()\n"
 )
-_EPOCH_LINE = re.compile(r"^epoch (\d+)  train_loss (\S+)(?:  val_mae (\S+))?  ([\d.]+) mol/s  ([\d.]+) s$", re.M)
+_EPOCH_LINE = re.compile(r"^epoch (\d+)  train_loss (\S+)(?:  val_mae (\S+))?  ([\d.]+) mol/s  ([\d.]+) s\b", re.M)
 _PREDICT_LINE = re.compile(r"^test MAE (\S+) \S+ on (\d+) molecules \(\w+\) in ([\d.]+) s", re.M)
 
 

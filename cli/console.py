@@ -27,6 +27,15 @@ console = Console(soft_wrap=not _TERMINAL, width=None if _TERMINAL or "COLUMNS" 
 err_console = Console(stderr=True)
 
 
+def duration(seconds: float) -> str:
+    """``42 s``, ``12 min``, ``3 h 05``: a time as the eye reads it, in a width that stays small."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d}"
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print a one-line error and return the exit to raise."""
     err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)

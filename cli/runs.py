@@ -8,7 +8,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from se3pyg.cli.console import console, err_console, one_line_errors
+from se3pyg.cli.console import console, duration, err_console, one_line_errors
 
 if TYPE_CHECKING:
     from se3pyg.engine.tracking import RunSummary
@@ -34,8 +34,8 @@ def ui(
     with one_line_errors():
         tracking.check_servable(uri, host, port)
         page = tracking.runs_page(uri, experiment, f"http://{host}:{port}")
-        console.print(f"MLflow UI for {uri}: {page}", highlight=False)
-        status = tracking.serve_ui(uri, host, port)
+        ready = lambda: console.print(f"MLflow UI for {uri}: {page}", highlight=False)  # noqa: E731 (once it answers)
+        status = tracking.serve_ui(uri, host, port, on_ready=ready)
     raise typer.Exit(status)
 
 
@@ -50,15 +50,6 @@ def runs(
     with one_line_errors():
         found = list_runs(tracking_uri, experiment, task)
     console.print(runs_table(found, f"{experiment} ({resolve_tracking_uri(tracking_uri)})"), soft_wrap=False)
-
-
-def _duration(seconds: float) -> str:
-    """``42 s``, ``12 min``, ``3 h 05``: a width that stays small."""
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d}"
 
 
 def runs_table(found: list[RunSummary], title: str) -> Table:
@@ -86,6 +77,6 @@ def runs_table(found: list[RunSummary], title: str) -> Table:
         task = [] if one_task else [r.task]
         table.add_row(
             r.name, *task, r.status, f"{r.epochs_done}/{r.epochs}", number(r.best_val_mae, 5), number(r.test_mae, 5),
-            number(r.throughput_mol_per_s, 1), _duration(r.duration_s),
+            number(r.throughput_mol_per_s, 1), duration(r.duration_s),
         )  # fmt: skip
     return table

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import typer
 
-from se3pyg.cli.console import console, one_line_errors, stage_progress
+from se3pyg.cli.console import console, duration, one_line_errors, stage_progress
 from se3pyg.cli.options import announce_eager, config_options, typed_by_user, validated
 from se3pyg.engine.config import TrainConfig
 
@@ -28,20 +29,31 @@ def train(
     """Train on QM9 (or your --dataset) with NVIDIA's recipe; every run is an MLflow run with a model."""
     if quick:
         values.update({k: v for k, v in QUICK.items() if not typed_by_user(ctx, k)})
+        if values["dataset"] and not typed_by_user(ctx, "save_ckpt_path"):  # not over the QM9 demo's checkpoints
+            values["save_ckpt_path"] = f"quick-{Path(values['dataset']).stem}.pt"
+        if values["dataset"] and not typed_by_user(ctx, "limit"):
+            values["limit"] = None
     config = validated(TrainConfig, **values)
     if quick:
-        console.print("se3pyg --quick: a demo run (small model, 10,000 QM9 molecules), not the published recipe")
+        data = f"--dataset {config.dataset}" if config.dataset else f"{config.limit:,} QM9 molecules"
+        data = data if config.dataset or config.limit else "all QM9 molecules"
+        console.print(f"se3pyg --quick: a demo run (small model, {data}), not the published recipe", markup=False)
     from se3pyg.engine.checkpoint import best_path
 
     announce_eager(config)
     from se3pyg.engine.train import run
 
+    done_epochs: list[float] = []  # when each epoch of this run ended
+
     def report(m: dict[str, float]) -> None:
+        done_epochs.append(time.perf_counter())
         if not silent:
             val = f"  val_mae {m['val_mae']:.5f}" if "val_mae" in m else ""
+            left = config.epochs - 1 - int(m["epoch"])
+            eta = f"  run: {duration((done_epochs[-1] - start) / len(done_epochs) * left)} left" if left else ""
             console.print(
                 f"epoch {int(m['epoch'])}  train_loss {m['train_loss']:.4f}{val}  "
-                f"{m['throughput_mol_per_ms'] * 1000:.1f} mol/s  {m['epoch_time_s']:.1f} s",
+                f"{m['throughput_mol_per_ms'] * 1000:.1f} mol/s  {m['epoch_time_s']:.1f} s{eta}",
                 highlight=False,
             )
 
@@ -65,11 +77,14 @@ def train(
     if result.model_uri:
         registered = f", registered as {values['register_model']}" if values.get("register_model") else ""
         console.print(f"MLflow model: runs:/{result.run_id}/model{registered}", highlight=False, soft_wrap=True)
-    if values["save_ckpt_path"]:
-        best = best_path(values["save_ckpt_path"])
+    model = result.model_uri and f"runs:/{result.run_id}/model"
+    if config.save_ckpt_path:
+        best = best_path(config.save_ckpt_path)
+        model = str(best if best.exists() else config.save_ckpt_path)
         console.print(
-            f"checkpoint: {best if best.exists() else values['save_ckpt_path']} (best validation), "
-            f"last epoch: {values['save_ckpt_path']}",
+            f"checkpoint: {model} (best validation), last epoch: {config.save_ckpt_path}",
             highlight=False,
             soft_wrap=True,
         )
+    next_step = f"se3pyg predict --ckpt {model} --input MOLECULES.xyz" if model else "nothing saved: --save-ckpt-path"
+    console.print(f"next: {next_step}", markup=False, highlight=False, soft_wrap=True)

@@ -133,6 +133,25 @@ def test_quick_sets_defaults_that_typed_options_override(qm9_dir: Path, tmp_path
     assert (params["epochs"], params["limit"], params["num_channels"]) == ("1", str(QM9_SUBSET), "8")  # typed
     assert (params["num_layers"], params["batch_size"], params["gpus"]) == ("2", "32", "0")  # --quick's
     assert params["save_ckpt_path"] == "quick.pt" and (tmp_path / "quick.best.pt").is_file()
+    assert f"{QM9_SUBSET:,} QM9 molecules" in done.stdout.splitlines()[0]  # the banner says what it trains on
+    assert done.stdout.splitlines()[-1] == "next: se3pyg predict --ckpt quick.best.pt --input MOLECULES.xyz"
+    # every run's best checkpoint is runs:/RUN_ID/model.best.pt, whatever its file was called
+    artifacts = {a.path for a in mlflow.MlflowClient(tracking_uri=uri).list_artifacts(run_id)}
+    assert {"model.pt", "model.best.pt"} <= artifacts and "quick.best.pt" not in artifacts
+
+    # --quick on your molecules: its own checkpoints (not the QM9 demo's), and a batch that fits its training split
+    from .test_custom_data import _embedded, _write_sdf
+
+    smiles = ["CCO", "CCN", "CCC", "CO", "CN", "CC=O", "CCCO", "CCCN", "OCCO", "NCCN"] * 2
+    _write_sdf(tmp_path / "mols.sdf", [(_embedded(smi), {"y": str(k % 4)}) for k, smi in enumerate(smiles)])
+    before = (tmp_path / "quick.best.pt").read_bytes()
+    done = run_se3pyg("train", "--quick", "--dataset", "mols.sdf", "--target", "y", "--epochs", "1",
+                      "--tracking-uri", uri, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "small model, --dataset mols.sdf" in done.stdout.splitlines()[0]
+    assert "--batch-size 32: the training split of --dataset has 16 molecules a process; batches of 16" in done.stderr
+    assert (tmp_path / "quick-mols.best.pt").is_file() and (tmp_path / "quick.best.pt").read_bytes() == before
+    assert "1 processes" not in done.stderr + done.stdout
 
 
 def test_readme_python_examples_run() -> None:
@@ -176,7 +195,7 @@ def test_quick_start_from_training_to_a_prediction(qm9_dir: Path, tmp_path: Path
     assert "model built" not in done.stdout  # a parameter count is no progress bar: the last lines give it
     assert re.search(r"^done in [\d.]+ s \([\d,]+ parameters\): best val MAE", done.stdout, re.M)
     assert "epoch 0 (7 batches)" in done.stdout  # 229 training molecules in batches of 32: a line as it starts
-    named = re.search(r"checkpoint: (\S+) \(best validation\)", done.stdout.splitlines()[-1]).group(1)
+    named = re.search(r"^checkpoint: (\S+) \(best validation\)", done.stdout, re.M).group(1)
     assert (tmp_path / named).is_file()
     molecule = next(line for line in lines if line.startswith("printf"))
     subprocess.run(["bash", "-c", molecule], cwd=tmp_path, check=True)

@@ -270,5 +270,6 @@ def test_ddp_ranks_report_progress_and_epochs_through_the_launcher(qm9_dir: Path
                       cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "epoch 0 (" in done.stdout and re.search(r"^epoch 1  train_loss \S+  val_mae", done.stdout, re.M)
+    assert re.search(r"^epoch 0  train_loss .*  run: \d+ s left$", done.stdout, re.M)  # the whole run's time left
     assert "leaked semaphore" not in done.stderr and "Downloading artifacts" not in done.stderr
     assert "CloudPickle" not in done.stderr + done.stdout  # the MLflow model is logged as code, not pickled

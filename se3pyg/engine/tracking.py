@@ -68,12 +68,13 @@ def runs_page(uri: str, experiment: str, base_url: str) -> str:
 
 def ui_server_command(uri: str, host: str, port: int) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of an MLflow UI server over ``uri``: one worker, no job runner."""
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--registry-store-uri", uri]
     cmd += ["--host", host, "--port", str(port), "--workers", "1"]
     artifacts = artifact_location(uri)
     if artifacts:
         cmd += ["--default-artifact-root", artifacts]
-    return cmd, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    quiet = {"PYTHONWARNINGS": "ignore::DeprecationWarning"}  # its web stack's deprecations are not the user's
+    return cmd, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **quiet}
 
 
 def is_loopback(host: str) -> bool:
@@ -91,6 +92,8 @@ def check_port_free(host: str, port: int) -> None:
     if not 0 <= port <= 65535:
         raise TrackingError(f"--port {port}: must be between 0 and 65535")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # as the server binds: a port whose last connections linger in TIME-WAIT is free, a listened one is not
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -105,17 +108,46 @@ def check_servable(uri: str, host: str, port: int) -> None:
     check_reachable(uri, writing=db is not None and not db.is_file())
 
 
-def serve_ui(uri: str, host: str, port: int) -> int:
+#: Lines of the MLflow server's output that say nothing to a user of ``se3pyg ui`` (its defaults, chosen here).
+_SERVER_CHATTER = ("[MLflow] Security middleware enabled", "Registry store URI not provided")
+
+
+def _forward_output(stream: Any) -> None:
+    """The MLflow server's output on this process's stderr, without :data:`_SERVER_CHATTER`."""
+    for line in stream:
+        if not line.startswith(_SERVER_CHATTER):
+            sys.stderr.write(line)
+
+
+def _wait_until_serving(server: Any, host: str, port: int, timeout: float = 120) -> None:
+    """Return once the server answers its health check (:class:`TrackingError` if it ends or is silent first)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while server.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/health",
+                                        timeout=2):  # fmt: skip
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TrackingError(f"the MLflow UI server on {host}:{port} did not start (exit status {server.poll()})")
+
+
+def serve_ui(uri: str, host: str, port: int, on_ready: Any = None) -> int:
     """Run the MLflow UI server over ``uri`` until it ends or this process is told to stop (SIGINT or SIGTERM,
-    passed on to the server's whole process group, so that nothing is left listening). Returns the server's exit
-    status, or 128 + the signal that stopped it.
+    passed on to the server's whole process group, so that nothing is left listening); ``on_ready()`` is called
+    once it answers. Returns the server's exit status, or 128 + the signal that stopped it.
     """
     import signal
     import subprocess
+    import threading
 
     check_servable(uri, host, port)
     cmd, env = ui_server_command(uri, host, port)
-    server = subprocess.Popen(cmd, env=env, start_new_session=True)
+    server = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)  # fmt: skip
+    threading.Thread(target=_forward_output, args=(server.stdout,), daemon=True).start()
     stopped_by: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:
@@ -125,6 +157,9 @@ def serve_ui(uri: str, host: str, port: int) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        _wait_until_serving(server, host, port)
+        if on_ready is not None:
+            on_ready()
         status = server.wait()
         return 128 + stopped_by[0] if stopped_by else status
     finally:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import math
+import shutil
 import signal
 import tempfile
 import time
@@ -36,6 +38,7 @@ from se3pyg.engine.training_data import load_splits, prepare_data
 from se3pyg.engine.versions import library_versions
 from se3pyg.io import exclusive_use, read_torch_file
 
+log = logging.getLogger("se3pyg.train")
 EpochCallback = Callable[[dict[str, float]], None]
 #: ``progress(stage, done, total, unit, **fields)`` on rank 0: data preparation (molecules) and each epoch
 #: (batches, with ``molecules`` trained so far and the ``loss`` last read, or None).
@@ -119,15 +122,20 @@ class _Data:
 
 def _load_data(
     config: TrainConfig, info: DistInfo, stats: TargetStats | None, progress: ProgressCallback | None
-) -> _Data:
+) -> tuple[_Data, TrainConfig]:
     """NVIDIA's splits of QM9 or the splits of ``--dataset`` (local rank 0 builds what is missing), each rank's
-    share of them as loaders."""
+    share of them as loaders; and the config, whose batch size a ``--dataset`` too small for one batch a process
+    lowers to what it has (said in a warning)."""
     splits = load_splits(config, info, config.task, stats, progress)
-    if config.dataset and len(splits.train) // info.world_size < config.batch_size:
-        raise ValueError(
-            f"--batch-size {config.batch_size}: the training split has {len(splits.train)} molecules "
-            f"({info.world_size} processes), fewer than one batch a process"
-        )
+    share = len(splits.train) // info.world_size
+    if config.dataset and share < config.batch_size:
+        if share < 1:
+            raise ValueError(f"--dataset {config.dataset}: its training split has {len(splits.train)} molecules, "
+                             f"fewer than the {info.world_size} processes")  # fmt: skip
+        if info.is_main:
+            log.warning("--batch-size %d: the training split of --dataset has %d molecules a process; batches of %d",
+                        config.batch_size, share, share)  # fmt: skip
+        config = dataclasses.replace(config, batch_size=share)
 
     def loader(dataset: Any, train: bool) -> Loader:
         return make_loader(
@@ -135,7 +143,7 @@ def _load_data(
             drop_last=train, pin_memory=info.device.type == "cuda", device=info.device,
         )  # fmt: skip
 
-    return _Data(splits, loader(splits.train, True), loader(splits.val, False), loader(splits.test, False))
+    return _Data(splits, loader(splits.train, True), loader(splits.val, False), loader(splits.test, False)), config
 
 
 def _start_tracking(
@@ -171,7 +179,7 @@ def train_worker(
     """One rank's training: state, data, tracking (rank 0), the epochs, the test MAE."""
     stats = TargetStats(checkpoint["target_mean"], checkpoint["target_std"]) if checkpoint else None
     progress = on_progress if info.is_main else None
-    data = _load_data(config, info, stats, progress)
+    data, config = _load_data(config, info, stats, progress)
     elements = data.splits.elements
     if checkpoint is not None and tuple(checkpoint.get("elements", elements)) != elements:
         raise ValueError(f"--dataset {config.dataset}: holds {elements}, the checkpoint was trained on "
@@ -236,17 +244,21 @@ def _log_outcome(
     saver: _Saver,
     register_as: str | None,
 ) -> str | None:
-    """The run's learning curve, test parity plot and test predictions, its checkpoints, and its MLflow model
-    (from the best checkpoint, else the last; registered as ``register_as``), as its artifacts; the model's URI."""
+    """The run's learning curve, test parity plot and test predictions, its checkpoints (as ``model.pt`` and
+    ``model.best.pt`` whatever their files are called, so that ``runs:/RUN_ID/model.best.pt`` names every run's
+    best), and its MLflow model (from the best checkpoint, else the last; registered as ``register_as``), as its
+    artifacts; the model's URI."""
     stats = splits.stats
     with tempfile.TemporaryDirectory(prefix="se3pyg-report-") as folder:
         paths = write_run_report(Path(folder), history, test, splits.task, stats.mean, stats.std, splits.molecule_name)
+        saved = {name: Path(p) for name, p in (("model.pt", saver.path), ("model.best.pt", saver.best))
+                 if p and Path(p).is_file()}  # fmt: skip
+        for name, path in saved.items():
+            paths.append(shutil.copyfile(path, Path(folder, name)))
         for path in paths:
             tracker.log_artifact(path)
-    saved = [Path(p) for p in (saver.best, saver.path) if p and Path(p).is_file()]
-    for path in saved[::-1]:
-        tracker.log_artifact(path)
-    return tracker.log_model(saved[0], register_as) if saved else None
+        best = saved.get("model.best.pt", saved.get("model.pt"))
+        return tracker.log_model(best, register_as) if best else None
 
 
 def _recorded_best(path: str) -> float:
