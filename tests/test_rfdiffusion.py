@@ -127,3 +127,47 @@ def test_readme_section_runs() -> None:
     assert all(torch.isfinite(v).all() for v in out.values())
     graph = namespace["G"]
     assert (graph.edge_index[0] == graph.edge_index[1]).sum() == 32  # L <= top_k: self-loops included
+
+
+def _reference_graph(xyz, pair, b, i, j):
+    L = xyz.shape[1]
+    edge_index = torch.stack([b * L + i, b * L + j])
+    rel_pos = (xyz[b, j] - xyz[b, i]).detach()
+    return Data(edge_index=edge_index, rel_pos=rel_pos, num_nodes=xyz.shape[0] * L), pair[b, i, j][..., None]
+
+
+def _reference_full(xyz, pair, idx, top_k=64, kmin=9):
+    b, i, j = torch.where((idx[:, None, :] - idx[:, :, None]).abs() > 0)
+    return _reference_graph(xyz, pair, b, i, j)
+
+
+def _reference_topk(xyz, pair, idx, top_k=64, kmin=32, eps=1e-6):
+    B, L = xyz.shape[:2]
+    eye = torch.eye(L, device=xyz.device)[None] * 999.9
+    sep = (idx[:, None, :] - idx[:, :, None]).abs() + eye
+    D = torch.cdist(xyz, xyz) + eye + sep * eps
+    nearest = torch.zeros(B, L, L, device=xyz.device).scatter_(2, D.topk(min(top_k, L), largest=False).indices, 1.0)
+    b, i, j = torch.where((nearest > 0) | (sep < kmin))
+    return _reference_graph(xyz, pair, b, i, j)
+
+
+@pytest.mark.parametrize(("length", "top_k", "kmin"), [(16, 64, 32), (80, 64, 32), (80, 8, 4), (40, 64, 9)])
+def test_graph_builders_match_the_readme_recipe(length: int, top_k: int, kmin: int) -> None:
+    """se3pyg.compat.rfdiffusion against the functions the README had users copy (the reference above), on
+    proteins with a chain break: the same edges in the same order, positions, features and node count; the
+    positions carry no gradient."""
+    from se3pyg.compat.rfdiffusion import make_full_graph, make_topk_graph
+
+    gen = torch.Generator().manual_seed(length)
+    xyz = (torch.randn(2, length, 3, generator=gen) * 8).requires_grad_()
+    pair = torch.randn(2, length, length, 5, generator=gen)
+    idx = torch.arange(length).repeat(2, 1)
+    idx[1, length // 2 :] += 200  # a second chain
+    for ours, theirs in ((make_full_graph, _reference_full), (make_topk_graph, _reference_topk)):
+        (graph, feats), (expected, expected_feats) = (
+            ours(xyz, pair, idx, top_k, kmin),
+            theirs(xyz, pair, idx, top_k, kmin),
+        )
+        assert torch.equal(graph.edge_index, expected.edge_index) and graph.num_nodes == expected.num_nodes
+        assert torch.equal(graph.rel_pos, expected.rel_pos) and torch.equal(feats, expected_feats)
+        assert not graph.rel_pos.requires_grad and feats.shape[1:] == (5, 1)

@@ -1,0 +1,66 @@
+"""RFdiffusion's graph builders without DGL: ``make_full_graph`` and ``make_topk_graph`` of its ``util_module.py``
+(RoseTTAFold2's and RoseTTAFold-All-Atom's alike), with their signatures and return values.
+
+Each returns ``(G, edge_feats)``: ``G`` a PyG ``Data`` with ``edge_index`` (row 0 source, row 1 destination, nodes
+numbered ``b * L + i``), ``rel_pos`` (the destination's coordinates minus the source's, detached: no gradient
+flows through the basis, as in RFdiffusion) and ``num_nodes`` ``B * L``, which
+:class:`se3pyg.compat.nvidia.SE3Transformer` takes in place of the DGL graph; ``edge_feats`` the pair features of
+the edges, ``[E, E_pair, 1]``.
+"""
+
+from __future__ import annotations
+
+import se3pyg.thirdparty  # noqa: F401  (first: third-party imports without their deprecation warnings)
+
+# isort: split
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+__all__ = ["make_full_graph", "make_topk_graph"]
+
+
+def _graph(xyz: Tensor, pair: Tensor, b: Tensor, i: Tensor, j: Tensor) -> tuple[Data, Tensor]:
+    """The graph of the edges ``(b, i) -> (b, j)`` and their pair features."""
+    length = xyz.shape[1]
+    edge_index = torch.stack([b * length + i, b * length + j])
+    rel_pos = (xyz[b, j] - xyz[b, i]).detach()
+    return Data(edge_index=edge_index, rel_pos=rel_pos, num_nodes=xyz.shape[0] * length), pair[b, i, j][..., None]
+
+
+def make_full_graph(xyz: Tensor, pair: Tensor, idx: Tensor, top_k: int = 64, kmin: int = 9) -> tuple[Data, Tensor]:
+    """Every ordered pair of residues whose residue indices differ.
+
+    Args:
+        xyz: coordinates ``[B, L, 3]`` (RFdiffusion passes the CA atoms).
+        pair: pair features ``[B, L, L, E_pair]``.
+        idx: residue indices ``[B, L]``.
+        top_k, kmin: unused, as in RFdiffusion.
+    """
+    b, i, j = torch.where((idx[:, None, :] - idx[:, :, None]).abs() > 0)
+    return _graph(xyz, pair, b, i, j)
+
+
+def make_topk_graph(
+    xyz: Tensor, pair: Tensor, idx: Tensor, top_k: int = 64, kmin: int = 32, eps: float = 1e-6
+) -> tuple[Data, Tensor]:
+    r"""The ``top_k`` nearest residues of each residue and every residue within ``kmin`` of it in sequence.
+
+    Distances are :math:`D_{ij} = \lVert x_i - x_j \rVert + 999.9 \, [i = j] + \epsilon \, s_{ij}` with the
+    sequence separation :math:`s_{ij} = |idx_j - idx_i| + 999.9 \, [i = j]` (ties broken by it); an edge
+    :math:`i \to j` is kept when :math:`j` is among the ``top_k`` smallest :math:`D_{i\cdot}` or
+    :math:`s_{ij} <` ``kmin``. With ``L <= top_k`` every pair is kept, self-loops (``rel_pos`` 0) included.
+
+    Args:
+        xyz: coordinates ``[B, L, 3]`` (RFdiffusion passes the CA atoms).
+        pair: pair features ``[B, L, L, E_pair]``.
+        idx: residue indices ``[B, L]``.
+    """
+    batch, length = xyz.shape[:2]
+    eye = torch.eye(length, device=xyz.device)[None] * 999.9
+    separation = (idx[:, None, :] - idx[:, :, None]).abs() + eye
+    distance = torch.cdist(xyz, xyz) + eye + separation * eps
+    nearest = distance.topk(min(top_k, length), largest=False).indices
+    chosen = torch.zeros(batch, length, length, device=xyz.device).scatter_(2, nearest, 1.0)
+    b, i, j = torch.where((chosen > 0) | (separation < kmin))
+    return _graph(xyz, pair, b, i, j)
