@@ -91,7 +91,9 @@ class SE3Transformer(nn.Module):
 
     Args:
         num_layers: attention blocks.
-        fiber_in, fiber_hidden, fiber_out: node fibers of the input, the hidden blocks and the output.
+        fiber_in: node fiber of the input.
+        fiber_hidden: node fiber of the hidden blocks.
+        fiber_out: node fiber of the output.
         num_heads: attention heads (they split the channels of every degree).
         channels_div: keys and values have the hidden channels divided by this.
         fiber_edge: edge features (degree 0 gets the edge length appended).

@@ -35,7 +35,8 @@ def make_full_graph(xyz: Tensor, pair: Tensor, idx: Tensor, top_k: int = 64, kmi
         xyz: coordinates ``[B, L, 3]`` (RFdiffusion passes the CA atoms).
         pair: pair features ``[B, L, L, E_pair]``.
         idx: residue indices ``[B, L]``.
-        top_k, kmin: unused, as in RFdiffusion.
+        top_k: unused, as in RFdiffusion.
+        kmin: unused, as in RFdiffusion.
     """
     b, i, j = torch.where((idx[:, None, :] - idx[:, :, None]).abs() > 0)
     return _graph(xyz, pair, b, i, j)

@@ -190,7 +190,7 @@ def read_sdf_records(
         try:
             if mol is None or mol.GetNumConformers() == 0:
                 raise DataError(f"{path}: record {k + 1} is not a valid molfile with coordinates")
-            _check_record(mol, f"{path}: record {k + 1}")
+            _check_record(mol, f"{path}: record {k + 1}", supplier.GetItemText(k))
             conf = mol.GetConformer()
             elements = [a.GetSymbol() for a in mol.GetAtoms()]
             coords = [list(conf.GetAtomPosition(a.GetIdx())) for a in mol.GetAtoms()]
@@ -211,14 +211,16 @@ def read_sdf_records(
         raise DataError(f"{path}: no molecules")
 
 
-def _check_record(mol, name: str) -> None:  # mol: an rdkit.Chem.Mol
-    """:class:`DataError` for an SDF record the model cannot take as it is: too many atoms, a 2D drawing (flat
-    coordinates, the molfile's 2D flag), or charged or radical atoms (the model knows neutral closed-shell
-    molecules, whose bonds are perceived with charge 0)."""
+def _check_record(mol, name: str, text: str) -> None:  # mol: an rdkit.Chem.Mol
+    """:class:`DataError` for an SDF record the model cannot take as it is: too many atoms, a 2D drawing (its
+    header's dimension code says ``2D``; flat coordinates without it may be a planar molecule, and are taken), or
+    charged or radical atoms (the model knows neutral closed-shell molecules, whose bonds are perceived with
+    charge 0)."""
     if mol.GetNumAtoms() > MAX_ATOMS:
         raise DataError(f"{name}: {mol.GetNumAtoms():,} atoms, more than the {MAX_ATOMS:,} se3pyg takes in a molecule")
-    if mol.GetNumAtoms() > 1 and not mol.GetConformer().Is3D():
-        raise DataError(f"{name}: a 2D drawing (flat coordinates); se3pyg needs 3D coordinates")
+    header = text.splitlines()[1] if text.count("\n") > 1 else ""
+    if not mol.GetConformer().Is3D() and header[20:22] == "2D":
+        raise DataError(f"{name}: a 2D drawing (its header says 2D); se3pyg needs 3D coordinates")
     for atom in mol.GetAtoms():
         if atom.GetFormalCharge() or atom.GetNumRadicalElectrons():
             state = f"charge {atom.GetFormalCharge():+d}" if atom.GetFormalCharge() else "a radical"

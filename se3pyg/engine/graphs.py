@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +35,16 @@ from se3pyg.engine.precision import Precision
 if TYPE_CHECKING:
     from torch_geometric.data import Batch
 
-    from se3pyg.engine.state import TrainState
+
+class Trainable(Protocol):
+    """What the graphed training steps read of a training state (:class:`se3pyg.engine.state.TrainState`)."""
+
+    model: nn.Module
+    precision: Precision
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    accumulate: int
+    gradient_clip: float | None
 
 
 @dataclass
@@ -118,7 +127,7 @@ class GraphedSteps(GraphedPredictor):
     """:func:`~se3pyg.engine.step.train_step` and :func:`~se3pyg.engine.step.predict_step` of ``state`` over
     padded batches, one CUDA graph per shape (see the module docstring); both kinds share one memory pool."""
 
-    def __init__(self, state: TrainState, capture: bool = True) -> None:
+    def __init__(self, state: Trainable, capture: bool = True) -> None:
         super().__init__(state.model, state.precision, capture)
         self.state = state
         params = [p for p in state.model.parameters() if p.requires_grad]

@@ -35,7 +35,7 @@ from se3pyg.engine.evaluate import mean_absolute_error
 from se3pyg.engine.graphs import GraphedPredictor
 from se3pyg.engine.precision import Precision
 from se3pyg.engine.step import predict_step
-from se3pyg.engine.tracking import Tracker
+from se3pyg.engine.tracking import Tracker, checkpoint_of
 from se3pyg.io import atomic_write, check_writable, read_torch_file, spreadsheet_text
 from se3pyg.model import SE3TransformerPooled
 
@@ -214,8 +214,6 @@ def _load(config: PredictConfig) -> LoadedModel:
     options = (config.task, config.target_mean, config.target_std, config.num_heads, config.channels_div)
     if not config.ckpt.startswith(("runs:/", "models:/")):
         return load_model(config.ckpt, *options)
-    from se3pyg.engine.serving import checkpoint_of
-
     with tempfile.TemporaryDirectory(prefix="se3pyg-model-") as scratch:
         return load_model(checkpoint_of(config.ckpt, scratch, config.tracking_uri), *options)
 

@@ -91,30 +91,3 @@ def log_trained_model(run_id: str, checkpoint: str | os.PathLike, register_as: s
             registered_model_name=register_as,
         )
     return info.model_uri
-
-
-def checkpoint_of(uri: str, scratch: str | os.PathLike, tracking_uri: str | None = None) -> Path:
-    """The se3pyg checkpoint behind an MLflow URI: ``runs:/RUN_ID/model`` or ``models:/NAME/VERSION`` (a logged
-    model), ``runs:/RUN_ID/PATH.pt`` (a checkpoint artifact) or ``runs:/RUN_ID`` (the run's best checkpoint);
-    downloaded into the folder ``scratch`` (the caller's, to remove)."""
-    from se3pyg.engine.tracking import resolve_tracking_uri
-    from se3pyg.io import CheckpointError, first_line
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    scratch = str(scratch)
-    run_id = uri.removeprefix("runs:/").strip("/")
-    try:
-        if uri.startswith("runs:/") and "/" not in run_id:  # MLflow's runs:/ URIs need a path: take the root
-            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=scratch))
-        else:
-            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=scratch))
-    except Exception as exc:
-        raise CheckpointError(f"--ckpt {uri}: cannot be fetched from MLflow ({first_line(exc)[:200]})") from None
-    if local.is_file():
-        return local
-    found = sorted(local.glob("artifacts/*.pt")) or sorted(local.glob("*.pt"))
-    best = [f for f in found if f.name.endswith(".best.pt")]
-    if len(found) == 1 or len(best) == 1:  # a model's checkpoint, or a run's best one
-        return found[0] if len(found) == 1 else best[0]
-    raise CheckpointError(f"--ckpt {uri}: holds no se3pyg checkpoint (or several, none of them the best)")

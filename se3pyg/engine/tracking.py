@@ -284,24 +284,39 @@ class Tracker:
     def log_artifact(self, path: str | os.PathLike) -> None:
         self._guard("log_artifact", self.client.log_artifact, self.run_id, str(path))
 
-    def log_model(self, checkpoint: str | os.PathLike, register_as: str | None = None) -> str | None:
-        """``checkpoint`` as the run's MLflow model (``runs:/RUN_ID/model``), registered as ``register_as`` when
-        given; the model's URI, or None when it could not be logged (a warning; the run goes on)."""
-        if not self.active:
-            return None
-        try:
-            from se3pyg.engine.serving import log_trained_model
-
-            return log_trained_model(self.run_id, checkpoint, register_as)
-        except Exception as exc:  # the run and its other artifacts stay tracked
-            log.warning("MLflow model logging failed (%s); the checkpoint artifacts remain", first_line(exc))
-            return None
-
     def log_dict(self, data: dict, name: str) -> None:
         self._guard("log_dict", self.client.log_dict, self.run_id, data, name)
 
     def finish(self, status: str = "FINISHED") -> None:
         self._guard("set_terminated", self.client.set_terminated, self.run_id, status)
+
+
+def checkpoint_of(uri: str, scratch: str | os.PathLike, tracking_uri: str | None = None) -> Path:
+    """The se3pyg checkpoint behind an MLflow URI: ``runs:/RUN_ID/model`` or ``models:/NAME/VERSION`` (a logged
+    model), ``runs:/RUN_ID/PATH.pt`` (a checkpoint artifact) or ``runs:/RUN_ID`` (the run's best checkpoint);
+    downloaded into the folder ``scratch`` (the caller's, to remove)."""
+    import mlflow
+
+    from se3pyg.io import CheckpointError
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    scratch = str(scratch)
+    run_id = uri.removeprefix("runs:/").strip("/")
+    try:
+        if uri.startswith("runs:/") and "/" not in run_id:  # MLflow's runs:/ URIs need a path: take the root
+            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=scratch))
+        else:
+            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=scratch))
+    except Exception as exc:
+        raise CheckpointError(f"--ckpt {uri}: cannot be fetched from MLflow ({first_line(exc)[:200]})") from None
+    if local.is_file():
+        return local
+    found = sorted(local.glob("artifacts/*.pt")) or sorted(local.glob("*.pt"))
+    best = [f for f in found if f.name.endswith(".best.pt")]
+    if len(found) == 1 or len(best) == 1:  # a model's checkpoint, or a run's best one
+        return found[0] if len(found) == 1 else best[0]
+    raise CheckpointError(f"--ckpt {uri}: holds no se3pyg checkpoint (or several, none of them the best)")
 
 
 @dataclass

@@ -36,7 +36,7 @@ from se3pyg.engine.step import train_step
 from se3pyg.engine.tracking import Tracker, check_reachable, resolve_tracking_uri
 from se3pyg.engine.training_data import load_splits, prepare_data
 from se3pyg.engine.versions import library_versions
-from se3pyg.io import exclusive_use, read_torch_file
+from se3pyg.io import exclusive_use, first_line, read_torch_file
 
 log = logging.getLogger("se3pyg.train")
 EpochCallback = Callable[[dict[str, float]], None]
@@ -258,7 +258,21 @@ def _log_outcome(
         for path in paths:
             tracker.log_artifact(path)
         best = saved.get("model.best.pt", saved.get("model.pt"))
-        return tracker.log_model(best, register_as) if best else None
+        return _log_model(tracker, best, register_as) if best else None
+
+
+def _log_model(tracker: Tracker, checkpoint: Path, register_as: str | None) -> str | None:
+    """``checkpoint`` as the run's MLflow model (``runs:/RUN_ID/model``), registered as ``register_as`` when given;
+    its URI, or None when it could not be logged (a warning: the run and its other artifacts stay tracked)."""
+    if not tracker.active:
+        return None
+    try:
+        from se3pyg.engine.serving import log_trained_model
+
+        return log_trained_model(tracker.run_id, checkpoint, register_as)
+    except Exception as exc:
+        log.warning("MLflow model logging failed (%s); the checkpoint artifacts remain", first_line(exc))
+        return None
 
 
 def _recorded_best(path: str) -> float:

@@ -75,7 +75,8 @@ class AttentionSE3(MessagePassing):
 
     Args:
         num_heads: heads; each divides every key and value channel count.
-        key_fiber, value_fiber: fibers of keys (and queries) and of values.
+        key_fiber: fiber of keys (and queries).
+        value_fiber: fiber of values.
 
     Shapes:
         ``forward(value {"d": [E, C_d, 2d+1]}, key {"d": [E, ...]}, query {"d": [N, ...]}, edge_index [2, E])``
@@ -159,10 +160,16 @@ class AttentionBlockSE3(nn.Module):
     ``project(cat(attention, input))`` per degree.
 
     Args:
-        fiber_in, fiber_out: node fibers in and out.
+        fiber_in: node fiber in.
+        fiber_out: node fiber out.
         fiber_edge: edge fiber of the key/value convolution.
-        num_heads, channels_div: attention heads; value channels are ``fiber_out``'s divided by ``channels_div``.
-        use_layer_norm, max_degree, layout, low_memory, kernel: as in :class:`~se3pyg.nn.conv.ConvSE3`.
+        num_heads: attention heads.
+        channels_div: value channels are ``fiber_out``'s divided by it.
+        use_layer_norm: as in :class:`~se3pyg.nn.conv.ConvSE3`.
+        max_degree: as in :class:`~se3pyg.nn.conv.ConvSE3`.
+        layout: as in :class:`~se3pyg.nn.conv.ConvSE3`.
+        low_memory: as in :class:`~se3pyg.nn.conv.ConvSE3`.
+        kernel: as in :class:`~se3pyg.nn.conv.ConvSE3`.
 
     Shapes:
         ``forward(node_feats {"d": [N, C_d, 2d+1]}, edge_feats, edge_index [2, E], basis)`` -> ``fiber_out`` features;

@@ -97,8 +97,10 @@ class KernelGroup(nn.Module):
     contract them at once (:mod:`se3pyg.nn.edge_weights_contraction`): the fewest FLOPs, and neither written.
 
     Args:
-        degrees_in, degrees_out: the degrees fused on each side.
-        channels_in, channels_out: channels of every input and output degree.
+        degrees_in: the input degrees fused.
+        degrees_out: the output degrees fused.
+        channels_in: channels of every input degree.
+        channels_out: channels of every output degree.
         edge_dim: invariant edge features of the radial network.
         use_layer_norm: LayerNorm inside the radial network.
         uses_basis: ``False`` for NVIDIA's pairwise 0 -> 0 kernel, a plain radial weight.
@@ -281,7 +283,9 @@ class ConvSE3(MessagePassing):
     when its conditions do not hold, as NVIDIA's fuse levels.
 
     Args:
-        fiber_in, fiber_out, fiber_edge: node input, output and edge fibers.
+        fiber_in: node input fiber.
+        fiber_out: node output fiber.
+        fiber_edge: edge fiber.
         pool: sum messages into the destination nodes (else return them per edge).
         use_layer_norm: LayerNorm inside the radial networks.
         self_interaction: add :math:`W^k_{\text{self}} x^k_i` (per incoming edge).

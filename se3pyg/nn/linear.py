@@ -35,7 +35,8 @@ class LinearSE3(nn.Module):
     Runs in the weights' dtype under autocast (cheap, precision-sensitive).
 
     Args:
-        fiber_in, fiber_out: channels per degree in and out.
+        fiber_in: channels per degree in.
+        fiber_out: channels per degree out.
 
     Shapes:
         ``forward({"d": [N, C_d, 2d+1]})`` -> ``{"d": [N, C'_d, 2d+1]}`` for the degrees of ``fiber_out``;

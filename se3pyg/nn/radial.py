@@ -22,7 +22,8 @@ class RadialProfile(nn.Module):
 
     Args:
         num_freq: basis frequencies :math:`F` the weights multiply.
-        channels_in, channels_out: channels of the kernel's input and output.
+        channels_in: channels of the kernel's input.
+        channels_out: channels of the kernel's output.
         edge_dim: invariant edge features (edge length included).
         mid_dim: width of the hidden layers.
         use_layer_norm: LayerNorm after each hidden linear layer.
