@@ -154,21 +154,6 @@ def test_quick_sets_defaults_that_typed_options_override(qm9_dir: Path, tmp_path
     assert "1 processes" not in done.stderr + done.stdout
 
 
-def test_readme_python_examples_run() -> None:
-    """The README's self-contained model examples execute as written."""
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    model_examples = [b for b in blocks if "SE3Transformer" in b and "compat" not in b and "my_" not in b]
-    assert len(model_examples) == 2
-    namespace: dict = {}
-    for code in model_examples:
-        exec(compile(code, "README.md", "exec"), namespace)
-    assert namespace["prediction"].shape == (1,)
-    assert namespace["out"]["1"].shape == (10, 4, 3)
-    (pairs,) = [b for b in blocks if "pair_edges" in b]  # builds on the first example's molecule and model
-    exec(compile(pairs, "README.md", "exec"), namespace)
-    assert namespace["paired"].edge_pairs is True and namespace["prediction"].shape == (2,)
-
-
 def test_no_third_party_deprecation_warnings(tmp_path: Path) -> None:
     """Even with every warning shown, se3pyg's imports and a model run print none of PyG's or e3nn's (as in
     every se3pyg command, se3pyg is imported first: a user's own earlier PyG import is the user's)."""

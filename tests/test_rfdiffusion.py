@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 from torch_geometric.data import Data
 
 from se3pyg.compat.nvidia import Fiber, SE3Transformer, SE3TransformerPooled
 
-from .conftest import GOLDEN, ROOT, wigner_D
+from .conftest import GOLDEN, wigner_D
 
 TOL = 1e-5
 RFDIFFUSION = GOLDEN / "rfdiffusion_full_L16_B2.pt"
@@ -114,19 +112,6 @@ def test_pooled_model_takes_nvidias_arguments_and_call() -> None:
     graph.num_graphs = 2
     out = model(graph, {"0": torch.randn(5, 6, 1)}, {"0": torch.randn(6, 4, 1)})
     assert out.shape == (2,) and torch.isfinite(out).all()
-
-
-def test_readme_section_runs() -> None:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### Replacing the DGL SE(3)-Transformer in RFdiffusion", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    out = namespace["out"]
-    assert out["0"].shape == (32, 8, 1) and out["1"].shape == (32, 2, 3)
-    assert all(torch.isfinite(v).all() for v in out.values())
-    graph = namespace["G"]
-    assert (graph.edge_index[0] == graph.edge_index[1]).sum() == 32  # L <= top_k: self-loops included
 
 
 def _reference_graph(xyz, pair, b, i, j):
