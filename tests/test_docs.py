@@ -26,6 +26,7 @@ QM9_MOLECULES = 2000  # the examples' QM9 folder: enough for every --limit they 
 NOT_HERE = {
     "pip install": "installs packages: .ci/run installs the project as the README says",
     "python -m pytest": "the test command: this test is part of it",
+    "mkdocs serve": "a server: CI builds the same site (mkdocs build --strict), and so does a test here",
     "docker ": "needs a Docker daemon",
     "torchrun --nnodes 2": "needs two machines",
     "--gpus 8": "needs 8 GPUs",
