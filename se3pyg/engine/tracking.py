@@ -123,11 +123,11 @@ def _wait_until_serving(server: Any, host: str, port: int, timeout: float = 120)
     """Return once the server answers its health check (:class:`TrackingError` if it ends or is silent first)."""
     import urllib.request
 
+    address = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
     deadline = time.monotonic() + timeout
     while server.poll() is None and time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/health",
-                                        timeout=2):  # fmt: skip
+            with urllib.request.urlopen(f"http://{address}:{port}/health", timeout=2):
                 return
         except OSError:
             time.sleep(0.2)
