@@ -69,11 +69,11 @@ def runs_page(uri: str, experiment: str, base_url: str) -> str:
 def ui_server_command(uri: str, host: str, port: int) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of an MLflow UI server over ``uri``: one worker, no job runner."""
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--registry-store-uri", uri]
-    cmd += ["--host", host, "--port", str(port), "--workers", "1"]
+    cmd += ["--host", host, "--port", str(port), "--workers", "1", "--uvicorn-opts", "--log-level warning"]
     artifacts = artifact_location(uri)
     if artifacts:
         cmd += ["--default-artifact-root", artifacts]
-    quiet = {"PYTHONWARNINGS": "ignore::DeprecationWarning"}  # its web stack's deprecations are not the user's
+    quiet = {"PYTHONWARNINGS": "ignore"}  # its web stack's deprecation warnings are not the user's business
     return cmd, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **quiet}
 
 
