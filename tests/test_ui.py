@@ -76,12 +76,15 @@ def test_ui_shows_runs_and_compares_two_in_chromium(tmp_path: Path) -> None:
     try:
         page = proc.stdout.readline().split(": ", 1)[1].strip()  # the runs page se3pyg ui prints, on one line
         base = f"http://127.0.0.1:{port}"
-        assert page == f"{base}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+        assert page == f"{base}/se3pyg/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
         with urllib.request.urlopen(f"{base}/health", timeout=5) as response:  # printed once it answers
             assert response.status == 200
         runs_page = _render(page, tmp_path / "chromium")
         assert "ui-visible-run-42" in runs_page and "ui-visible-run-43" in runs_page
         assert "Model registry" in runs_page and "Judges" not in runs_page  # training navigation, not GenAI's
+        # a run's page reached from there (as a click on the run does: no workflowType in its address) keeps it
+        run_page = _render(f"{base}/#/experiments/{experiment.experiment_id}/runs/{run_ids[0]}", tmp_path / "chromium")
+        assert "ui-visible-run-42" in run_page and "Model registry" in run_page and "Judges" not in run_page
         ids, experiments = ",".join(f'"{r}"' for r in run_ids), f'"{experiment.experiment_id}"'
         compared = _render(f"{base}/#/compare-runs?runs=[{ids}]&experiments=[{experiments}]", tmp_path / "chromium")
         assert "Comparing 2 Runs" in compared

@@ -53,8 +53,9 @@ def artifact_location(uri: str) -> str | None:
 
 
 def runs_page(uri: str, experiment: str, base_url: str) -> str:
-    """The UI page of ``experiment``'s runs under ``base_url``, in the model-training navigation (the UI's root
-    when it has no runs yet)."""
+    """The UI page of ``experiment``'s runs under ``base_url`` (the UI's root when it has no runs yet), opened
+    through ``/se3pyg/``, which keeps the UI in its model-training navigation for the pages that follow
+    (:mod:`se3pyg.engine.ui_app`)."""
     import mlflow
 
     try:
@@ -62,14 +63,15 @@ def runs_page(uri: str, experiment: str, base_url: str) -> str:
     except Exception:
         exp = None
     if exp is None:
-        return f"{base_url}/#/?{TRAINING_NAVIGATION}"
-    return f"{base_url}/#/experiments/{exp.experiment_id}/runs?{TRAINING_NAVIGATION}"
+        return f"{base_url}/se3pyg/#/?{TRAINING_NAVIGATION}"
+    return f"{base_url}/se3pyg/#/experiments/{exp.experiment_id}/runs?{TRAINING_NAVIGATION}"
 
 
 def ui_server_command(uri: str, host: str, port: int) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of an MLflow UI server over ``uri``: one worker, no job runner."""
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--registry-store-uri", uri]
     cmd += ["--host", host, "--port", str(port), "--workers", "1", "--uvicorn-opts", "--log-level warning"]
+    cmd += ["--app-name", "se3pyg"]  # se3pyg.engine.ui_app: MLflow's app and the page runs_page starts at
     artifacts = artifact_location(uri)
     if artifacts:
         cmd += ["--default-artifact-root", artifacts]
