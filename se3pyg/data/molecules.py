@@ -239,11 +239,11 @@ def read_molecules(paths: Sequence[str | os.PathLike], vocabulary: Sequence[str]
             found = sorted(f for f in p.iterdir() if f.suffix.lower() in INPUT_SUFFIXES)
             if not found:
                 raise DataError(f"{p}: no .xyz, .sdf or .mol files in this folder")
-            files += [checked_file(f) for f in found]
+            files += found  # each checked as it is read
         elif p.exists() or p.is_symlink():
             if p.suffix.lower() not in INPUT_SUFFIXES:
                 raise DataError(f"{p}: unsupported file type (expected .xyz, .sdf or .mol)")
-            files.append(checked_file(p))
+            files.append(p)
         else:
             raise DataError(f"{p}: no such file or folder")
     molecules = []

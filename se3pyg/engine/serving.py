@@ -76,11 +76,12 @@ class MoleculePropertyModel(mlflow.pyfunc.PythonModel):
 def log_trained_model(run_id: str, checkpoint: str | os.PathLike, register_as: str | None = None) -> str:
     """Log ``checkpoint`` as the pyfunc model of run ``run_id`` (with an input example and signature), and
     register it as ``register_as`` when given. Returns the logged model's URI."""
+    from se3pyg.engine.tracking import no_artifact_progress_bars
     from se3pyg.engine.versions import library_versions
 
     versions = library_versions()
     requirements = [f"torch=={versions['version_torch'].split('+')[0]}", "torch_geometric", "e3nn", "rdkit", "pandas"]
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # its check of the example downloads
+    no_artifact_progress_bars()  # its check of the input example downloads the model
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,

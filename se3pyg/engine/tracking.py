@@ -110,8 +110,9 @@ def check_servable(uri: str, host: str, port: int) -> None:
     check_reachable(uri, writing=db is not None and not db.is_file())
 
 
-#: Lines of the MLflow server's output that say nothing to a user of ``se3pyg ui`` (its defaults, chosen here).
-_SERVER_CHATTER = ("[MLflow] Security middleware enabled", "Registry store URI not provided")
+#: The line of the MLflow server's output that says nothing to a user of ``se3pyg ui`` (its default security
+#: settings, loopback only, chosen here).
+_SERVER_CHATTER = "[MLflow] Security middleware enabled"
 
 
 def _forward_output(stream: Any) -> None:
@@ -121,8 +122,8 @@ def _forward_output(stream: Any) -> None:
             sys.stderr.write(line)
 
 
-def _wait_until_serving(server: Any, host: str, port: int, timeout: float = 120) -> None:
-    """Return once the server answers its health check (:class:`TrackingError` if it ends or is silent first)."""
+def _answers(server: Any, host: str, port: int, timeout: float = 120) -> bool:
+    """Whether the server answers its health check before it ends (or ``timeout`` seconds pass)."""
     import urllib.request
 
     address = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
@@ -130,10 +131,10 @@ def _wait_until_serving(server: Any, host: str, port: int, timeout: float = 120)
     while server.poll() is None and time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://{address}:{port}/health", timeout=2):
-                return
+                return True
         except OSError:
             time.sleep(0.2)
-    raise TrackingError(f"the MLflow UI server on {host}:{port} did not start (exit status {server.poll()})")
+    return False
 
 
 def serve_ui(uri: str, host: str, port: int, on_ready: Any = None) -> int:
@@ -159,9 +160,11 @@ def serve_ui(uri: str, host: str, port: int, on_ready: Any = None) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        _wait_until_serving(server, host, port)
-        if on_ready is not None:
-            on_ready()
+        if _answers(server, host, port):
+            if on_ready is not None:
+                on_ready()
+        elif not stopped_by:  # ended or silent on its own; a stop while it started is no failure
+            raise TrackingError(f"the MLflow UI server on {host}:{port} did not start (exit status {server.poll()})")
         status = server.wait()
         return 128 + stopped_by[0] if stopped_by else status
     finally:
@@ -169,6 +172,12 @@ def serve_ui(uri: str, host: str, port: int, on_ready: Any = None) -> int:
             signal.signal(sig, handler)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGTERM)  # workers the server left behind
+
+
+def no_artifact_progress_bars() -> None:
+    """MLflow's artifact transfers without their tqdm bars (not se3pyg's style, and their lock, made in a spawned
+    rank, is a semaphore left behind)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def check_reachable(uri: str, writing: bool = False) -> None:
@@ -301,7 +310,7 @@ def checkpoint_of(uri: str, scratch: str | os.PathLike, tracking_uri: str | None
 
     from se3pyg.io import CheckpointError
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    no_artifact_progress_bars()
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     scratch = str(scratch)
     run_id = uri.removeprefix("runs:/").strip("/")

@@ -195,7 +195,8 @@ def train_worker(
         parameters=sum(p.numel() for p in state.model.parameters()),
     )  # fmt: skip
     saver = _Saver(
-        config.save_ckpt_path if info.is_main else None, state, _recorded(config, data.splits, result.run_id),
+        config.save_ckpt_path if info.is_main else None, state,
+        _recorded(config, data.splits, result.run_id) if info.is_main else {},  # only rank 0 saves
         keep_best=tracker is not None,  # without --save-ckpt-path the best model still goes to MLflow
     )  # fmt: skip
     status = "FAILED"
