@@ -11,11 +11,30 @@ from torch import Tensor, nn
 
 from se3pyg.basis import Basis
 from se3pyg.fiber import Fiber, degree_to_dim
-from se3pyg.nn import AttentionBlockSE3, ConvSE3, GraphPooling, NormSE3
-from se3pyg.nn.conv import LAYOUTS, Layout
+from se3pyg.nn import AttentionBlockSE3, ConvSE3, GraphPooling, LinearSE3, NormSE3
+from se3pyg.nn.attention import value_divisor
+from se3pyg.nn.conv import LAYOUTS, Aggregation, Layout
 from se3pyg.options import ModelOptions
 
 Pooling = Literal["max", "avg"]
+FinalLayer = Literal["conv", "lin", "att"]
+EdgeLength = Literal["lin", "arcsin", "log", "zero"]
+FINAL_LAYERS: tuple[str, ...] = ("conv", "lin", "att")
+EDGE_LENGTHS: tuple[str, ...] = ("lin", "arcsin", "log", "zero")
+
+
+def edge_length_feature(rel_pos: Tensor, populate_edge: EdgeLength) -> Tensor:
+    r"""The invariant of an edge's length :math:`r = \lVert r_{ij} \rVert` appended to its degree-0 features,
+    ``[E, 1, 1]``: :math:`r` (``"lin"``, NVIDIA's), :math:`\operatorname{asinh}(\max(r, 4) - 4) / 3`
+    (``"arcsin"``, RoseTTAFold's), :math:`\log(1 + r)` (``"log"``) or 0 (``"zero"``)."""
+    r = rel_pos.norm(dim=-1, keepdim=True).unsqueeze(-1)
+    if populate_edge == "lin":
+        return r
+    if populate_edge == "arcsin":
+        return torch.asinh(r.clamp(min=4.0) - 4.0) / 3.0
+    if populate_edge == "log":
+        return torch.log(1 + r)
+    return torch.zeros_like(r)
 
 
 def _fiber(value: Fiber | Mapping[int, int] | None) -> Fiber:
@@ -76,7 +95,8 @@ class SE3Transformer(nn.Module):
     r"""NVIDIA's ``SE3Transformer`` on PyG graphs.
 
     ``num_layers`` attention blocks (each followed by an equivariant norm when
-    ``norm``), then a TFN convolution with self-interaction to ``fiber_out``:
+    ``norm``), then a TFN convolution with self-interaction to ``fiber_out``
+    (or, with ``final_layer``, a linear map or a one-head attention block):
 
     .. math:: h^{(t+1)} = \mathrm{Norm}\big(\mathrm{Attention}(h^{(t)})\big), \qquad
         y = \mathrm{Conv}(h^{(T)}) \;[\text{pooled per graph}]
@@ -95,8 +115,8 @@ class SE3Transformer(nn.Module):
         fiber_hidden: node fiber of the hidden blocks.
         fiber_out: node fiber of the output.
         num_heads: attention heads (they split the channels of every degree).
-        channels_div: keys and values have the hidden channels divided by this.
-        fiber_edge: edge features (degree 0 gets the edge length appended).
+        channels_div: keys and values have the hidden channels divided by this (an int, or a divisor per degree).
+        fiber_edge: edge features (degree 0 gets the edge length appended, as ``populate_edge`` says).
         return_type: return only the features of this degree.
         pooling: ``"max"`` or ``"avg"`` over each graph's nodes (needs ``return_type``).
         norm: equivariant norm after each attention block.
@@ -107,6 +127,17 @@ class SE3Transformer(nn.Module):
         kernel: how convolution kernels compute, separate from ``layout`` (:data:`se3pyg.nn.conv.KERNELS`;
             ``"auto"`` picks per device type, :func:`se3pyg.nn.conv.auto_kernel`); every kernel computes the
             same function.
+        final_layer: ``"conv"`` (a TFN convolution with self-interaction), ``"lin"`` (a
+            :class:`~se3pyg.nn.linear.LinearSE3`: no message passing) or ``"att"`` (a one-head attention block whose
+            degree-0 values are divided by ``channels_div``).
+        populate_edge: the edge-length feature appended to the degree-0 edge features
+            (:func:`edge_length_feature`).
+        final_aggr: ``"add"`` or ``"mean"``: how the final convolution gathers its messages (RoseTTAFold's
+            ``sum_over_edge=False`` is ``"mean"``).
+        final_layout: the final convolution's layout when it differs from ``layout`` (NVIDIA's 2021 code, which
+            RoseTTAFold-All-Atom and RFdiffusion vendor, builds it fully fused whatever its flags).
+        basis_gradients: whether gradients flow from the bases into the relative positions (NVIDIA's
+            ``compute_gradients``; the edge length's gradient flows either way).
     """
 
     def __init__(
@@ -125,17 +156,28 @@ class SE3Transformer(nn.Module):
         layout: Layout = "full",
         low_memory: bool = False,
         kernel: str = "auto",
+        final_layer: FinalLayer = "conv",
+        populate_edge: EdgeLength = "lin",
+        final_aggr: Aggregation = "add",
+        final_layout: Layout | None = None,
+        basis_gradients: bool = True,
     ) -> None:
         super().__init__()
         fiber_in, fiber_hidden, fiber_out = _fiber(fiber_in), _fiber(fiber_hidden), _fiber(fiber_out)
         fiber_edge = _fiber(fiber_edge)
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        for name, value, allowed in (
+            ("layout", layout, LAYOUTS),
+            ("final_layout", final_layout or layout, LAYOUTS),
+            ("final_layer", final_layer, FINAL_LAYERS),
+            ("populate_edge", populate_edge, EDGE_LENGTHS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if pooling is not None and return_type is None:
             raise ValueError("return_type must be given when pooling")
-        if any(c % channels_div for c in fiber_hidden.channels):
+        if any(c % value_divisor(channels_div, d) for d, c in fiber_hidden.items()):
             raise ValueError(f"channels_div={channels_div} must divide the hidden channels {fiber_hidden.channels}")
         self.fiber_in, self.fiber_hidden, self.fiber_out, self.fiber_edge = (
             fiber_in,
@@ -150,6 +192,9 @@ class SE3Transformer(nn.Module):
         self.pooling = pooling
         self.layout = layout
         self.low_memory = low_memory
+        self.final_layer = final_layer
+        self.populate_edge = populate_edge
+        self.basis_gradients = basis_gradients
         self.max_degree = max(fiber_in.max_degree, fiber_hidden.max_degree, fiber_out.max_degree)
 
         modules: list[nn.Module] = []
@@ -172,21 +217,25 @@ class SE3Transformer(nn.Module):
             if norm:
                 modules.append(NormSE3(fiber_hidden))
             fiber = fiber_hidden
-        modules.append(
-            ConvSE3(
-                fiber,
-                fiber_out,
-                fiber_edge,
-                self_interaction=True,
-                use_layer_norm=use_layer_norm,
-                max_degree=self.max_degree,
-                layout=layout,
-                kernel=kernel,
-            )
-        )
+        modules.append(self._final_module(fiber, use_layer_norm, final_layout or layout, kernel, final_aggr))
         self.graph_modules = nn.ModuleList(modules)
         if pooling is not None:
             self.pooling_module = GraphPooling(pooling, feat_type=return_type)
+
+    def _final_module(
+        self, fiber: Fiber, use_layer_norm: bool, layout: Layout, kernel: str, aggr: Aggregation
+    ) -> nn.Module:
+        """The last layer, from the last hidden fiber to ``fiber_out`` (``final_layer``)."""
+        common = dict(use_layer_norm=use_layer_norm, max_degree=self.max_degree, layout=layout, kernel=kernel)
+        if self.final_layer == "lin":
+            return LinearSE3(fiber, self.fiber_out)
+        if self.final_layer == "att":
+            divisors = {d: value_divisor(self.channels_div, 0) if d == 0 else 1 for d in self.fiber_out.degrees}
+            return AttentionBlockSE3(
+                fiber, self.fiber_out, self.fiber_edge, num_heads=1, channels_div=divisors, **common,
+                low_memory=self.low_memory,
+            )  # fmt: skip
+        return ConvSE3(fiber, self.fiber_out, self.fiber_edge, self_interaction=True, aggr=aggr, **common)
 
     def forward(
         self,
@@ -202,18 +251,21 @@ class SE3Transformer(nn.Module):
         _check_features("edge_feats", edge_feats, self.fiber_edge, edge_index.shape[1], exact=True)
 
         if basis is None:
-            basis = Basis.from_relative_pos(rel_pos, self.max_degree)
+            basis = Basis.from_relative_pos(rel_pos if self.basis_gradients else rel_pos.detach(), self.max_degree)
         elif isinstance(basis, Tensor):
             basis = Basis(basis, self.max_degree)
-        dist = rel_pos.norm(dim=-1, keepdim=True).unsqueeze(-1)
-        edge_feats["0"] = torch.cat([edge_feats["0"], dist], dim=1) if "0" in edge_feats else dist
+        length = edge_length_feature(rel_pos, self.populate_edge)
+        edge_feats["0"] = torch.cat([edge_feats["0"], length], dim=1) if "0" in edge_feats else length
 
         # Features run stacked ([N, D, C], see Fiber.stack) wherever their fiber has equal channels per degree.
         feats = self.fiber_in.stack(node_feats) if self.fiber_in.is_uniform else dict(node_feats)
         for module in self.graph_modules:
             if isinstance(feats, dict) and module is not self.graph_modules[0] and self.fiber_hidden.is_uniform:
                 feats = self.fiber_hidden.stack(feats)
-            feats = module(feats, edge_feats, edge_index, basis, edge_pairs=edge_pairs)
+            if isinstance(module, LinearSE3):
+                feats = module(feats)
+            else:
+                feats = module(feats, edge_feats, edge_index, basis, edge_pairs=edge_pairs)
         if isinstance(feats, Tensor):
             feats = self.fiber_out.unstack(feats)
 

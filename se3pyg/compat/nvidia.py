@@ -27,16 +27,27 @@ from se3pyg import model
 from se3pyg.basis import Basis
 from se3pyg.fiber import Fiber
 from se3pyg.io import read_torch_file
-from se3pyg.model import Pooling
+from se3pyg.model import EDGE_LENGTHS, FINAL_LAYERS, EdgeLength, FinalLayer, Pooling
 from se3pyg.nn.conv import Layout
-from se3pyg.options import ModelOptions
 
-__all__ = ["Fiber", "SE3Transformer", "SE3TransformerPooled", "load_nvidia", "nvidia_layout"]
+__all__ = ["NVIDIA_SCRIPT_ARGUMENTS", "Fiber", "SE3Transformer", "SE3TransformerPooled", "load_nvidia", "nvidia_layout"]
+
+
+#: The keyword arguments of NVIDIA's training script (``runtime/arguments.py`` and the model's
+#: ``add_argparse_args``), which its ``SE3TransformerPooled(..., **vars(args))`` receives and ignores.
+NVIDIA_SCRIPT_ARGUMENTS: frozenset[str] = frozenset({
+    "accumulate_grad_batches", "amp", "batch_size", "benchmark", "ckpt_interval", "data_dir", "dllogger_name",
+    "epochs", "eval_interval", "gradient_clip", "learning_rate", "load_ckpt_path", "log_dir", "min_learning_rate",
+    "momentum", "num_workers", "optimizer", "precompute_bases", "save_ckpt_path", "seed", "silent", "task", "wandb",
+    "weight_decay",
+})  # fmt: skip
 
 
 def nvidia_layout(tensor_cores: bool = False, low_memory: bool = False) -> Layout:
-    """The parameter layout NVIDIA's flags give: its fuse level NONE (``"pairwise"``) with ``low_memory``,
-    FULL with ``tensor_cores``, else PARTIAL (what RFdiffusion's and NVIDIA's CPU models have)."""
+    """The parameter layout NVIDIA's current flags give: its fuse level NONE (``"pairwise"``) with ``low_memory``,
+    FULL with ``tensor_cores``, else PARTIAL (what NVIDIA's CPU models have). RoseTTAFold2 and RFdiffusion2 vendor
+    this code; RoseTTAFold-All-Atom and RFdiffusion vendor the 2021 code, whose rule is
+    :func:`se3pyg.compat.rf2aa.rf2aa_layout`."""
     if low_memory:
         return "pairwise"
     return "full" if tensor_cores else "partial"
@@ -63,13 +74,42 @@ def _no_basis_dict(basis: Any) -> Basis | Tensor | None:
     return basis
 
 
+def _checked_choice(name: str, value: Any, allowed: tuple[str, ...]) -> Any:
+    if value is not None and value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
 class SE3Transformer(model.SE3Transformer):
     """NVIDIA's ``SE3Transformer(num_layers, fiber_in, fiber_hidden, fiber_out, num_heads, channels_div,
-    fiber_edge, return_type, pooling, norm, use_layer_norm, tensor_cores, low_memory)``, called as
-    ``forward(graph, node_feats, edge_feats=None, basis=None)`` with a PyG graph (module docstring).
+    fiber_edge, return_type, pooling, norm, use_layer_norm, tensor_cores, low_memory)``, with the arguments that
+    RoseTTAFold2 and RFdiffusion2 add to their copies (``final_layer``, ``populate_edge``, ``sum_over_edge``,
+    ``compute_gradients``), called as ``forward(graph, node_feats, edge_feats=None, basis=None)`` with a PyG graph
+    (module docstring).
 
-    The parameter layout follows NVIDIA's flags (:func:`nvidia_layout`); other keyword arguments are
-    ignored, as NVIDIA's class ignores them.
+    The parameter layout follows NVIDIA's current flags (:func:`nvidia_layout`; ``low_memory`` also recomputes
+    the convolutions in the backward pass, as NVIDIA's does). Any other argument is refused with a ``TypeError``:
+    a copy's argument that se3pyg did not build would give a different network without a word.
+
+    Args:
+        num_layers: attention blocks.
+        fiber_in: node fiber of the input.
+        fiber_hidden: node fiber of the attention blocks.
+        fiber_out: node fiber of the output.
+        num_heads: attention heads.
+        channels_div: keys and values have the hidden channels divided by it (an int, or one per degree).
+        fiber_edge: edge features (``None``: none).
+        return_type: return only the features of this degree.
+        pooling: ``"max"`` or ``"avg"`` over each graph's nodes.
+        norm: an equivariant norm after each attention block.
+        use_layer_norm: LayerNorm inside the radial networks.
+        tensor_cores: NVIDIA's flag: the fully fused layout.
+        low_memory: NVIDIA's flag: the pairwise layout, recomputed in the backward pass.
+        final_layer: ``"conv"``, ``"lin"`` or ``"att"`` (:class:`se3pyg.model.SE3Transformer`).
+        populate_edge: ``"lin"``, ``"arcsin"``, ``"log"`` or ``"zero"`` (:func:`se3pyg.model.edge_length_feature`).
+        sum_over_edge: ``False``: the final convolution averages its messages instead of summing them.
+        compute_gradients: gradients flow through the bases into ``rel_pos`` (NVIDIA's ``get_basis`` flag;
+            the edge length's gradient flows either way).
     """
 
     def __init__(
@@ -79,7 +119,7 @@ class SE3Transformer(model.SE3Transformer):
         fiber_hidden: Fiber | Mapping[int, int],
         fiber_out: Fiber | Mapping[int, int],
         num_heads: int,
-        channels_div: int,
+        channels_div: int | Mapping[int, int] | Mapping[str, int],
         fiber_edge: Fiber | Mapping[int, int] | None = None,
         return_type: int | None = None,
         pooling: Pooling | None = None,
@@ -87,13 +127,28 @@ class SE3Transformer(model.SE3Transformer):
         use_layer_norm: bool = True,
         tensor_cores: bool = False,
         low_memory: bool = False,
-        **kwargs: Any,
+        *,
+        final_layer: FinalLayer = "conv",
+        populate_edge: EdgeLength = "lin",
+        sum_over_edge: bool = True,
+        compute_gradients: bool = False,
     ) -> None:
+        _checked_choice("final_layer", final_layer, FINAL_LAYERS)
+        _checked_choice("populate_edge", populate_edge, EDGE_LENGTHS)
+        layout, final_layout, recompute = self.layouts(tensor_cores, low_memory)
         super().__init__(
             num_layers, fiber_in, fiber_hidden, fiber_out, num_heads, channels_div, fiber_edge, return_type, pooling,
-            norm, use_layer_norm, layout=nvidia_layout(tensor_cores, low_memory), low_memory=low_memory,
+            norm, use_layer_norm, layout=layout, low_memory=recompute, final_layer=final_layer,
+            populate_edge=populate_edge, final_aggr="add" if sum_over_edge else "mean", final_layout=final_layout,
+            basis_gradients=compute_gradients,
         )  # fmt: skip
         self.tensor_cores = tensor_cores
+
+    @staticmethod
+    def layouts(tensor_cores: bool, low_memory: bool) -> tuple[Layout, Layout | None, bool]:
+        """What the copy's flags build: the blocks' layout, the final convolution's (``None``: the same), and
+        whether convolutions are recomputed in the backward pass (:func:`nvidia_layout`)."""
+        return nvidia_layout(tensor_cores, low_memory), None, low_memory
 
     def forward(
         self,
@@ -107,9 +162,26 @@ class SE3Transformer(model.SE3Transformer):
 
 class SE3TransformerPooled(model.SE3TransformerPooled):
     """NVIDIA's ``SE3TransformerPooled(fiber_in, fiber_out, fiber_edge, num_degrees, num_channels, output_dim,
-    **kwargs)`` (``kwargs``: the :class:`SE3Transformer` arguments; others are ignored), called as
-    ``forward(graph, node_feats, edge_feats, basis=None)``; the graph carries ``batch`` for several graphs.
+    **kwargs)``, called as ``forward(graph, node_feats, edge_feats, basis=None)``; the graph carries ``batch`` for
+    several graphs.
+
+    ``kwargs``: the model's arguments (``num_layers``, ``num_heads``, ``channels_div``, ``pooling``, ``norm``,
+    ``use_layer_norm``, ``tensor_cores``, ``low_memory``) and the other options of NVIDIA's training script
+    (:data:`NVIDIA_SCRIPT_ARGUMENTS`, ignored as NVIDIA ignores them); any other name is a ``TypeError``.
+
+    Args:
+        fiber_in: node input fiber (degree 0).
+        fiber_out: transformer output fiber (degree 0).
+        fiber_edge: edge fiber (degree 0).
+        num_degrees: hidden degrees ``0 .. num_degrees - 1``.
+        num_channels: hidden channels per degree.
+        output_dim: targets per graph.
+        **kwargs: as above.
     """
+
+    MODEL_ARGUMENTS = frozenset(
+        {"num_layers", "num_heads", "channels_div", "pooling", "norm", "use_layer_norm", "tensor_cores", "low_memory"}
+    )
 
     def __init__(
         self,
@@ -121,9 +193,11 @@ class SE3TransformerPooled(model.SE3TransformerPooled):
         output_dim: int,
         **kwargs: Any,
     ) -> None:
-        known = {f for f in ModelOptions.__dataclass_fields__} - {"layout", "num_degrees", "num_channels"}
-        options = {k: v for k, v in kwargs.items() if k in known and v is not None}
-        layout = nvidia_layout(kwargs.get("tensor_cores", False), kwargs.get("low_memory", False))
+        unknown = sorted(set(kwargs) - self.MODEL_ARGUMENTS - NVIDIA_SCRIPT_ARGUMENTS)
+        if unknown:
+            raise TypeError(f"SE3TransformerPooled() got unexpected keyword arguments {unknown}")
+        options = {k: v for k, v in kwargs.items() if k in self.MODEL_ARGUMENTS and v is not None}
+        layout = nvidia_layout(options.pop("tensor_cores", False), options.get("low_memory", False))
         super().__init__(
             fiber_in, fiber_out, fiber_edge, output_dim, num_degrees=num_degrees, num_channels=num_channels,
             layout=layout, **options,

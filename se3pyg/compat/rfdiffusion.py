@@ -1,5 +1,7 @@
-"""RFdiffusion's graph builders without DGL: ``make_full_graph`` and ``make_topk_graph`` of its ``util_module.py``
-(RoseTTAFold2's and RoseTTAFold-All-Atom's alike), with their signatures and return values.
+"""RFdiffusion's graph builders without DGL: ``make_full_graph`` and ``make_topk_graph`` of its ``util_module.py``,
+with their signatures and return values (RFantibody's ``rfdiffusion`` package and RFdiffusion2's ``rf_diffusion``
+have the same two). RoseTTAFold2's and RoseTTAFold-All-Atom's builders differ: :mod:`se3pyg.compat.rf2`,
+:mod:`se3pyg.compat.rf2aa`.
 
 Each returns ``(G, edge_feats)``: ``G`` a PyG ``Data`` with ``edge_index`` (row 0 source, row 1 destination, nodes
 numbered ``b * L + i``), ``rel_pos`` (the destination's coordinates minus the source's, detached: no gradient
@@ -17,15 +19,9 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from se3pyg.compat.graphs import residue_graph, sequence_separation
+
 __all__ = ["make_full_graph", "make_topk_graph"]
-
-
-def _graph(xyz: Tensor, pair: Tensor, b: Tensor, i: Tensor, j: Tensor) -> tuple[Data, Tensor]:
-    """The graph of the edges ``(b, i) -> (b, j)`` and their pair features."""
-    length = xyz.shape[1]
-    edge_index = torch.stack([b * length + i, b * length + j])
-    rel_pos = (xyz[b, j] - xyz[b, i]).detach()
-    return Data(edge_index=edge_index, rel_pos=rel_pos, num_nodes=xyz.shape[0] * length), pair[b, i, j][..., None]
 
 
 def make_full_graph(xyz: Tensor, pair: Tensor, idx: Tensor, top_k: int = 64, kmin: int = 9) -> tuple[Data, Tensor]:
@@ -39,7 +35,7 @@ def make_full_graph(xyz: Tensor, pair: Tensor, idx: Tensor, top_k: int = 64, kmi
         kmin: unused, as in RFdiffusion.
     """
     b, i, j = torch.where((idx[:, None, :] - idx[:, :, None]).abs() > 0)
-    return _graph(xyz, pair, b, i, j)
+    return residue_graph(xyz, pair, b, i, j)
 
 
 def make_topk_graph(
@@ -58,10 +54,9 @@ def make_topk_graph(
         idx: residue indices ``[B, L]``.
     """
     batch, length = xyz.shape[:2]
-    eye = torch.eye(length, device=xyz.device)[None] * 999.9
-    separation = (idx[:, None, :] - idx[:, :, None]).abs() + eye
-    distance = torch.cdist(xyz, xyz) + eye + separation * eps
+    separation = sequence_separation(idx, 999.9)
+    distance = torch.cdist(xyz, xyz) + torch.eye(length, device=xyz.device)[None] * 999.9 + separation * eps
     nearest = distance.topk(min(top_k, length), largest=False).indices
     chosen = torch.zeros(batch, length, length, device=xyz.device).scatter_(2, nearest, 1.0)
     b, i, j = torch.where((chosen > 0) | (separation < kmin))
-    return _graph(xyz, pair, b, i, j)
+    return residue_graph(xyz, pair, b, i, j)

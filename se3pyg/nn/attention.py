@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -152,10 +153,24 @@ class AttentionSE3(MessagePassing):
         return f"heads={self.num_heads}, key={self.key_fiber}, value={self.value_fiber}"
 
 
+def value_divisor(channels_div: int | Mapping[int, int] | Mapping[str, int] | None, degree: int) -> int:
+    """The divisor of degree ``degree``'s value channels: ``channels_div`` itself, its entry for the degree (keyed
+    by ``degree`` or ``str(degree)``), or 1 for ``None``."""
+    if channels_div is None:
+        return 1
+    if isinstance(channels_div, Mapping):
+        for key in (degree, str(degree)):
+            if key in channels_div:
+                return int(channels_div[key])
+        raise ValueError(f"channels_div: no divisor for degree {degree} in {dict(channels_div)}")
+    return int(channels_div)
+
+
 class AttentionBlockSE3(nn.Module):
     """Attention with keys and values from a TFN convolution, a skip connection and a projection.
 
-    Values have ``fiber_out``'s degrees with channels divided by ``channels_div``;
+    Values have ``fiber_out``'s degrees with channels divided by ``channels_div`` (one divisor, one per degree, or
+    ``None`` for none);
     keys and queries the value degrees present in ``fiber_in``. The output is
     ``project(cat(attention, input))`` per degree.
 
@@ -164,7 +179,8 @@ class AttentionBlockSE3(nn.Module):
         fiber_out: node fiber out.
         fiber_edge: edge fiber of the key/value convolution.
         num_heads: attention heads.
-        channels_div: value channels are ``fiber_out``'s divided by it.
+        channels_div: value channels are ``fiber_out``'s divided by it: an int, a divisor per degree (keys ``d``
+            or ``"d"``, as RoseTTAFold-All-Atom passes them) or ``None`` (1).
         use_layer_norm: as in :class:`~se3pyg.nn.conv.ConvSE3`.
         max_degree: as in :class:`~se3pyg.nn.conv.ConvSE3`.
         layout: as in :class:`~se3pyg.nn.conv.ConvSE3`.
@@ -182,7 +198,7 @@ class AttentionBlockSE3(nn.Module):
         fiber_out: Fiber,
         fiber_edge: Fiber | None = None,
         num_heads: int = 4,
-        channels_div: int = 2,
+        channels_div: int | Mapping[int, int] | Mapping[str, int] | None = 2,
         use_layer_norm: bool = False,
         max_degree: int = 4,
         layout: Layout = "full",
@@ -192,7 +208,7 @@ class AttentionBlockSE3(nn.Module):
         super().__init__()
         fiber_edge = fiber_edge if fiber_edge is not None else Fiber()
         self.fiber_in = fiber_in
-        value_fiber = Fiber({d: c // channels_div for d, c in fiber_out.items()})
+        value_fiber = Fiber({d: c // value_divisor(channels_div, d) for d, c in fiber_out.items()})
         key_fiber = Fiber({d: c for d, c in value_fiber.items() if d in fiber_in})
         self.to_key_value = ConvSE3(
             fiber_in,

@@ -20,6 +20,7 @@ from se3pyg.nn.radial_contraction import contract_reference, radial_contract
 
 Layout = Literal["full", "partial", "pairwise"]
 LAYOUTS: tuple[str, ...] = ("full", "partial", "pairwise")
+Aggregation = Literal["add", "mean"]
 
 #: How a kernel group computes: ``"edge_weights"`` forms each edge's radial weights and contracts them with
 #: the basis product; ``"reassociated"`` applies the radial network's last layer after the basis product,
@@ -270,6 +271,9 @@ class ConvSE3(MessagePassing):
         y^k_i = \sum_{j \to i} \sum_l W^{lk}(r_{ij}) x^l_j
         \;[+\; \deg(i)\, W^k_{\text{self}} x^k_i]
 
+    (with ``aggr="mean"`` the sum over incoming edges becomes their mean, and :math:`\deg(i)` becomes 1 for a node
+    with incoming edges: RoseTTAFold's ``sum_over_edge=False``; a node without any gets 0)
+
     with :math:`W^{lk}(r) = \sum_J \phi^{lk}_J(\lVert r \rVert, e) B^{lk}_J(\hat r)`.
     Degree > 0 edge features are concatenated to the source features of
     their degree. With ``pool=False`` the per-edge messages are returned
@@ -287,6 +291,7 @@ class ConvSE3(MessagePassing):
         fiber_out: node output fiber.
         fiber_edge: edge fiber.
         pool: sum messages into the destination nodes (else return them per edge).
+        aggr: ``"add"`` (the sum over incoming edges) or ``"mean"`` (their mean) when pooling.
         use_layer_norm: LayerNorm inside the radial networks.
         self_interaction: add :math:`W^k_{\text{self}} x^k_i` (per incoming edge).
         max_degree: the largest degree of the bases.
@@ -315,8 +320,11 @@ class ConvSE3(MessagePassing):
         layout: Layout = "full",
         low_memory: bool = False,
         kernel: str = "auto",
+        aggr: Aggregation = "add",
     ) -> None:
-        super().__init__(aggr="add", flow="source_to_target", node_dim=0)
+        if aggr not in ("add", "mean"):
+            raise ValueError(f"aggr must be 'add' or 'mean', got {aggr!r}")
+        super().__init__(aggr=aggr, flow="source_to_target", node_dim=0)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if kernel not in KERNELS:
@@ -426,8 +434,11 @@ class ConvSE3(MessagePassing):
     def _add_self_interaction(
         self, out: Tensor, x: Tensor, edge_index: Tensor, num_nodes: int
     ) -> Tensor | dict[str, Tensor]:
-        r""":math:`W^k_{\text{self}} x^k_i` added once per incoming edge of node ``i``."""
+        r""":math:`W^k_{\text{self}} x^k_i` added once per incoming edge of node ``i`` (once if it has any, when the
+        messages are averaged)."""
         count = node_degree(edge_index[1], num_nodes, dtype=x.dtype) if self.pool else None
+        if count is not None and self.aggr == "mean":
+            count = count.clamp(max=1)
         if self._self_run is not None:  # stacked in and out
             weights = [self.to_kernel_self[str(d)] for d in self.fiber_out.degrees]
             term = stacked_linear(component_rows(x, self._self_run), weights, self.fiber_out.degrees)
@@ -484,4 +495,5 @@ class ConvSE3(MessagePassing):
         }
 
     def extra_repr(self) -> str:
-        return f"{self.fiber_in} -> {self.fiber_out}, fuse={self.fuse}, pool={self.pool}, kernel={self.kernel}"
+        aggr = "" if self.aggr == "add" else f", aggr={self.aggr}"
+        return f"{self.fiber_in} -> {self.fiber_out}, fuse={self.fuse}, pool={self.pool}{aggr}, kernel={self.kernel}"

@@ -1,0 +1,228 @@
+"""Record the RoseTTAFold family's goldens with the tools' own DGL code (run in a DGL environment, not by the tests).
+
+    python tests/golden/record_family.py --tool rf2aa --checkout PATH/RoseTTAFold-All-Atom \
+        --commit SHA tests/golden/rf2aa.pt
+
+The tool's vendored SE(3)-Transformer is imported from its checkout (its package's ``__init__`` left out: it
+imports the whole tool), and its ``SE3TransformerWrapper`` and graph
+builders are taken from its own source files (their definitions only: the modules around them import the tool's
+whole package). The wrapper is built at its config's sizes, every parameter is drawn at random (the tools zero
+their last layer, and a zero output proves nothing), and it runs in float32 on graphs from the tool's builders.
+Recorded: the inputs, each config's state dict, each graph's edges, ``rel_pos`` and pair features, the outputs, the
+gradient of a fixed projection of the outputs with respect to the backbone coordinates, and the DGL module's own
+rotation error. Nothing of the tool's code is stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import math
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import dgl
+import numpy as np
+import torch
+from torch import nn
+
+#: Per tool: where its SE(3) package lives, where its wrapper and builders are defined, the wrapper's
+#: configurations (as its configs give them) and the graphs to record (builder name and its keyword arguments).
+TOOLS: dict[str, dict[str, Any]] = {
+    "rf2aa": {
+        "package_root": ".",
+        "se3_module": "rf2aa.SE3Transformer.se3_transformer.model",
+        "wrapper_file": "rf2aa/model/layers/SE3_network.py",
+        "builder_file": "rf2aa/util_module.py",
+        "configs": {  # rf2aa/config/inference/base.yaml: SE3_param, SE3_ref_param
+            "main": dict(num_layers=1, num_channels=32, num_degrees=2, l0_in_features=64, l0_out_features=64,
+                         l1_in_features=3, l1_out_features=2, num_edge_features=64, n_heads=4, div=4),
+            "refine": dict(num_layers=2, num_channels=32, num_degrees=2, l0_in_features=64, l0_out_features=64,
+                           l1_in_features=3, l1_out_features=2, num_edge_features=64, n_heads=4, div=4),
+        },
+        "graphs": {
+            "full": ("make_full_graph", {}),
+            "topk_local": ("make_topk_graph", dict(top_k=16, nlocal=5, topk_incl_local=True)),
+            "topk_nonlocal": ("make_topk_graph", dict(top_k=16, nlocal=5, topk_incl_local=False)),
+            "topk_default": ("make_topk_graph", {}),
+        },
+    },
+    "rfd2": {
+        "package_root": ".",
+        "se3_module": "rf2aa.SE3Transformer.se3_transformer.model",
+        "wrapper_file": "rf2aa/model/layers/SE3_network.py",
+        "builder_file": "rf2aa/util_module.py",
+        "configs": {  # rf_diffusion/config/training/RFD_26.yaml: SE3_param; the wrapper's compute_gradients both ways
+            "main": dict(num_layers=1, num_channels=32, num_degrees=2, l0_in_features=64, l0_out_features=64,
+                         l1_in_features=3, l1_out_features=2, num_edge_features=64, n_heads=4, div=4),
+            "gradients": dict(num_layers=1, num_channels=32, num_degrees=2, l0_in_features=64, l0_out_features=64,
+                              l1_in_features=3, l1_out_features=2, num_edge_features=64, n_heads=4, div=4,
+                              compute_gradients=True),
+        },
+        "graphs": {
+            "full": ("make_full_graph", {}),
+            "topk_local": ("make_topk_graph", dict(top_k=16, nlocal=5, topk_incl_local=True)),
+            "topk_nonlocal": ("make_topk_graph", dict(top_k=16, nlocal=5, topk_incl_local=False)),
+        },
+    },
+    "rf2": {
+        "package_root": "SE3Transformer",
+        "se3_module": "se3_transformer.model",
+        "wrapper_file": "network/SE3_network.py",
+        "builder_file": "network/util_module.py",
+        "configs": {  # network/predict.py: SE3_param_full, SE3_param_topk
+            "full": dict(num_layers=1, num_channels=48, num_degrees=2, l0_in_features=32, l0_out_features=32,
+                         l1_in_features=2, l1_out_features=2, num_edge_features=32, div=4, n_heads=4),
+            "topk": dict(num_layers=1, num_channels=128, num_degrees=2, l0_in_features=64, l0_out_features=64,
+                         l1_in_features=2, l1_out_features=2, num_edge_features=64, div=4, n_heads=4),
+        },
+        "graphs": {
+            "full": ("make_full_graph", {}),
+            "topk": ("make_topk_graph", dict(top_k=16, kmin=5)),
+            "topk_all": ("make_topk_graph", dict(top_k=-1)),
+        },
+    },
+}  # fmt: skip
+
+B, L = 2, 40  # two chains of 40 residues, the second with a chain break in the middle
+
+
+def definitions(path: Path, names: set[str]) -> str:
+    """The source of the top-level functions and classes ``names`` of ``path``."""
+    source = path.read_text()
+    found = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef | ast.ClassDef) and n.name in names]
+    if {n.name for n in found} != names:
+        raise SystemExit(f"{path}: expected definitions {sorted(names)}, found {sorted(n.name for n in found)}")
+    return "\n\n".join(ast.get_source_segment(source, n) for n in found)
+
+
+def load_tool(tool: str, checkout: Path) -> dict[str, Any]:
+    """The tool's SE3TransformerWrapper, make_full_graph and make_topk_graph, from its own files."""
+    spec = TOOLS[tool]
+    sys.path.insert(0, str(checkout / spec["package_root"]))
+    top = spec["se3_module"].split(".")[0]
+    if (checkout / spec["package_root"] / top / "__init__.py").exists() and top != "se3_transformer":
+        package = types.ModuleType(top)  # the package without its __init__, which imports the whole tool
+        package.__path__ = [str(checkout / spec["package_root"] / top)]
+        sys.modules[top] = package
+    model = __import__(spec["se3_module"], fromlist=["SE3Transformer", "Fiber"])
+    namespace: dict[str, Any] = dict(torch=torch, nn=nn, np=np, dgl=dgl, inspect=inspect)
+    namespace.update(SE3Transformer=model.SE3Transformer, Fiber=model.Fiber)
+    builders = {"make_full_graph", "make_topk_graph", "init_lecun_normal_param"}
+    exec(definitions(checkout / spec["builder_file"], builders), namespace)
+    exec(definitions(checkout / spec["wrapper_file"], {"SE3TransformerWrapper"}), namespace)
+    return namespace
+
+
+def backbone(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``xyz [B, L, 3, 3]`` (N, CA, C): CA a random walk of 3.8 A steps, N and C 1.5 A off it; ``idx [B, L]``."""
+    steps = torch.randn(B, L, 3, generator=gen, dtype=torch.float64)
+    ca = (3.8 * steps / steps.norm(dim=-1, keepdim=True)).cumsum(1)
+    offsets = torch.randn(B, L, 2, 3, generator=gen, dtype=torch.float64)
+    offsets = 1.5 * offsets / offsets.norm(dim=-1, keepdim=True)
+    xyz = torch.stack([ca + offsets[:, :, 0], ca, ca + offsets[:, :, 1]], dim=2).float()
+    idx = torch.arange(L).repeat(B, 1)
+    idx[1, L // 2 :] += 100
+    return xyz, idx
+
+
+def randomize(module: nn.Module, gen: torch.Generator) -> None:
+    """Every parameter at random, about the scale of a trained one (vectors near 1 for weights, near 0 else)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if p.dim() > 1:
+                p.copy_(noise / math.sqrt(p.shape[-1]))
+            else:
+                p.copy_(noise * 0.2 + (1.0 if name.endswith("weight") else 0.0))
+
+
+def node_features(xyz: torch.Tensor, l1_in: int) -> torch.Tensor:
+    """Degree-1 node features as the tools make them: the backbone atoms relative to CA, ``[B * L, l1_in, 3]``."""
+    rel = xyz - xyz[:, :, 1:2]
+    rel = rel if l1_in == 3 else rel[:, :, [0, 2]]
+    return rel.reshape(B * L, l1_in, 3)
+
+
+def rotation(gen: torch.Generator) -> torch.Tensor:
+    q = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))[0]
+    return (q * torch.sign(torch.det(q))).float()
+
+
+def record_graph(tool: dict, builder: str, kwargs: dict, inputs: dict) -> dict:
+    """The tool's graph of the inputs: its edges, ``rel_pos``, whether it carries a gradient, and each edge's pair
+    features summed (a fingerprint: the features themselves are the inputs' ``pair`` rows)."""
+    xyz = inputs["xyz"].clone().requires_grad_()
+    G, edge_feats = tool[builder](xyz[:, :, 1], inputs["pair"], inputs["idx"], **kwargs)
+    src, dst = G.edges()
+    return dict(
+        builder=builder,
+        kwargs=kwargs,
+        edge_index=torch.stack([src, dst]),
+        rel_pos=G.edata["rel_pos"].detach().clone(),
+        rel_pos_requires_grad=G.edata["rel_pos"].requires_grad,
+        edge_feats_sum=edge_feats.sum(dim=(1, 2)).detach().clone(),
+    )
+
+
+def record_config(tool: dict, config: dict, graphs: dict, inputs: dict, gen: torch.Generator) -> dict:
+    """One wrapper at random weights, run on each graph: outputs, the gradient of a random projection of them with
+    respect to ``xyz``, and the rotation error of the DGL module itself."""
+    wrapper = tool["SE3TransformerWrapper"](**config)
+    randomize(wrapper, gen)
+    wrapper.eval()
+    pair = inputs["pair"][..., : config["num_edge_features"]]
+    l0 = inputs["l0"][:, : config["l0_in_features"]]
+    results = {}
+    for graph_name, (builder, kwargs) in graphs.items():
+        xyz = inputs["xyz"].clone().requires_grad_()
+        G, edge_feats = tool[builder](xyz[:, :, 1], pair, inputs["idx"], **kwargs)
+        out = wrapper(G, l0[..., None], node_features(xyz, config["l1_in_features"]), edge_feats)
+        projections = {k: torch.randn(v.shape, generator=gen) for k, v in out.items()}
+        (grad,) = torch.autograd.grad(sum((out[k] * projections[k]).sum() for k in out), xyz)
+        R = rotation(gen)
+        with torch.no_grad():
+            xyz_r = inputs["xyz"] @ R.T
+            G_r, edge_feats_r = tool[builder](xyz_r[:, :, 1], pair, inputs["idx"], **kwargs)
+            out_r = wrapper(G_r, l0[..., None], node_features(xyz_r, config["l1_in_features"]), edge_feats_r)
+        scale = 1 + out["1"].abs().max()
+        results[graph_name] = dict(
+            expected={k: v.detach().clone() for k, v in out.items()},
+            projections=projections,
+            expected_grad=grad,
+            rotation=R,
+            dgl_rotation_error=((out_r["1"] - out["1"].detach() @ R.T).abs().max() / scale).item(),
+        )
+    state_dict = {k: v.detach().clone() for k, v in wrapper.se3.state_dict().items()}
+    return dict(config=config, state_dict=state_dict, graphs=results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tool", choices=sorted(TOOLS), required=True)
+    parser.add_argument("--checkout", type=Path, required=True, help="the tool's repository checkout")
+    parser.add_argument("--commit", default="", help="the checkout's commit, recorded in the file")
+    parser.add_argument("output", type=Path)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(2026)
+    tool = load_tool(args.tool, args.checkout)
+    xyz, idx = backbone(gen)
+    pair, l0 = torch.randn(B, L, L, 64, generator=gen), torch.randn(B * L, 64, generator=gen)
+    inputs = dict(xyz=xyz, idx=idx, pair=pair, l0=l0)
+    graphs, configs = {}, {}
+    for graph_name, (builder, kwargs) in TOOLS[args.tool]["graphs"].items():
+        graphs[graph_name] = record_graph(tool, builder, kwargs, inputs)
+        print(f"{graph_name}: {graphs[graph_name]['edge_index'].shape[1]} edges")
+    for config_name, config in TOOLS[args.tool]["configs"].items():
+        configs[config_name] = record_config(tool, config, TOOLS[args.tool]["graphs"], inputs, gen)
+    versions = {name: str(__import__(name).__version__) for name in ("torch", "dgl", "e3nn")}
+    record = dict(tool=args.tool, commit=args.commit, versions=versions, inputs=inputs, graphs=graphs, configs=configs)
+    torch.save(record, args.output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""The RoseTTAFold family's SE(3) modules and graph builders without DGL, against goldens recorded with each tool's
+own code (``tests/golden/record_family.py``): RoseTTAFold-All-Atom (``rf2aa``), RoseTTAFold2 (``rf2``) and
+RFdiffusion2 (``rfd2``)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from torch import nn
+
+from se3pyg.compat import nvidia, rf2, rf2aa, rfdiffusion, rfdiffusion2
+from se3pyg.fiber import Fiber
+
+from .conftest import relative_error, wigner_D
+
+GOLDEN = Path(__file__).parent / "golden"
+TOL = 1e-5  # outputs, relative to 1 + max |expected|
+GRAD_TOL = 1e-4  # gradients with respect to the coordinates, likewise
+TOOLS: dict[str, ModuleType] = {"rf2aa": rf2aa, "rf2": rf2, "rfd2": rfdiffusion2}
+
+
+@pytest.fixture(scope="module", params=sorted(TOOLS))
+def golden(request: pytest.FixtureRequest) -> dict:
+    return torch.load(GOLDEN / f"{request.param}.pt", weights_only=True)
+
+
+def wrapper_se3(module: ModuleType, config: dict) -> nn.Module:
+    """The SE(3) module as each tool's ``SE3TransformerWrapper`` builds it from its config."""
+    extra = {"compute_gradients": config["compute_gradients"]} if "compute_gradients" in config else {}
+    return module.SE3Transformer(
+        num_layers=config["num_layers"],
+        fiber_in=Fiber({0: config["l0_in_features"], 1: config["l1_in_features"]}),
+        fiber_hidden=Fiber.create(config["num_degrees"], config["num_channels"]),
+        fiber_out=Fiber({0: config["l0_out_features"], 1: config["l1_out_features"]}),
+        num_heads=config["n_heads"],
+        channels_div=config["div"],
+        fiber_edge=Fiber({0: config["num_edge_features"]}),
+        populate_edge="arcsin",
+        final_layer="lin",
+        use_layer_norm=True,
+        **extra,
+    )
+
+
+def build(golden: dict, graph_name: str, xyz: torch.Tensor, pair: torch.Tensor) -> tuple:
+    spec = golden["graphs"][graph_name]
+    builder = getattr(TOOLS[golden["tool"]], spec["builder"])
+    return builder(xyz[:, :, 1], pair, golden["inputs"]["idx"], **spec["kwargs"])
+
+
+def node_features(xyz: torch.Tensor, config: dict) -> dict[str, torch.Tensor]:
+    """The wrapper's inputs: 64 scalars a residue and the backbone atoms relative to CA, as recorded."""
+    rel = xyz - xyz[:, :, 1:2]
+    rel = rel if config["l1_in_features"] == 3 else rel[:, :, [0, 2]]
+    return {"1": rel.reshape(-1, config["l1_in_features"], 3)}
+
+
+def run(golden: dict, config_name: str, graph_name: str, xyz: torch.Tensor) -> dict[str, torch.Tensor]:
+    case = golden["configs"][config_name]
+    config = case["config"]
+    model = wrapper_se3(TOOLS[golden["tool"]], config).eval()
+    model.load_state_dict(case["state_dict"], strict=True)
+    pair = golden["inputs"]["pair"][..., : config["num_edge_features"]]
+    G, edge_feats = build(golden, graph_name, xyz, pair)
+    l0 = golden["inputs"]["l0"][:, : config["l0_in_features"], None]
+    return model(G, {"0": l0, **node_features(xyz, config)}, {"0": edge_feats})
+
+
+def cases(golden: dict) -> list[tuple[str, str]]:
+    return [(c, g) for c, case in golden["configs"].items() for g in case["graphs"]]
+
+
+def test_builders_give_the_tools_graphs_edge_for_edge(golden: dict) -> None:
+    for graph_name, expected in golden["graphs"].items():
+        xyz = golden["inputs"]["xyz"].clone().requires_grad_()
+        G, edge_feats = build(golden, graph_name, xyz, golden["inputs"]["pair"])
+        assert torch.equal(G.edge_index, expected["edge_index"]), graph_name
+        assert G.num_nodes == xyz.shape[0] * xyz.shape[1]
+        assert relative_error(G.rel_pos.detach(), expected["rel_pos"]) <= TOL, graph_name
+        assert G.rel_pos.requires_grad == expected["rel_pos_requires_grad"], graph_name
+        assert edge_feats.shape == (G.edge_index.shape[1], golden["inputs"]["pair"].shape[-1], 1)
+        assert relative_error(edge_feats.sum(dim=(1, 2)), expected["edge_feats_sum"]) <= TOL, graph_name
+
+
+def test_outputs_and_coordinate_gradients_match_the_tools(golden: dict) -> None:
+    for config_name, graph_name in cases(golden):
+        expected = golden["configs"][config_name]["graphs"][graph_name]
+        xyz = golden["inputs"]["xyz"].clone().requires_grad_()
+        out = run(golden, config_name, graph_name, xyz)
+        assert set(out) == set(expected["expected"])
+        for degree, value in expected["expected"].items():
+            assert out[degree].shape == value.shape
+            assert relative_error(out[degree].detach(), value) <= TOL, (config_name, graph_name, degree)
+        loss = sum((out[k] * expected["projections"][k]).sum() for k in out)
+        (grad,) = torch.autograd.grad(loss, xyz)
+        assert relative_error(grad, expected["expected_grad"]) <= GRAD_TOL, (config_name, graph_name)
+
+
+def test_rotating_the_coordinates_rotates_the_outputs(golden: dict) -> None:
+    """Degree-1 outputs turn with the backbone, degree-0 outputs stay, as in the tool's own module."""
+    for config_name, graph_name in cases(golden):
+        R = golden["configs"][config_name]["graphs"][graph_name]["rotation"]
+        xyz = golden["inputs"]["xyz"]
+        with torch.no_grad():
+            out = run(golden, config_name, graph_name, xyz)
+            out_r = run(golden, config_name, graph_name, xyz @ R.T)
+        D = wigner_D(1, R).float()
+        assert relative_error(out_r["1"], out["1"] @ D.T) <= TOL, (config_name, graph_name)
+        assert relative_error(out_r["0"], out["0"]) <= TOL, (config_name, graph_name)
+
+
+def test_golden_files_record_where_they_came_from(golden: dict) -> None:
+    assert len(golden["commit"]) == 40
+    assert set(golden["versions"]) == {"torch", "dgl", "e3nn"}
+    for case in golden["configs"].values():
+        for expected in case["graphs"].values():
+            assert all(v.abs().max() > 0.1 for v in expected["expected"].values()), "a zero output proves nothing"
+
+
+def _tiny(module: ModuleType, **kwargs: object) -> nn.Module:
+    return module.SE3Transformer(
+        num_layers=1, fiber_in=Fiber({0: 4, 1: 2}), fiber_hidden=Fiber.create(2, 8), fiber_out=Fiber({0: 4, 1: 2}),
+        num_heads=2, channels_div=2, fiber_edge=Fiber({0: 3}), **kwargs,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("module", [nvidia, rf2, rf2aa, rfdiffusion2], ids=lambda m: m.__name__.split(".")[-1])
+def test_an_argument_no_copy_knows_is_refused(module: ModuleType) -> None:
+    with pytest.raises(TypeError, match="some_unknown_argument"):
+        _tiny(module, some_unknown_argument=1)
+
+
+def test_the_pooled_model_refuses_an_unknown_argument() -> None:
+    with pytest.raises(TypeError, match="some_unknown_argument"):
+        nvidia.SE3TransformerPooled(
+            fiber_in=Fiber({0: 6}), fiber_out=Fiber({0: 8}), fiber_edge=Fiber({0: 4}), num_degrees=2,
+            num_channels=8, output_dim=1, some_unknown_argument=1,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("module", [rf2, rf2aa, rfdiffusion2], ids=lambda m: m.__name__.split(".")[-1])
+def test_bad_choices_are_refused(module: ModuleType) -> None:
+    with pytest.raises(ValueError, match="final_layer"):
+        _tiny(module, final_layer="linear")
+    with pytest.raises(ValueError, match="populate_edge"):
+        _tiny(module, populate_edge="asinh")
+
+
+def test_rf2aa_takes_no_compute_gradients() -> None:
+    """The 2021 code never takes gradients through the bases; only RFdiffusion2's copy has the argument."""
+    with pytest.raises(TypeError, match="compute_gradients"):
+        _tiny(rf2aa, compute_gradients=True)
+    _tiny(rfdiffusion2, compute_gradients=True)
+
+
+def test_the_tools_inspect_getfile_check_holds_for_rf2aa() -> None:
+    assert "rf2aa" in inspect.getfile(rf2aa.SE3Transformer)
+
+
+def test_positional_order_of_the_family() -> None:
+    """``final_layer`` comes after ``pooling`` in the family's copies, ``norm`` there in NVIDIA's."""
+    for module in (rf2, rf2aa):
+        names = list(inspect.signature(module.SE3Transformer).parameters)
+        assert names[8:11] == ["pooling", "final_layer", "norm"], module.__name__
+    names = list(inspect.signature(nvidia.SE3Transformer).parameters)
+    assert names[8:10] == ["pooling", "norm"]
+
+
+@pytest.mark.parametrize(
+    ("tensor_cores", "low_memory", "rf2aa_layout", "nvidia_layout"),
+    [(False, False, "partial", "partial"), (True, False, "full", "full"), (True, True, "partial", "pairwise"),
+     (False, True, "partial", "pairwise")],
+)  # fmt: skip
+def test_flags_choose_each_familys_layout(
+    tensor_cores: bool, low_memory: bool, rf2aa_layout: str, nvidia_layout: str
+) -> None:
+    """RoseTTAFold2NA passes ``tensor_cores=True, low_memory=True``: partially fused in the 2021 code."""
+    assert rf2aa.rf2aa_layout(tensor_cores, low_memory) == rf2aa_layout
+    assert nvidia.nvidia_layout(tensor_cores, low_memory) == nvidia_layout
+    flags = dict(tensor_cores=tensor_cores, low_memory=low_memory)
+    assert _tiny(rf2aa, **flags).layout == rf2aa_layout
+    assert _tiny(rf2, **flags).layout == nvidia_layout
+
+
+def test_a_wrappers_reset_parameter_pattern_runs_on_se3pygs_modules() -> None:
+    """What the wrappers' ``reset_parameter`` touches: radial networks by name (``radial_func``, ``net.6``) and
+    the final linear layer's ``weights['0']`` and ``weights['1']``."""
+    se3 = _tiny(rf2aa, final_layer="lin", populate_edge="arcsin")
+    names = [n for n, _ in se3.named_parameters()]
+    assert any("radial_func" in n and "net.6" in n for n in names)
+    for degree in ("0", "1"):
+        nn.init.zeros_(se3.graph_modules[-1].weights[degree])
+        assert not se3.graph_modules[-1].weights[degree].any()
+
+
+def test_sum_over_edge_false_averages_the_final_messages() -> None:
+    torch.manual_seed(0)
+    summed, averaged = _tiny(rf2aa), _tiny(rf2aa, sum_over_edge=False)
+    averaged.load_state_dict(summed.state_dict())
+    n = 6
+    src, dst = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    keep = src != dst
+    edge_index = torch.stack([src[keep], dst[keep]])
+    pos = torch.randn(n, 3)
+    graph = (edge_index, pos[edge_index[1]] - pos[edge_index[0]], n)
+    feats = {"0": torch.randn(n, 4, 1), "1": torch.randn(n, 2, 3)}
+    edges = {"0": torch.randn(edge_index.shape[1], 3, 1)}
+    with torch.no_grad():
+        a, b = summed(graph, feats, edges), averaged(graph, feats, edges)
+    assert not torch.allclose(a["0"], b["0"])
+    assert "mean" in repr(averaged.graph_modules[-1])
+
+
+def test_rfdiffusion2_builders_are_rf2aas_with_its_eps() -> None:
+    assert inspect.signature(rfdiffusion2.make_topk_graph).parameters["eps"].default == 1e-4
+    assert inspect.signature(rf2aa.make_topk_graph).parameters["eps"].default == 1e-6
+    assert rfdiffusion2.make_full_graph is rf2aa.make_full_graph
+    assert rfdiffusion2.SE3Transformer is rf2.SE3Transformer
+
+
+def test_rf2_topk_reads_nonpositive_top_k_as_all_pairs() -> None:
+    xyz = torch.randn(1, 12, 3)
+    pair = torch.randn(1, 12, 12, 2)
+    idx = torch.arange(12)[None]
+    G, _ = rf2.make_topk_graph(xyz, pair, idx, top_k=-1)
+    assert G.edge_index.shape[1] == 12 * 11
+    G, _ = rfdiffusion.make_topk_graph(xyz, pair, idx, top_k=64)
+    assert G.edge_index.shape[1] == 12 * 12  # RFdiffusion's keeps the self-loops
