@@ -13,7 +13,7 @@ import torch
 from torch_geometric.data import Batch, Data
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT.parent / "shared" / "golden"
+GOLDEN = ROOT / "tests" / "golden"  # recorded by the scripts beside them (tests/golden/README.md)
 GOLDEN_FILES = sorted(GOLDEN.glob("nvidia_*.pt"))  # NVIDIA's SE3TransformerPooled goldens
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import mlflow
 
-from .conftest import QM9_SUBSET, run_se3pyg
+from .conftest import GOLDEN, QM9_SUBSET, run_se3pyg
 
 KEYS = {
     "mode", "batch_size", "throughput_mol_per_ms", "latency_ms_mean", "latency_ms_p90", "latency_ms_p95",
@@ -111,7 +111,7 @@ def test_gpu_suite_smoke_run_on_cpu(qm9_dir: Path, tmp_path: Path) -> None:
     archive = tmp_path / "qm9.tar.gz"
     export = [sys.executable, str(suite_py), "--export-qm9", str(archive), "--data-dir", str(qm9_dir)]
     subprocess.run(export, check=True, capture_output=True, timeout=300)
-    golden = Path(__file__).resolve().parents[2] / "shared" / "golden"
+    golden = GOLDEN
     site = tmp_path / "gpu_machine_site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(GPU_MACHINE_SITE)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -15,7 +18,16 @@ TOL = 1e-4
 
 
 def test_golden_files_are_present() -> None:
-    assert len(GOLDEN_FILES) >= 2, "../shared/golden/*.pt not found beside the checkout"
+    assert len(GOLDEN_FILES) >= 2, "tests/golden/nvidia_*.pt missing"
+
+
+def test_no_test_reads_beyond_the_repository() -> None:
+    """The suite passes on a clone with nothing beside it: no test names the folder beside the checkout (this
+    file, which holds the pattern, aside)."""
+    beside = re.compile(r"""["']shared["']|\.\./shared|parents\[2\]""")
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        if path != Path(__file__):
+            assert not beside.search(path.read_text()), path.name
 
 
 def _load(golden: dict, **overrides: object) -> SE3TransformerPooled:
@@ -141,17 +153,33 @@ def test_truncated_state_dict_is_refused(golden: dict) -> None:
         load_nvidia(state, num_heads=golden["nvidia_config"]["num_heads"])
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_autocast_stays_close_to_float32(golden: dict, dtype: torch.dtype) -> None:
-    """Mixed precision (CPU autocast here) changes predictions by at most 2e-2 relative."""
+def _pooled_deviation(model: SE3TransformerPooled, batch: object, dtype: torch.dtype) -> float:
+    with torch.no_grad():
+        reference = model.pool(batch)
+        with torch.autocast("cpu", dtype=dtype):
+            mixed = model.pool(batch).float()
+    return ((mixed - reference).abs().max() / reference.abs().max()).item()
+
+
+def test_bfloat16_autocast_deviates_no_more_than_nvidias_own(golden: dict) -> None:
+    """Under CPU autocast to bfloat16, the pooled features move from float32 about as far as NVIDIA's own do on
+    the same weights (recorded with the golden): within twice that, as rounding differs from op to op."""
+    model = _load(golden)
+    assert _pooled_deviation(model, golden_batch(golden), torch.bfloat16) <= 2 * golden["nvidia_bf16_pooled_error"]
+
+
+def test_float16_autocast_stays_close_to_float32(golden: dict) -> None:
+    """Under CPU autocast to float16 (DGL has none on CPU to compare with), predictions and pooled features move
+    by at most 2e-2 relative, and the prediction stays float32."""
     model = _load(golden)
     batch = golden_batch(golden)
     with torch.no_grad():
         reference = model(batch)
-        with torch.autocast("cpu", dtype=dtype):
+        with torch.autocast("cpu", dtype=torch.float16):
             mixed = model(batch)
     assert mixed.dtype == torch.float32
     assert ((mixed - reference).abs().max() / reference.abs().max()).item() <= 2e-2
+    assert _pooled_deviation(model, batch, torch.float16) <= 2e-2
 
 
 def test_every_edge_chunking_gives_the_same_function(golden: dict, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,37 +2,44 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 import torch
 from torch_geometric.data import Data
 
-from se3pyg.compat.nvidia import Fiber, SE3Transformer, SE3TransformerPooled
+from se3pyg.compat import nvidia, rfdiffusion
+from se3pyg.compat.nvidia import Fiber, SE3TransformerPooled
 
-from .conftest import GOLDEN, wigner_D
+from .conftest import wigner_D
 
 TOL = 1e-5
-RFDIFFUSION = GOLDEN / "rfdiffusion_full_L16_B2.pt"
+RFDIFFUSION = Path(__file__).parent / "golden" / "rfdiffusion.pt"
 
 
 @pytest.fixture(scope="module")
 def golden() -> dict:
-    return torch.load(RFDIFFUSION, weights_only=True)
-
-
-def _model(config: dict) -> SE3Transformer:
-    """Built with the arguments RFdiffusion's SE3TransformerWrapper passes."""
-    return SE3Transformer(
-        num_layers=config["num_layers"],
-        fiber_in=Fiber(config["fiber_in"]),
-        fiber_hidden=Fiber(config["fiber_hidden"]),
-        fiber_out=Fiber(config["fiber_out"]),
-        num_heads=config["num_heads"],
-        channels_div=config["channels_div"],
-        fiber_edge=Fiber(config["fiber_edge"]),
-        use_layer_norm=config["use_layer_norm"],
-        tensor_cores=config["tensor_cores"],
-        low_memory=config["low_memory"],
+    """RFdiffusion's "full" module on its full graph of two 40-residue proteins (``tests/golden/record_family.py``)."""
+    record = torch.load(RFDIFFUSION, weights_only=True)
+    case, inputs = record["configs"]["full"], record["inputs"]
+    graph, edge_feats = rfdiffusion.make_full_graph(inputs["xyz"][:, :, 1], inputs["pair"][..., :32], inputs["idx"])
+    l0 = inputs["l0"][:, :8, None]
+    return dict(
+        config=case["se3_kwargs"],
+        state_dict=case["state_dict"],
+        edge_index=graph.edge_index,
+        rel_pos=graph.rel_pos,
+        num_nodes=graph.num_nodes,
+        node_feats={"0": l0, "1": (inputs["xyz"] - inputs["xyz"][:, :, 1:2]).reshape(-1, 3, 3)},
+        edge_feats={"0": edge_feats},
+        expected=case["graphs"]["full"]["expected"],
     )
+
+
+def _model(config: dict, module: ModuleType = rfdiffusion) -> nvidia.SE3Transformer:
+    """Built with the arguments RFdiffusion's SE3TransformerWrapper passes."""
+    return module.SE3Transformer(**config)
 
 
 def _error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -91,7 +98,9 @@ def test_rotation_equivariance(golden: dict, self_loops: bool, num_layers: int) 
 def test_nvidia_flags_choose_the_layout_and_foreign_inputs_are_refused(golden: dict) -> None:
     config = golden["config"]
     assert _model(config).graph_modules[0].to_key_value.fuse == "in"  # conv_in, as RFdiffusion's copy
-    assert _model({**config, "low_memory": True}).layout == "pairwise"
+    assert _model({**config, "low_memory": True}, nvidia).layout == "pairwise"
+    assert _model({**config, "tensor_cores": True}, nvidia).layout == "full"
+    assert _model({**config, "low_memory": True}).layout == "partial"  # RFdiffusion's 2021 rule
     assert _model({**config, "tensor_cores": True}).layout == "full"
     model = _model(config)
     graph = (golden["edge_index"], golden["rel_pos"], golden["num_nodes"])

@@ -1,6 +1,6 @@
 """The RoseTTAFold family's SE(3) modules and graph builders without DGL, against goldens recorded with each tool's
-own code (``tests/golden/record_family.py``): RoseTTAFold-All-Atom (``rf2aa``), RoseTTAFold2 (``rf2``) and
-RFdiffusion2 (``rfd2``)."""
+own code (``tests/golden/record_family.py``): RFdiffusion, RoseTTAFold-All-Atom (``rf2aa``), RoseTTAFold2 (``rf2``)
+and RFdiffusion2 (``rfd2``). Each module is built with the arguments the tool's wrapper passed, as recorded."""
 
 from __future__ import annotations
 
@@ -20,30 +20,12 @@ from .conftest import relative_error, wigner_D
 GOLDEN = Path(__file__).parent / "golden"
 TOL = 1e-5  # outputs, relative to 1 + max |expected|
 GRAD_TOL = 1e-4  # gradients with respect to the coordinates, likewise
-TOOLS: dict[str, ModuleType] = {"rf2aa": rf2aa, "rf2": rf2, "rfd2": rfdiffusion2}
+TOOLS: dict[str, ModuleType] = {"rfdiffusion": rfdiffusion, "rf2aa": rf2aa, "rf2": rf2, "rfd2": rfdiffusion2}
 
 
 @pytest.fixture(scope="module", params=sorted(TOOLS))
 def golden(request: pytest.FixtureRequest) -> dict:
     return torch.load(GOLDEN / f"{request.param}.pt", weights_only=True)
-
-
-def wrapper_se3(module: ModuleType, config: dict) -> nn.Module:
-    """The SE(3) module as each tool's ``SE3TransformerWrapper`` builds it from its config."""
-    extra = {"compute_gradients": config["compute_gradients"]} if "compute_gradients" in config else {}
-    return module.SE3Transformer(
-        num_layers=config["num_layers"],
-        fiber_in=Fiber({0: config["l0_in_features"], 1: config["l1_in_features"]}),
-        fiber_hidden=Fiber.create(config["num_degrees"], config["num_channels"]),
-        fiber_out=Fiber({0: config["l0_out_features"], 1: config["l1_out_features"]}),
-        num_heads=config["n_heads"],
-        channels_div=config["div"],
-        fiber_edge=Fiber({0: config["num_edge_features"]}),
-        populate_edge="arcsin",
-        final_layer="lin",
-        use_layer_norm=True,
-        **extra,
-    )
 
 
 def build(golden: dict, graph_name: str, xyz: torch.Tensor, pair: torch.Tensor) -> tuple:
@@ -62,7 +44,7 @@ def node_features(xyz: torch.Tensor, config: dict) -> dict[str, torch.Tensor]:
 def run(golden: dict, config_name: str, graph_name: str, xyz: torch.Tensor) -> dict[str, torch.Tensor]:
     case = golden["configs"][config_name]
     config = case["config"]
-    model = wrapper_se3(TOOLS[golden["tool"]], config).eval()
+    model = TOOLS[golden["tool"]].SE3Transformer(**case["se3_kwargs"]).eval()
     model.load_state_dict(case["state_dict"], strict=True)
     pair = golden["inputs"]["pair"][..., : config["num_edge_features"]]
     G, edge_feats = build(golden, graph_name, xyz, pair)
@@ -128,7 +110,10 @@ def _tiny(module: ModuleType, **kwargs: object) -> nn.Module:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("module", [nvidia, rf2, rf2aa, rfdiffusion2], ids=lambda m: m.__name__.split(".")[-1])
+ALL = [nvidia, rfdiffusion, rf2, rf2aa, rfdiffusion2]
+
+
+@pytest.mark.parametrize("module", ALL, ids=lambda m: m.__name__.split(".")[-1])
 def test_an_argument_no_copy_knows_is_refused(module: ModuleType) -> None:
     with pytest.raises(TypeError, match="some_unknown_argument"):
         _tiny(module, some_unknown_argument=1)
@@ -150,11 +135,15 @@ def test_bad_choices_are_refused(module: ModuleType) -> None:
         _tiny(module, populate_edge="asinh")
 
 
-def test_rf2aa_takes_no_compute_gradients() -> None:
-    """The 2021 code never takes gradients through the bases; only RFdiffusion2's copy has the argument."""
+def test_each_module_takes_only_its_copys_arguments() -> None:
+    """The 2021 code never takes gradients through the bases; only RFdiffusion2's copy has the argument.
+    RFdiffusion's copy has none of the family's additions."""
     with pytest.raises(TypeError, match="compute_gradients"):
         _tiny(rf2aa, compute_gradients=True)
     _tiny(rfdiffusion2, compute_gradients=True)
+    for name in ("final_layer", "populate_edge", "sum_over_edge", "compute_gradients"):
+        with pytest.raises(TypeError, match=name):
+            _tiny(rfdiffusion, **{name: "lin"})
 
 
 def test_the_tools_inspect_getfile_check_holds_for_rf2aa() -> None:
@@ -171,30 +160,37 @@ def test_positional_order_of_the_family() -> None:
 
 
 @pytest.mark.parametrize(
-    ("tensor_cores", "low_memory", "rf2aa_layout", "nvidia_layout"),
+    ("tensor_cores", "low_memory", "layout_2021", "layout_2022"),
     [(False, False, "partial", "partial"), (True, False, "full", "full"), (True, True, "partial", "pairwise"),
      (False, True, "partial", "pairwise")],
 )  # fmt: skip
 def test_flags_choose_each_familys_layout(
-    tensor_cores: bool, low_memory: bool, rf2aa_layout: str, nvidia_layout: str
+    tensor_cores: bool, low_memory: bool, layout_2021: str, layout_2022: str
 ) -> None:
     """RoseTTAFold2NA passes ``tensor_cores=True, low_memory=True``: partially fused in the 2021 code."""
-    assert rf2aa.rf2aa_layout(tensor_cores, low_memory) == rf2aa_layout
-    assert nvidia.nvidia_layout(tensor_cores, low_memory) == nvidia_layout
+    assert nvidia.nvidia_2021_layout(tensor_cores, low_memory) == layout_2021
+    assert nvidia.nvidia_layout(tensor_cores, low_memory) == layout_2022
     flags = dict(tensor_cores=tensor_cores, low_memory=low_memory)
-    assert _tiny(rf2aa, **flags).layout == rf2aa_layout
-    assert _tiny(rf2, **flags).layout == nvidia_layout
+    for module in (rfdiffusion, rf2aa):
+        assert _tiny(module, **flags).layout == layout_2021
+    for module in (nvidia, rf2, rfdiffusion2):
+        assert _tiny(module, **flags).layout == layout_2022
 
 
-def test_a_wrappers_reset_parameter_pattern_runs_on_se3pygs_modules() -> None:
-    """What the wrappers' ``reset_parameter`` touches: radial networks by name (``radial_func``, ``net.6``) and
-    the final linear layer's ``weights['0']`` and ``weights['1']``."""
-    se3 = _tiny(rf2aa, final_layer="lin", populate_edge="arcsin")
+@pytest.mark.parametrize(
+    ("module", "final", "attribute"), [(rf2aa, "lin", "weights"), (rfdiffusion, None, "to_kernel_self")]
+)
+def test_a_wrappers_reset_parameter_pattern_runs_on_se3pygs_modules(
+    module: ModuleType, final: str | None, attribute: str
+) -> None:
+    """What the wrappers' ``reset_parameter`` touches: radial networks by name (``radial_func``, ``net.6``) and the
+    last layer's ``weights`` (the family's final linear layer) or ``to_kernel_self`` (RFdiffusion's convolution)."""
+    se3 = _tiny(module, final_layer=final, populate_edge="arcsin") if final else _tiny(module)
     names = [n for n, _ in se3.named_parameters()]
     assert any("radial_func" in n and "net.6" in n for n in names)
     for degree in ("0", "1"):
-        nn.init.zeros_(se3.graph_modules[-1].weights[degree])
-        assert not se3.graph_modules[-1].weights[degree].any()
+        nn.init.zeros_(getattr(se3.graph_modules[-1], attribute)[degree])
+        assert not getattr(se3.graph_modules[-1], attribute)[degree].any()
 
 
 def test_sum_over_edge_false_averages_the_final_messages() -> None:
@@ -223,7 +219,7 @@ def test_rfdiffusion2_builders_are_rf2aas_with_its_eps() -> None:
 
 
 def test_rf2_topk_reads_nonpositive_top_k_as_all_pairs() -> None:
-    xyz = torch.randn(1, 12, 3)
+    xyz = torch.randn(1, 12, 3) * 5
     pair = torch.randn(1, 12, 12, 2)
     idx = torch.arange(12)[None]
     G, _ = rf2.make_topk_graph(xyz, pair, idx, top_k=-1)

@@ -30,7 +30,15 @@ from se3pyg.io import read_torch_file
 from se3pyg.model import EDGE_LENGTHS, FINAL_LAYERS, EdgeLength, FinalLayer, Pooling
 from se3pyg.nn.conv import Layout
 
-__all__ = ["NVIDIA_SCRIPT_ARGUMENTS", "Fiber", "SE3Transformer", "SE3TransformerPooled", "load_nvidia", "nvidia_layout"]
+__all__ = [
+    "NVIDIA_SCRIPT_ARGUMENTS",
+    "Fiber",
+    "SE3Transformer",
+    "SE3TransformerPooled",
+    "load_nvidia",
+    "nvidia_2021_layout",
+    "nvidia_layout",
+]
 
 
 #: The keyword arguments of NVIDIA's training script (``runtime/arguments.py`` and the model's
@@ -46,11 +54,19 @@ NVIDIA_SCRIPT_ARGUMENTS: frozenset[str] = frozenset({
 def nvidia_layout(tensor_cores: bool = False, low_memory: bool = False) -> Layout:
     """The parameter layout NVIDIA's current flags give: its fuse level NONE (``"pairwise"``) with ``low_memory``,
     FULL with ``tensor_cores``, else PARTIAL (what NVIDIA's CPU models have). RoseTTAFold2 and RFdiffusion2 vendor
-    this code; RoseTTAFold-All-Atom and RFdiffusion vendor the 2021 code, whose rule is
-    :func:`se3pyg.compat.rf2aa.rf2aa_layout`."""
+    this code; RoseTTAFold-All-Atom and RFdiffusion vendor the 2021 code, whose rule is :func:`nvidia_2021_layout`.
+    """
     if low_memory:
         return "pairwise"
     return "full" if tensor_cores else "partial"
+
+
+def nvidia_2021_layout(tensor_cores: bool = False, low_memory: bool = False) -> Layout:
+    """The parameter layout the flags give in NVIDIA's 2021 code (vendored by RFdiffusion, RoseTTAFold-All-Atom,
+    RoseTTAFold2NA, RFantibody): fully fused with ``tensor_cores`` unless ``low_memory``, else partially fused.
+    ``low_memory`` never means the pairwise layout, nor recomputation, there; the final convolution is built fully
+    fused whatever the flags (where its fibers allow it)."""
+    return "full" if tensor_cores and not low_memory else "partial"
 
 
 def _pyg_graph(graph: Any) -> Any:

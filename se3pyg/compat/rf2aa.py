@@ -3,10 +3,9 @@
 RoseTTAFold-All-Atom (``rf2aa``) vendors NVIDIA's 2021 SE(3)-Transformer with additions: a final linear or
 attention layer (``final_layer``), the edge length fed as :math:`\\operatorname{asinh}(\\max(r, 4) - 4) / 3`
 (``populate_edge``), averaged final messages (``sum_over_edge``) and value channels divided per degree. The same
-copy serves RFdiffusion-All-Atom (which imports ``rf2aa``), RoseTTAFold2NA and RFantibody
-(``include/SE3Transformer``). Its flags choose the layout by the 2021 rule (:func:`rf2aa_layout`), which differs
-from NVIDIA's current one where ``low_memory`` is set (RoseTTAFold2NA passes ``tensor_cores=True,
-low_memory=True``), and its final convolution is built fully fused whatever the flags.
+copy serves RFdiffusion-All-Atom (which imports ``rf2aa``) and RFantibody (``include/SE3Transformer``). Its flags
+choose the layout by the 2021 rule (:func:`se3pyg.compat.nvidia.nvidia_2021_layout`), which differs from NVIDIA's
+current one where ``low_memory`` is set, and its final convolution is built fully fused whatever the flags.
 
 :class:`SE3Transformer` is defined in this module, so the tools' check ``'rf2aa' in inspect.getfile(SE3Transformer)``
 holds as it is. :func:`make_full_graph` and :func:`make_topk_graph` are ``rf2aa/util_module.py``'s.
@@ -23,19 +22,13 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from se3pyg.compat import rf2
+from se3pyg.compat import nvidia, rf2
 from se3pyg.compat.graphs import residue_graph, sequence_separation
 from se3pyg.fiber import Fiber
 from se3pyg.model import EdgeLength, FinalLayer, Pooling
 from se3pyg.nn.conv import Layout
 
-__all__ = ["Fiber", "SE3Transformer", "make_full_graph", "make_topk_graph", "rf2aa_layout"]
-
-
-def rf2aa_layout(tensor_cores: bool = False, low_memory: bool = False) -> Layout:
-    """The layout NVIDIA's 2021 flags give: fully fused with ``tensor_cores`` unless ``low_memory``, else partially
-    fused (``low_memory`` never means the pairwise layout, nor recomputation, in that code)."""
-    return "full" if tensor_cores and not low_memory else "partial"
+__all__ = ["Fiber", "SE3Transformer", "make_full_graph", "make_topk_graph"]
 
 
 class SE3Transformer(rf2.SE3Transformer):
@@ -44,7 +37,8 @@ class SE3Transformer(rf2.SE3Transformer):
     populate_edge, sum_over_edge)``, called as :class:`se3pyg.compat.nvidia.SE3Transformer` is.
 
     The arguments are RoseTTAFold2's (:class:`se3pyg.compat.rf2.SE3Transformer`, without ``compute_gradients``:
-    the 2021 code never takes gradients through the bases); the flags choose the layout by :func:`rf2aa_layout`.
+    the 2021 code never takes gradients through the bases); the flags choose the layout by
+    :func:`se3pyg.compat.nvidia.nvidia_2021_layout`.
     Any other argument is refused with a ``TypeError``.
     """
 
@@ -74,9 +68,8 @@ class SE3Transformer(rf2.SE3Transformer):
 
     @staticmethod
     def layouts(tensor_cores: bool, low_memory: bool) -> tuple[Layout, Layout | None, bool]:
-        """The 2021 rule: :func:`rf2aa_layout` for the blocks, the fully fused layout for the final convolution
-        (where its fibers allow it), no recomputation."""
-        return rf2aa_layout(tensor_cores, low_memory), "full", False
+        """The 2021 rule (:func:`se3pyg.compat.nvidia.nvidia_2021_layout`), no recomputation."""
+        return nvidia.nvidia_2021_layout(tensor_cores, low_memory), "full", False
 
 
 def make_full_graph(xyz: Tensor, pair: Tensor, idx: Tensor) -> tuple[Data, Tensor]:

@@ -1,7 +1,10 @@
-"""RFdiffusion's graph builders without DGL: ``make_full_graph`` and ``make_topk_graph`` of its ``util_module.py``,
-with their signatures and return values (RFantibody's ``rfdiffusion`` package and RFdiffusion2's ``rf_diffusion``
-have the same two). RoseTTAFold2's and RoseTTAFold-All-Atom's builders differ: :mod:`se3pyg.compat.rf2`,
-:mod:`se3pyg.compat.rf2aa`.
+"""RFdiffusion's SE(3) module and graph builders without DGL.
+
+RFdiffusion vendors NVIDIA's 2021 SE(3)-Transformer (``env/SE3Transformer``): :class:`SE3Transformer` takes its
+arguments, NVIDIA's, and chooses the layout by the 2021 rule (:func:`se3pyg.compat.nvidia.nvidia_2021_layout`).
+:func:`make_full_graph` and :func:`make_topk_graph` are its ``util_module.py``'s, with their signatures and return
+values (RFantibody's ``rfdiffusion`` package and RFdiffusion2's ``rf_diffusion`` have the same two).
+RoseTTAFold2's and RoseTTAFold-All-Atom's builders differ: :mod:`se3pyg.compat.rf2`, :mod:`se3pyg.compat.rf2aa`.
 
 Each returns ``(G, edge_feats)``: ``G`` a PyG ``Data`` with ``edge_index`` (row 0 source, row 1 destination, nodes
 numbered ``b * L + i``), ``rel_pos`` (the destination's coordinates minus the source's, detached: no gradient
@@ -15,13 +18,67 @@ from __future__ import annotations
 import se3pyg.thirdparty  # noqa: F401  (first: third-party imports without their deprecation warnings)
 
 # isort: split
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from se3pyg.compat import nvidia
 from se3pyg.compat.graphs import residue_graph, sequence_separation
+from se3pyg.fiber import Fiber
+from se3pyg.model import Pooling
+from se3pyg.nn.conv import Layout
 
-__all__ = ["make_full_graph", "make_topk_graph"]
+__all__ = ["Fiber", "SE3Transformer", "make_full_graph", "make_topk_graph"]
+
+
+class SE3Transformer(nvidia.SE3Transformer):
+    """RFdiffusion's ``SE3Transformer(num_layers, fiber_in, fiber_hidden, fiber_out, num_heads, channels_div,
+    fiber_edge, return_type, pooling, norm, use_layer_norm, tensor_cores, low_memory)``, called as
+    :class:`se3pyg.compat.nvidia.SE3Transformer` is. Any other argument is refused with a ``TypeError``.
+
+    Args:
+        num_layers: attention blocks.
+        fiber_in: node fiber of the input.
+        fiber_hidden: node fiber of the attention blocks.
+        fiber_out: node fiber of the output.
+        num_heads: attention heads.
+        channels_div: keys and values have the hidden channels divided by it.
+        fiber_edge: edge features (``None``: none).
+        return_type: return only the features of this degree.
+        pooling: ``"max"`` or ``"avg"`` over each graph's nodes.
+        norm: an equivariant norm after each attention block.
+        use_layer_norm: LayerNorm inside the radial networks.
+        tensor_cores: the fully fused layout, unless ``low_memory``.
+        low_memory: the partially fused layout.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        fiber_in: Fiber | Mapping[int, int],
+        fiber_hidden: Fiber | Mapping[int, int],
+        fiber_out: Fiber | Mapping[int, int],
+        num_heads: int,
+        channels_div: int,
+        fiber_edge: Fiber | Mapping[int, int] | None = None,
+        return_type: int | None = None,
+        pooling: Pooling | None = None,
+        norm: bool = True,
+        use_layer_norm: bool = True,
+        tensor_cores: bool = False,
+        low_memory: bool = False,
+    ) -> None:
+        super().__init__(
+            num_layers, fiber_in, fiber_hidden, fiber_out, num_heads, channels_div, fiber_edge, return_type, pooling,
+            norm, use_layer_norm, tensor_cores, low_memory,
+        )  # fmt: skip
+
+    @staticmethod
+    def layouts(tensor_cores: bool, low_memory: bool) -> tuple[Layout, Layout | None, bool]:
+        """The 2021 rule (:func:`se3pyg.compat.nvidia.nvidia_2021_layout`), no recomputation."""
+        return nvidia.nvidia_2021_layout(tensor_cores, low_memory), "full", False
 
 
 def make_full_graph(xyz: Tensor, pair: Tensor, idx: Tensor, top_k: int = 64, kmin: int = 9) -> tuple[Data, Tensor]:

@@ -8,9 +8,9 @@ imports the whole tool), and its ``SE3TransformerWrapper`` and graph
 builders are taken from its own source files (their definitions only: the modules around them import the tool's
 whole package). The wrapper is built at its config's sizes, every parameter is drawn at random (the tools zero
 their last layer, and a zero output proves nothing), and it runs in float32 on graphs from the tool's builders.
-Recorded: the inputs, each config's state dict, each graph's edges, ``rel_pos`` and pair features, the outputs, the
-gradient of a fixed projection of the outputs with respect to the backbone coordinates, and the DGL module's own
-rotation error. Nothing of the tool's code is stored.
+Recorded: the inputs; for each config, the arguments the wrapper passes to ``SE3Transformer`` and the state dict;
+each graph's edges, ``rel_pos`` and pair features; the outputs, the gradient of a random projection of them with
+respect to the backbone coordinates, and the DGL module's own rotation error. Nothing of the tool's code is stored.
 """
 
 from __future__ import annotations
@@ -32,6 +32,23 @@ from torch import nn
 #: Per tool: where its SE(3) package lives, where its wrapper and builders are defined, the wrapper's
 #: configurations (as its configs give them) and the graphs to record (builder name and its keyword arguments).
 TOOLS: dict[str, dict[str, Any]] = {
+    "rfdiffusion": {
+        "package_root": "env/SE3Transformer",
+        "se3_module": "se3_transformer.model",
+        "wrapper_file": "rfdiffusion/SE3_network.py",
+        "builder_file": "rfdiffusion/util_module.py",
+        "configs": {  # config/inference/base.yaml: SE3_param_full, SE3_param_topk
+            "full": dict(num_layers=1, num_channels=32, num_degrees=2, n_heads=4, div=4, l0_in_features=8,
+                         l0_out_features=8, l1_in_features=3, l1_out_features=2, num_edge_features=32),
+            "topk": dict(num_layers=1, num_channels=32, num_degrees=2, n_heads=4, div=4, l0_in_features=64,
+                         l0_out_features=64, l1_in_features=3, l1_out_features=2, num_edge_features=64),
+        },
+        "graphs": {
+            "full": ("make_full_graph", {}),
+            "topk": ("make_topk_graph", dict(top_k=16, kmin=5)),
+            "topk_default": ("make_topk_graph", {}),
+        },
+    },
     "rf2aa": {
         "package_root": ".",
         "se3_module": "rf2aa.SE3Transformer.se3_transformer.model",
@@ -110,7 +127,14 @@ def load_tool(tool: str, checkout: Path) -> dict[str, Any]:
         sys.modules[top] = package
     model = __import__(spec["se3_module"], fromlist=["SE3Transformer", "Fiber"])
     namespace: dict[str, Any] = dict(torch=torch, nn=nn, np=np, dgl=dgl, inspect=inspect)
-    namespace.update(SE3Transformer=model.SE3Transformer, Fiber=model.Fiber)
+    calls: list[dict[str, Any]] = []
+
+    def se3_transformer(**kwargs: Any) -> nn.Module:
+        """The tool's SE3Transformer, its arguments kept (fibers as ``{degree: channels}``)."""
+        calls.append({k: {d: c for d, c in v} if isinstance(v, model.Fiber) else v for k, v in kwargs.items()})
+        return model.SE3Transformer(**kwargs)
+
+    namespace.update(SE3Transformer=se3_transformer, Fiber=model.Fiber, se3_calls=calls)
     builders = {"make_full_graph", "make_topk_graph", "init_lecun_normal_param"}
     exec(definitions(checkout / spec["builder_file"], builders), namespace)
     exec(definitions(checkout / spec["wrapper_file"], {"SE3TransformerWrapper"}), namespace)
@@ -172,6 +196,7 @@ def record_config(tool: dict, config: dict, graphs: dict, inputs: dict, gen: tor
     """One wrapper at random weights, run on each graph: outputs, the gradient of a random projection of them with
     respect to ``xyz``, and the rotation error of the DGL module itself."""
     wrapper = tool["SE3TransformerWrapper"](**config)
+    se3_kwargs = tool["se3_calls"].pop()
     randomize(wrapper, gen)
     wrapper.eval()
     pair = inputs["pair"][..., : config["num_edge_features"]]
@@ -197,7 +222,7 @@ def record_config(tool: dict, config: dict, graphs: dict, inputs: dict, gen: tor
             dgl_rotation_error=((out_r["1"] - out["1"].detach() @ R.T).abs().max() / scale).item(),
         )
     state_dict = {k: v.detach().clone() for k, v in wrapper.se3.state_dict().items()}
-    return dict(config=config, state_dict=state_dict, graphs=results)
+    return dict(config=config, se3_kwargs=se3_kwargs, state_dict=state_dict, graphs=results)
 
 
 def main() -> None:
