@@ -14,6 +14,7 @@ from torch import nn
 
 from se3pyg.compat import nvidia, rf2, rf2aa, rfdiffusion, rfdiffusion2
 from se3pyg.fiber import Fiber
+from se3pyg.nn.conv import KernelGroup
 
 from .conftest import relative_error, wigner_D
 
@@ -226,3 +227,34 @@ def test_rf2_topk_reads_nonpositive_top_k_as_all_pairs() -> None:
     assert G.edge_index.shape[1] == 12 * 11
     G, _ = rfdiffusion.make_topk_graph(xyz, pair, idx, top_k=64)
     assert G.edge_index.shape[1] == 12 * 12  # RFdiffusion's keeps the self-loops
+
+
+def test_rf2aa_inference_on_large_graphs_runs_its_convolutions_in_float32_under_autocast() -> None:
+    """Over 4,096 edges, RoseTTAFold-All-Atom's inference computes the convolutions in float32 under autocast (its
+    copy does so): the kernels give float32's results; in training, and without the limit, autocast's dtype."""
+    torch.manual_seed(0)
+    model = _tiny(rf2aa, final_layer="lin").eval()
+    length = 70  # 4,830 edges on the full graph
+    xyz = torch.randn(1, length, 3) * 8
+    graph, edge_feats = rf2aa.make_full_graph(xyz, torch.randn(1, length, length, 3), torch.arange(length)[None])
+    assert graph.edge_index.shape[1] > rf2aa.FLOAT32_INFERENCE_ABOVE
+    feats = {"0": torch.randn(length, 4, 1), "1": torch.randn(length, 2, 3)}
+    kernel = next(m for m in model.graph_modules[0].to_key_value.modules() if isinstance(m, KernelGroup))
+    calls: list[tuple] = []
+    kernel.register_forward_hook(lambda module, args, out: calls.append((args, out)))
+
+    def under_autocast() -> torch.Tensor:
+        calls.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(graph, feats, {"0": edge_feats})
+        return calls[0][1]
+
+    with torch.no_grad():
+        mixed = under_autocast()
+        assert mixed.dtype == torch.float32
+        assert relative_error(mixed, kernel(*calls[0][0])) <= TOL  # float32's result for the same inputs
+        kernel.float32_inference_above = None
+        assert under_autocast().dtype == torch.bfloat16
+        kernel.float32_inference_above = rf2aa.FLOAT32_INFERENCE_ABOVE
+        model.train()
+        assert under_autocast().dtype == torch.bfloat16

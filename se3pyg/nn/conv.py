@@ -116,6 +116,10 @@ class KernelGroup(nn.Module):
     #: one chunk, published-recipe inference at batch 64); larger ones only hold more memory.
     CPU_CHUNK_FLOATS = 1 << 23
 
+    #: Edges above which inference under autocast computes this kernel in float32 (``None``: never; RoseTTAFold-All-
+    #: Atom's copy does so above 4,096 edges, :mod:`se3pyg.compat.rf2aa`).
+    float32_inference_above: int | None = None
+
     def __init__(
         self,
         degrees_in: list[int],
@@ -178,6 +182,11 @@ class KernelGroup(nn.Module):
     ) -> Tensor:
         """``[E, D_out, C_out]``; with ``edge_pairs`` (edge ``2u + 1`` the reverse of edge ``2u``, see
         :mod:`se3pyg.data.pairs`), ``edge_scalars`` holds one row per pair and both edges share its weights."""
+        device = features.device.type
+        limit = self.float32_inference_above
+        if limit is not None and not self.training and features.shape[0] > limit and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return self.forward(features.float(), edge_scalars.float(), basis, kernel, edge_pairs)
         hidden = self.radial_func.hidden(edge_scalars)
         per_unit = 2 if edge_pairs else 1  # edges per row of radial weights
         if basis is None:  # NVIDIA's pairwise 0 -> 0 kernel
@@ -187,7 +196,7 @@ class KernelGroup(nn.Module):
         # Under autocast, the last weight is cast once (with its reordering copy) instead of once per output degree,
         # as autocast would cast it (float64 never); features and hidden layer stay cast per product, so their
         # gradients still add up in float32.
-        device, weight = features.device.type, self.radial_func.last.weight
+        weight = self.radial_func.last.weight
         casts = torch.is_autocast_enabled(device) and weight.dtype != torch.float64
         dtype = torch.get_autocast_dtype(device) if casts else None
         if kernel == "edge_weights":
