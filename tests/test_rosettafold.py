@@ -35,14 +35,19 @@ def build(golden: dict, graph_name: str, xyz: torch.Tensor, pair: torch.Tensor) 
     return builder(xyz[:, :, 1], pair, golden["inputs"]["idx"], **spec["kwargs"])
 
 
-def node_features(xyz: torch.Tensor, config: dict) -> dict[str, torch.Tensor]:
-    """The wrapper's inputs: 64 scalars a residue and the backbone atoms relative to CA, as recorded."""
+def node_features(xyz: torch.Tensor, config: dict, extra: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The wrapper's degree-1 inputs, as recorded: the backbone atoms relative to CA (N and C only for 2 features),
+    then the extra vectors (chiral and Lennard-Jones gradients in RoseTTAFold-All-Atom)."""
     rel = xyz - xyz[:, :, 1:2]
-    rel = rel if config["l1_in_features"] == 3 else rel[:, :, [0, 2]]
-    return {"1": rel.reshape(-1, config["l1_in_features"], 3)}
+    rel = rel[:, :, [0, 2]] if config["l1_in_features"] == 2 else rel
+    extra = extra[:, : max(config["l1_in_features"] - 3, 0)]
+    return {"1": torch.cat([rel.reshape(-1, rel.shape[2], 3), extra], dim=1)}
 
 
-def run(golden: dict, config_name: str, graph_name: str, xyz: torch.Tensor) -> dict[str, torch.Tensor]:
+def run(
+    golden: dict, config_name: str, graph_name: str, xyz: torch.Tensor, R: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """The module on the tool's graph of ``xyz`` (the extra vectors turned by ``R``, if given)."""
     case = golden["configs"][config_name]
     config = case["config"]
     model = TOOLS[golden["tool"]].SE3Transformer(**case["se3_kwargs"]).eval()
@@ -50,7 +55,8 @@ def run(golden: dict, config_name: str, graph_name: str, xyz: torch.Tensor) -> d
     pair = golden["inputs"]["pair"][..., : config["num_edge_features"]]
     G, edge_feats = build(golden, graph_name, xyz, pair)
     l0 = golden["inputs"]["l0"][:, : config["l0_in_features"], None]
-    return model(G, {"0": l0, **node_features(xyz, config)}, {"0": edge_feats})
+    extra = golden["inputs"]["l1_extra"] if R is None else golden["inputs"]["l1_extra"] @ R.T
+    return model(G, {"0": l0, **node_features(xyz, config, extra)}, {"0": edge_feats})
 
 
 def cases(golden: dict) -> list[tuple[str, str]]:
@@ -90,7 +96,7 @@ def test_rotating_the_coordinates_rotates_the_outputs(golden: dict) -> None:
         xyz = golden["inputs"]["xyz"]
         with torch.no_grad():
             out = run(golden, config_name, graph_name, xyz)
-            out_r = run(golden, config_name, graph_name, xyz @ R.T)
+            out_r = run(golden, config_name, graph_name, xyz @ R.T, R)
         D = wigner_D(1, R).float()
         assert relative_error(out_r["1"], out["1"] @ D.T) <= TOL, (config_name, graph_name)
         assert relative_error(out_r["0"], out["0"]) <= TOL, (config_name, graph_name)

@@ -54,11 +54,12 @@ TOOLS: dict[str, dict[str, Any]] = {
         "se3_module": "rf2aa.SE3Transformer.se3_transformer.model",
         "wrapper_file": "rf2aa/model/layers/SE3_network.py",
         "builder_file": "rf2aa/util_module.py",
-        "configs": {  # rf2aa/config/inference/base.yaml: SE3_param, SE3_ref_param
+        "configs": {  # rf2aa/config/inference/base.yaml: SE3_param, SE3_ref_param, with the extra inputs the model
+            # adds (Track_module.py: 3 chiral vectors; the refiner also 3 Lennard-Jones vectors and 2 * 20 scalars)
             "main": dict(num_layers=1, num_channels=32, num_degrees=2, l0_in_features=64, l0_out_features=64,
-                         l1_in_features=3, l1_out_features=2, num_edge_features=64, n_heads=4, div=4),
-            "refine": dict(num_layers=2, num_channels=32, num_degrees=2, l0_in_features=64, l0_out_features=64,
-                           l1_in_features=3, l1_out_features=2, num_edge_features=64, n_heads=4, div=4),
+                         l1_in_features=6, l1_out_features=2, num_edge_features=64, n_heads=4, div=4),
+            "refine": dict(num_layers=2, num_channels=32, num_degrees=2, l0_in_features=104, l0_out_features=64,
+                           l1_in_features=9, l1_out_features=2, num_edge_features=64, n_heads=4, div=4),
         },
         "graphs": {
             "full": ("make_full_graph", {}),
@@ -164,11 +165,12 @@ def randomize(module: nn.Module, gen: torch.Generator) -> None:
                 p.copy_(noise * 0.2 + (1.0 if name.endswith("weight") else 0.0))
 
 
-def node_features(xyz: torch.Tensor, l1_in: int) -> torch.Tensor:
-    """Degree-1 node features as the tools make them: the backbone atoms relative to CA, ``[B * L, l1_in, 3]``."""
+def node_features(xyz: torch.Tensor, l1_in: int, extra: torch.Tensor) -> torch.Tensor:
+    """Degree-1 node features as the tools make them, ``[B * L, l1_in, 3]``: the backbone atoms relative to CA (N
+    and C only for 2 features), then ``l1_in - 3`` of the ``extra`` vectors (chiral and Lennard-Jones gradients)."""
     rel = xyz - xyz[:, :, 1:2]
-    rel = rel if l1_in == 3 else rel[:, :, [0, 2]]
-    return rel.reshape(B * L, l1_in, 3)
+    rel = rel[:, :, [0, 2]] if l1_in == 2 else rel
+    return torch.cat([rel.reshape(B * L, -1, 3), extra[:, : max(l1_in - 3, 0)]], dim=1)
 
 
 def rotation(gen: torch.Generator) -> torch.Tensor:
@@ -205,14 +207,19 @@ def record_config(tool: dict, config: dict, graphs: dict, inputs: dict, gen: tor
     for graph_name, (builder, kwargs) in graphs.items():
         xyz = inputs["xyz"].clone().requires_grad_()
         G, edge_feats = tool[builder](xyz[:, :, 1], pair, inputs["idx"], **kwargs)
-        out = wrapper(G, l0[..., None], node_features(xyz, config["l1_in_features"]), edge_feats)
+        out = wrapper(G, l0[..., None], node_features(xyz, config["l1_in_features"], inputs["l1_extra"]), edge_feats)
         projections = {k: torch.randn(v.shape, generator=gen) for k, v in out.items()}
         (grad,) = torch.autograd.grad(sum((out[k] * projections[k]).sum() for k in out), xyz)
         R = rotation(gen)
         with torch.no_grad():
             xyz_r = inputs["xyz"] @ R.T
             G_r, edge_feats_r = tool[builder](xyz_r[:, :, 1], pair, inputs["idx"], **kwargs)
-            out_r = wrapper(G_r, l0[..., None], node_features(xyz_r, config["l1_in_features"]), edge_feats_r)
+            out_r = wrapper(
+                G_r,
+                l0[..., None],
+                node_features(xyz_r, config["l1_in_features"], inputs["l1_extra"] @ R.T),
+                edge_feats_r,
+            )
         scale = 1 + out["1"].abs().max()
         results[graph_name] = dict(
             expected={k: v.detach().clone() for k, v in out.items()},
@@ -236,8 +243,8 @@ def main() -> None:
     gen = torch.Generator().manual_seed(2026)
     tool = load_tool(args.tool, args.checkout)
     xyz, idx = backbone(gen)
-    pair, l0 = torch.randn(B, L, L, 64, generator=gen), torch.randn(B * L, 64, generator=gen)
-    inputs = dict(xyz=xyz, idx=idx, pair=pair, l0=l0)
+    pair, l0 = torch.randn(B, L, L, 64, generator=gen), torch.randn(B * L, 128, generator=gen)
+    inputs = dict(xyz=xyz, idx=idx, pair=pair, l0=l0, l1_extra=torch.randn(B * L, 6, 3, generator=gen))
     graphs, configs = {}, {}
     for graph_name, (builder, kwargs) in TOOLS[args.tool]["graphs"].items():
         graphs[graph_name] = record_graph(tool, builder, kwargs, inputs)
