@@ -1,6 +1,7 @@
 """The RoseTTAFold family's SE(3) modules and graph builders without DGL, against goldens recorded with each tool's
-own code (``tests/golden/record_family.py``): RFdiffusion, RoseTTAFold-All-Atom (``rf2aa``), RoseTTAFold2 (``rf2``)
-and RFdiffusion2 (``rfd2``). Each module is built with the arguments the tool's wrapper passed, as recorded."""
+own code (``tests/golden/record_family.py``): RFdiffusion, RoseTTAFold-All-Atom (``rf2aa``), RoseTTAFold2
+(``rf2``), RFdiffusion2 (``rfd2``) and RFantibody's two packages. Each module is built with the arguments the
+tool's wrapper passed, as recorded."""
 
 from __future__ import annotations
 
@@ -21,7 +22,15 @@ from .conftest import relative_error, wigner_D
 GOLDEN = Path(__file__).parent / "golden"
 TOL = 1e-5  # outputs, relative to 1 + max |expected|
 GRAD_TOL = 1e-4  # gradients with respect to the coordinates, likewise
-TOOLS: dict[str, ModuleType] = {"rfdiffusion": rfdiffusion, "rf2aa": rf2aa, "rf2": rf2, "rfd2": rfdiffusion2}
+#: Per golden file: the se3pyg module of the tool's SE(3) copy, and that of its graph builders.
+TOOLS: dict[str, tuple[ModuleType, ModuleType]] = {
+    "rfdiffusion": (rfdiffusion, rfdiffusion),
+    "rf2aa": (rf2aa, rf2aa),
+    "rf2": (rf2, rf2),
+    "rfd2": (rfdiffusion2, rfdiffusion2),
+    "rfantibody_rfdiffusion": (rf2aa, rfdiffusion),  # one copy of RoseTTAFold-All-Atom's module, two packages
+    "rfantibody_rf2": (rf2aa, rf2),
+}
 
 
 @pytest.fixture(scope="module", params=sorted(TOOLS))
@@ -31,7 +40,7 @@ def golden(request: pytest.FixtureRequest) -> dict:
 
 def build(golden: dict, graph_name: str, xyz: torch.Tensor, pair: torch.Tensor) -> tuple:
     spec = golden["graphs"][graph_name]
-    builder = getattr(TOOLS[golden["tool"]], spec["builder"])
+    builder = getattr(TOOLS[golden["tool"]][1], spec["builder"])
     return builder(xyz[:, :, 1], pair, golden["inputs"]["idx"], **spec["kwargs"])
 
 
@@ -50,7 +59,7 @@ def run(
     """The module on the tool's graph of ``xyz`` (the extra vectors turned by ``R``, if given)."""
     case = golden["configs"][config_name]
     config = case["config"]
-    model = TOOLS[golden["tool"]].SE3Transformer(**case["se3_kwargs"]).eval()
+    model = TOOLS[golden["tool"]][0].SE3Transformer(**case["se3_kwargs"]).eval()
     model.load_state_dict(case["state_dict"], strict=True)
     pair = golden["inputs"]["pair"][..., : config["num_edge_features"]]
     G, edge_feats = build(golden, graph_name, xyz, pair)

@@ -86,6 +86,32 @@ TOOLS: dict[str, dict[str, Any]] = {
             "topk_nonlocal": ("make_topk_graph", dict(top_k=16, nlocal=5, topk_incl_local=False)),
         },
     },
+    "rfantibody_rfdiffusion": {  # RFantibody's RFdiffusion: its wrapper and builders on include/SE3Transformer
+        "package_root": "include/SE3Transformer",
+        "se3_module": "se3_transformer.model",
+        "wrapper_file": "src/rfantibody/rfdiffusion/SE3_network.py",
+        "builder_file": "src/rfantibody/rfdiffusion/util_module.py",
+        "configs": {  # scripts/config/inference/base.yaml: SE3_param_full, SE3_param_topk
+            "full": dict(num_layers=1, num_channels=32, num_degrees=2, n_heads=4, div=4, l0_in_features=8,
+                         l0_out_features=8, l1_in_features=3, l1_out_features=2, num_edge_features=32),
+            "topk": dict(num_layers=1, num_channels=32, num_degrees=2, n_heads=4, div=4, l0_in_features=64,
+                         l0_out_features=64, l1_in_features=3, l1_out_features=2, num_edge_features=64),
+        },
+        "graphs": {"full": ("make_full_graph", {}), "topk": ("make_topk_graph", dict(top_k=16, kmin=5))},
+    },
+    "rfantibody_rf2": {  # RFantibody's RoseTTAFold2: its wrapper and builders on include/SE3Transformer
+        "package_root": "include/SE3Transformer",
+        "se3_module": "se3_transformer.model",
+        "wrapper_file": "src/rfantibody/rf2/network/SE3_network.py",
+        "builder_file": "src/rfantibody/rf2/network/util_module.py",
+        "configs": {  # src/rfantibody/rf2/config/base.yaml: SE3_param_full, SE3_param_topk
+            "full": dict(num_layers=1, num_channels=48, num_degrees=2, l0_in_features=32, l0_out_features=32,
+                         l1_in_features=2, l1_out_features=2, num_edge_features=32, div=4, n_heads=4),
+            "topk": dict(num_layers=1, num_channels=128, num_degrees=2, l0_in_features=64, l0_out_features=64,
+                         l1_in_features=2, l1_out_features=2, num_edge_features=64, div=4, n_heads=4),
+        },
+        "graphs": {"full": ("make_full_graph", {}), "topk": ("make_topk_graph", dict(top_k=16, kmin=5))},
+    },
     "rf2": {
         "package_root": "SE3Transformer",
         "se3_module": "se3_transformer.model",
