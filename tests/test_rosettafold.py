@@ -1,7 +1,7 @@
 """The RoseTTAFold family's SE(3) modules and graph builders without DGL, against goldens recorded with each tool's
 own code (``tests/golden/record_family.py``): RFdiffusion, RoseTTAFold-All-Atom (``rf2aa``), RoseTTAFold2
-(``rf2``), RFdiffusion2 (``rfd2``) and RFantibody's two packages. Each module is built with the arguments the
-tool's wrapper passed, as recorded."""
+(``rf2``), RFdiffusion2 (``rfd2``), RoseTTAFold2NA (``rf2na``) and RFantibody's two packages. Each module is built
+with the arguments the tool's wrapper passed, as recorded."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from se3pyg.compat import nvidia, rf2, rf2aa, rfdiffusion, rfdiffusion2
+from se3pyg.compat import nvidia, rf2, rf2aa, rf2na, rfdiffusion, rfdiffusion2
 from se3pyg.fiber import Fiber
 from se3pyg.nn.conv import KernelGroup
 
@@ -28,6 +28,7 @@ TOOLS: dict[str, tuple[ModuleType, ModuleType]] = {
     "rf2aa": (rf2aa, rf2aa),
     "rf2": (rf2, rf2),
     "rfd2": (rfdiffusion2, rfdiffusion2),
+    "rf2na": (rf2na, rf2na),
     "rfantibody_rfdiffusion": (rf2aa, rfdiffusion),  # one copy of RoseTTAFold-All-Atom's module, two packages
     "rfantibody_rf2": (rf2aa, rf2),
 }

@@ -112,6 +112,22 @@ TOOLS: dict[str, dict[str, Any]] = {
         },
         "graphs": {"full": ("make_full_graph", {}), "topk": ("make_topk_graph", dict(top_k=16, kmin=5))},
     },
+    "rf2na": {
+        "package_root": "SE3Transformer",
+        "se3_module": "se3_transformer.model",
+        "wrapper_file": "network/SE3_network.py",
+        "builder_file": "network/util_module.py",
+        "configs": {  # network/predict.py: SE3_param, SE3_ref_param
+            "full": dict(num_layers=1, num_channels=32, num_degrees=2, l0_in_features=64, l0_out_features=64,
+                         l1_in_features=3, l1_out_features=2, num_edge_features=64, div=4, n_heads=4),
+            "refine": dict(num_layers=2, num_channels=32, num_degrees=2, l0_in_features=64, l0_out_features=64,
+                           l1_in_features=3, l1_out_features=2, num_edge_features=64, div=4, n_heads=4),
+        },
+        "graphs": {
+            "full": ("make_full_graph", {}),
+            "topk_local": ("make_topk_graph", dict(top_k=16, nlocal=5, topk_incl_local=True)),
+        },
+    },
     "rf2": {
         "package_root": "SE3Transformer",
         "se3_module": "se3_transformer.model",
