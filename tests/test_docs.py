@@ -214,7 +214,8 @@ def _public_names() -> dict[str, list[str]]:
     """The reference's modules and their public names: each package's ``__all__``, each engine module's own
     public functions and classes."""
     names = {}
-    for module in ("se3pyg", "se3pyg.nn", "se3pyg.data", "se3pyg.compat.nvidia", "se3pyg.compat.rfdiffusion"):
+    compat = [f"se3pyg.compat.{p.stem}" for p in sorted((ROOT / "se3pyg" / "compat").glob("[!_]*.py"))]
+    for module in ("se3pyg", "se3pyg.nn", "se3pyg.data", *compat):
         names[module] = [n for n in importlib.import_module(module).__all__ if not n.startswith("__")]
     for path in sorted((ROOT / "se3pyg" / "engine").glob("*.py")):
         tree = ast.parse(path.read_text())

@@ -245,6 +245,15 @@ def test_rf2_topk_reads_nonpositive_top_k_as_all_pairs() -> None:
     assert G.edge_index.shape[1] == 12 * 12  # RFdiffusion's keeps the self-loops
 
 
+def test_each_copys_float32_inference_limit() -> None:
+    """RoseTTAFold-All-Atom's copy (and RoseTTAFold2NA's, RFantibody's) computes inference convolutions in float32
+    over 4,096 edges, RoseTTAFold2's and RFdiffusion2's over 65,536, NVIDIA's and RFdiffusion's never."""
+    limits = {rf2aa: 4096, rf2na: 4096, rf2: 65536, rfdiffusion2: 65536, nvidia: None, rfdiffusion: None}
+    for module, limit in limits.items():
+        kernels = [m for m in _tiny(module).modules() if isinstance(m, KernelGroup)]
+        assert kernels and all(k.float32_inference_above == limit for k in kernels), module.__name__
+
+
 def test_rf2aa_inference_on_large_graphs_runs_its_convolutions_in_float32_under_autocast() -> None:
     """Over 4,096 edges, RoseTTAFold-All-Atom's inference computes the convolutions in float32 under autocast (its
     copy does so): the kernels give float32's results; in training, and without the limit, autocast's dtype."""
@@ -253,7 +262,7 @@ def test_rf2aa_inference_on_large_graphs_runs_its_convolutions_in_float32_under_
     length = 70  # 4,830 edges on the full graph
     xyz = torch.randn(1, length, 3) * 8
     graph, edge_feats = rf2aa.make_full_graph(xyz, torch.randn(1, length, length, 3), torch.arange(length)[None])
-    assert graph.edge_index.shape[1] > rf2aa.FLOAT32_INFERENCE_ABOVE
+    assert graph.edge_index.shape[1] > rf2aa.SE3Transformer.FLOAT32_INFERENCE_ABOVE
     feats = {"0": torch.randn(length, 4, 1), "1": torch.randn(length, 2, 3)}
     kernel = next(m for m in model.graph_modules[0].to_key_value.modules() if isinstance(m, KernelGroup))
     calls: list[tuple] = []
@@ -271,7 +280,7 @@ def test_rf2aa_inference_on_large_graphs_runs_its_convolutions_in_float32_under_
         assert relative_error(mixed, kernel(*calls[0][0])) <= TOL  # float32's result for the same inputs
         kernel.float32_inference_above = None
         assert under_autocast().dtype == torch.bfloat16
-        kernel.float32_inference_above = rf2aa.FLOAT32_INFERENCE_ABOVE
+        kernel.float32_inference_above = rf2aa.SE3Transformer.FLOAT32_INFERENCE_ABOVE
         model.train()
         assert under_autocast().dtype == torch.bfloat16
 

@@ -28,7 +28,7 @@ from se3pyg.basis import Basis
 from se3pyg.fiber import Fiber
 from se3pyg.io import read_torch_file
 from se3pyg.model import EDGE_LENGTHS, FINAL_LAYERS, EdgeLength, FinalLayer, Pooling
-from se3pyg.nn.conv import Layout
+from se3pyg.nn.conv import KernelGroup, Layout
 
 __all__ = [
     "NVIDIA_SCRIPT_ARGUMENTS",
@@ -159,6 +159,13 @@ class SE3Transformer(model.SE3Transformer):
             basis_gradients=compute_gradients,
         )  # fmt: skip
         self.tensor_cores = tensor_cores
+        for module in self.modules():
+            if isinstance(module, KernelGroup):
+                module.float32_inference_above = self.FLOAT32_INFERENCE_ABOVE
+
+    #: Edges above which inference under autocast computes the convolutions in float32, as the copy does
+    #: (``None``: never; NVIDIA's code never does).
+    FLOAT32_INFERENCE_ABOVE: int | None = None
 
     @staticmethod
     def layouts(tensor_cores: bool, low_memory: bool) -> tuple[Layout, Layout | None, bool]:

@@ -31,7 +31,9 @@ class SE3Transformer(nvidia.SE3Transformer):
     """RoseTTAFold2's ``SE3Transformer(num_layers, fiber_in, fiber_hidden, fiber_out, num_heads, channels_div,
     fiber_edge, return_type, pooling, final_layer, norm, use_layer_norm, tensor_cores, low_memory, populate_edge,
     sum_over_edge)`` (RFdiffusion2's adds ``compute_gradients``), called as
-    :class:`se3pyg.compat.nvidia.SE3Transformer` is. Any other argument is refused with a ``TypeError``.
+    :class:`se3pyg.compat.nvidia.SE3Transformer` is. Any other argument is refused with a ``TypeError``. As in the
+    copy, an inference under autocast computes the convolutions of graphs over :attr:`FLOAT32_INFERENCE_ABOVE`
+    (65,536) edges in float32.
 
     Args:
         num_layers: attention blocks.
@@ -78,6 +80,8 @@ class SE3Transformer(nvidia.SE3Transformer):
             norm, use_layer_norm, tensor_cores, low_memory, final_layer=final_layer, populate_edge=populate_edge,
             sum_over_edge=sum_over_edge, compute_gradients=compute_gradients,
         )  # fmt: skip
+
+    FLOAT32_INFERENCE_ABOVE = 65536
 
 
 def make_topk_graph(

@@ -26,12 +26,9 @@ from se3pyg.compat import nvidia, rf2
 from se3pyg.compat.graphs import residue_graph, sequence_separation
 from se3pyg.fiber import Fiber
 from se3pyg.model import EdgeLength, FinalLayer, Pooling
-from se3pyg.nn.conv import KernelGroup, Layout
+from se3pyg.nn.conv import Layout
 
-__all__ = ["FLOAT32_INFERENCE_ABOVE", "Fiber", "SE3Transformer", "make_full_graph", "make_topk_graph"]
-
-#: Edges above which the convolutions of an inference under autocast run in float32, as the copy's do.
-FLOAT32_INFERENCE_ABOVE = 4096
+__all__ = ["Fiber", "SE3Transformer", "make_full_graph", "make_topk_graph"]
 
 
 class SE3Transformer(rf2.SE3Transformer):
@@ -42,8 +39,8 @@ class SE3Transformer(rf2.SE3Transformer):
     The arguments are RoseTTAFold2's (:class:`se3pyg.compat.rf2.SE3Transformer`, without ``compute_gradients``:
     the 2021 code never takes gradients through the bases); the flags choose the layout by
     :func:`se3pyg.compat.nvidia.nvidia_2021_layout`. As in the copy, an inference under autocast computes the
-    convolutions of graphs over :data:`FLOAT32_INFERENCE_ABOVE` edges in float32, and the attention's queries and
-    logits are float32 always (se3pyg's own rule).
+    convolutions of graphs over :attr:`FLOAT32_INFERENCE_ABOVE` (4,096) edges in float32, and the attention's
+    queries and logits are float32 always (se3pyg's own rule).
     Any other argument is refused with a ``TypeError``.
     """
 
@@ -70,9 +67,8 @@ class SE3Transformer(rf2.SE3Transformer):
             num_layers, fiber_in, fiber_hidden, fiber_out, num_heads, channels_div, fiber_edge, return_type, pooling,
             final_layer, norm, use_layer_norm, tensor_cores, low_memory, populate_edge, sum_over_edge,
         )  # fmt: skip
-        for module in self.modules():
-            if isinstance(module, KernelGroup):
-                module.float32_inference_above = FLOAT32_INFERENCE_ABOVE
+
+    FLOAT32_INFERENCE_ABOVE = 4096
 
     @staticmethod
     def layouts(tensor_cores: bool, low_memory: bool) -> tuple[Layout, Layout | None, bool]:

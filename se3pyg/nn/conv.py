@@ -116,8 +116,8 @@ class KernelGroup(nn.Module):
     #: one chunk, published-recipe inference at batch 64); larger ones only hold more memory.
     CPU_CHUNK_FLOATS = 1 << 23
 
-    #: Edges above which inference under autocast computes this kernel in float32 (``None``: never; RoseTTAFold-All-
-    #: Atom's copy does so above 4,096 edges, :mod:`se3pyg.compat.rf2aa`).
+    #: Edges above which inference under autocast computes this kernel in float32 (``None``: never; the RoseTTAFold
+    #: family's copies do so, :mod:`se3pyg.compat.rf2aa`, :mod:`se3pyg.compat.rf2`).
     float32_inference_above: int | None = None
 
     def __init__(
