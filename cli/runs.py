@@ -21,10 +21,10 @@ def ui(
     experiment: str = typer.Option("se3pyg", help="MLflow experiment whose runs page to print."),
 ) -> None:
     """The MLflow UI over the run store, until Ctrl-C (the server stops with it)."""
-    from se3pyg.engine import tracking
+    from se3pyg.engine import tracking, ui_server
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    if not tracking.is_loopback(host):
+    if not ui_server.is_loopback(host):
         err_console.print(
             f"warning: --host {host} serves the MLflow UI and its API, without authentication, to the network",
             markup=False,
@@ -32,10 +32,10 @@ def ui(
             soft_wrap=True,
         )
     with one_line_errors():
-        tracking.check_servable(uri, host, port)
-        page = tracking.runs_page(uri, experiment, f"http://{host}:{port}")
+        ui_server.check_servable(uri, host, port)
+        page = ui_server.runs_page(uri, experiment, f"http://{host}:{port}")
         ready = lambda: console.print(f"MLflow UI for {uri}: {page}", highlight=False)  # noqa: E731 (once it answers)
-        status = tracking.serve_ui(uri, host, port, on_ready=ready)
+        status = ui_server.serve_ui(uri, host, port, on_ready=ready)
     raise typer.Exit(status)
 
 
