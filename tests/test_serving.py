@@ -16,6 +16,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 
 from se3pyg.engine import distributed
 
@@ -81,6 +82,21 @@ def test_predict_takes_runs_and_models_uris(registered: tuple[Path, str, str]) -
     assert version.run_id == run_id
 
 
+def test_the_logged_model_holds_data_only(registered: tuple[Path, str, str], tmp_path: Path) -> None:
+    """Nothing in the model's artifacts is code: no Python file, no pickle; its MLmodel names se3pyg's loader, and
+    MLflow's own loading gives what ``se3pyg predict`` gives."""
+    folder, uri, _ = registered
+    mlflow.set_tracking_uri(uri)
+    local = Path(mlflow.artifacts.download_artifacts("models:/homo-tiny/1", dst_path=str(tmp_path)))
+    files = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file())
+    assert "data/model.best.pt" in files
+    assert [f for f in files if f.endswith((".py", ".pkl", ".pickle", ".cloudpickle"))] == []
+    flavour = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavour["loader_module"] == "se3pyg.engine.serving" and "python_model" not in flavour
+    expected = _predictions(run_se3pyg("predict", "--ckpt", "model.best.pt", "--input", "water.xyz", cwd=folder))
+    assert mlflow.pyfunc.load_model("models:/homo-tiny/1").predict([WATER]) == pytest.approx(expected, abs=1e-5)
+
+
 def _invoke(port: int, inputs: list[str]) -> tuple[int, object]:
     """``(status, predictions or error)`` of a served model's answer to ``{"inputs": inputs}``."""
     request = urllib.request.Request(
@@ -126,7 +142,8 @@ def test_mlflow_models_serve_answers_with_the_same_predictions(registered: tuple
             status, answer = _invoke(port, inputs)
             assert status == 400 and reason in answer["message"], answer
             assert "stack_trace" not in answer and "se3pyg-serve-" not in answer["message"]
-        assert _invoke(port, []) == (200, [])
+        status, answer = _invoke(port, [])  # no molecule: refused by the model's signature, as an empty evaluation
+        assert status == 400 and "missing inputs" in answer["message"], answer
         assert _invoke(port, [WATER]) == (200, pytest.approx(expected[:1], abs=1e-5))
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -1,10 +1,11 @@
 """Trained models as MLflow models (the ``pyfunc`` flavour), to register, load and serve over HTTP.
 
 The model takes a list of molecules, each as XYZ or SDF (molfile) text (served: ``{"inputs": [TEXT, ...]}``),
-and returns one float per molecule, in input order, in the task's unit; its signature comes from the type
-hints of :meth:`MoleculePropertyModel.predict`. It wraps an se3pyg checkpoint
-(its ``checkpoint`` artifact) and predicts with the same code as ``se3pyg predict``; it is logged as code
-(``served_model.py``), so loading it unpickles nothing.
+and returns one float per molecule, in input order, in the task's unit. It predicts with the same code as
+``se3pyg predict``. Its artifacts hold data only: the checkpoint (read with ``weights_only=True``) and MLflow's
+descriptions of it. The code comes from the installed se3pyg: the model names this module as its
+``loader_module``, and MLflow calls :func:`_load_pyfunc` on the checkpoint. No pickle and no Python file is
+stored with it, so nothing in a run's artifacts runs when the model is loaded or served.
 """
 
 from __future__ import annotations
@@ -45,16 +46,21 @@ def read_molecule_texts(texts: Sequence[str], elements: Sequence[str]) -> list[A
     return molecules
 
 
-class MoleculePropertyModel(mlflow.pyfunc.PythonModel):
-    """An se3pyg checkpoint behind MLflow's pyfunc interface (loaded from the ``checkpoint`` artifact)."""
+class MoleculePropertyModel:
+    """An se3pyg checkpoint behind MLflow's pyfunc interface: what :func:`_load_pyfunc` returns.
 
-    def load_context(self, context: Any) -> None:
+    Args:
+        checkpoint: the logged model's checkpoint file.
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike) -> None:
         from se3pyg.engine.predict import load_model
 
-        self.loaded = load_model(context.artifacts["checkpoint"])
+        self.loaded = load_model(checkpoint)
 
-    def predict(self, model_input: list[str], params: dict[str, Any] | None = None) -> list[float]:
-        """One prediction per molecule text (MLflow reads these type hints as the model's schema)."""
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> list[float]:
+        """One prediction per molecule text: ``model_input`` a list of texts, or the one-column table MLflow makes
+        of it under the model's signature."""
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
@@ -62,20 +68,45 @@ class MoleculePropertyModel(mlflow.pyfunc.PythonModel):
         from se3pyg.engine.precision import Precision
         from se3pyg.engine.predict import predict_molecules
 
-        if not model_input:
+        texts = _texts(model_input)
+        if not texts:
             return []
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            molecules = read_molecule_texts(model_input, self.loaded.elements)
+            molecules = read_molecule_texts(texts, self.loaded.elements)
         except DataError as exc:  # the server answers 400 with this line, no stack trace
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
         precision = Precision.choose(False, "auto", device)
         return predict_molecules(self.loaded, molecules, 64, device, precision).tolist()
 
 
+def _texts(model_input: Any) -> list[str]:
+    """The molecule texts of a model input: a list (or array) of texts, or a table's one column of them."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    if hasattr(model_input, "columns"):  # a pandas DataFrame
+        if len(model_input.columns) != 1:
+            raise MlflowException("send one column of molecule texts", error_code=INVALID_PARAMETER_VALUE)
+        model_input = model_input.iloc[:, 0]
+    texts = list(model_input)
+    if not all(isinstance(text, str) for text in texts):
+        raise MlflowException("send molecules as XYZ or SDF text", error_code=INVALID_PARAMETER_VALUE)
+    return texts
+
+
+def _load_pyfunc(data_path: str) -> MoleculePropertyModel:
+    """MLflow's entry to a logged se3pyg model (this module is its ``loader_module``): the model of the checkpoint
+    at ``data_path``."""
+    return MoleculePropertyModel(data_path)
+
+
 def log_trained_model(run_id: str, checkpoint: str | os.PathLike, register_as: str | None = None) -> str:
     """Log ``checkpoint`` as the pyfunc model of run ``run_id`` (with an input example and signature), and
     register it as ``register_as`` when given. Returns the logged model's URI."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
     from se3pyg.engine.tracking import no_artifact_progress_bars
     from se3pyg.engine.versions import library_versions
 
@@ -85,8 +116,9 @@ def log_trained_model(run_id: str, checkpoint: str | os.PathLike, register_as: s
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
-            python_model=str(Path(__file__).with_name("served_model.py")),  # code, not a pickle, makes the model
-            artifacts={"checkpoint": str(checkpoint)},
+            loader_module=__name__,  # the installed se3pyg makes the model: no code or pickle in the artifacts
+            data_path=str(checkpoint),
+            signature=ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("double")])),
             input_example=[EXAMPLE_MOLECULE],
             pip_requirements=requirements,
             registered_model_name=register_as,

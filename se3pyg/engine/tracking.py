@@ -200,7 +200,8 @@ def checkpoint_of(uri: str, scratch: str | os.PathLike, tracking_uri: str | None
         raise CheckpointError(f"--ckpt {uri}: cannot be fetched from MLflow ({first_line(exc)[:200]})") from None
     if local.is_file():
         return local
-    found = sorted(local.glob("artifacts/*.pt")) or sorted(local.glob("*.pt"))
+    # a logged model's checkpoint is its data (data/), or an artifact (artifacts/) in models se3pyg logged before
+    found = sorted(local.glob("data/*.pt")) or sorted(local.glob("artifacts/*.pt")) or sorted(local.glob("*.pt"))
     best = [f for f in found if f.name.endswith(".best.pt")]
     if len(found) == 1 or len(best) == 1:  # a model's checkpoint, or a run's best one
         return found[0] if len(found) == 1 else best[0]
