@@ -17,7 +17,7 @@ from rdkit.Chem import AllChem
 
 from se3pyg.data import DataError, DatasetSpec, get_task, load_qm9, prepare_qm9, qm9_splits
 from se3pyg.data.custom import build_dataset, cache_dir
-from se3pyg.data.molecules import ELEMENTS
+from se3pyg.data.molecules import ELEMENTS, read_molecules
 from se3pyg.engine.config import TrainConfig
 from se3pyg.engine.train import run
 
@@ -251,7 +251,7 @@ def test_a_csv_names_only_files_of_its_folder_and_each_once(tmp_path: Path) -> N
     built = build_dataset(DatasetSpec(str(folder), "energy"))
     assert built.dataset._data.y.view(-1).tolist() == [0.0, 1.0, 2.0] and built.skipped == 4
     assert built.reasons[0].endswith(
-        "values.csv:5: '../outside.xyz' is not a file name in " + f"{folder} (no folders or paths)"
+        "values.csv:5: '../outside.xyz' is not a file name in " + f"{folder} (no folders, paths or hidden files)"
     )
     assert "values.csv:7: 'sub/inner.xyz' is not a file name" in built.reasons[2]
     assert built.reasons[3].endswith("values.csv:8: m1.xyz is listed again (first on line 3)")
@@ -283,3 +283,32 @@ def test_builds_of_one_cache_for_different_targets_at_once_store_each_targets_va
         values = build_dataset(DatasetSpec(str(source), target)).dataset._data.y.view(-1).tolist()
         assert (cache_dir(source) / "dataset.pt").stat().st_mtime_ns == stamp  # read from the cache, not rebuilt
         assert values == [1.0 if target == "a" else 2.0] * 4
+
+
+def test_links_out_of_a_folder_are_refused_and_hidden_files_left_out(tmp_path: Path) -> None:
+    """A link in an input or dataset folder that leads elsewhere is refused by name, before anything of its
+    target is read, echoed or cached; a link within the folder is one of its files; hidden files (macOS's ``._``
+    companions) are not molecules."""
+    secret = tmp_path / "secret.xyz"
+    secret.write_text(_xyz(_embedded("CS")).replace("\n\n", "\nTOP-SECRET-TOKEN\n", 1))
+    folder = tmp_path / "mols"
+    folder.mkdir()
+    rows = ["molecule,energy"]
+    for k, smiles in enumerate(["CCO", "CCN", "CCCl"]):
+        (folder / f"m{k}.xyz").write_text(_xyz(_embedded(smiles)))
+        rows.append(f"m{k}.xyz,{k}")
+    (folder / "._m0.xyz").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")  # AppleDouble
+    (folder / "alias.xyz").symlink_to("m0.xyz")
+    (folder / "values.csv").write_text("\n".join([*rows, "alias.xyz,9", "._m0.xyz,5"]) + "\n")
+    built = build_dataset(DatasetSpec(str(folder), "energy"))
+    assert built.dataset._data.y.view(-1).tolist() == [0.0, 1.0, 2.0, 9.0] and built.skipped == 1
+    assert "'._m0.xyz' is not a file name" in built.reasons[0]
+    assert len(read_molecules([folder], (*ELEMENTS, "Cl"))) == 4  # m0, m1, m2 and the alias; not the hidden file
+    (folder / "m3.xyz").symlink_to(secret)
+    (folder / "values.csv").write_text("\n".join([*rows, "m3.xyz,3"]) + "\n")
+    for attempt in (lambda: build_dataset(DatasetSpec(str(folder), "energy")), lambda: read_molecules([folder])):
+        with pytest.raises(DataError, match=rf"{folder / 'm3.xyz'}: a link out of {folder} \(to {secret}\)") as error:
+            attempt()
+        assert "TOP-SECRET" not in str(error.value)
+    manifest = cache_dir(folder) / "manifest.json"
+    assert "TOP-SECRET" not in manifest.read_text()

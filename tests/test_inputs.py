@@ -39,7 +39,7 @@ def test_only_regular_files_are_read(tmp_path: Path) -> None:
     cases = {
         "fifo.xyz": lambda p: os.mkfifo(p),
         "zero.xyz": lambda p: p.symlink_to("/dev/zero"),
-        "dangling.xyz": lambda p: p.symlink_to(tmp_path / "nowhere.xyz"),
+        "dangling.xyz": lambda p: p.symlink_to("nowhere.xyz"),
         "loop.xyz": lambda p: p.symlink_to(p),
         "folder.xyz": lambda p: p.mkdir(),
     }
@@ -50,7 +50,8 @@ def test_only_regular_files_are_read(tmp_path: Path) -> None:
         folder.mkdir()
         (folder / "water.xyz").write_text(WATER)
         make(folder / name)
-        _refused([folder], rf"{folder / name}: {reasons[name]}")  # found in an input folder
+        in_folder = "a link out of" if name == "zero.xyz" else reasons[name]  # a folder's files are its own
+        _refused([folder], rf"{folder / name}: {in_folder}")  # found in an input folder
         if name != "folder.xyz":
             _refused([folder / name], rf"{folder / name}: {reasons[name]}")  # given
     os.mkfifo(tmp_path / "fifo.sdf")

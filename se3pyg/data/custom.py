@@ -31,6 +31,7 @@ from se3pyg.data.molecules import (
     checked,
     checked_file,
     element_order,
+    folder_files,
     read_sdf_records,
     read_xyz_frames,
     to_data,
@@ -87,7 +88,7 @@ class BuiltDataset:
 def _source_files(source: Path) -> list[Path]:
     if source.is_file():
         return [source]
-    return sorted(f for f in source.iterdir() if f.is_file() and f.suffix.lower() in (*INPUT_SUFFIXES, ".csv"))
+    return [f for f in folder_files(source, (*INPUT_SUFFIXES, ".csv"), "--dataset") if f.is_file()]
 
 
 def _file_digest(path: Path, name: str | None = None) -> dict[str, object]:
@@ -106,7 +107,7 @@ def _raw_records(spec: DatasetSpec, errors: list[DataError]) -> list[tuple[str, 
         if source.suffix.lower() not in (".sdf", ".mol"):
             raise DataError(f"--dataset {source}: expected an .sdf file or a folder of .xyz/.sdf files with a .csv")
         return list(read_sdf_records(source, errors))
-    tables = sorted(source.glob("*.csv"))
+    tables = folder_files(source, (".csv",), "--dataset")
     if len(tables) != 1:
         raise DataError(f"--dataset {source}: expected one .csv of values in the folder, found {len(tables)}")
     try:
@@ -121,8 +122,10 @@ def _raw_records(spec: DatasetSpec, errors: list[DataError]) -> list[tuple[str, 
         try:
             name = (row.get("molecule") or "").strip()
             path = source / name
-            if name != Path(name).name or name in (".", ".."):  # the manifest hashes the folder's own files only
-                raise DataError(f"{tables[0]}:{line}: {name!r} is not a file name in {source} (no folders or paths)")
+            if name != Path(name).name or name.startswith("."):  # the manifest hashes the folder's own files only
+                raise DataError(
+                    f"{tables[0]}:{line}: {name!r} is not a file name in {source} (no folders, paths or hidden files)"
+                )
             if not name or not (path.exists() or path.is_symlink()) or path.suffix.lower() not in INPUT_SUFFIXES:
                 raise DataError(f"{tables[0]}:{line}: no .xyz, .sdf or .mol file {name!r} in {source}")
             if name in first_line_of:

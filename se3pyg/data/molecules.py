@@ -50,6 +50,26 @@ def checked_file(path: Path, what: str = "") -> Path:
     return path
 
 
+def folder_files(folder: Path, suffixes: Sequence[str], what: str = "") -> list[Path]:
+    """The files of ``folder`` whose suffix is one of ``suffixes`` (any case), sorted by name. Hidden files (names
+    starting with ``.``, such as macOS's ``._NAME`` companions) are left out; a link that leads out of the folder
+    is refused (:func:`check_inside`)."""
+    found = sorted(f for f in folder.iterdir() if not f.name.startswith(".") and f.suffix.lower() in suffixes)
+    for f in found:
+        check_inside(f, folder, what)
+    return found
+
+
+def check_inside(path: Path, folder: Path, what: str = "") -> None:
+    """:class:`DataError` when ``path``, a name in ``folder``, is a link to something outside it: a folder's
+    molecules are its own files, never what a link brings in from elsewhere."""
+    if path.is_symlink():
+        target, root = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+        if not target.is_relative_to(root):
+            name = f"{what} {path}".strip()
+            raise DataError(f"{name}: a link out of {folder} (to {target}); se3pyg reads only the folder's own files")
+
+
 def _text(path: Path) -> str:
     """A molecule file's text; :class:`DataError` naming it when it is not UTF-8."""
     try:
@@ -236,7 +256,7 @@ def read_molecules(paths: Sequence[str | os.PathLike], vocabulary: Sequence[str]
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in INPUT_SUFFIXES)
+            found = folder_files(p, INPUT_SUFFIXES)
             if not found:
                 raise DataError(f"{p}: no .xyz, .sdf or .mol files in this folder")
             files += found  # each checked as it is read
