@@ -3,10 +3,12 @@ from __future__ import annotations
 import se3pyg.thirdparty  # noqa: F401  (first, as in se3pyg: PyG imported without its deprecation warnings)
 
 # isort: split
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -59,6 +61,10 @@ def golden(request: pytest.FixtureRequest) -> dict:
 
 
 QM9_SUBSET = 300
+#: The model the tests train: one layer, degrees 0 and 1, 8 channels, 2 heads (an epoch of the subset in seconds).
+TINY_MODEL = {"num_layers": 1, "num_degrees": 2, "num_channels": 8, "num_heads": 2}
+#: :data:`TINY_MODEL` as command-line options.
+TINY_MODEL_ARGS = [arg for key, value in TINY_MODEL.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +75,18 @@ def qm9_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("qm9")
     prepare_qm9(root, limit=QM9_SUBSET)
     return root
+
+
+def invoke_se3pyg(*args: str, cwd: Path) -> Any:
+    """``se3pyg ARGS`` run in this process by Click's test runner, from ``cwd``: for what a command decides before
+    it starts any work (``.exit_code``, ``.stdout``, ``.stderr``); a command that runs starts real processes with
+    :func:`run_se3pyg`."""
+    from typer.testing import CliRunner
+
+    from se3pyg.cli.app import app
+
+    with contextlib.chdir(cwd):
+        return CliRunner().invoke(app, list(args))
 
 
 def run_se3pyg(

@@ -37,6 +37,7 @@ def _run(code: str, *args: str, tunables: str | None = None) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_freed_large_blocks_are_reused_without_page_faults() -> None:
     """Every process, not most: with mallopt alone, glibc's tcache made 6 of 12 such processes fault again."""
     pages = 4 * (1 << 28) // 4096
@@ -46,6 +47,7 @@ def test_freed_large_blocks_are_reused_without_page_faults() -> None:
         assert int(_run(MEASURE, "keep")) < pages // 100
 
 
+@pytest.mark.slow
 def test_the_restart_keeps_arguments_and_the_users_own_tunables() -> None:
     code = (
         "import os, sys; from se3pyg.allocator import exec_keeping_freed_memory; exec_keeping_freed_memory();"

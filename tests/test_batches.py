@@ -75,6 +75,7 @@ def test_make_loader_serves_qm9_splits_flat_and_other_data_through_pyg(split) ->
     assert "edge_pairs" not in next(iter(make_loader(molecules, 8, shuffle=False)))
 
 
+@pytest.mark.slow
 def test_benchmark_data_reports_molecules_delivered(qm9_dir: Path, tmp_path: Path) -> None:
     done = run_se3pyg("benchmark", "data", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--gpus", "0",
                       "--batch-size", "16", "--steps", "5", "--no-tracking", cwd=tmp_path)  # fmt: skip

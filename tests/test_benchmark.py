@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 
-from .conftest import GOLDEN, QM9_SUBSET, run_se3pyg
+from .conftest import GOLDEN, QM9_SUBSET, TINY_MODEL_ARGS, run_se3pyg
 
 KEYS = {
     "mode", "batch_size", "throughput_mol_per_ms", "latency_ms_mean", "latency_ms_p90", "latency_ms_p95",
@@ -23,9 +24,10 @@ def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return run_se3pyg("benchmark", *args, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_benchmark_prints_json_last_and_logs_to_mlflow(qm9_dir: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tiny = ["--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2"]
+    tiny = TINY_MODEL_ARGS
     for mode in ("train", "predict"):
         done = _bench(mode, "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--batch-size", "8",
                       "--steps", "5", "--gpus", "0", "--tracking-uri", uri, *tiny, cwd=tmp_path)  # fmt: skip
@@ -42,6 +44,7 @@ def test_benchmark_prints_json_last_and_logs_to_mlflow(qm9_dir: Path, tmp_path: 
     assert len(runs) == 2 and all("throughput_mol_per_ms" in r.data.metrics for r in runs)
 
 
+@pytest.mark.slow
 def test_benchmark_refuses_what_cannot_run(qm9_dir: Path, tmp_path: Path) -> None:
     done = _bench("fit", "--no-tracking", cwd=tmp_path)
     assert done.returncode == 2 and "mode must be train, predict or data" in done.stderr
@@ -59,9 +62,10 @@ def test_benchmark_refuses_what_cannot_run(qm9_dir: Path, tmp_path: Path) -> Non
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_epochs_and_processes(qm9_dir: Path, tmp_path: Path) -> None:
     """``--epochs``: whole epochs timed after a warm-up epoch; ``--processes 2``: two gloo ranks under DDP."""
-    tiny = ["--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2", "--no-tracking"]
+    tiny = [*TINY_MODEL_ARGS, "--no-tracking"]
     common = ["train", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--gpus", "0", *tiny]
     done = _bench(*common, "--batch-size", "32", "--epochs", "1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -73,10 +77,11 @@ def test_epochs_and_processes(qm9_dir: Path, tmp_path: Path) -> None:
     assert result["world_size"] == 2 and result["steps"] == 4
 
 
+@pytest.mark.slow
 def test_compiled_model(qm9_dir: Path, tmp_path: Path) -> None:
     """``--compile``: the model runs under torch.compile (the Clebsch-Gordan constants stay outside the graph), here
     with ``--kernel fused``, whose operators the compiled graph calls."""
-    tiny = ["--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2", "--no-tracking"]
+    tiny = [*TINY_MODEL_ARGS, "--no-tracking"]
     done = _bench("predict", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--gpus", "0", *tiny,
                   "--batch-size", "8", "--steps", "3", "--compile", "--kernel", "fused", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -99,6 +104,7 @@ sys.meta_path.insert(0, _Missing())
 """
 
 
+@pytest.mark.slow
 def test_gpu_suite_smoke_run_on_cpu(qm9_dir: Path, tmp_path: Path) -> None:
     """The GPU suite as a lent GPU runs it (exported molecules, golden files from --golden, no mlflow, rdkit or
     qm9pack), short, on CPU: golden checks pass in both edge orders, the fused kernels' operators equal float64

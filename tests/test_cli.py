@@ -17,16 +17,18 @@ import se3pyg
 from se3pyg.engine.config import TrainConfig
 from se3pyg.engine.train import run
 
-from .conftest import QM9_SUBSET, ROOT, run_se3pyg
+from .conftest import QM9_SUBSET, ROOT, TINY_MODEL, invoke_se3pyg, run_se3pyg
 
-TINY = dict(num_layers=1, num_degrees=2, num_channels=8, num_heads=2, batch_size=16, limit=QM9_SUBSET, epochs=1)
+TINY = dict(**TINY_MODEL, batch_size=16, limit=QM9_SUBSET, epochs=1)
 
 
+@pytest.mark.slow
 def test_version_and_module_entry_point(tmp_path: Path) -> None:
     done = run_se3pyg("--version", cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == f"se3pyg {se3pyg.__version__}"
 
 
+@pytest.mark.slow
 def test_the_command_line_is_built_without_torch_pyg_or_mlflow(tmp_path: Path) -> None:
     """``se3pyg --help`` and every command's help come from the option classes alone (0.2-0.4 s instead of 4 s):
     the app imports neither torch, PyG, e3nn nor MLflow; a command imports them when it runs."""
@@ -39,6 +41,7 @@ def test_the_command_line_is_built_without_torch_pyg_or_mlflow(tmp_path: Path) -
         assert done.returncode == 0 and "Usage: " in done.stdout, done.stderr
 
 
+@pytest.mark.slow
 def test_option_errors_are_told_before_torch_loads(tmp_path: Path) -> None:
     """A mistyped option is refused as one line before torch, PyG or MLflow load (0.3 s instead of 5-7 s here)."""
     mistakes = {
@@ -62,6 +65,7 @@ def test_option_errors_are_told_before_torch_loads(tmp_path: Path) -> None:
         assert done.stderr.startswith("error: ") and message in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_data_prepare_prints_a_line_per_stage_off_terminal(tmp_path: Path) -> None:
     done = run_se3pyg("data", "prepare", "--data-dir", str(tmp_path / "qm9"), "--limit", "20", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -75,6 +79,7 @@ def test_data_prepare_prints_a_line_per_stage_off_terminal(tmp_path: Path) -> No
     assert bad.returncode == 2 and "--limit must be between 1 and 130831" in bad.stderr
 
 
+@pytest.mark.slow
 def test_runs_table_compares_training_runs(qm9_dir: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run(TrainConfig(**TINY, data_dir=str(qm9_dir), tracking_uri=uri, run_name="table-run-7"))
@@ -123,6 +128,7 @@ def test_every_training_option_completes_a_run(qm9_dir: Path, tmp_path: Path, op
     assert torch.isfinite(torch.tensor([result.best_val_mae, result.test_mae])).all()
 
 
+@pytest.mark.slow
 def test_quick_sets_defaults_that_typed_options_override(qm9_dir: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     typed = ["--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--epochs", "1", "--num-channels", "8"]
@@ -154,6 +160,7 @@ def test_quick_sets_defaults_that_typed_options_override(qm9_dir: Path, tmp_path
     assert "1 processes" not in done.stderr + done.stdout
 
 
+@pytest.mark.slow
 def test_no_third_party_deprecation_warnings(tmp_path: Path) -> None:
     """Even with every warning shown, se3pyg's imports and a model run print none of PyG's or e3nn's (as in
     every se3pyg command, se3pyg is imported first: a user's own earlier PyG import is the user's)."""
@@ -169,6 +176,7 @@ def test_no_third_party_deprecation_warnings(tmp_path: Path) -> None:
     assert "Warning" not in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_quick_start_from_training_to_a_prediction(qm9_dir: Path, tmp_path: Path) -> None:
     """The README's Quick start, with fewer molecules and one epoch, using only what it and the output say."""
     quick_start = re.search(r"## Quick start\n\n```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
@@ -211,3 +219,17 @@ def test_plain_progress_prints_a_stage_once_then_at_most_every_interval(
         for done in range(1, 100):
             progress("epoch 1", done, 100, "batches")
     assert capsys.readouterr().out.splitlines() == ["epoch 1 (100 batches)"]  # no flood in logs
+
+
+def test_runs_names_a_missing_store_or_experiment_in_one_line(tmp_path: Path) -> None:
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = invoke_se3pyg("runs", "--tracking-uri", uri, cwd=tmp_path)
+    assert (
+        done.exit_code == 2
+        and done.stderr == f"error: MLflow tracking store {uri}: no store there yet (nothing has been tracked)\n"
+    )
+    mlflow.MlflowClient(tracking_uri=uri).create_experiment("other")
+    done = invoke_se3pyg("runs", "--tracking-uri", uri, "--experiment", "nope", cwd=tmp_path)
+    assert done.exit_code == 2 and done.stderr.startswith("error: --experiment 'nope': no such experiment")

@@ -50,3 +50,60 @@ def test_the_engine_order_in_the_architecture_page_is_the_import_order() -> None
         if order.index(imported) <= position
     ]
     assert upward == []
+
+
+#: Calls that start a process: se3pyg's command line, subprocesses, spawned or forked workers.
+_PROCESS_STARTERS = {"run_se3pyg", "Popen", "check_output", "check_call", "spawn", "start_processes", "Process"}
+
+
+def _starts_processes(node: ast.AST, local: set[str]) -> bool:
+    """Whether ``node`` calls a process starter (``subprocess.run`` too) or a function of ``local``."""
+    for call in ast.walk(node):
+        if not isinstance(call, ast.Call):
+            continue
+        func = call.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        owner = getattr(func.value, "id", "") if isinstance(func, ast.Attribute) else ""
+        if name in _PROCESS_STARTERS or name in local or (owner == "subprocess" and name == "run"):
+            return True
+    return False
+
+
+def _is_slow(node: ast.AST) -> bool:
+    return any("slow" in ast.unparse(decorator) for decorator in getattr(node, "decorator_list", []))
+
+
+def processes_started_by_unmarked_tests(path: Path) -> list[str]:
+    """The tests of ``path`` that start processes (themselves, through the module's functions or through its
+    fixtures) without the ``slow`` mark, on them or on their module (``pytestmark``)."""
+    tree = ast.parse(path.read_text())
+    if any(
+        isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in n.targets) and _is_slow_mark(n)
+        for n in tree.body
+    ):
+        return []
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    starters: set[str] = set()
+    while True:  # the module's functions that start processes, directly or through each other
+        more = {name for name, f in functions.items() if name not in starters and _starts_processes(f, starters)}
+        if not more:
+            break
+        starters |= more
+    return [
+        f"{path.name}::{name}"
+        for name, f in functions.items()
+        if name.startswith("test_")
+        and not _is_slow(f)
+        and (name in starters or any(arg.arg in starters for arg in f.args.args))
+    ]
+
+
+def _is_slow_mark(assign: ast.Assign) -> bool:
+    return "mark.slow" in ast.unparse(assign.value)
+
+
+def test_tests_that_start_processes_are_marked_slow() -> None:
+    """The fast tier (``-m "not slow"``) starts no process: each test that does is marked ``slow``."""
+    tests = Path(__file__).resolve().parent
+    unmarked = [name for path in sorted(tests.glob("test_*.py")) for name in processes_started_by_unmarked_tests(path)]
+    assert unmarked == []

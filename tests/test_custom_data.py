@@ -21,9 +21,9 @@ from se3pyg.data.molecules import ELEMENTS, read_molecules
 from se3pyg.engine.config import TrainConfig
 from se3pyg.engine.train import run
 
-from .conftest import run_se3pyg
+from .conftest import TINY_MODEL, TINY_MODEL_ARGS, run_se3pyg
 
-TINY = dict(num_layers=1, num_degrees=2, num_channels=8, num_heads=2, batch_size=32, gpus=0)
+TINY = dict(**TINY_MODEL, batch_size=32, gpus=0)
 
 
 def _write_sdf(path: Path, molecules: list[tuple[Chem.Mol, dict[str, str]]]) -> None:
@@ -113,9 +113,10 @@ def sulfur_chlorine_sdf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "s_cl.sdf"
 
 
+@pytest.mark.slow
 def test_a_dataset_with_sulfur_and_chlorine_trains_and_predicts(sulfur_chlorine_sdf: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    options = ["--gpus", "0", "--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2"]
+    options = ["--gpus", "0", *TINY_MODEL_ARGS]
     done = run_se3pyg(
         "train", "--dataset", str(sulfur_chlorine_sdf), "--target", "score", "--unit", "au", "--batch-size", "8",
         "--epochs", "2", "--save-ckpt-path", "s_cl.pt", "--tracking-uri", uri, *options, cwd=tmp_path,
@@ -161,6 +162,7 @@ def test_a_dataset_with_sulfur_and_chlorine_trains_and_predicts(sulfur_chlorine_
     assert json.loads(done.stdout.splitlines()[-1])["throughput_mol_per_ms"] > 0
 
 
+@pytest.mark.slow
 def test_bad_records_can_be_refused_and_bad_options_are_one_line_errors(
     sulfur_chlorine_sdf: Path, tmp_path: Path
 ) -> None:
@@ -262,6 +264,7 @@ def _build_for(source: str, target: str, start: Any) -> None:
     build_dataset(DatasetSpec(source, target))
 
 
+@pytest.mark.slow
 def test_builds_of_one_cache_for_different_targets_at_once_store_each_targets_values(tmp_path: Path) -> None:
     """Each pair of builds races for one cache; whichever manifest is left describes the values stored with it."""
     import multiprocessing

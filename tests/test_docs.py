@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import GOLDEN, ROOT, run_se3pyg
+from .conftest import GOLDEN, ROOT, TINY_MODEL_ARGS, run_se3pyg
+
+pytestmark = pytest.mark.slow  # starts processes
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 QM9_MOLECULES = 2000  # the examples' QM9 folder: enough for every --limit they type
@@ -39,10 +41,9 @@ NOT_HERE = {
 
 #: Options the harness adds to a command (after the typed ones: the last occurrence wins) so that it runs in
 #: seconds: QM9's first 300 molecules, a tiny model, two epochs, few steps, the CPU.
-TINY_MODEL = ["--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2"]
 SMALL = {
-    "train": ["--epochs", "2", "--eval-interval", "1", "--batch-size", "16", "--gpus", "0", *TINY_MODEL],
-    "benchmark": ["--steps", "2", "--warmup", "1", "--batch-size", "16", "--gpus", "0", *TINY_MODEL],
+    "train": ["--epochs", "2", "--eval-interval", "1", "--batch-size", "16", "--gpus", "0", *TINY_MODEL_ARGS],
+    "benchmark": ["--steps", "2", "--warmup", "1", "--batch-size", "16", "--gpus", "0", *TINY_MODEL_ARGS],
     "data prepare": ["--limit", str(QM9_MOLECULES)],
 }
 
@@ -99,7 +100,7 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("examples")
     prepare_qm9(root / "qm9", limit=QM9_MOLECULES)
     done = run_se3pyg("train", "--data-dir", str(root / "qm9"), "--limit", "300", "--epochs", "1", "--batch-size",
-                      "16", "--gpus", "0", *TINY_MODEL, "--save-ckpt-path", "model.pt", cwd=root)  # fmt: skip
+                      "16", "--gpus", "0", *TINY_MODEL_ARGS, "--save-ckpt-path", "model.pt", cwd=root)  # fmt: skip
     assert done.returncode == 0, done.stderr
     (root / "run_id").write_text(re.search(r"MLflow run (\w+)", done.stdout).group(1))
     smiles = ["CCO", "CCN", "CCC", "CO", "CN", "CC=O", "CCCO", "CCCN", "OCCO", "NCCN", "CC(C)O", "CC(C)N"] * 2

@@ -26,9 +26,9 @@ from se3pyg.engine.state import TrainState
 from se3pyg.engine.step import predict_step, train_step
 from se3pyg.engine.train import run
 
-from .conftest import QM9_SUBSET
+from .conftest import QM9_SUBSET, TINY_MODEL
 
-TINY = dict(num_layers=1, num_degrees=2, num_channels=8, num_heads=2, batch_size=16, limit=QM9_SUBSET)
+TINY = dict(**TINY_MODEL, batch_size=16, limit=QM9_SUBSET)
 CPU = DistInfo()
 
 

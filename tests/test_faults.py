@@ -24,9 +24,9 @@ from se3pyg.engine.config import TrainConfig
 from se3pyg.engine.train import run
 from se3pyg.io import check_writable, exclusive_use
 
-from .conftest import QM9_SUBSET
+from .conftest import QM9_SUBSET, TINY_MODEL, TINY_MODEL_ARGS
 
-TINY = dict(num_layers=1, num_degrees=2, num_channels=8, num_heads=2, batch_size=16, limit=QM9_SUBSET)
+TINY = dict(**TINY_MODEL, batch_size=16, limit=QM9_SUBSET)
 
 
 def _dead_pid() -> int:
@@ -48,6 +48,7 @@ def _holder(path: Path) -> subprocess.Popen:
     return holder
 
 
+@pytest.mark.slow
 def test_a_checkpoint_path_held_by_a_live_run_is_refused(qm9_dir: Path, tmp_path: Path) -> None:
     ckpt = tmp_path / "model.pt"
     lock = tmp_path / ".model.pt.lock"
@@ -91,6 +92,7 @@ def _hold_at_once(path: str, start: Any, spans: Any) -> None:
         spans.put(None)
 
 
+@pytest.mark.slow
 def test_simultaneous_holders_never_overlap(tmp_path: Path) -> None:
     """Pairs of processes asking for one path at the same instant: the holds never overlap in time."""
     context = multiprocessing.get_context("fork")
@@ -124,6 +126,7 @@ def test_the_writability_check_leaves_nothing_behind(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.rglob("*")] == ["sub"]
 
 
+@pytest.mark.slow
 def test_temporaries_of_killed_writes_are_removed_by_the_next_write(tmp_path: Path) -> None:
     ckpt = tmp_path / "model.pt"
     dead = tmp_path / f".model.pt.tmp-{_dead_pid()}"
@@ -174,6 +177,7 @@ def _kill_9_and_survivors(proc: subprocess.Popen, at_least: int, timeout: float 
     return [c for c in children if Path(f"/proc/{c}").exists()]
 
 
+@pytest.mark.slow
 def test_kill_9_during_data_prepare_leaves_no_worker_and_the_next_build_cleans_up(tmp_path: Path) -> None:
     import sys
 
@@ -193,6 +197,7 @@ def test_kill_9_during_data_prepare_leaves_no_worker_and_the_next_build_cleans_u
     assert not list(root.glob(".build-*"))
 
 
+@pytest.mark.slow
 def test_an_unreachable_store_is_reported_before_the_data_build(tmp_path: Path) -> None:
     from .conftest import run_se3pyg
 
@@ -203,6 +208,7 @@ def test_an_unreachable_store_is_reported_before_the_data_build(tmp_path: Path) 
     assert not data.exists()  # nothing was built first
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_checkpoint_path_and_a_killed_launcher(qm9_dir: Path, tmp_path: Path) -> None:
     """A second training on a live run's checkpoint path is refused; kill -9 of a DDP launcher takes its
     ranks with it, and its stale lock no longer blocks the path."""
@@ -210,7 +216,7 @@ def test_two_runs_on_one_checkpoint_path_and_a_killed_launcher(qm9_dir: Path, tm
 
     ckpt = tmp_path / "model.pt"
     common = ["train", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--batch-size", "16", "--gpus", "0",
-              "--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2",
+              *TINY_MODEL_ARGS,
               "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--save-ckpt-path", str(ckpt)]  # fmt: skip
     first = subprocess.Popen([sys.executable, "-m", "se3pyg", *common, "--epochs", "1000", "--processes", "2"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)  # fmt: skip
@@ -251,6 +257,7 @@ def test_a_resume_keeps_its_molecules_and_optimizer_and_applies_given_settings(q
     assert (params["limit"], params["learning_rate"], params["n_train"]) == ("200", "0.01", "153")
 
 
+@pytest.mark.slow
 def test_a_dataset_changed_since_training_is_named_not_silently_used(tmp_path: Path) -> None:
     """A checkpoint records its --dataset as an absolute path with its digest: evaluating elsewhere reads that file,
     and a file changed since is refused, for evaluation and for a resume."""
@@ -309,11 +316,12 @@ def _stopped(command: list[str], cwd: Path, ready: Callable[[str], bool]) -> sub
     return subprocess.CompletedProcess(command, proc.returncode, "".join(seen) + out, err)
 
 
+@pytest.mark.slow
 def test_sigterm_after_the_last_epoch_ends_with_a_line_a_killed_run_and_no_lock(qm9_dir: Path, tmp_path: Path) -> None:
     """Stopped while testing, reporting or logging the model: one line, exit 143, the run KILLED, the lock gone."""
     uri = f"sqlite:///{tmp_path}/m.db"
     command = ["train", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--batch-size", "16", "--gpus", "0",
-               "--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2", "--epochs", "1",
+               *TINY_MODEL_ARGS, "--epochs", "1",
                "--tracking-uri", uri, "--save-ckpt-path", str(tmp_path / "model.pt")]  # fmt: skip
     done = _stopped(command, tmp_path, lambda line: line.startswith("epoch 0  train_loss"))
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
@@ -325,6 +333,7 @@ def test_sigterm_after_the_last_epoch_ends_with_a_line_a_killed_run_and_no_lock(
     assert not (tmp_path / ".model.pt.lock").exists() and load_checkpoint(tmp_path / "model.pt")["epoch"] == 0
 
 
+@pytest.mark.slow
 def test_sigterm_in_a_qm9_build_removes_its_scratch_and_lock(tmp_path: Path) -> None:
     root = tmp_path / "qm9"
     done = _stopped(["data", "prepare", "--data-dir", str(root), "--limit", "20000"], tmp_path,
@@ -346,6 +355,7 @@ def _with_file_size_limit(limit: int) -> Callable[[], None]:
     return limited
 
 
+@pytest.mark.slow
 def test_a_full_disk_ends_each_command_as_one_line_and_keeps_what_was_there(qm9_dir: Path, tmp_path: Path) -> None:
     """Checkpoint saves, predictions and a QM9 build on a disk that fills: one line naming the file, no traceback,
     the previous checkpoint whole, no scratch left."""
@@ -357,7 +367,7 @@ def test_a_full_disk_ends_each_command_as_one_line_and_keeps_what_was_there(qm9_
 
     ckpt = tmp_path / "model.pt"
     train = ["train", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--batch-size", "16", "--gpus", "0",
-             "--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2", "--epochs", "1",
+             *TINY_MODEL_ARGS, "--epochs", "1",
              "--no-tracking", "--save-ckpt-path", str(ckpt)]  # fmt: skip
     assert se3pyg(*train, limit=1 << 30).returncode == 0
     before = ckpt.read_bytes()
@@ -379,10 +389,11 @@ def test_a_full_disk_ends_each_command_as_one_line_and_keeps_what_was_there(qm9_
     assert not list((tmp_path / "qm9").glob(".build-*"))
 
 
+@pytest.mark.slow
 def test_a_killed_ddp_rank_ends_the_run_as_one_line(qm9_dir: Path, tmp_path: Path) -> None:
     """kill -9 of one spawned rank: the command says which rank and how, once, without the other rank's traceback."""
     command = ["train", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--batch-size", "16", "--gpus", "0",
-               "--num-layers", "1", "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2", "--epochs", "1000",
+               *TINY_MODEL_ARGS, "--epochs", "1000",
                "--processes", "2", "--no-tracking"]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "se3pyg", *command], cwd=tmp_path, env=env, text=True,

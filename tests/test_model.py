@@ -144,6 +144,7 @@ def test_layers_print_in_torch_style() -> None:
     assert "(conv): KernelGroup(\n    degrees [0, 1] -> [0, 1], channels 4 -> 4\n" in text
 
 
+@pytest.mark.slow
 def test_training_works_after_a_first_forward_in_inference_mode() -> None:
     """The cached constants (Clebsch-Gordan tensors, index maps) a first call builds are not inference tensors,
     which a later backward pass could not use. In a fresh process: the caches are per process."""

@@ -61,6 +61,7 @@ def test_predictions_are_never_written_over_the_checkpoint_or_into_an_input_fold
     PredictConfig(ckpt=str(ckpt), input=[str(molecule.parent)], output=str(tmp_path / "out.csv")).validate()
 
 
+@pytest.mark.slow
 def test_the_command_line_refuses_before_any_work(tmp_path: Path) -> None:
     ckpt, molecule = _files(tmp_path, "model.pt", "mols/b.xyz")
     done = run_se3pyg("predict", "--ckpt", str(ckpt), "--input", str(tmp_path / "mols"), "--output", str(molecule),

@@ -18,7 +18,7 @@ from se3pyg.engine.predict import evaluate_split, load_model, predict_molecules,
 from se3pyg.engine.step import predict_step
 from se3pyg.engine.train import run
 
-from .conftest import GOLDEN, QM9_SUBSET, run_se3pyg
+from .conftest import GOLDEN, QM9_SUBSET, TINY_MODEL, run_se3pyg
 
 WATER_METHANE = """3
 water
@@ -60,10 +60,7 @@ def trained(qm9_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     ckpt = root / "model.pt"
     run(
         TrainConfig(
-            num_layers=1,
-            num_degrees=2,
-            num_channels=8,
-            num_heads=2,
+            **TINY_MODEL,
             batch_size=16,
             limit=QM9_SUBSET,
             epochs=1,
@@ -96,6 +93,7 @@ def test_bonds_are_perceived_from_coordinates(inputs: Path) -> None:
     assert water.x[0].tolist() == [0, 0, 0, 1, 0, 8]
 
 
+@pytest.mark.slow
 def test_predictions_to_csv_in_input_order(trained: Path, inputs: Path, tmp_path: Path) -> None:
     out = tmp_path / "pred.csv"
     done = _cli("--ckpt", str(trained), "--input", str(inputs / "b.sdf"), "--input", str(inputs / "a.xyz"),
@@ -108,6 +106,7 @@ def test_predictions_to_csv_in_input_order(trained: Path, inputs: Path, tmp_path
     assert all(-20 < v < 5 for v in values)  # standardization undone: eV, not standard units
 
 
+@pytest.mark.slow
 def test_folder_input_and_split_evaluation(trained: Path, inputs: Path, tmp_path: Path) -> None:
     out = tmp_path / "pred.csv"
     assert _cli("--ckpt", str(trained), "--input", str(inputs), "--output", str(out), cwd=tmp_path).returncode == 0
@@ -118,6 +117,7 @@ def test_folder_input_and_split_evaluation(trained: Path, inputs: Path, tmp_path
     assert "val MAE" in done.stdout and "on 41 molecules" in done.stdout
 
 
+@pytest.mark.slow
 def test_an_output_that_is_an_input_or_unwritable_is_refused_first(trained: Path, inputs: Path, tmp_path: Path) -> None:
     source = tmp_path / "same.xyz"
     source.write_text((inputs / "a.xyz").read_text())
@@ -132,6 +132,7 @@ def test_an_output_that_is_an_input_or_unwritable_is_refused_first(trained: Path
     assert done.returncode == 2 and "--output /proc/out.csv: cannot write in /proc" in done.stderr  # root too
 
 
+@pytest.mark.slow
 def test_nvidia_checkpoint_needs_target_statistics(inputs: Path, tmp_path: Path) -> None:
     golden = GOLDEN / "nvidia_small_full.pt"
     out = tmp_path / "pred.csv"
@@ -143,6 +144,7 @@ def test_nvidia_checkpoint_needs_target_statistics(inputs: Path, tmp_path: Path)
     assert len(list(csv.DictReader(out.open()))) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
@@ -185,6 +187,7 @@ def _damaged(path: Path, drop: str | None = None, **config: object) -> None:
     save_checkpoint(path, payload)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -226,6 +229,7 @@ def test_padded_static_shape_predictions_equal_the_eager_ones(trained: Path, inp
     assert split[1][0] == pytest.approx(split[0][0], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_cuda_graphs_without_a_gpu_is_refused(trained: Path, inputs: Path, tmp_path: Path) -> None:
     done = _cli("--ckpt", str(trained), "--input", str(inputs), "--cuda-graphs", "--gpus", "0", cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr

@@ -20,7 +20,9 @@ import yaml
 
 from se3pyg.engine import distributed
 
-from .conftest import run_se3pyg
+from .conftest import TINY_MODEL_ARGS, run_se3pyg
+
+pytestmark = pytest.mark.slow  # starts processes
 
 WATER = "3\nwater\nO 0.0 0.0 0.117\nH 0.0 0.757 -0.467\nH 0.0 -0.757 -0.467\n"
 AMMONIA_SDF = """ammonia
@@ -50,8 +52,8 @@ def registered(qm9_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     folder = tmp_path_factory.mktemp("served")
     uri = f"sqlite:///{folder}/mlruns/mlflow.db"
     done = run_se3pyg(
-        "train", "--data-dir", str(qm9_dir), "--limit", "300", "--gpus", "0", "--num-layers", "1",
-        "--num-degrees", "2", "--num-channels", "8", "--num-heads", "2", "--batch-size", "16", "--epochs", "1",
+        "train", "--data-dir", str(qm9_dir), "--limit", "300", "--gpus", "0", *TINY_MODEL_ARGS,
+        "--batch-size", "16", "--epochs", "1",
         "--save-ckpt-path", "model.pt", "--register-model", "homo-tiny", "--tracking-uri", uri, cwd=folder,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -47,6 +47,7 @@ def test_unreachable_store_at_start_is_one_error(tmp_path: Path) -> None:
         Tracker("http://127.0.0.1:9", "exp")
 
 
+@pytest.mark.slow
 def test_a_run_left_running_by_a_killed_process_is_shown_stale(tmp_path: Path) -> None:
     """kill -9 leaves the run RUNNING in MLflow; se3pyg runs tells it from a live one."""
     import signal
@@ -73,6 +74,7 @@ def test_a_run_left_running_by_a_killed_process_is_shown_stale(tmp_path: Path) -
     assert killed.throughput_mol_per_s == pytest.approx(500.0)
 
 
+@pytest.mark.slow
 def test_concurrent_first_use_of_a_new_sqlite_store(tmp_path: Path) -> None:
     """Three processes open one new store at once: each gets its run (the first creates the tables)."""
     import subprocess
@@ -87,6 +89,7 @@ def test_concurrent_first_use_of_a_new_sqlite_store(tmp_path: Path) -> None:
     assert len(client.search_runs([client.get_experiment_by_name("se3pyg").experiment_id])) == 3
 
 
+@pytest.mark.slow
 def test_runs_listing_neither_creates_a_store_nor_waits_for_an_absent_server(tmp_path: Path) -> None:
     import time
 
@@ -101,6 +104,7 @@ def test_runs_listing_neither_creates_a_store_nor_waits_for_an_absent_server(tmp
     assert time.monotonic() - start < 60 and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_a_store_whose_creation_ran_out_of_disk_leaves_nothing_half_made(tmp_path: Path) -> None:
     """A disk that fills while the store's tables are created (a file size limit here: the store needs ~1 MB) ends
     that command, and the next one finds no broken store but makes a whole one."""

@@ -1,4 +1,5 @@
-"""se3pyg ui: the MLflow UI on a free loopback port, its runs page rendered by headless Chromium."""
+"""se3pyg ui: the MLflow UI on a free loopback port, its runs page rendered by headless Chromium; what it refuses
+before a server starts, checked in process."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 from se3pyg.engine import distributed
 from se3pyg.engine.tracking import Tracker
 
-from .conftest import run_se3pyg
+from .conftest import invoke_se3pyg
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -51,6 +52,7 @@ def _render(page: str, profile: Path) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium is not installed")
 def test_ui_shows_runs_and_compares_two_in_chromium(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
@@ -103,25 +105,47 @@ def test_ui_refuses_a_taken_port_and_warns_beyond_loopback(tmp_path: Path) -> No
         holder.listen()
         port = holder.getsockname()[1]
         uri = f"sqlite:///{tmp_path}/mlflow.db"
-        done = run_se3pyg("ui", "--tracking-uri", uri, "--port", str(port), cwd=tmp_path, timeout=60)
-        assert done.returncode == 2 and f"--port {port}: 127.0.0.1:{port} cannot be served" in done.stderr
-        assert "Traceback" not in done.stderr
-        done = run_se3pyg("ui", "--tracking-uri", uri, "--host", "0.0.0.0", "--port", str(port), cwd=tmp_path)
+        done = invoke_se3pyg("ui", "--tracking-uri", uri, "--port", str(port), cwd=tmp_path)
+        assert done.exit_code == 2 and f"--port {port}: 127.0.0.1:{port} cannot be served" in done.stderr
+        done = invoke_se3pyg("ui", "--tracking-uri", uri, "--host", "0.0.0.0", "--port", str(port), cwd=tmp_path)
         assert "warning: --host 0.0.0.0 serves the MLflow UI and its API, without authentication" in done.stderr
-        assert done.returncode == 2  # the port is taken there too: nothing was served
+        assert done.exit_code == 2  # the port is taken there too: nothing was served
 
 
 def test_ui_refuses_a_port_out_of_range_and_a_store_it_could_not_open(tmp_path: Path) -> None:
     """One line each, at once: not a traceback, nor a server retrying a store it cannot create for minutes."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     for port in ("65536", "-1"):
-        done = run_se3pyg("ui", "--tracking-uri", uri, "--port", port, cwd=tmp_path, timeout=60)
-        assert done.returncode == 2 and f"--port {port}: must be between 0 and 65535" in done.stderr, done.stderr
-    done = run_se3pyg("ui", "--tracking-uri", "sqlite:////proc/mlflow.db", "--port", "0", cwd=tmp_path, timeout=60)
-    assert done.returncode == 2 and "MLflow tracking store /proc/mlflow.db: cannot write in /proc" in done.stderr
+        done = invoke_se3pyg("ui", "--tracking-uri", uri, "--port", port, cwd=tmp_path)
+        assert done.exit_code == 2 and f"--port {port}: must be between 0 and 65535" in done.stderr, done.stderr
+    done = invoke_se3pyg("ui", "--tracking-uri", "sqlite:////proc/mlflow.db", "--port", "0", cwd=tmp_path)
+    assert done.exit_code == 2 and "MLflow tracking store /proc/mlflow.db: cannot write in /proc" in done.stderr
     assert not (tmp_path / "mlflow.db").exists()  # nothing was served, nor created
 
 
+def test_the_server_runs_mlflows_app_on_loopback_with_se3pygs_landing_page(tmp_path: Path) -> None:
+    """The command line ``se3pyg ui`` starts, the page it prints for a store without runs yet, and the page that
+    keeps MLflow's UI in its model-training navigation, answered before MLflow's own pages."""
+    import asyncio
+
+    from se3pyg.engine import ui_app, ui_server
+
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    cmd, env = ui_server.ui_server_command(uri, "127.0.0.1", 5123)
+    assert cmd[cmd.index("--host") + 1 : cmd.index("--host") + 4] == ["127.0.0.1", "--port", "5123"]
+    assert cmd[cmd.index("--app-name") + 1] == "se3pyg" and env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert cmd[cmd.index("--default-artifact-root") + 1] == (tmp_path / "mlruns").as_uri()
+    page = ui_server.runs_page(uri, "se3pyg", "http://127.0.0.1:5123")
+    assert page == "http://127.0.0.1:5123/se3pyg/#/?workflowType=machine_learning"
+    assert [ui_server.is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "example.org")] == [
+        True, True, True, False, False,
+    ]  # fmt: skip
+    assert ui_app.app.router.routes[0].path == "/se3pyg/"
+    landing = asyncio.run(ui_app.app.router.routes[0].endpoint(None))
+    assert b"localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('machine_learning'))" in landing.body
+
+
+@pytest.mark.slow
 def test_sigterm_to_ui_stops_its_server(tmp_path: Path) -> None:
     port = distributed.free_port()
     uri = f"sqlite:///{tmp_path}/mlflow.db"
