@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,15 +41,18 @@ def _remove_dead_temporaries(target: Path) -> None:
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on failure removed.
 
-    Readers see the old file or the whole new one, never a part. Temporary files that killed writers left
-    beside ``path`` are removed first.
+    Readers see the old file or the whole new one, never a part; a replaced file keeps its permission bits, and a
+    link keeps pointing at the file written.
+    Temporary files that killed writers left beside ``path`` are removed first.
     """
-    target = Path(path)
+    target = Path(os.path.realpath(path))  # through links: a link given is kept, its target replaced
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_temporaries(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        with contextlib.suppress(FileNotFoundError):  # a replaced file keeps its permissions (a chmod 600 one too)
+            os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -137,13 +141,31 @@ def cache_dir(source: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".se3pyg")
 
 
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two resolved paths name one file (hard links too)."""
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+PathsOf = Iterable[tuple[str, "str | os.PathLike"]]
+"""``(option, path)`` pairs: what a command reads or writes, named as its error messages name them."""
+
+
 @contextlib.contextmanager
 def exclusive_use(path: str | os.PathLike, option: str, wait: bool = False) -> Iterator[None]:
-    """Hold ``path`` for this process: an ``flock`` on ``.NAME.lock`` beside it, which records the holder's pid
-    and host. A second process is refused naming the holder, or with ``wait`` waits its turn; a holder that dies
-    (even by SIGKILL) releases the lock with its process."""
+    """Hold ``path`` for this process: an ``flock`` on ``.NAME.lock`` beside it (links resolved), which records
+    the holder's pid and host. A second process is refused naming the holder, or with ``wait`` waits its turn; a
+    holder that dies (even by SIGKILL) releases the lock with its process."""
     target = Path(path)
-    lock = lock_path(target)
+    lock = lock_path(_resolved(target))
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         fd = _take_lock(lock, wait)
@@ -165,35 +187,31 @@ def exclusive_use(path: str | os.PathLike, option: str, wait: bool = False) -> I
         os.close(fd)
 
 
-def _resolved(path: str | os.PathLike) -> Path:
-    return Path(os.path.realpath(path))
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether two resolved paths name one file (hard links too)."""
-    if a == b:
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-PathsOf = Iterable[tuple[str, "str | os.PathLike"]]
-"""``(option, path)`` pairs: what a command reads or writes, named as its error messages name them."""
+@contextlib.contextmanager
+def exclusive_writes(paths: PathsOf) -> Iterator[None]:
+    """:func:`exclusive_use` of every ``(option, path)`` a command replaces, companions included (a checkpoint
+    and its best one): two commands never write one file, whichever of its names each was given."""
+    with contextlib.ExitStack() as held:
+        for option, path in paths:
+            held.enter_context(exclusive_use(path, option))
+        yield
 
 
 def refuse_overwrites(reads: PathsOf, writes: PathsOf) -> None:
     """``ValueError`` when a command would write over what it reads or writes elsewhere.
 
-    ``reads`` and ``writes`` are ``(option, path)`` pairs; links are resolved. A path written may not be a file
-    read, lie inside a folder read (the files found in an input folder, a data folder), or be written by another
-    option as well.
+    ``reads`` and ``writes`` are ``(option, path)`` pairs; links are resolved. A path written must be a regular
+    file or not exist yet (a device, a FIFO or a folder is never replaced), may not be a file read, lie inside a
+    folder read (the files found in an input folder, a data folder, the tracking store's artifacts), or be written
+    by another option as well.
     """
     read = [(option, Path(path), _resolved(path)) for option, path in reads]
     written: list[tuple[str, Path, Path]] = []
     for option, path in writes:
         target = _resolved(path)
+        if target.exists() and not target.is_file():
+            kind = "a folder" if target.is_dir() else "not a regular file (a device, FIFO or socket)"
+            raise ValueError(f"{option} {path}: {kind}; se3pyg replaces only regular files")
         for other, given, resolved in read:
             if _same_file(target, resolved):
                 raise ValueError(f"{option} {path}: is {other} {given}, which this command reads; not overwritten")

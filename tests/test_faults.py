@@ -20,9 +20,10 @@ import pytest
 import torch
 
 from se3pyg.engine.checkpoint import best_path, load_checkpoint, save_checkpoint
-from se3pyg.engine.config import TrainConfig
+from se3pyg.engine.config import PredictConfig, TrainConfig
+from se3pyg.engine.predict import run_predict
 from se3pyg.engine.train import run
-from se3pyg.io import check_writable, exclusive_use
+from se3pyg.io import check_writable, exclusive_use, exclusive_writes
 
 from .conftest import QM9_SUBSET, TINY_MODEL, TINY_MODEL_ARGS
 
@@ -63,6 +64,32 @@ def test_a_checkpoint_path_held_by_a_live_run_is_refused(qm9_dir: Path, tmp_path
     lock.write_text(f"{_dead_pid()} {socket.gethostname()}")  # left by a killed run: held by nobody
     assert run(_config(qm9_dir, tmp_path, epochs=1, save_ckpt_path=str(ckpt))) is not None
     assert ckpt.is_file() and not lock.exists()  # released at the end
+
+
+def test_every_file_a_command_replaces_is_held_while_it_runs(qm9_dir: Path, tmp_path: Path) -> None:
+    """A training holds its checkpoint and its best one, and predict its --output: another command writing any of
+    them, by whatever name, is refused naming the holder (flocks taken by another descriptor, as by another
+    process), and nothing of the holder's is replaced."""
+    trained = tmp_path / "trained.pt"
+    run(_config(qm9_dir, tmp_path, epochs=1, save_ckpt_path=str(trained)))
+    x = tmp_path / "x.pt"
+    x.write_text("x's\n")
+    best = tmp_path / "x.best.pt"
+    link = tmp_path / "link.csv"
+    link.symlink_to(x)
+    molecule = tmp_path / "water.xyz"
+    molecule.write_text("3\nwater\nO 0.0 0.0 0.117\nH 0.0 0.757 -0.467\nH 0.0 -0.757 -0.467\n")
+    holder = f"in use by process {os.getpid()} on {socket.gethostname()}"
+    with exclusive_writes(_config(qm9_dir, tmp_path, save_ckpt_path=str(x)).checkpoints_written()[:2]):
+        with pytest.raises(ValueError, match=rf"--save-ckpt-path {best}: {holder}"):
+            run(_config(qm9_dir, tmp_path, epochs=1, save_ckpt_path=str(best)))
+        for output in (x, link):
+            with pytest.raises(ValueError, match=rf"--output {output}: {holder}"):
+                run_predict(PredictConfig(ckpt=str(trained), input=[str(molecule)], output=str(output), gpus=0))
+    assert x.read_text() == "x's\n" and not best.exists()
+    run_predict(PredictConfig(ckpt=str(trained), input=[str(molecule)], output=str(link), gpus=0))
+    assert x.read_text().startswith("molecule,")  # released: the link's target is written, the link kept
+    assert link.is_symlink()
 
 
 def test_a_lock_held_before_its_holder_has_written_it_is_not_taken_for_stale(tmp_path: Path) -> None:

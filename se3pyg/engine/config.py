@@ -93,9 +93,19 @@ class DeviceOptions:
         return None
 
     def tracking_store(self) -> list[tuple[str, str]]:
-        """The local file of the tracking store, as an ``(option, path)`` pair (none for a server or a folder)."""
-        db = sqlite_file(resolve_tracking_uri(self.tracking_uri)) if self.tracking else None
-        return [("the MLflow tracking store", str(db))] if db is not None else []
+        """What a command never writes over in a local SQLite tracking store, as ``(option, path)`` pairs: the
+        database, SQLite's companion files, and the experiment folders of its artifact root (runs' artifacts and
+        logged models); none for a server. Kept whether or not this command tracks."""
+        db = sqlite_file(resolve_tracking_uri(self.tracking_uri))
+        if db is None:
+            return []
+        store = [("the MLflow tracking store", str(db))]
+        store += [(f"the MLflow tracking store's {end} file", f"{db}{end}") for end in ("-journal", "-wal", "-shm")]
+        root = db.resolve().parent
+        if root.is_dir():
+            experiments = (f for f in sorted(root.iterdir()) if f.name.isdigit() and f.is_dir())
+            store += [("the MLflow artifacts of experiment", str(f)) for f in experiments]
+        return store
 
     @property
     def use_cuda(self) -> bool:
@@ -240,7 +250,7 @@ class TrainConfig(RunOptions):
             raise ValueError(f"--save-ckpt-path {self.save_ckpt_path}: is a directory")
         # --load-ckpt-path is not among the reads: it is read whole before any write, and resuming a run writes
         # its checkpoints over the ones it resumed from.
-        refuse_overwrites(self.data_read(), self.tracking_store() + self.checkpoints_written())
+        refuse_overwrites(self.data_read() + self.tracking_store(), self.checkpoints_written())
 
     def checkpoints_written(self) -> list[tuple[str, str]]:
         """``--save-ckpt-path``, the best checkpoint and the lock beside it, as ``(option, path)`` pairs."""
@@ -407,4 +417,5 @@ class PredictConfig(DeviceOptions):
         reads += [("--input", path) for path in self.input or []]
         reads += _dataset_read(self.dataset) if self.dataset is not None else []
         reads += [("--data-dir", self.data_dir)] if self.data_dir is not None else []
+        reads += self.tracking_store()
         refuse_overwrites(reads, [("--output", self.output)] if self.output is not None else [])

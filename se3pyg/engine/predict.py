@@ -36,7 +36,7 @@ from se3pyg.engine.graphs import GraphedPredictor
 from se3pyg.engine.precision import Precision
 from se3pyg.engine.step import predict_step
 from se3pyg.engine.tracking import Tracker, checkpoint_of
-from se3pyg.io import atomic_write, check_writable, read_torch_file, spreadsheet_text
+from se3pyg.io import atomic_write, check_writable, exclusive_use, read_torch_file, spreadsheet_text
 from se3pyg.model import SE3TransformerPooled
 
 if TYPE_CHECKING:
@@ -233,7 +233,11 @@ def run_predict(config: PredictConfig) -> PredictResult:
         names = [m.name for m in molecules]
         if config.output is not None:
             try:
-                with atomic_write(config.output) as tmp, tmp.open("w", newline="") as handle:
+                with (
+                    exclusive_use(config.output, "--output"),  # no other se3pyg command writes it meanwhile
+                    atomic_write(config.output) as tmp,
+                    tmp.open("w", newline="") as handle,
+                ):
                     write_predictions_csv(handle, names, loaded.task, values)
             except OSError as exc:  # a full disk: nothing is left at --output
                 raise ValueError(f"--output {config.output}: cannot be written ({exc.strerror or exc})") from None

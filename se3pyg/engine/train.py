@@ -36,7 +36,7 @@ from se3pyg.engine.step import train_step
 from se3pyg.engine.tracking import Tracker, check_reachable, resolve_tracking_uri
 from se3pyg.engine.training_data import load_splits, prepare_data
 from se3pyg.engine.versions import library_versions
-from se3pyg.io import exclusive_use, first_line, read_torch_file
+from se3pyg.io import exclusive_writes, first_line, read_torch_file
 
 log = logging.getLogger("se3pyg.train")
 EpochCallback = Callable[[dict[str, float]], None]
@@ -101,7 +101,7 @@ def run(
     spawning = distributed.spawns(config.world_size)
     held = config.save_ckpt_path and distributed.is_main_process()
     with (
-        exclusive_use(config.save_ckpt_path, "--save-ckpt-path") if held else contextlib.nullcontext(),
+        exclusive_writes(config.checkpoints_written()[:2]) if held else contextlib.nullcontext(),  # and the best
         distributed.relayed(on_epoch, on_progress)
         if spawning
         else contextlib.nullcontext((on_epoch, on_progress)) as callbacks,
