@@ -209,9 +209,12 @@ def refuse_overwrites(reads: PathsOf, writes: PathsOf) -> None:
     written: list[tuple[str, Path, Path]] = []
     for option, path in writes:
         target = _resolved(path)
+        if target.is_dir():
+            raise ValueError(f"{option} {path}: is a directory")
         if target.exists() and not target.is_file():
-            kind = "a folder" if target.is_dir() else "not a regular file (a device, FIFO or socket)"
-            raise ValueError(f"{option} {path}: {kind}; se3pyg replaces only regular files")
+            raise ValueError(
+                f"{option} {path}: not a regular file (a device, FIFO or socket); se3pyg replaces only regular files"
+            )
         for other, given, resolved in read:
             if _same_file(target, resolved):
                 raise ValueError(f"{option} {path}: is {other} {given}, which this command reads; not overwritten")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import os
 import re
 import signal
@@ -280,3 +282,46 @@ def test_ddp_ranks_report_progress_and_epochs_through_the_launcher(qm9_dir: Path
     assert re.search(r"^epoch 0  train_loss .*  run: \d+ s left$", done.stdout, re.M)  # the whole run's time left
     assert "leaked semaphore" not in done.stderr and "Downloading artifacts" not in done.stderr
     assert "CloudPickle" not in done.stderr + done.stdout  # the MLflow model is logged as code, not pickled
+
+
+def _listening_addresses() -> list[str]:
+    """The addresses this process's TCP sockets listen on (from /proc)."""
+    import ipaddress
+
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    found = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/self/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[9]) in inodes:  # LISTEN
+                hexed = fields[1].split(":")[0]  # little-endian 32-bit words
+                raw = b"".join(bytes.fromhex(hexed[i : i + 8])[::-1] for i in range(0, len(hexed), 8))
+                found.append(str(ipaddress.ip_address(raw)))
+    return found
+
+
+def _report_listening(folder: str) -> None:
+    info = distributed.init(use_cuda=False)
+    distributed.barrier(info)
+    Path(folder, f"rank{info.rank}").write_text(json.dumps(_listening_addresses()))
+    distributed.barrier(info)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/net/tcp").exists(), reason="reads Linux's /proc")
+def test_spawned_ranks_listen_on_loopback_only(tmp_path: Path) -> None:
+    """Ranks spawned on one node (``--processes``, ``--gpus``) meet in a file and talk over loopback: no socket of
+    theirs listens on another interface."""
+    import ipaddress
+
+    distributed.spawn(_report_listening, 2, str(tmp_path))
+    for rank in (0, 1):
+        addresses = json.loads((tmp_path / f"rank{rank}").read_text())
+        assert addresses, "gloo listens for its peers"
+        assert [a for a in addresses if not ipaddress.ip_address(a).is_loopback] == [], (rank, addresses)
+    assert not any(Path(tempfile.gettempdir()).glob("se3pyg-rendezvous-*"))

@@ -76,7 +76,9 @@ def init(use_cuda: bool, timeout: timedelta | None = None) -> DistInfo:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
+        rendezvous = os.environ.get(_RENDEZVOUS)  # spawned ranks meet in a file, torchrun's at MASTER_ADDR
+        init_method = f"file://{rendezvous}" if rendezvous else None
+        dist.init_process_group(backend, init_method=init_method, timeout=timeout, world_size=world_size, rank=rank)
     return DistInfo(rank, local_rank, world_size, device)
 
 
@@ -101,6 +103,14 @@ def gather_on_main(obj: Any, info: DistInfo) -> list[Any] | None:
 
 
 _SPAWNED = "SE3PYG_SPAWNED_WORKER"
+#: The file in which spawned ranks meet (torch's FileStore): no rendezvous server listens on any interface.
+_RENDEZVOUS = "SE3PYG_RENDEZVOUS_FILE"
+
+
+def loopback_interface() -> str:
+    """The name of this machine's loopback network interface (``lo`` on Linux, ``lo0`` on macOS)."""
+    names = [name for _, name in socket.if_nameindex()]
+    return next((name for name in names if name.startswith("lo")), "lo")
 
 
 def shutdown() -> None:
@@ -114,17 +124,17 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def _worker(local_rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple) -> None:
+def _worker(local_rank: int, world_size: int, rendezvous: str, fn: Callable[..., Any], args: tuple) -> None:
     end_with_parent()  # a killed launcher takes its ranks with it
     raise_on_stop_signals()  # a stopped launcher's SIGTERM ends a rank with its cleanup done
+    for transport in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):  # ranks of one node talk over loopback only
+        os.environ.setdefault(transport, loopback_interface())
     os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
         RANK=str(local_rank),
         LOCAL_RANK=str(local_rank),
         WORLD_SIZE=str(world_size),
         LOCAL_WORLD_SIZE=str(world_size),
-        **{_SPAWNED: "1"},
+        **{_SPAWNED: "1", _RENDEZVOUS: rendezvous},
     )
     try:
         fn(*args)  # an exception propagates to torch.multiprocessing, which reports it and exits non-zero
@@ -137,22 +147,25 @@ def _worker(local_rank: int, world_size: int, port: int, fn: Callable[..., Any],
 
 
 def spawn(fn: Callable[..., Any], nprocs: int, *args: Any) -> None:
-    """Run ``fn(*args)`` in ``nprocs`` processes of one process group on this node. A stop signal here
+    """Run ``fn(*args)`` in ``nprocs`` processes of one process group on this node, which meet in a file and talk
+    over the loopback interface (nothing listens on the network). A stop signal here
     (:class:`~se3pyg.processes.Interrupted`) is passed on to the ranks, which end as a stopped run does (rank 0
     saves and marks its run KILLED), and raised again once they have."""
     # a failed rank is reported as one error: not also the ranks torch then ends (its warning for each)
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
-    context = torch.multiprocessing.spawn(_worker, args=(nprocs, free_port(), fn, args), nprocs=nprocs, join=False)
-    try:
-        while not context.join():
-            pass
-    except KeyboardInterrupt:
-        for process in context.processes:
-            if process.is_alive():
-                os.kill(process.pid, signal.SIGTERM)
-        for process in context.processes:
-            process.join(timeout=60)
-        raise
+    with tempfile.TemporaryDirectory(prefix="se3pyg-rendezvous-") as folder:
+        rendezvous = os.path.join(folder, "store")
+        context = torch.multiprocessing.spawn(_worker, args=(nprocs, rendezvous, fn, args), nprocs=nprocs, join=False)
+        try:
+            while not context.join():
+                pass
+        except KeyboardInterrupt:
+            for process in context.processes:
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGTERM)
+            for process in context.processes:
+                process.join(timeout=60)
+            raise
 
 
 def spawns(world_size: int) -> bool:
