@@ -206,5 +206,5 @@ class Basis:
             basis = self.sh[:, :num_m] @ cg
             dim_in = sum(degree_to_dim(d) for d in key[0])
             dim_out = sum(degree_to_dim(d) for d in key[1])
-            self._cache[key] = basis.view(self.num_edges, dim_out, -1, dim_in)
+            self._cache[key] = basis.view(self.num_edges, dim_out, basis.shape[-1] // (dim_out * dim_in), dim_in)
         return self._cache[key]

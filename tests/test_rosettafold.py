@@ -6,6 +6,7 @@ with the arguments the tool's wrapper passed, as recorded."""
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -328,3 +329,39 @@ def test_rf2aa_structure_block_with_se3pyg_matches_the_block_with_dgl(graph: str
     for name, value in zip(("xyz", "state", "quat"), frame_update(xyz, shift), strict=True):
         error = relative_error(value, case["expected"][name])
         assert error <= 3 * case["sensitivity"][name], (name, error, case["sensitivity"][name])
+
+
+BUILDERS = [rfdiffusion.make_full_graph, rfdiffusion.make_topk_graph, rf2.make_topk_graph, rf2aa.make_full_graph,
+            rf2aa.make_topk_graph, rf2na.make_full_graph]  # fmt: skip
+
+
+@pytest.mark.parametrize("builder", BUILDERS, ids=lambda f: f"{f.__module__.split('.')[-1]}.{f.__name__}")
+def test_builders_name_the_argument_whose_shape_is_wrong(builder) -> None:
+    xyz, pair, idx = torch.randn(2, 6, 3), torch.randn(2, 6, 6, 3), torch.arange(6).repeat(2, 1)
+    xyz_atoms = xyz[..., None].expand(2, 6, 3, 3)
+    wrong = {
+        "xyz: expected [B, L, 3] (one atom a residue, e.g. CA), got [2, 6, 3, 3]": (xyz_atoms, pair, idx),
+        "pair: expected [B, L, L, E_pair] = [2, 6, 6, E_pair] from xyz, got [2, 6, 5, 3]": (xyz, pair[:, :, 1:], idx),
+        "pair: expected [B, L, L, E_pair] = [2, 6, 6, E_pair] from xyz, got [1, 6, 6, 3]": (xyz, pair[:1], idx),
+        "idx: expected [B, L] = [2, 6] from xyz, got [6]": (xyz, pair, idx[0]),
+    }
+    for message, args in wrong.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            builder(*args)
+    if builder.__name__ == "make_topk_graph" and builder is not rf2.make_topk_graph:  # rf2: <= 0 is every pair
+        with pytest.raises(ValueError, match=r"top_k: expected >= 1 \(every pair: make_full_graph\), got -1"):
+            builder(xyz, pair, idx, top_k=-1)
+
+
+@pytest.mark.parametrize("module", [rfdiffusion, rf2, rf2aa], ids=lambda m: m.__name__.split(".")[-1])
+def test_a_graph_without_edges_is_valid_input(module: ModuleType) -> None:
+    """One residue: the builders give no edge, and the module gives outputs from the nodes' own features."""
+    xyz, pair, idx = torch.randn(1, 1, 3), torch.randn(1, 1, 1, 3), torch.zeros(1, 1, dtype=torch.long)
+    G, edge_feats = module.make_topk_graph(xyz, pair, idx)
+    G, edge_feats = rf2aa.make_full_graph(xyz, pair, idx) if G.edge_index.shape[1] else (G, edge_feats)
+    assert G.edge_index.shape[1] == 0 and edge_feats.shape == (0, 3, 1)
+    model = _tiny(module).eval()
+    with torch.no_grad():
+        out = model(G, {"0": torch.randn(1, 4, 1), "1": torch.randn(1, 2, 3)}, {"0": edge_feats})
+    assert out["0"].shape == (1, 4, 1) and out["1"].shape == (1, 2, 3)
+    assert all(torch.isfinite(v).all() for v in out.values())

@@ -9,7 +9,32 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-__all__ = ["residue_graph", "sequence_separation"]
+__all__ = ["check_residue_inputs", "residue_graph", "sequence_separation"]
+
+
+def check_residue_inputs(xyz: Tensor, pair: Tensor, idx: Tensor, top_k: int | None = None) -> None:
+    """:class:`ValueError` naming the argument whose shape does not fit the others, and what was expected.
+
+    Args:
+        xyz: coordinates, expected ``[B, L, 3]``.
+        pair: pair features, expected ``[B, L, L, E_pair]``.
+        idx: residue indices, expected ``[B, L]``.
+        top_k: a builder's nearest-neighbour count, expected ``>= 1`` where given.
+
+    Raises:
+        ValueError: a shape or ``top_k`` that the builders cannot take.
+    """
+    if xyz.dim() != 3 or xyz.shape[-1] != 3:
+        raise ValueError(f"xyz: expected [B, L, 3] (one atom a residue, e.g. CA), got {list(xyz.shape)}")
+    batch, length = xyz.shape[:2]
+    if pair.dim() != 4 or tuple(pair.shape[:3]) != (batch, length, length):
+        raise ValueError(
+            f"pair: expected [B, L, L, E_pair] = [{batch}, {length}, {length}, E_pair] from xyz, got {list(pair.shape)}"
+        )
+    if tuple(idx.shape) != (batch, length):
+        raise ValueError(f"idx: expected [B, L] = [{batch}, {length}] from xyz, got {list(idx.shape)}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k: expected >= 1 (every pair: make_full_graph), got {top_k}")
 
 
 def residue_graph(

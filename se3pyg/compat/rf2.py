@@ -19,7 +19,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from se3pyg.compat import nvidia
-from se3pyg.compat.graphs import residue_graph, sequence_separation
+from se3pyg.compat.graphs import check_residue_inputs, residue_graph, sequence_separation
 from se3pyg.compat.rfdiffusion import make_full_graph
 from se3pyg.fiber import Fiber
 from se3pyg.model import EdgeLength, FinalLayer, Pooling
@@ -106,6 +106,7 @@ def make_topk_graph(
     Returns:
         ``(G, edge_feats)`` with ``rel_pos`` detached (:func:`se3pyg.compat.graphs.residue_graph`).
     """
+    check_residue_inputs(xyz, pair, idx)  # any top_k: <= 0 is every pair
     batch, length = pair.shape[:2]
     k = length - 1 if top_k <= 0 else min(top_k, length - 1)
     separation = sequence_separation(idx, 999.9)

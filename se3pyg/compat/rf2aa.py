@@ -23,7 +23,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from se3pyg.compat import nvidia, rf2
-from se3pyg.compat.graphs import residue_graph, sequence_separation
+from se3pyg.compat.graphs import check_residue_inputs, residue_graph, sequence_separation
 from se3pyg.fiber import Fiber
 from se3pyg.model import EdgeLength, FinalLayer, Pooling
 from se3pyg.nn.conv import Layout
@@ -88,6 +88,7 @@ def make_full_graph(xyz: Tensor, pair: Tensor, idx: Tensor) -> tuple[Data, Tenso
     Returns:
         ``(G, edge_feats)`` (:func:`se3pyg.compat.graphs.residue_graph`).
     """
+    check_residue_inputs(xyz, pair, idx)
     b, i, j = torch.where((idx[:, None, :] - idx[:, :, None]).abs() > 0)
     return residue_graph(xyz, pair, b, i, j, detach=False)
 
@@ -121,6 +122,7 @@ def make_topk_graph(
     Returns:
         ``(G, edge_feats)`` with ``rel_pos`` detached (:func:`se3pyg.compat.graphs.residue_graph`).
     """
+    check_residue_inputs(xyz, pair, idx, top_k)
     batch, length = xyz.shape[:2]
     separation = sequence_separation(idx, 9999.9)
     distance = torch.cdist(xyz, xyz) + torch.eye(length, device=xyz.device)[None] * 9999.9 + separation * eps

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from se3pyg.compat.graphs import residue_graph
+from se3pyg.compat.graphs import check_residue_inputs, residue_graph
 from se3pyg.compat.rf2aa import SE3Transformer, make_topk_graph
 from se3pyg.fiber import Fiber
 
@@ -33,5 +33,6 @@ def make_full_graph(xyz: Tensor, pair: Tensor, idx: Tensor) -> tuple[Data, Tenso
     Returns:
         ``(G, edge_feats)`` (:func:`se3pyg.compat.graphs.residue_graph`).
     """
+    check_residue_inputs(xyz, pair, idx)
     b, i, j = torch.where((idx[:, None, :] - idx[:, :, None]).abs() > 0)
     return residue_graph(xyz, pair, b, i, j)

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from se3pyg.compat import nvidia
-from se3pyg.compat.graphs import residue_graph, sequence_separation
+from se3pyg.compat.graphs import check_residue_inputs, residue_graph, sequence_separation
 from se3pyg.fiber import Fiber
 from se3pyg.model import Pooling
 from se3pyg.nn.conv import Layout
@@ -91,6 +91,7 @@ def make_full_graph(xyz: Tensor, pair: Tensor, idx: Tensor, top_k: int = 64, kmi
         top_k: unused, as in RFdiffusion.
         kmin: unused, as in RFdiffusion.
     """
+    check_residue_inputs(xyz, pair, idx)
     b, i, j = torch.where((idx[:, None, :] - idx[:, :, None]).abs() > 0)
     return residue_graph(xyz, pair, b, i, j)
 
@@ -110,6 +111,7 @@ def make_topk_graph(
         pair: pair features ``[B, L, L, E_pair]``.
         idx: residue indices ``[B, L]``.
     """
+    check_residue_inputs(xyz, pair, idx, top_k)
     batch, length = xyz.shape[:2]
     separation = sequence_separation(idx, 999.9)
     distance = torch.cdist(xyz, xyz) + torch.eye(length, device=xyz.device)[None] * 999.9 + separation * eps

@@ -187,6 +187,9 @@ class KernelGroup(nn.Module):
         if limit is not None and not self.training and features.shape[0] > limit and torch.is_autocast_enabled(device):
             with torch.autocast(device, enabled=False):
                 return self.forward(features.float(), edge_scalars.float(), basis, kernel, edge_pairs)
+        if features.shape[0] == 0:  # no edges, no messages (tied to the weights: their gradient is 0, not None)
+            dim_out = sum(2 * d + 1 for d in self.degrees_out)
+            return features.new_zeros(0, dim_out, self.channels_out) + 0 * self.radial_func.last.weight.sum()
         hidden = self.radial_func.hidden(edge_scalars)
         per_unit = 2 if edge_pairs else 1  # edges per row of radial weights
         if basis is None:  # NVIDIA's pairwise 0 -> 0 kernel
