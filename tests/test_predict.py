@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
+from se3pyg.data import DataError
 from se3pyg.data.molecules import read_molecules
-from se3pyg.engine.config import TrainConfig
+from se3pyg.engine.config import PredictConfig, TrainConfig
 from se3pyg.engine.graphs import GraphedPredictor
 from se3pyg.engine.precision import Precision
-from se3pyg.engine.predict import evaluate_split, load_model, predict_molecules, prediction_step
+from se3pyg.engine.predict import evaluate_split, load_model, predict_molecules, prediction_step, run_predict
 from se3pyg.engine.step import predict_step
 from se3pyg.engine.train import run
 
@@ -130,6 +131,21 @@ def test_an_output_that_is_an_input_or_unwritable_is_refused_first(trained: Path
     assert done.returncode == 2 and f"--output {tmp_path}: is a directory" in done.stderr
     done = _cli("--ckpt", str(trained), "--input", str(source), "--output", "/proc/out.csv", cwd=tmp_path)
     assert done.returncode == 2 and "--output /proc/out.csv: cannot write in /proc" in done.stderr  # root too
+
+
+def test_an_empty_evaluation_is_an_error(trained: Path, inputs: Path, tmp_path: Path) -> None:
+    """An MAE over no molecules is refused, not reported as 0: a --limit too small for QM9's splits, a --dataset
+    whose split holds nothing."""
+    with pytest.raises(ValueError, match="--limit must be >= 10 \\(the splits need molecules\\), got 5"):
+        PredictConfig(ckpt=str(trained), limit=5).validate()
+    folder = tmp_path / "two"
+    folder.mkdir()
+    (folder / "a.xyz").write_text(WATER_METHANE.split("5\n")[0])  # water alone
+    (folder / "b.sdf").write_text(ETHENE_SDF)
+    (folder / "values.csv").write_text("molecule,homo\na.xyz,-7.0\nb.sdf,-6.5\n")
+    config = PredictConfig(ckpt=str(trained), dataset=str(folder), split="val", gpus=0, tracking=False)
+    with pytest.raises(DataError, match=rf"--dataset {folder}: every split needs molecules \(train 2, val 0, test 0\)"):
+        run_predict(config)
 
 
 @pytest.mark.slow

@@ -62,6 +62,8 @@ class DeviceOptions:
             raise ValueError(f"--amp-dtype {self.amp_dtype} needs --amp (without it everything runs in float32)")
         if self.gpus is not None and self.gpus < 0:
             raise ValueError(f"--gpus must be >= 0, got {self.gpus}")
+        if not self.experiment.strip():
+            raise ValueError(f"--experiment must name an MLflow experiment, got {self.experiment!r}")
 
     def resolve_gpus(self: _Options, visible: int | None = None) -> _Options:
         """A copy, validated, with ``gpus`` counted (``None``: every one of the ``visible`` GPUs, by default those
@@ -113,6 +115,10 @@ class DeviceOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: The options that describe a ``--dataset``: meaningless without one.
+DATASET_ONLY = ("target", "unit", "split_field", "split_fractions", "bad_records")
 
 
 @dataclass
@@ -170,6 +176,12 @@ class RunOptions(DeviceOptions, ModelOptions):
             if not self.target:
                 raise ValueError(f"--dataset {self.dataset}: name the value to learn with --target")
             self.dataset_spec().validate()
+        else:
+            for name in DATASET_ONLY:
+                if getattr(self, name) != RunOptions.__dataclass_fields__[name].default:
+                    raise ValueError(f"--{name.replace('_', '-')}: only with --dataset (QM9's value is --task)")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"--seed must be between 0 and 2**32 - 1, got {self.seed}")
         if self.cuda_graphs and self.precompute_bases:
             raise ValueError("--cuda-graphs and --precompute-bases: padded batches cannot carry precomputed harmonics")
         if self.limit is not None and self.limit < 10:
@@ -240,6 +252,9 @@ class TrainConfig(RunOptions):
                 f"--weight-decay must be a number >= 0 and --momentum in [0, 1), got {self.weight_decay} and "
                 f"{self.momentum}"
             )
+        name = self.register_model
+        if name is not None and (not name.strip() or "/" in name or ":" in name or name.strip(".") == ""):
+            raise ValueError(f"--register-model {name!r}: a registered model's name cannot be blank or hold / or :")
         if self.register_model and not self.tracking:
             raise ValueError(f"--register-model {self.register_model}: registers in MLflow, and --no-tracking is set")
         if self.num_workers < 0:
@@ -408,6 +423,8 @@ class PredictConfig(DeviceOptions):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and (name == "target_mean" or value > 0)):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number (std: > 0), got {value}")
+        if self.limit is not None and self.limit < 10:
+            raise ValueError(f"--limit must be >= 10 (the splits need molecules), got {self.limit}")
         if self.split not in ("test", "val", "all") or (self.split == "all" and self.dataset is None):
             raise ValueError(f"--split must be test or val (or all, with --dataset), got {self.split!r}")
         local = not self.ckpt.startswith(("runs:/", "models:/"))  # else an MLflow model or run artifact
