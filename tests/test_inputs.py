@@ -119,10 +119,22 @@ def test_incomplete_checkpoints_and_unusable_statistics_are_refused(tmp_path: Pa
     for change, reason in [
         ({"task": None}, "task is missing"), ({"config": None}, "config is missing"),
         ({"epoch": "3"}, "epoch is of type str"), ({"target_std": math.nan}, "std nan"),
-        ({"target_std": -1.0}, "std -1.0"),
+        ({"target_std": -1.0}, "std -1.0"), ({"epoch": True}, "epoch is of type bool"),
+        ({"epoch": -5}, "epoch -5 or best_val_mae below 0"), ({"best_val_mae": "0.1"}, "best_val_mae is of type str"),
+        ({"best_val_mae": -1.0}, "best_val_mae below 0"), ({"elements": 5}, "elements is of type int"),
+        ({"elements": []}, r"elements \[\] are not distinct"), ({"elements": ["H", "C", "H"]}, "are not distinct"),
+        ({"optimizer": [1]}, "optimizer is of type list"), ({"unit": 3}, "unit is of type int"),
+        ({"model_config": {"num_layers": 100_000}}, r"model_config.num_layers is 100000 \(expected an integer from 1"),
+        ({"model_config": {"num_channels": 0}}, "model_config.num_channels is 0"),
+        ({"model_config": {"num_degrees": 2.5}}, "model_config.num_degrees is 2.5"),
+        ({"model_config": {"fiber_in": {"0": 10**9}}}, "model_config.fiber_in is"),
     ]:  # fmt: skip
         with pytest.raises(CheckpointError, match=rf"m\.pt: .*{reason}"):
             check_trained({**whole, **change}, "m.pt")
+    with pytest.raises(CheckpointError, match=r"m\.pt: not a usable checkpoint: optimizer is missing"):
+        check_trained(whole, "m.pt", resuming=True)  # a resume needs the optimizer, schedule and loss scale
+    resumable = {**whole, "optimizer": {}, "scheduler": {}, "scaler": {}, "elements": ["H", "C"], "best_val_mae": 0.2}
+    assert check_trained(resumable, "m.pt", resuming=True) is resumable
     (ckpt := tmp_path / "m.pt").write_bytes(b"")
     with pytest.raises(ValueError, match=r"--target-std must be a finite number \(std: > 0\), got -1\.0"):
         PredictConfig(ckpt=str(ckpt), target_std=-1.0).validate()

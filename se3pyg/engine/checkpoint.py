@@ -57,20 +57,73 @@ TRAINED = {
     "model_config": dict, "state_dict": dict, "task": str, "config": dict, "epoch": int, "target_mean": float,
     "target_std": float,
 }  # fmt: skip
+#: Entries a checkpoint may hold, with their types (a resume needs the first three).
+OPTIONAL = {
+    "optimizer": dict, "scheduler": dict, "scaler": dict, "best_val_mae": float, "elements": list, "unit": str,
+    "run_id": str, "dataset_sha256": str,
+}  # fmt: skip
+#: The largest size of each integer ``model_config`` entry a checkpoint may ask for (far above any trained
+#: model): a model is built from them before its weights are read.
+MODEL_SIZE_LIMITS = {
+    "num_layers": 64, "num_degrees": 7, "num_channels": 4096, "num_heads": 4096, "channels_div": 4096,
+    "output_dim": 4096,
+}  # fmt: skip
+MAX_FIBER_CHANNELS = 1 << 16  # channels a degree of a fiber_in, fiber_out or fiber_edge
 
 
-def check_trained(checkpoint: dict[str, Any], name: str) -> dict[str, Any]:
-    """``checkpoint`` when it holds every :data:`TRAINED` entry with its type and finite target statistics (a
-    standard deviation above 0); :class:`CheckpointError` naming ``name`` and the first entry that is not."""
-    for key, kind in TRAINED.items():
-        value = checkpoint.get(key)
-        usable = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
-        if value is None or isinstance(value, bool) or not usable:
-            found = "missing" if value is None else f"of type {type(value).__name__}"
-            raise CheckpointError(f"{name}: incomplete checkpoint: {key} is {found} (expected {kind.__name__})")
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _entry_error(key: str, value: Any, kind: type) -> str | None:
+    """What is wrong with ``value`` as checkpoint entry ``key`` of type ``kind``, or ``None``."""
+    if value is None:
+        return f"{key} is missing (expected {kind.__name__})"
+    if not (_number(value) if kind is float else isinstance(value, kind) and not isinstance(value, bool)):
+        return f"{key} is of type {type(value).__name__} (expected {kind.__name__})"
+    return None
+
+
+def _model_config_error(config: dict[str, Any]) -> str | None:
+    """What in a checkpoint's ``model_config`` no model may be built from: a size that is not a positive integer
+    within :data:`MODEL_SIZE_LIMITS`, a fiber that is not degree -> channels within :data:`MAX_FIBER_CHANNELS`."""
+    for key, limit in MODEL_SIZE_LIMITS.items():
+        value = config.get(key)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= limit):
+            return f"model_config.{key} is {value!r} (expected an integer from 1 to {limit})"
+    for key in ("fiber_in", "fiber_out", "fiber_edge"):
+        fiber = config.get(key, {})
+        if not isinstance(fiber, dict) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= MAX_FIBER_CHANNELS for c in fiber.values()
+        ):
+            return f"model_config.{key} is {str(fiber)[:80]} (expected degree -> at most {MAX_FIBER_CHANNELS} channels)"
+    return None
+
+
+def check_trained(checkpoint: dict[str, Any], name: str, resuming: bool = False) -> dict[str, Any]:
+    """``checkpoint`` when it follows se3pyg's checkpoint schema, else :class:`CheckpointError` naming ``name`` and
+    the first entry that does not.
+
+    Every :data:`TRAINED` entry with its type, each :data:`OPTIONAL` one present with its type (and, to resume,
+    ``optimizer``, ``scheduler`` and ``scaler``); ``epoch`` >= 0; finite target statistics, a standard deviation
+    above 0; ``best_val_mae`` >= 0; ``elements`` distinct element symbols; model sizes within
+    :data:`MODEL_SIZE_LIMITS`.
+    """
+    required = {**TRAINED, **({k: OPTIONAL[k] for k in ("optimizer", "scheduler", "scaler")} if resuming else {})}
+    errors = [_entry_error(key, checkpoint.get(key), kind) for key, kind in required.items()]
+    errors += [_entry_error(k, checkpoint[k], kind) for k, kind in OPTIONAL.items() if checkpoint.get(k) is not None]
+    errors.append(_model_config_error(checkpoint["model_config"]) if not any(errors) else None)
+    error = next((e for e in errors if e), None)
+    if error is not None:
+        raise CheckpointError(f"{name}: not a usable checkpoint: {error}")
     mean, std = checkpoint["target_mean"], checkpoint["target_std"]
     if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
         raise CheckpointError(f"{name}: its target statistics (mean {mean}, std {std}) cannot standardize")
+    if checkpoint["epoch"] < 0 or checkpoint.get("best_val_mae", 0) < 0:
+        raise CheckpointError(f"{name}: epoch {checkpoint['epoch']} or best_val_mae below 0")
+    elements = checkpoint.get("elements", ["H"])
+    if not elements or len(set(elements)) != len(elements) or not all(isinstance(e, str) and e for e in elements):
+        raise CheckpointError(f"{name}: elements {str(elements)[:80]} are not distinct element symbols")
     return checkpoint
 
 

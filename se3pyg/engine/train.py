@@ -85,7 +85,7 @@ def run(
     if config.tracking and distributed.is_main_process():
         check_reachable(resolve_tracking_uri(config.tracking_uri), writing=True)  # before the data build
     path = config.load_ckpt_path
-    checkpoint = check_trained(load_checkpoint(path), str(path)) if path else None
+    checkpoint = check_trained(load_checkpoint(path), str(path), resuming=True) if path else None
     config = (
         config.resumed_from(checkpoint)
         if checkpoint
