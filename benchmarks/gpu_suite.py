@@ -13,6 +13,7 @@ machine with the QM9 build (``--export``), the golden files from
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -635,7 +636,14 @@ def summary(report: dict, small: int, big: int) -> dict:
     return decided
 
 
-def main() -> None:
+#: The kernels timed and checked, the default (``auto``) first; the golden and count jobs name the default.
+KERNELS_TIMED = ("auto", "edge_weights", "fused", "fused_edge_weights")
+KERNELS_NAMED = ("reassociated", "fused", "edge_weights", "fused_edge_weights")
+
+Job = tuple[str, Callable[[], dict]]
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", help="write a molecule sample to this file and stop")
     parser.add_argument("--export-qm9", help="write the QM9 build of --data-dir to this .tar.gz and stop")
@@ -648,7 +656,80 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_results.json"))
     parser.add_argument("--smoke", action="store_true", help="a short run on this machine's CPU, to check the suite")
     parser.add_argument("--only", default="", help="comma-separated job names: run only those jobs")
-    args = parser.parse_args()
+    return parser
+
+
+def _timed(
+    mols: list[dict],
+    mode: str,
+    batch: int,
+    amp: str | None,
+    kernels: Sequence[str],
+    graphs: bool,
+    steps: int,
+    gpus: int,
+) -> list[Job]:
+    """Throughput jobs of ``mode`` per kernel, named ``[graphs_]MODE_{amp_DTYPE|tf32}_bBATCH[_KERNEL]``."""
+    precision = f"amp_{amp}" if amp else "tf32"
+    prefix = f"{'graphs_' if graphs else ''}{mode}_{precision}_b{batch}"
+    timed = functools.partial(throughput, mols, mode, batch, amp)
+    return [
+        (prefix + ("" if k == "auto" else f"_{k}"), functools.partial(timed, k, steps, gpus, graphs)) for k in kernels
+    ]
+
+
+def _jobs(args: argparse.Namespace, mols: list[dict], device: torch.device, scratch: Path) -> list[Job]:
+    """The suite's jobs, in order: what decides ``auto_kernel("cuda")`` and the floors first (a machine's time may
+    run out mid-suite), then the counts, the tile sweeps and the other precisions."""
+    gpus, steps, big, small = _sizes(args.smoke)
+    golden, tiles = Path(args.golden), None if not args.smoke else 1  # on CPU's interpreter one tile: seconds a call
+    jobs: list[Job] = [("default_command", lambda: default_command(Path(args.qm9), scratch, args.smoke))]
+    jobs += [(f"golden_{k}", functools.partial(golden_checks, golden, device, k)) for k in KERNELS_NAMED]
+    jobs += [("operator_checks", lambda: operator_checks(device))]
+    jobs += [(f"equivariance_b{small}", lambda: equivariance(mols, device, small))]
+    jobs += _timed(mols, "train", small, "fp16", KERNELS_TIMED, False, steps, gpus)
+    jobs += _timed(mols, "train", small, "fp16", KERNELS_TIMED, True, steps, gpus)
+    jobs += _timed(mols, "predict", big, "fp16", KERNELS_TIMED, True, steps, gpus)
+    jobs += [(f"graphs_check_b{small}", lambda: graphs_check(mols, device, small))]
+    jobs += [(f"step_counts_{k}", functools.partial(step_counts, mols, device, small, k)) for k in KERNELS_NAMED]
+    jobs += [("step_counts_amp_fp16_reassociated", lambda: step_counts(mols, device, small, "reassociated", "fp16"))]
+    jobs += _timed(mols, "predict", big, "fp16", ["auto"], False, steps, gpus)
+    jobs += [(f"device_busy_amp_fp16_b{small}", lambda: device_busy(mols, device, small, "fp16", steps))]
+    jobs += [(f"step_breakdown_amp_fp16_b{small}", lambda: step_breakdown(mols, device, small, steps))]
+    jobs += [(f"fused_tiles_b{small}", lambda: fused_tiles(mols, device, small, steps, TILE_CANDIDATES[:tiles]))]
+    sweep = EDGE_WEIGHTS_TILE_CANDIDATES[:tiles]
+    jobs += [(f"fused_edge_weights_tiles_b{small}", lambda: edge_weights_tiles(mols, device, small, steps, sweep))]
+    for graphs in (False, True):
+        jobs += _timed(mols, "train", small, "bf16", ["auto"], graphs, steps, gpus)
+        jobs += _timed(mols, "train", small, None, ["auto"], graphs, steps, gpus)
+        jobs += _timed(mols, "predict", big, None, ["auto"], graphs, steps, gpus)
+    return jobs
+
+
+def _sizes(smoke: bool) -> tuple[int, int, int, int]:
+    """``(gpus, steps, big batch, small batch)``: the published sizes, or a smoke run's on the CPU."""
+    return (0, 2, 32, 8) if smoke else (1, 20, 1600, 240)
+
+
+def _run(jobs: list[Job], report: dict, out: Path, small: int, big: int) -> None:
+    """Each job in turn, its result (or its error: one failing measurement must not lose the others) written to
+    ``out`` after it, with the time it took and the summary so far."""
+    for name, job in jobs:
+        start = time.perf_counter()
+        try:
+            report[name] = job()
+        except Exception:
+            report[name] = {"error": traceback.format_exc(limit=3)}
+        report["seconds"][name] = round(time.perf_counter() - start, 1)  # what fits in the next machine's minutes
+        report["summary"] = summary(report, small, big)
+        out.write_text(json.dumps(report, indent=2))
+        if name == "default_command" and "error" not in report[name]:  # its own file, as the results keep it
+            out.with_name("default-command.json").write_text(json.dumps(report[name], indent=2))
+        print(name, json.dumps(report[name]), flush=True)
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.export:
         export(args.data_dir, args.export, args.count, args.limit)
         return
@@ -656,82 +737,16 @@ def main() -> None:
         export_qm9(args.data_dir, args.export_qm9)
         return
     device = torch.device("cpu" if args.smoke else "cuda")
-    gpus, steps, big, small = (0, 2, 32, 8) if args.smoke else (1, 20, 1600, 240)
+    _, _, big, small = _sizes(args.smoke)
     name = "cpu (smoke run)" if args.smoke else torch.cuda.get_device_name()
     report: dict = {"device": name, "torch": torch.__version__, "seconds": {}}
     mols = torch.load(args.molecules, weights_only=True)
-    golden = Path(args.golden)
-    # What decides auto_kernel("cuda") and the floors comes first: a machine's time may run out mid-suite.
     scratch = Path(tempfile.mkdtemp(prefix="se3pyg-gpu-suite-"))
-    jobs = [
-        ("default_command", lambda: default_command(Path(args.qm9), scratch, args.smoke)),
-        ("golden_reassociated", lambda: golden_checks(golden, device, "reassociated")),
-        ("golden_fused", lambda: golden_checks(golden, device, "fused")),
-        ("golden_edge_weights", lambda: golden_checks(golden, device, "edge_weights")),
-        ("golden_fused_edge_weights", lambda: golden_checks(golden, device, "fused_edge_weights")),
-        ("operator_checks", lambda: operator_checks(device)),
-        (f"equivariance_b{small}", lambda: equivariance(mols, device, small)),
-        (f"train_amp_fp16_b{small}", lambda: throughput(mols, "train", small, "fp16", steps=steps, gpus=gpus)),
-        (f"train_amp_fp16_b{small}_edge_weights",
-         lambda: throughput(mols, "train", small, "fp16", "edge_weights", steps, gpus)),
-        (f"train_amp_fp16_b{small}_fused", lambda: throughput(mols, "train", small, "fp16", "fused", steps, gpus)),
-        (f"train_amp_fp16_b{small}_fused_edge_weights",
-         lambda: throughput(mols, "train", small, "fp16", "fused_edge_weights", steps, gpus)),
-        (f"graphs_train_amp_fp16_b{small}", lambda: throughput(mols, "train", small, "fp16", steps=steps, gpus=gpus,
-                                                               graphs=True)),
-        (f"graphs_train_amp_fp16_b{small}_edge_weights",
-         lambda: throughput(mols, "train", small, "fp16", "edge_weights", steps=steps, gpus=gpus, graphs=True)),
-        (f"graphs_train_amp_fp16_b{small}_fused",
-         lambda: throughput(mols, "train", small, "fp16", "fused", steps=steps, gpus=gpus, graphs=True)),
-        (f"graphs_train_amp_fp16_b{small}_fused_edge_weights",
-         lambda: throughput(mols, "train", small, "fp16", "fused_edge_weights", steps=steps, gpus=gpus, graphs=True)),
-        (f"graphs_predict_amp_fp16_b{big}", lambda: throughput(mols, "predict", big, "fp16", steps=steps, gpus=gpus,
-                                                               graphs=True)),
-        (f"graphs_predict_amp_fp16_b{big}_edge_weights",
-         lambda: throughput(mols, "predict", big, "fp16", "edge_weights", steps=steps, gpus=gpus, graphs=True)),
-        (f"graphs_predict_amp_fp16_b{big}_fused",
-         lambda: throughput(mols, "predict", big, "fp16", "fused", steps=steps, gpus=gpus, graphs=True)),
-        (f"graphs_predict_amp_fp16_b{big}_fused_edge_weights",
-         lambda: throughput(mols, "predict", big, "fp16", "fused_edge_weights", steps=steps, gpus=gpus, graphs=True)),
-        (f"graphs_check_b{small}", lambda: graphs_check(mols, device, small)),
-        ("step_counts_reassociated", lambda: step_counts(mols, device, small, "reassociated")),
-        ("step_counts_fused", lambda: step_counts(mols, device, small, "fused")),
-        ("step_counts_edge_weights", lambda: step_counts(mols, device, small, "edge_weights")),
-        ("step_counts_fused_edge_weights", lambda: step_counts(mols, device, small, "fused_edge_weights")),
-        ("step_counts_amp_fp16_reassociated", lambda: step_counts(mols, device, small, "reassociated", "fp16")),
-        (f"predict_amp_fp16_b{big}", lambda: throughput(mols, "predict", big, "fp16", steps=steps, gpus=gpus)),
-        (f"device_busy_amp_fp16_b{small}", lambda: device_busy(mols, device, small, "fp16", steps)),
-        (f"step_breakdown_amp_fp16_b{small}", lambda: step_breakdown(mols, device, small, steps)),
-        # on CPU (the smoke run, with TRITON_INTERPRET=1) one tile: the interpreter takes seconds a call
-        (f"fused_tiles_b{small}",
-         lambda: fused_tiles(mols, device, small, steps, TILE_CANDIDATES[: 1 if args.smoke else None])),
-        (f"fused_edge_weights_tiles_b{small}", lambda: edge_weights_tiles(
-            mols, device, small, steps, EDGE_WEIGHTS_TILE_CANDIDATES[: 1 if args.smoke else None])),
-        (f"train_amp_bf16_b{small}", lambda: throughput(mols, "train", small, "bf16", steps=steps, gpus=gpus)),
-        (f"train_tf32_b{small}", lambda: throughput(mols, "train", small, None, steps=steps, gpus=gpus)),
-        (f"predict_tf32_b{big}", lambda: throughput(mols, "predict", big, None, steps=steps, gpus=gpus)),
-        (f"graphs_train_amp_bf16_b{small}", lambda: throughput(mols, "train", small, "bf16", steps=steps, gpus=gpus,
-                                                               graphs=True)),
-        (f"graphs_train_tf32_b{small}", lambda: throughput(mols, "train", small, None, steps=steps, gpus=gpus,
-                                                           graphs=True)),
-        (f"graphs_predict_tf32_b{big}", lambda: throughput(mols, "predict", big, None, steps=steps, gpus=gpus,
-                                                           graphs=True)),
-    ]  # fmt: skip
+    jobs = _jobs(args, mols, device, scratch)
     if args.only:
         jobs = [(name, job) for name, job in jobs if name in args.only.split(",")]
     try:
-        for name, job in jobs:
-            start = time.perf_counter()
-            try:
-                report[name] = job()
-            except Exception:  # one failing measurement must not lose the others
-                report[name] = {"error": traceback.format_exc(limit=3)}
-            report["seconds"][name] = round(time.perf_counter() - start, 1)  # what fits in the next machine's minutes
-            report["summary"] = summary(report, small, big)
-            Path(args.out).write_text(json.dumps(report, indent=2))
-            if name == "default_command" and "error" not in report[name]:  # its own file, as the results keep it
-                Path(args.out).with_name("default-command.json").write_text(json.dumps(report[name], indent=2))
-            print(name, json.dumps(report[name]), flush=True)
+        _run(jobs, report, Path(args.out), small, big)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print("summary", json.dumps(summary(report, small, big)), flush=True)

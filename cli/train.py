@@ -28,18 +28,12 @@ def train(
 ) -> None:
     """Train on QM9 (or your --dataset) with NVIDIA's recipe; every run is an MLflow run with a model."""
     if quick:
-        values.update({k: v for k, v in QUICK.items() if not typed_by_user(ctx, k)})
-        if values["dataset"] and not typed_by_user(ctx, "save_ckpt_path"):  # not over the QM9 demo's checkpoints
-            values["save_ckpt_path"] = f"quick-{Path(values['dataset']).stem}.pt"
-        if values["dataset"] and not typed_by_user(ctx, "limit"):
-            values["limit"] = None
+        _quick_defaults(ctx, values)
     config = validated(TrainConfig, **values)
     if quick:
         data = f"--dataset {config.dataset}" if config.dataset else f"{config.limit:,} QM9 molecules"
         data = data if config.dataset or config.limit else "all QM9 molecules"
         console.print(f"se3pyg --quick: a demo run (small model, {data}), not the published recipe", markup=False)
-    from se3pyg.engine.checkpoint import best_path
-
     announce_eager(config)
     from se3pyg.engine.train import run
 
@@ -62,6 +56,22 @@ def train(
         result = run(config, on_epoch=report, on_progress=None if silent else progress)
     if result is None:
         return
+    _print_result(result, config, values.get("register_model"), time.perf_counter() - start)
+
+
+def _quick_defaults(ctx: typer.Context, values: dict[str, Any]) -> None:
+    """``--quick``'s defaults for the options not typed; with ``--dataset``, its own checkpoint and no limit."""
+    values.update({k: v for k, v in QUICK.items() if not typed_by_user(ctx, k)})
+    if values["dataset"] and not typed_by_user(ctx, "save_ckpt_path"):  # not over the QM9 demo's checkpoints
+        values["save_ckpt_path"] = f"quick-{Path(values['dataset']).stem}.pt"
+    if values["dataset"] and not typed_by_user(ctx, "limit"):
+        values["limit"] = None
+
+
+def _print_result(result: Any, config: TrainConfig, register_model: str | None, seconds: float) -> None:
+    """A finished run's lines: skipped records, the MAEs, the MLflow model, the checkpoints, the next command."""
+    from se3pyg.engine.checkpoint import best_path
+
     if result.skipped:
         console.print(
             f"skipped {result.skipped} bad records of --dataset (first: {'; '.join(result.skip_reasons[:3])})",
@@ -69,13 +79,13 @@ def train(
         )  # fmt: skip
     tracked = f", MLflow run {result.run_id}" if result.run_id else ""
     console.print(
-        f"done in {time.perf_counter() - start:.1f} s ({result.parameters:,} parameters): best val MAE "
+        f"done in {seconds:.1f} s ({result.parameters:,} parameters): best val MAE "
         f"{result.best_val_mae:.5f}, test MAE {result.test_mae:.5f} ({result.task}){tracked}",
         highlight=False,
         soft_wrap=True,
     )
     if result.model_uri:
-        registered = f", registered as {values['register_model']}" if values.get("register_model") else ""
+        registered = f", registered as {register_model}" if register_model else ""
         console.print(f"MLflow model: runs:/{result.run_id}/model{registered}", highlight=False, soft_wrap=True)
     model = result.model_uri and f"runs:/{result.run_id}/model"
     if config.save_ckpt_path:

@@ -91,6 +91,22 @@ def _check_features(name: str, feats: Mapping[str, Tensor], fiber: Fiber, count:
             raise ValueError(f"{name}: degrees {extra} are not in the fiber {fiber}")
 
 
+def _check_arguments(
+    num_layers: int, fiber_hidden: Fiber, channels_div: Any, pooling: Any, return_type: Any, **choices: Any
+) -> None:
+    """``ValueError`` naming the first :class:`SE3Transformer` argument that cannot make a model."""
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    allowed_of = dict(layout=LAYOUTS, final_layout=LAYOUTS, final_layer=FINAL_LAYERS, populate_edge=EDGE_LENGTHS)
+    for name, value in choices.items():
+        if value not in allowed_of[name]:
+            raise ValueError(f"{name} must be one of {allowed_of[name]}, got {value!r}")
+    if pooling is not None and return_type is None:
+        raise ValueError("return_type must be given when pooling")
+    if any(c % value_divisor(channels_div, d) for d, c in fiber_hidden.items()):
+        raise ValueError(f"channels_div={channels_div} must divide the hidden channels {fiber_hidden.channels}")
+
+
 class SE3Transformer(nn.Module):
     r"""NVIDIA's ``SE3Transformer`` on PyG graphs.
 
@@ -165,26 +181,12 @@ class SE3Transformer(nn.Module):
         super().__init__()
         fiber_in, fiber_hidden, fiber_out = _fiber(fiber_in), _fiber(fiber_hidden), _fiber(fiber_out)
         fiber_edge = _fiber(fiber_edge)
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        for name, value, allowed in (
-            ("layout", layout, LAYOUTS),
-            ("final_layout", final_layout or layout, LAYOUTS),
-            ("final_layer", final_layer, FINAL_LAYERS),
-            ("populate_edge", populate_edge, EDGE_LENGTHS),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if pooling is not None and return_type is None:
-            raise ValueError("return_type must be given when pooling")
-        if any(c % value_divisor(channels_div, d) for d, c in fiber_hidden.items()):
-            raise ValueError(f"channels_div={channels_div} must divide the hidden channels {fiber_hidden.channels}")
-        self.fiber_in, self.fiber_hidden, self.fiber_out, self.fiber_edge = (
-            fiber_in,
-            fiber_hidden,
-            fiber_out,
-            fiber_edge,
+        choices = {"layout": layout, "final_layout": final_layout or layout, "final_layer": final_layer}
+        _check_arguments(
+            num_layers, fiber_hidden, channels_div, pooling, return_type, populate_edge=populate_edge, **choices
         )
+        self.fiber_in, self.fiber_hidden, self.fiber_out = fiber_in, fiber_hidden, fiber_out
+        self.fiber_edge = fiber_edge
         self.num_layers = num_layers
         self.num_heads = num_heads
         self.channels_div = channels_div
@@ -198,26 +200,12 @@ class SE3Transformer(nn.Module):
         self.max_degree = max(fiber_in.max_degree, fiber_hidden.max_degree, fiber_out.max_degree)
 
         modules: list[nn.Module] = []
-        fiber = fiber_in
-        for _ in range(num_layers):
-            modules.append(
-                AttentionBlockSE3(
-                    fiber,
-                    fiber_hidden,
-                    fiber_edge,
-                    num_heads=num_heads,
-                    channels_div=channels_div,
-                    use_layer_norm=use_layer_norm,
-                    max_degree=self.max_degree,
-                    layout=layout,
-                    low_memory=low_memory,
-                    kernel=kernel,
-                )
-            )
-            if norm:
-                modules.append(NormSE3(fiber_hidden))
-            fiber = fiber_hidden
-        modules.append(self._final_module(fiber, use_layer_norm, final_layout or layout, kernel, final_aggr))
+        options = dict(num_heads=num_heads, channels_div=channels_div, use_layer_norm=use_layer_norm, layout=layout)
+        options.update(max_degree=self.max_degree, low_memory=low_memory, kernel=kernel)
+        for k in range(num_layers):
+            modules.append(AttentionBlockSE3(fiber_hidden if k else fiber_in, fiber_hidden, fiber_edge, **options))
+            modules += [NormSE3(fiber_hidden)] if norm else []
+        modules.append(self._final_module(fiber_hidden, use_layer_norm, final_layout or layout, kernel, final_aggr))
         self.graph_modules = nn.ModuleList(modules)
         if pooling is not None:
             self.pooling_module = GraphPooling(pooling, feat_type=return_type)

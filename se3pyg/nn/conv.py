@@ -350,43 +350,9 @@ class ConvSE3(MessagePassing):
         self.low_memory = low_memory
 
         self.channels_in = {d: c + fiber_edge[d] * (d > 0) for d, c in fiber_in.items()}
-        common = dict(edge_dim=fiber_edge[0] + 1, use_layer_norm=use_layer_norm)
-        all_degrees = list(range(max_degree + 1))
-        unique_in = len(set(self.channels_in.values())) == 1
-        unique_out = len(set(fiber_out.channels)) == 1
-        full_in = unique_in and fiber_in.degrees == all_degrees
-        full_out = unique_out and fiber_out.degrees == all_degrees
-        c_in = next(iter(self.channels_in.values()))
-        c_out = fiber_out.channels[0]
-
-        self.groups: list[KernelGroup] = []
-        if layout == "full" and full_in and full_out:
-            self.fuse = "full"
-            self.conv = KernelGroup(all_degrees, all_degrees, c_in, c_out, **common)
-            self.groups.append(self.conv)
-        elif layout in ("full", "partial") and full_in:
-            self.fuse = "out"
-            self.conv_out = nn.ModuleDict(
-                {str(d): KernelGroup(all_degrees, [d], c_in, c, **common) for d, c in fiber_out.items()}
-            )
-            self.groups += list(self.conv_out.values())
-        elif layout in ("full", "partial") and full_out:
-            self.fuse = "in"
-            self.conv_in = nn.ModuleDict(
-                {str(d): KernelGroup([d], all_degrees, c, c_out, **common) for d, c in self.channels_in.items()}
-            )
-            self.groups += list(self.conv_in.values())
-        else:
-            self.fuse = "pairwise"
-            self.conv = nn.ModuleDict(
-                {
-                    # NVIDIA's pairwise 0 -> 0 kernel has no basis: a factor 1, not Y_0 = 1/sqrt(4 pi).
-                    f"{di},{do}": KernelGroup([di], [do], ci, co, **common, uses_basis=(di, do) != (0, 0))
-                    for di, ci in self.channels_in.items()
-                    for do, co in fiber_out.items()
-                }
-            )
-            self.groups += list(self.conv.values())
+        self.groups: list[KernelGroup] = self._kernel_groups(
+            fiber_in, fiber_out, fiber_edge, max_degree, layout, use_layer_norm
+        )
 
         #: Whether node features run stacked (``[N, D, C]``): equal input channels, no edge features of degree > 0.
         self.stacked_in = fiber_in.is_uniform and not any(d > 0 for d in fiber_edge.degrees)
@@ -403,6 +369,56 @@ class ConvSE3(MessagePassing):
                 {str(d): nn.Parameter(torch.empty(c, fiber_in[d])) for d, c in fiber_out.items() if d in fiber_in}
             )
         self.reset_parameters()
+
+    def _kernel_groups(
+        self,
+        fiber_in: Fiber,
+        fiber_out: Fiber,
+        fiber_edge: Fiber,
+        max_degree: int,
+        layout: Layout,
+        use_layer_norm: bool,
+    ) -> list[KernelGroup]:
+        """The radial kernels, fused as ``layout`` allows (``self.fuse``): one group for every degree pair
+        (``full``), one per output or input degree (``out``, ``in``), or one per pair (``pairwise``)."""
+        common = dict(edge_dim=fiber_edge[0] + 1, use_layer_norm=use_layer_norm)
+        all_degrees = list(range(max_degree + 1))
+        unique_in = len(set(self.channels_in.values())) == 1
+        unique_out = len(set(fiber_out.channels)) == 1
+        full_in = unique_in and fiber_in.degrees == all_degrees
+        full_out = unique_out and fiber_out.degrees == all_degrees
+        c_in = next(iter(self.channels_in.values()))
+        c_out = fiber_out.channels[0]
+
+        groups: list[KernelGroup] = []
+        if layout == "full" and full_in and full_out:
+            self.fuse = "full"
+            self.conv = KernelGroup(all_degrees, all_degrees, c_in, c_out, **common)
+            groups.append(self.conv)
+        elif layout in ("full", "partial") and full_in:
+            self.fuse = "out"
+            self.conv_out = nn.ModuleDict(
+                {str(d): KernelGroup(all_degrees, [d], c_in, c, **common) for d, c in fiber_out.items()}
+            )
+            groups += list(self.conv_out.values())
+        elif layout in ("full", "partial") and full_out:
+            self.fuse = "in"
+            self.conv_in = nn.ModuleDict(
+                {str(d): KernelGroup([d], all_degrees, c, c_out, **common) for d, c in self.channels_in.items()}
+            )
+            groups += list(self.conv_in.values())
+        else:
+            self.fuse = "pairwise"
+            self.conv = nn.ModuleDict(
+                {
+                    # NVIDIA's pairwise 0 -> 0 kernel has no basis: a factor 1, not Y_0 = 1/sqrt(4 pi).
+                    f"{di},{do}": KernelGroup([di], [do], ci, co, **common, uses_basis=(di, do) != (0, 0))
+                    for di, ci in self.channels_in.items()
+                    for do, co in fiber_out.items()
+                }
+            )
+            groups += list(self.conv.values())
+        return groups
 
     def reset_parameters(self) -> None:
         for group in self.groups:
