@@ -39,6 +39,7 @@ from se3pyg.engine.benchmark import run_benchmark  # noqa: E402
 from se3pyg.engine.config import BenchmarkConfig  # noqa: E402
 from se3pyg.engine.counting import count_training_step  # noqa: E402
 from se3pyg.engine.precision import DTYPES  # noqa: E402
+from se3pyg.io import atomic_write, refuse_overwrites  # noqa: E402
 from se3pyg.model import SE3TransformerPooled  # noqa: E402
 from se3pyg.nn.conv import KERNELS, ConvSE3, auto_kernel  # noqa: E402
 
@@ -50,11 +51,13 @@ def export(data_dir: str, path: str, count: int, limit: int | None = None, seed:
     tensor dicts."""
     from se3pyg.data import get_task, qm9_splits
 
+    refuse_overwrites([("--data-dir", data_dir)], [("--export", path)])
     splits = qm9_splits(data_dir, get_task("homo"), limit)
     order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))[:count]
     # clone: a molecule's tensors are views of the whole collated dataset, which torch.save would write each time
     mols = [{k: getattr(splits.train[int(i)], k).clone() for k in (*KEYS, "y")} for i in order]
-    torch.save(mols, path)
+    with atomic_write(path) as tmp:
+        torch.save(mols, tmp)
 
 
 def export_qm9(data_dir: str, path: str) -> None:
@@ -64,8 +67,9 @@ def export_qm9(data_dir: str, path: str) -> None:
 
     from se3pyg.data.qm9 import MANIFEST, verify
 
+    refuse_overwrites([("--data-dir", data_dir)], [("--export-qm9", path)])  # never its own input
     manifest = verify(data_dir)
-    with tarfile.open(path, "w:gz") as tar:
+    with atomic_write(path) as tmp, tarfile.open(tmp, "w:gz") as tar:
         tar.add(Path(data_dir, MANIFEST), arcname=MANIFEST)
         processed = Path("processed", manifest["processed_file"])
         tar.add(Path(data_dir, processed), arcname=str(processed))

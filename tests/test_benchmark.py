@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -158,11 +159,7 @@ def test_gpu_suite_summary_names_the_fastest_correct_kernel_and_the_failed_check
     """The suite's summary: per mode, the graphed AMP fp16 rate of each kernel timed and the fastest one whose golden
     checks (fused kernels: and operator checks) passed, with the floor and goal (12 and 25 mol/ms training, 40 and
     60 inference); the checks that failed or raised."""
-    spec = importlib.util.spec_from_file_location(
-        "gpu_suite", Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
-    )
-    suite = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(suite)
+    suite = _gpu_suite()
     report = {
         "graphs_train_amp_fp16_b240": {"throughput_mol_per_ms": 10.3},
         "graphs_train_amp_fp16_b240_fused_edge_weights": {"throughput_mol_per_ms": 13.0},
@@ -185,3 +182,24 @@ def test_gpu_suite_summary_names_the_fastest_correct_kernel_and_the_failed_check
     }  # fmt: skip
     report["operator_checks"] = {"error": "Traceback ..."}
     assert suite.summary(report, 240, 1600)["train"]["fastest"] == "reassociated"
+
+
+def _gpu_suite() -> Any:
+    """``benchmarks/gpu_suite.py`` as a module."""
+    spec = importlib.util.spec_from_file_location(
+        "gpu_suite", Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
+    )
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    return suite
+
+
+def test_gpu_suite_exports_never_write_over_their_input(qm9_dir: Path) -> None:
+    suite = _gpu_suite()
+    processed = next((qm9_dir / "processed").glob("*.pt"))
+    before = processed.read_bytes()
+    with pytest.raises(ValueError, match=rf"--export-qm9 {processed}: lies inside --data-dir {qm9_dir}"):
+        suite.export_qm9(str(qm9_dir), str(processed))
+    with pytest.raises(ValueError, match=rf"--export {processed}: lies inside --data-dir {qm9_dir}"):
+        suite.export(str(qm9_dir), str(processed), 4)
+    assert processed.read_bytes() == before
