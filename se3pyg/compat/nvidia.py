@@ -41,14 +41,14 @@ __all__ = [
 ]
 
 
-#: The keyword arguments of NVIDIA's training script (``runtime/arguments.py`` and the model's
-#: ``add_argparse_args``), which its ``SE3TransformerPooled(..., **vars(args))`` receives and ignores.
 NVIDIA_SCRIPT_ARGUMENTS: frozenset[str] = frozenset({
     "accumulate_grad_batches", "amp", "batch_size", "benchmark", "ckpt_interval", "data_dir", "dllogger_name",
     "epochs", "eval_interval", "gradient_clip", "learning_rate", "load_ckpt_path", "log_dir", "min_learning_rate",
     "momentum", "num_workers", "optimizer", "precompute_bases", "save_ckpt_path", "seed", "silent", "task", "wandb",
     "weight_decay",
 })  # fmt: skip
+"""The keyword arguments of NVIDIA's training script (``runtime/arguments.py`` and the model's
+``add_argparse_args``), which its ``SE3TransformerPooled(..., **vars(args))`` receives and ignores."""
 
 
 def nvidia_layout(tensor_cores: bool = False, low_memory: bool = False) -> Layout:

@@ -37,6 +37,11 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
 
 
 def is_se3pyg_checkpoint(payload: Any) -> bool:
+    """Whether a loaded file is an se3pyg checkpoint (its ``format`` entry), not NVIDIA's or another.
+
+    Args:
+        payload: what ``torch.load`` read.
+    """
     return isinstance(payload, dict) and payload.get("format") == FORMAT
 
 

@@ -32,6 +32,8 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in a run: its rank, its rank on this node, the number of ranks, and its device."""
+
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
@@ -47,6 +49,8 @@ class DistInfo:
 
 
 def launched_by_torchrun() -> bool:
+    """Whether this process is a rank that ``torchrun`` (or another launcher setting ``RANK`` and ``WORLD_SIZE``)
+    started."""
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
 
 
@@ -56,6 +60,7 @@ def is_main_process() -> bool:
 
 
 def free_port() -> int:
+    """A TCP port free on the loopback interface now (the operating system's choice)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -83,11 +88,22 @@ def init(use_cuda: bool, timeout: timedelta | None = None) -> DistInfo:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for every rank of ``info``'s process group (nothing to wait for in one process).
+
+    Args:
+        info: this rank's place in the run (:func:`init`).
+    """
     if info.distributed:
         dist.barrier()
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """``tensor`` summed over every rank, in place, and returned.
+
+    Args:
+        tensor: this rank's part.
+        info: this rank's place in the run (:func:`init`).
+    """
     if info.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor

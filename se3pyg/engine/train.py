@@ -58,6 +58,10 @@ class TrainingError(Exception):
 
 @dataclass
 class TrainResult:
+    """What a training run returns on rank 0: the task, the best validation and the test MAE (in the task's unit),
+    the epochs this run ran, its MLflow run and logged model, the per-epoch history, the ``--dataset`` records
+    skipped (with the first reasons) and the model's parameter count."""
+
     task: str
     best_val_mae: float = math.inf
     test_mae: float = math.nan

@@ -6,6 +6,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 
 def library_versions() -> dict[str, str]:
+    """The versions a run depends on, as ``{"version_NAME": VERSION}`` (se3pyg, torch, PyG, e3nn, MLflow), logged
+    with every run and stored in its checkpoints."""
     out = {}
     for name in ("se3pyg", "torch", "torch_geometric", "e3nn", "mlflow"):
         try:
