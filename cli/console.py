@@ -20,6 +20,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from se3pyg.io import first_line
+
 # Off a terminal (logs, pipes) lines are never wrapped (paths and URLs stay whole), and tables get 200 columns
 # or $COLUMNS when set (tables are printed with soft_wrap=False to fit them).
 _TERMINAL = sys.stdout.isatty()
@@ -54,9 +56,12 @@ def one_line_errors() -> Iterator[None]:
         raise fail(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc), 1) from None
     except Exception as exc:
         code = _refusal_code(exc)
-        if code is None:
+        if code is not None:
+            raise fail(str(exc), code) from None
+        cause = system_failure(exc)
+        if cause is None:
             raise
-        raise fail(str(exc), code) from None
+        raise fail(cause, 1) from None
 
 
 #: se3pyg's exceptions that end a command as one line: (module, class); ``ValueError`` too (bad options).
@@ -80,6 +85,30 @@ def _refusal_code(exc: Exception) -> int | None:
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(exc, cls):
             return exc.code if name == "TrainingError" else 2
+    return None
+
+
+#: Messages of failures that come from the machine, not from se3pyg or the user's input, and what they mean.
+_SYSTEM_CAUSES = (
+    (("No space left on device", "unexpected pos", "file write failed"), "the disk is full (a write failed)"),
+    (("can't allocate memory", "out of memory", "Cannot allocate memory"), "out of memory"),
+    (("Too many open files",), "too many open files (raise ulimit -n)"),
+)
+
+
+def system_failure(exc: BaseException) -> str | None:
+    """The one line for a failure of the machine rather than of se3pyg: a full disk (torch reports a failed
+    ``torch.save`` as ``unexpected pos``), memory that cannot be allocated, too many open files, a library that
+    cannot be loaded (e.g. under ``ulimit -v``); ``None`` for anything else, which stays a traceback (a bug)."""
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    if isinstance(exc, ImportError):
+        return f"a library could not be loaded ({first_line(exc)[:200]})"
+    if isinstance(exc, RuntimeError):
+        text = str(exc)
+        for needles, cause in _SYSTEM_CAUSES:
+            if any(needle in text for needle in needles):
+                return f"{cause} ({first_line(exc)[:200]})"
     return None
 
 

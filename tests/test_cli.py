@@ -233,3 +233,26 @@ def test_runs_names_a_missing_store_or_experiment_in_one_line(tmp_path: Path) ->
     mlflow.MlflowClient(tracking_uri=uri).create_experiment("other")
     done = invoke_se3pyg("runs", "--tracking-uri", uri, "--experiment", "nope", cwd=tmp_path)
     assert done.exit_code == 2 and done.stderr.startswith("error: --experiment 'nope': no such experiment")
+
+
+def test_failures_of_the_machine_are_one_line_naming_their_cause(capsys: pytest.CaptureFixture[str]) -> None:
+    """A full disk (torch.save's 'unexpected pos'), memory that cannot be allocated, a library that cannot be
+    loaded: one line and exit 1; any other exception stays a traceback (a bug to report)."""
+    import typer
+
+    from se3pyg.cli.console import one_line_errors
+
+    failures = {
+        RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4480 vs 4374"): "the disk is full",
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to "
+                     "allocate 1099511627776 bytes. Error code 12"): "out of memory (",
+        MemoryError(): "out of memory",
+        ImportError("libtorch_cpu.so: failed to map segment from shared object"): "a library could not be loaded",
+    }  # fmt: skip
+    for exc, cause in failures.items():
+        with pytest.raises(typer.Exit) as exit, one_line_errors():
+            raise exc
+        said = capsys.readouterr().err
+        assert exit.value.exit_code == 1 and said.startswith(f"error: {cause}") and said.count("\n") == 1, said
+    with pytest.raises(KeyError), one_line_errors():
+        raise KeyError("a bug")

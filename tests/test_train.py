@@ -222,6 +222,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(qm9_dir: Path,
         (["--seed", "-1"], "--seed must be between 0 and 2**32 - 1, got -1"),
         (["--experiment", " "], "--experiment must name an MLflow experiment, got ' '"),
         (["--register-model", "a/b"], "--register-model 'a/b': a registered model's name cannot be blank or hold"),
+        (["--num-channels", "100000"], "--num-channels must be at most 4,096, got 100,000"),
+        (["--num-layers", "100000"], "--num-layers must be at most 64, got 100,000"),
         (["--register-model", ".."], "--register-model '..': a registered model's name cannot be blank"),
     ],
 )

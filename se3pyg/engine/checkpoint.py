@@ -11,6 +11,7 @@ import torch
 
 from se3pyg.io import CheckpointError, atomic_write, best_path, first_line, read_torch_file
 from se3pyg.model import SE3TransformerPooled
+from se3pyg.options import MODEL_SIZE_LIMITS
 
 FORMAT = "se3pyg-checkpoint"
 VERSION = 1
@@ -66,12 +67,6 @@ TRAINED = {
 OPTIONAL = {
     "optimizer": dict, "scheduler": dict, "scaler": dict, "best_val_mae": float, "elements": list, "unit": str,
     "run_id": str, "dataset_sha256": str,
-}  # fmt: skip
-#: The largest size of each integer ``model_config`` entry a checkpoint may ask for (far above any trained
-#: model): a model is built from them before its weights are read.
-MODEL_SIZE_LIMITS = {
-    "num_layers": 64, "num_degrees": 7, "num_channels": 4096, "num_heads": 4096, "channels_div": 4096,
-    "output_dim": 4096,
 }  # fmt: skip
 MAX_FIBER_CHANNELS = 1 << 16  # channels a degree of a fiber_in, fiber_out or fiber_edge
 

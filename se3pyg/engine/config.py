@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from se3pyg.engine.tracking import resolve_tracking_uri, sqlite_file
 from se3pyg.io import best_path, cache_dir, check_file, check_writable, lock_path, refuse_overwrites
-from se3pyg.options import ModelOptions, option
+from se3pyg.options import MODEL_SIZE_LIMITS, ModelOptions, option
 
 if TYPE_CHECKING:
     import torch
@@ -163,6 +163,10 @@ class RunOptions(DeviceOptions, ModelOptions):
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_layers", "num_channels", "num_heads", "channels_div"):
+            if getattr(self, name) > MODEL_SIZE_LIMITS[name]:
+                limit = MODEL_SIZE_LIMITS[name]
+                raise ValueError(f"--{name.replace('_', '-')} must be at most {limit:,}, got {getattr(self, name):,}")
         if self.num_degrees > MAX_DEGREES:
             raise ValueError(
                 f"--num-degrees must be at most {MAX_DEGREES} (its kernels need spherical harmonics of degree "
