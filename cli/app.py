@@ -12,7 +12,7 @@ from se3pyg.cli.benchmark import benchmark
 from se3pyg.cli.predict import predict
 from se3pyg.cli.runs import runs, ui
 from se3pyg.cli.train import train
-from se3pyg.processes import raise_on_stop_signals
+from se3pyg.processes import raise_on_stop_signals, use_own_scratch
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="SE(3)-Transformer on PyTorch Geometric.")
 
@@ -41,4 +41,5 @@ def _root(
 def main() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's INFO lines are not the user's business
     raise_on_stop_signals()  # a stop at any stage ends as one line, with its cleanup done
+    use_own_scratch()  # what a killed command leaves in temporary folders, the next one removes
     app()

@@ -1,10 +1,43 @@
-"""Processes se3pyg starts or meets: whether one is alive, and workers that end with their parent."""
+"""Processes se3pyg starts or meets: whether one is alive, workers that end with their parent, and the one scratch
+folder of a command's processes."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
+from pathlib import Path
+
+#: The name of a command's scratch folder under the system's temporary folder, followed by its process id.
+SCRATCH_PREFIX = "se3pyg-scratch-"
+
+
+def use_own_scratch(base: str | os.PathLike | None = None) -> Path:
+    """Put every temporary file of this process and of those it starts (se3pyg's, MLflow's, torch's worker queues)
+    in one folder of its own, ``se3pyg-scratch-PID`` in ``base`` (the system's temporary folder by default),
+    removed when the process exits. Folders of processes that are gone (killed before they could remove theirs)
+    are removed first, so nothing a killed command left stays for good.
+
+    Args:
+        base: where scratch folders live.
+
+    Returns:
+        This process's scratch folder (also ``$TMPDIR`` and :func:`tempfile.gettempdir` from now on).
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    root = Path(base if base is not None else tempfile.gettempdir())
+    for folder in root.glob(f"{SCRATCH_PREFIX}*"):
+        pid = folder.name.removeprefix(SCRATCH_PREFIX)
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    own = root / f"{SCRATCH_PREFIX}{os.getpid()}"
+    own.mkdir(mode=0o700, exist_ok=True)
+    os.environ["TMPDIR"] = tempfile.tempdir = str(own)
+    atexit.register(shutil.rmtree, own, ignore_errors=True)
+    return own
 
 
 def pid_alive(pid: int) -> bool:

@@ -433,3 +433,25 @@ def test_a_killed_ddp_rank_ends_the_run_as_one_line(qm9_dir: Path, tmp_path: Pat
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == "error: rank 1 was ended by SIGKILL; the run stopped"
+
+
+def test_scratch_of_a_killed_command_is_removed_by_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command's temporary files (its own, MLflow's, torch's workers') live in one folder per process; the next
+    command removes the folders of processes that are gone, and keeps those of live ones."""
+    import tempfile
+
+    from se3pyg.processes import SCRATCH_PREFIX, use_own_scratch
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    dead = tmp_path / f"{SCRATCH_PREFIX}{_dead_pid()}"
+    (dead / "se3pyg-model-x").mkdir(parents=True)
+    (dead / "pymp-y").mkdir()
+    live = tmp_path / f"{SCRATCH_PREFIX}{os.getppid()}"
+    live.mkdir()
+    other = tmp_path / "not-se3pyg"
+    other.mkdir()
+    own = use_own_scratch()
+    assert own == tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}" and own.is_dir()
+    assert not dead.exists() and live.is_dir() and other.is_dir()
+    assert tempfile.gettempdir() == os.environ["TMPDIR"] == str(own)
