@@ -65,6 +65,42 @@ def end_with_parent() -> None:
         os._exit(1)
 
 
+#: The watchdog of :func:`guard_process_group`: ``python -c _GUARD GROUP PARENT``.
+_GUARD = """
+import ctypes, os, signal, sys, time
+group, parent = int(sys.argv[1]), int(sys.argv[2])
+def end(*_):
+    try:
+        os.killpg(group, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    os._exit(0)
+for stop in (signal.SIGHUP, signal.SIGINT):  # a closed terminal or Ctrl-C reaches the parent, which ends
+    signal.signal(stop, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, end)
+ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM here when the parent dies
+if os.getppid() != parent:
+    end()
+while True:
+    time.sleep(3600)
+"""
+
+
+def guard_process_group(group: int) -> object | None:
+    """A watchdog process that ends process group ``group`` (SIGTERM) when this process dies, even by SIGKILL or a
+    closed terminal's SIGHUP, through Linux's parent-death signal; ``None`` elsewhere. Terminate it once the group
+    has ended (terminating it ends the group too).
+
+    Args:
+        group: the process group to end, e.g. a server started with ``start_new_session=True`` (its pid).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-c", _GUARD, str(group), str(os.getpid())], stdin=subprocess.DEVNULL)
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM, raised where the process stands, so that every stage's cleanup runs (``finally`` blocks,
     context managers: locks released, scratch removed, a run marked KILLED); ``signum`` names the signal."""

@@ -178,3 +178,31 @@ def test_sigterm_to_ui_stops_its_server(tmp_path: Path) -> None:
     finally:
         os.killpg(again.pid, signal.SIGTERM)
         again.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's parent-death signal")
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGHUP], ids=["SIGKILL", "SIGHUP"])
+def test_a_killed_or_hung_up_ui_leaves_no_server(tmp_path: Path, stop: signal.Signals) -> None:
+    """``se3pyg ui`` killed (nothing of it runs) or hung up on (a closed terminal): its MLflow server ends too."""
+    port = distributed.free_port()
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "se3pyg", "ui", "--tracking-uri", uri, "--port", str(port)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", proc)
+    except BaseException:
+        proc.kill()
+        raise
+    proc.send_signal(stop)  # to se3pyg ui alone, not its process group
+    assert proc.wait(timeout=60) in (-signal.SIGKILL, 128 + signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the MLflow server still listens on {port} after se3pyg ui got {stop.name}")

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from se3pyg.engine.tracking import TRAINING_NAVIGATION, TrackingError, artifact_location, check_reachable, sqlite_file
+from se3pyg.processes import guard_process_group
 
 
 def runs_page(uri: str, experiment: str, base_url: str) -> str:
@@ -102,8 +103,9 @@ def _answers(server: Any, host: str, port: int, timeout: float = 120) -> bool:
 
 
 def serve_ui(uri: str, host: str, port: int, on_ready: Any = None) -> int:
-    """Run the MLflow UI server over ``uri`` until it ends or this process is told to stop (SIGINT or SIGTERM,
-    passed on to the server's whole process group, so that nothing is left listening); ``on_ready()`` is called
+    """Run the MLflow UI server over ``uri`` until it ends or this process is told to stop (SIGINT, SIGTERM or
+    SIGHUP, passed on to the server's whole process group, so that nothing is left listening; a watchdog ends the
+    group if this process is killed); ``on_ready()`` is called
     once it answers. Returns the server's exit status, or 128 + the signal that stopped it.
     """
     import signal
@@ -114,6 +116,7 @@ def serve_ui(uri: str, host: str, port: int, on_ready: Any = None) -> int:
     cmd, env = ui_server_command(uri, host, port)
     server = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)  # fmt: skip
+    guard = guard_process_group(server.pid)  # the server ends with this process, even when it is killed
     threading.Thread(target=_forward_output, args=(server.stdout,), daemon=True).start()
     stopped_by: list[int] = []
 
@@ -122,7 +125,7 @@ def serve_ui(uri: str, host: str, port: int, on_ready: Any = None) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGTERM)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         if _answers(server, host, port):
             if on_ready is not None:
@@ -136,3 +139,6 @@ def serve_ui(uri: str, host: str, port: int, on_ready: Any = None) -> int:
             signal.signal(sig, handler)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGTERM)  # workers the server left behind
+        if guard is not None:
+            guard.terminate()
+            guard.wait()
