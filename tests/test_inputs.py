@@ -171,3 +171,25 @@ def test_predictions_that_are_not_finite_are_refused_not_written(tmp_path: Path)
         predict_molecules(
             loaded, read_molecules([tmp_path / "water.xyz"]), 8, cpu, Precision.choose(False, "auto", cpu)
         )
+
+
+def test_text_is_read_as_chemists_tools_write_it_and_ambiguous_numbers_are_refused(tmp_path: Path) -> None:
+    """A UTF-8 byte-order mark and Windows line ends are taken; a form feed or U+2028 in a title ends no line;
+    ``0_3`` (Python reads 3.0) and ``1_0`` atoms are refused by line, and a CSV value ``0.1_17`` is a bad record."""
+    windows = tmp_path / "windows.xyz"
+    windows.write_bytes(b"\xef\xbb\xbf" + WATER.replace("\n", "\r\n").encode())
+    titled = tmp_path / "titled.xyz"
+    titled.write_text(WATER.replace("water", "water\x0cfrom\u2028a tool"))
+    assert [m.num_nodes for m in read_molecules([windows, titled])] == [3, 3]
+    for name, text, line in [("underscore.xyz", WATER.replace("0.117", "0_3"), 3),
+                             ("count.xyz", WATER.replace("3\n", "1_0\n", 1), 1)]:  # fmt: skip
+        (tmp_path / name).write_text(text)
+        _refused([tmp_path / name], rf"{name}:{line}: expected")
+    folder = tmp_path / "mols"
+    folder.mkdir()
+    for k in range(3):
+        (folder / f"m{k}.xyz").write_text(WATER)
+    (folder / "values.csv").write_text("molecule,y\nm0.xyz,0.1\nm1.xyz,0.1_17\nm2.xyz,0.2\n")
+    built = build_dataset(DatasetSpec(str(folder), "y"))
+    assert built.dataset._data.y.view(-1).tolist() == pytest.approx([0.1, 0.2]) and built.skipped == 1
+    assert "y = '0.1_17' is not a number" in built.reasons[0]

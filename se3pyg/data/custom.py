@@ -34,6 +34,7 @@ from se3pyg.data.molecules import (
     folder_files,
     read_sdf_records,
     read_xyz_frames,
+    strict_float,
     to_data,
 )
 from se3pyg.data.pairs import pair_dataset_edges
@@ -146,7 +147,7 @@ def _value(values: dict[str, str], spec: DatasetSpec, name: str) -> tuple[float,
     if spec.target not in values:
         raise DataError(f"{name}: no field {spec.target!r}")
     try:
-        value = float(values[spec.target])
+        value = strict_float(str(values[spec.target]))
     except ValueError:
         raise DataError(f"{name}: {spec.target} = {values[spec.target]!r} is not a number") from None
     if not math.isfinite(value):

@@ -70,10 +70,19 @@ def check_inside(path: Path, folder: Path, what: str = "") -> None:
             raise DataError(f"{name}: a link out of {folder} (to {target}); se3pyg reads only the folder's own files")
 
 
+def strict_float(text: str) -> float:
+    """``float(text)`` for a number as chemists' tools write it; ``ValueError`` for Python's own literal forms that no
+    such tool writes and that would read as another number (``0_3`` is 3.0, ``0.1_17`` is 0.117)."""
+    if "_" in text:
+        raise ValueError(f"not a number: {text!r}")
+    return float(text)
+
+
 def _text(path: Path) -> str:
-    """A molecule file's text; :class:`DataError` naming it when it is not UTF-8."""
+    """A molecule file's text, without a UTF-8 byte-order mark and with Windows' or old Macs' line ends as ``\\n``;
+    :class:`DataError` naming it when it is not UTF-8."""
     try:
-        return checked_file(path).read_text()
+        return checked_file(path).read_text(encoding="utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
@@ -155,17 +164,17 @@ def to_data(
 
 def read_xyz_frames(path: Path) -> Iterator[tuple[str, list[str], list[list[float]]]]:
     """``(name, elements, coordinates)`` of each frame of an XYZ file (``FILE:FRAME``)."""
-    lines = _text(path).splitlines()
+    lines = _text(path).split("\n")  # only newlines end lines: a form feed or U+2028 in a title does not
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
         raise DataError(f"{path}: empty file")
     i, frame = 0, 0
     while i < len(lines):
-        try:
-            n = int(lines[i].strip())
-        except ValueError:
-            raise DataError(f"{path}:{i + 1}: expected an atom count, got {lines[i].strip()[:40]!r}") from None
+        count = lines[i].strip()
+        if not (count.isascii() and count.isdigit()):  # no sign, no 1_0
+            raise DataError(f"{path}:{i + 1}: expected an atom count, got {count[:40]!r}")
+        n = int(count)
         if n > MAX_ATOMS:
             raise DataError(f"{path}:{i + 1}: {n:,} atoms, more than the {MAX_ATOMS:,} se3pyg takes in a molecule")
         if n < 1 or i + 2 + n > len(lines):
@@ -175,7 +184,7 @@ def read_xyz_frames(path: Path) -> Iterator[tuple[str, list[str], list[list[floa
             parts = lines[k].split()
             try:
                 elements.append(parts[0].capitalize())
-                coords.append([float(v) for v in parts[1:4]])
+                coords.append([strict_float(v) for v in parts[1:4]])
             except (IndexError, ValueError):
                 raise DataError(f"{path}:{k + 1}: expected 'element x y z', got {lines[k].strip()[:40]!r}") from None
             if len(coords[-1]) != 3:
