@@ -325,14 +325,17 @@ def _report_listening(folder: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/net/tcp").exists(), reason="reads Linux's /proc")
-def test_spawned_ranks_listen_on_loopback_only(tmp_path: Path) -> None:
+def test_spawned_ranks_listen_on_loopback_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ranks spawned on one node (``--processes``, ``--gpus``) meet in a file and talk over loopback: no socket of
-    theirs listens on another interface."""
+    theirs listens on another interface; the file's folder is removed afterwards."""
     import ipaddress
 
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     distributed.spawn(_report_listening, 2, str(tmp_path))
     for rank in (0, 1):
         addresses = json.loads((tmp_path / f"rank{rank}").read_text())
         assert addresses, "gloo listens for its peers"
         assert [a for a in addresses if not ipaddress.ip_address(a).is_loopback] == [], (rank, addresses)
-    assert not any(Path(tempfile.gettempdir()).glob("se3pyg-rendezvous-*"))
+    assert list(scratch.iterdir()) == []
