@@ -435,6 +435,7 @@ def test_a_killed_ddp_rank_ends_the_run_as_one_line(qm9_dir: Path, tmp_path: Pat
     assert stderr.strip().splitlines()[-1] == "error: rank 1 was ended by SIGKILL; the run stopped"
 
 
+@pytest.mark.slow
 def test_scratch_of_a_killed_command_is_removed_by_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A command's temporary files (its own, MLflow's, torch's workers') live in one folder per process; the next
     command removes the folders of processes that are gone, and keeps those of live ones."""
