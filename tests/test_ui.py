@@ -145,10 +145,8 @@ def test_the_server_runs_mlflows_app_on_loopback_with_se3pygs_landing_page(tmp_p
     assert b"localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('machine_learning'))" in landing.body
 
 
-@pytest.mark.slow
-def test_sigterm_to_ui_stops_its_server(tmp_path: Path) -> None:
-    port = distributed.free_port()
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def _serving_ui(tmp_path: Path, uri: str, port: int) -> subprocess.Popen:
+    """``se3pyg ui`` in its own process (the server's group apart), once its server answers."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "se3pyg", "ui", "--tracking-uri", uri, "--port", str(port)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -158,16 +156,27 @@ def test_sigterm_to_ui_stops_its_server(tmp_path: Path) -> None:
     except BaseException:
         proc.kill()
         raise
-    proc.send_signal(signal.SIGTERM)  # to se3pyg ui alone, not its process group
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    return proc
+
+
+def _stops_listening(port: int, after: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) != 0:
-                break  # nothing listens any more
+                return  # nothing listens any more
         time.sleep(0.5)
-    else:
-        pytest.fail(f"the MLflow server still listens on {port} after se3pyg ui ended")
+    pytest.fail(f"the MLflow server still listens on {port} after {after}")
+
+
+@pytest.mark.slow
+def test_sigterm_to_ui_stops_its_server(tmp_path: Path) -> None:
+    port = distributed.free_port()
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = _serving_ui(tmp_path, uri, port)
+    proc.send_signal(signal.SIGTERM)  # to se3pyg ui alone, not its process group
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    _stops_listening(port, "se3pyg ui ended")
     # at once on the same port, while its last connections linger in TIME-WAIT: served again
     again = subprocess.Popen(
         [sys.executable, "-m", "se3pyg", "ui", "--tracking-uri", uri, "--port", str(port)],
@@ -186,23 +195,7 @@ def test_sigterm_to_ui_stops_its_server(tmp_path: Path) -> None:
 def test_a_killed_or_hung_up_ui_leaves_no_server(tmp_path: Path, stop: signal.Signals) -> None:
     """``se3pyg ui`` killed (nothing of it runs) or hung up on (a closed terminal): its MLflow server ends too."""
     port = distributed.free_port()
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "se3pyg", "ui", "--tracking-uri", uri, "--port", str(port)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/health", proc)
-    except BaseException:
-        proc.kill()
-        raise
+    proc = _serving_ui(tmp_path, f"sqlite:///{tmp_path}/mlflow.db", port)
     proc.send_signal(stop)  # to se3pyg ui alone, not its process group
     assert proc.wait(timeout=60) in (-signal.SIGKILL, 128 + signal.SIGHUP)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) != 0:
-                break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"the MLflow server still listens on {port} after se3pyg ui got {stop.name}")
+    _stops_listening(port, f"se3pyg ui got {stop.name}")
