@@ -110,11 +110,23 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+#: The stop signals :func:`raise_on_stop_signals` has received, in order.
+_RECEIVED: list[int] = []
+
+
+def raise_if_stopped() -> None:
+    """:class:`Interrupted` again for a stop signal received earlier, whose exception something swallowed; called
+    before work is declared done, so that a stop is never lost."""
+    if _RECEIVED:
+        raise Interrupted(_RECEIVED[0])
+
+
 def raise_on_stop_signals() -> None:
     """From now on SIGTERM, like SIGINT, raises :class:`Interrupted` in the main thread (Python's default for
     SIGTERM ends the process at once: no cleanup runs)."""
 
     def interrupt(signum: int, _frame: object) -> None:
+        _RECEIVED.append(signum)  # kept: a library may swallow the exception (a weakref callback, SQLAlchemy)
         raise Interrupted(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM):

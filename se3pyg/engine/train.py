@@ -37,6 +37,7 @@ from se3pyg.engine.tracking import Tracker, check_reachable, resolve_tracking_ur
 from se3pyg.engine.training_data import load_splits, prepare_data
 from se3pyg.engine.versions import library_versions
 from se3pyg.io import exclusive_writes, first_line, read_torch_file
+from se3pyg.processes import raise_if_stopped
 
 log = logging.getLogger("se3pyg.train")
 EpochCallback = Callable[[dict[str, float]], None]
@@ -220,6 +221,7 @@ def train_worker(
         if tracker is not None:
             tracker.log_metrics({"best_val_mae": result.best_val_mae, "test_mae": result.test_mae}, state.epoch - 1)
             result.model_uri = _log_outcome(tracker, result.history, test, data.splits, saver, config.register_model)
+        raise_if_stopped()  # a stop whose exception MLflow or SQLAlchemy swallowed still ends the run KILLED
         status = "FINISHED"
         return result
     except (_InterruptError, KeyboardInterrupt):  # in an epoch, or at any other stage (se3pyg.processes.Interrupted)
