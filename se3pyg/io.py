@@ -45,7 +45,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     link keeps pointing at the file written.
     Temporary files that killed writers left beside ``path`` are removed first.
     """
-    target = Path(os.path.realpath(path))  # through links: a link given is kept, its target replaced
+    target = _resolved(path)  # through links: a link given is kept, its target replaced
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_temporaries(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
