@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import typer
 
@@ -12,7 +13,7 @@ from se3pyg.cli.benchmark import benchmark
 from se3pyg.cli.predict import predict
 from se3pyg.cli.runs import runs, ui
 from se3pyg.cli.train import train
-from se3pyg.processes import raise_on_stop_signals, use_own_scratch
+from se3pyg.processes import stop_signals_noted, use_own_scratch
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="SE(3)-Transformer on PyTorch Geometric.")
 
@@ -39,7 +40,10 @@ def _root(
 
 
 def main() -> None:
+    for stream in (sys.stdout, sys.stderr):  # a terminal or pipe that takes ASCII only: Å as \xc5, never a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's INFO lines are not the user's business
-    raise_on_stop_signals()  # a stop at any stage ends as one line, with its cleanup done
-    use_own_scratch()  # what a killed command leaves in temporary folders, the next one removes
-    app()
+    with stop_signals_noted():  # a stop at any stage ends as one line, where work can stop, its cleanup done
+        use_own_scratch()  # what a killed command leaves in temporary folders, the next one removes
+        app()

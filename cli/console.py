@@ -21,6 +21,7 @@ from rich.progress import (
 )
 
 from se3pyg.io import first_line
+from se3pyg.processes import raise_if_stopped
 
 # Off a terminal (logs, pipes) lines are never wrapped (paths and URLs stay whole), and tables get 200 columns
 # or $COLUMNS when set (tables are printed with soft_wrap=False to fit them).
@@ -46,9 +47,11 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 @contextmanager
 def one_line_errors() -> Iterator[None]:
-    """What se3pyg refuses (bad options, data, checkpoints, stores) or stops for ends as one line and an exit code."""
+    """What se3pyg refuses (bad options, data, checkpoints, stores) or stops for ends as one line and an exit code;
+    a stop signal noted while the work ran ends it so too, even when the work got to its end."""
     try:
         yield
+        raise_if_stopped()
     except KeyboardInterrupt as exc:  # SIGINT or SIGTERM (se3pyg.processes.Interrupted), the cleanup done
         signum = getattr(exc, "signum", signal.SIGINT)
         raise fail(f"interrupted by {signal.Signals(signum).name}", 128 + signum) from None

@@ -29,10 +29,17 @@ def spreadsheet_text(cell: str) -> str:
     return f"'{cell}" if cell.startswith(("=", "+", "-", "@", "\t", "\r")) else cell
 
 
+#: What SQLite writes beside a database it changes: a temporary store's companions are temporaries too.
+SQLITE_COMPANIONS = ("-journal", "-wal", "-shm")
+
+
 def _remove_dead_temporaries(target: Path) -> None:
-    """Temporary files of writes to ``target`` whose process died mid-write (``.NAME.tmp-PID``)."""
-    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[1]
+    """Temporary files of writes to ``target`` whose process died mid-write: ``.NAME.tmp-PID``, and SQLite's
+    companions of a store made there (``.NAME.tmp-PID-journal``)."""
+    prefix = f".{target.name}.tmp-"
+    for tmp in target.parent.glob(f"{prefix}*"):
+        rest = tmp.name.removeprefix(prefix)
+        pid = next((rest.removesuffix(s) for s in SQLITE_COMPANIONS if rest.endswith(s)), rest)
         if pid.isdigit() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
@@ -55,7 +62,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
         os.replace(tmp, target)
     finally:
-        tmp.unlink(missing_ok=True)
+        for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in SQLITE_COMPANIONS)):
+            leftover.unlink(missing_ok=True)
 
 
 def check_file(path: str | os.PathLike, option: str) -> None:
@@ -101,16 +109,16 @@ def read_torch_file(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
 
 
-def _take_lock(lock: Path, wait: bool) -> int | None:
-    """A descriptor of ``lock`` holding its exclusive ``flock`` (``None`` when another process holds it and
-    ``wait`` is false). The kernel drops the lock when its holder dies, so no lock is ever stale; a lock file
-    removed or replaced between the open and the lock is opened again."""
+def _take_lock(lock: Path) -> int | None:
+    """A descriptor of ``lock`` holding its exclusive ``flock``, ``None`` when another process holds it. The kernel
+    drops the lock when its holder dies, so no lock is ever stale; a lock file removed or replaced between the
+    open and the lock is opened again."""
     import fcntl
 
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return None
@@ -121,6 +129,58 @@ def _take_lock(lock: Path, wait: bool) -> int | None:
         if current == os.fstat(fd).st_ino:
             return fd
         os.close(fd)  # its holder released and removed it meanwhile
+
+
+#: How long a command waits for another that holds what it needs (a QM9 build, a dataset's cache, a new tracking
+#: store) before it gives up: ``$SE3PYG_LOCK_WAIT`` seconds, else 30 minutes (all of QM9 builds in about 13).
+LOCK_WAIT_S = 30 * 60
+
+
+def lock_wait_s() -> float:
+    """:data:`LOCK_WAIT_S`, or ``$SE3PYG_LOCK_WAIT`` seconds when set (a number of at least 0)."""
+    text = os.environ.get("SE3PYG_LOCK_WAIT", "").strip()
+    if not text:
+        return LOCK_WAIT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"$SE3PYG_LOCK_WAIT {text!r}: not a number of seconds (0 or more)")
+    return value
+
+
+def _holder(lock: Path) -> str:
+    """Who holds ``lock``, as its file records it: ``process PID on HOST``."""
+    try:
+        held = lock.read_text().split()
+    except OSError:
+        held = []
+    return f"process {held[0]} on {held[1]}" if len(held) == 2 else "another process"
+
+
+def _awaited(lock: Path, described: str, waiting: str) -> int:
+    """Wait for ``lock`` (:func:`lock_wait_s` at most), saying once, through the ``se3pyg.io`` logger, what is
+    awaited; a stop signal ends the wait. The lock's descriptor, or ``ValueError`` naming the holder."""
+    import logging
+    import time
+
+    from se3pyg.processes import pause
+
+    limit = lock_wait_s()
+    deadline = time.monotonic() + limit
+    said = False
+    while (fd := _take_lock(lock)) is None:
+        if time.monotonic() >= deadline:
+            raise ValueError(f"{described}: {_holder(lock)} still {waiting} after {limit:.0f} s; gave up "
+                             "(if it is stopped, end it; $SE3PYG_LOCK_WAIT sets the wait)")  # fmt: skip
+        if not said:
+            logging.getLogger("se3pyg.io").warning(
+                "%s: waiting for %s, which %s (for %.0f s at most)", described, _holder(lock), waiting, limit
+            )
+            said = True
+        pause(0.2)
+    return fd
 
 
 def best_path(path: str | os.PathLike) -> Path:
@@ -160,24 +220,28 @@ PathsOf = Iterable[tuple[str, "str | os.PathLike"]]
 
 
 @contextlib.contextmanager
-def exclusive_use(path: str | os.PathLike, option: str, wait: bool = False) -> Iterator[None]:
+def exclusive_use(path: str | os.PathLike, option: str, waiting: str | None = None) -> Iterator[None]:
     """Hold ``path`` for this process: an ``flock`` on ``.NAME.lock`` beside it (links resolved), which records
-    the holder's pid and host. A second process is refused naming the holder, or with ``wait`` waits its turn; a
-    holder that dies (even by SIGKILL) releases the lock with its process."""
+    the holder's pid and host. A holder that dies (even by SIGKILL) releases the lock with its process.
+
+    Args:
+        path: the file held.
+        option: how messages name it (``--output``, ``the cache of --dataset X``).
+        waiting: ``None`` to refuse at once when another process holds it (naming the holder); else what the
+            holder is doing, in words (``builds QM9 there``), to wait for it as :func:`lock_wait_s` says.
+
+    Raises:
+        ValueError: the lock cannot be written, is held (``waiting`` ``None``), or was held too long.
+    """
     target = Path(path)
     lock = lock_path(_resolved(target))
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = _take_lock(lock, wait)
+        fd = _take_lock(lock) if waiting is None else _awaited(lock, f"{option} {target}", waiting)
     except OSError as exc:
         raise ValueError(f"{option} {target}: cannot write its lock {lock} ({exc.strerror})") from None
     if fd is None:
-        try:
-            held = lock.read_text().split()
-        except OSError:
-            held = []
-        holder = f"process {held[0]} on {held[1]}" if len(held) == 2 else "another process"
-        raise ValueError(f"{option} {target}: in use by {holder}")
+        raise ValueError(f"{option} {target}: in use by {_holder(lock)}")
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()}".encode())

@@ -1,11 +1,15 @@
-"""Processes se3pyg starts or meets: whether one is alive, workers that end with their parent, and the one scratch
-folder of a command's processes."""
+"""Processes se3pyg starts or meets: whether one is alive, workers that end with their parent, the one scratch
+folder of a command's processes, and stop signals (noted by their handler, acted on where work can stop)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 #: The name of a command's scratch folder under the system's temporary folder, followed by its process id.
@@ -53,7 +57,10 @@ def pid_alive(pid: int) -> bool:
 
 def end_with_parent() -> None:
     """In a worker process: be killed when the process that started it dies, even by SIGKILL (Linux's parent-death
-    signal), so that no worker outlives an interrupted build or run."""
+    signal), so that no worker outlives an interrupted build or run; and leave the terminal's stop signals (which
+    reach every process of its group) to the parent, which decides when its workers end."""
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -101,33 +108,84 @@ def guard_process_group(group: int) -> object | None:
     return subprocess.Popen([sys.executable, "-c", _GUARD, str(group), str(os.getpid())], stdin=subprocess.DEVNULL)
 
 
+#: The signals that stop a command: Ctrl-C, ``kill``'s default, a closed terminal, Ctrl-\\.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM, raised where the process stands, so that every stage's cleanup runs (``finally`` blocks,
-    context managers: locks released, scratch removed, a run marked KILLED); ``signum`` names the signal."""
+    """A stop signal, raised by :func:`raise_if_stopped` where work can stop, so that every stage's cleanup runs
+    (``finally`` blocks, context managers: locks released, scratch removed, a run marked KILLED); ``signum``
+    names the signal."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
-#: The stop signals :func:`raise_on_stop_signals` has received, in order.
+#: The stop signals received while :func:`stop_signals_noted` is in force, in order.
 _RECEIVED: list[int] = []
+#: How many :func:`stops_deferred` blocks are open: while one is, :func:`raise_if_stopped` raises nothing.
+_DEFERRED = [0]
+
+
+def _note(signum: int, _frame: object) -> None:
+    _RECEIVED.append(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_noted() -> Iterator[None]:
+    """While in force, a stop signal (:data:`STOP_SIGNALS`) is only noted: its handler raises nothing, so that no
+    library swallows the stop (an exception raised in a weakref callback or in SQLAlchemy is lost) and nothing in
+    the middle of a write is cut. Work checks for one where it can stop (:func:`raise_if_stopped` between batches,
+    molecules, epochs, waits). A second signal is noted as the first was: no traceback, whatever arrives.
+
+    In the main thread only (elsewhere, and when already in force, it changes nothing); the previous handlers and
+    an empty record come back on leaving.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is _note:
+        yield
+        return
+    previous = {sig: signal.signal(sig, _note) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _RECEIVED.clear()
+
+
+def stop_signal() -> int | None:
+    """The first stop signal noted (:func:`stop_signals_noted`), ``None`` while there is none."""
+    return _RECEIVED[0] if _RECEIVED else None
 
 
 def raise_if_stopped() -> None:
-    """:class:`Interrupted` again for a stop signal received earlier, whose exception something swallowed; called
-    before work is declared done, so that a stop is never lost."""
-    if _RECEIVED:
+    """:class:`Interrupted` for the first stop signal noted, outside :func:`stops_deferred` blocks; called where
+    work can stop, and before work is declared done."""
+    if _RECEIVED and not _DEFERRED[0]:
         raise Interrupted(_RECEIVED[0])
 
 
-def raise_on_stop_signals() -> None:
-    """From now on SIGTERM, like SIGINT, raises :class:`Interrupted` in the main thread (Python's default for
-    SIGTERM ends the process at once: no cleanup runs)."""
+def stop_handled() -> None:
+    """Forget the stop signals noted: for a caller that has acted on them in full (a server it stopped)."""
+    _RECEIVED.clear()
 
-    def interrupt(signum: int, _frame: object) -> None:
-        _RECEIVED.append(signum)  # kept: a library may swallow the exception (a weakref callback, SQLAlchemy)
-        raise Interrupted(signum)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, interrupt)
+@contextlib.contextmanager
+def stops_deferred() -> Iterator[None]:
+    """A block that a stop signal must not cut (an epoch's validation and its checkpoint): inside it
+    :func:`raise_if_stopped` raises nothing, and the stop is acted on at the next check after it."""
+    _DEFERRED[0] += 1
+    try:
+        yield
+    finally:
+        _DEFERRED[0] -= 1
+
+
+def pause(seconds: float) -> None:
+    """Sleep ``seconds``, ended early by a stop signal (:func:`raise_if_stopped` every tenth of a second)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        raise_if_stopped()
+        time.sleep(min(left, 0.1))
+    raise_if_stopped()

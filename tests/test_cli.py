@@ -256,3 +256,9 @@ def test_failures_of_the_machine_are_one_line_naming_their_cause(capsys: pytest.
         assert exit.value.exit_code == 1 and said.startswith(f"error: {cause}") and said.count("\n") == 1, said
     with pytest.raises(KeyError), one_line_errors():
         raise KeyError("a bug")
+
+
+@pytest.mark.slow
+def test_a_terminal_that_takes_ascii_only_gets_every_character_escaped_not_a_crash(tmp_path: Path) -> None:
+    done = run_se3pyg("train", "--help", cwd=tmp_path, env={"PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "--epochs" in done.stdout

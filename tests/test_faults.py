@@ -155,14 +155,17 @@ def test_the_writability_check_leaves_nothing_behind(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_temporaries_of_killed_writes_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    """A killed write's temporary file, and SQLite's journal of a store a killed command was creating, are removed
+    by the next write; a live process's are left alone."""
     ckpt = tmp_path / "model.pt"
-    dead = tmp_path / f".model.pt.tmp-{_dead_pid()}"
+    pid = _dead_pid()
+    dead = [tmp_path / f".model.pt.tmp-{pid}", tmp_path / f".model.pt.tmp-{pid}-journal"]
     live = tmp_path / ".model.pt.tmp-1"  # pid 1 is alive: a write in progress elsewhere is left alone
-    dead.write_bytes(b"partial")
-    live.write_bytes(b"partial")
+    for partial in (*dead, live, tmp_path / ".model.pt.tmp-1-wal"):
+        partial.write_bytes(b"partial")
     save_checkpoint(ckpt, {"epoch": 0})
     assert load_checkpoint(ckpt)["epoch"] == 0
-    assert not dead.exists() and live.exists()
+    assert not any(d.exists() for d in dead) and live.exists() and (tmp_path / ".model.pt.tmp-1-wal").exists()
 
 
 def test_resume_replaces_the_best_checkpoint_only_with_a_better_model(qm9_dir: Path, tmp_path: Path) -> None:
@@ -328,8 +331,10 @@ def test_a_dataset_changed_since_training_is_named_not_silently_used(tmp_path: P
         run(TrainConfig(**{**config, "epochs": 2}, load_ckpt_path=str(tmp_path / "m.pt")))
 
 
-def _stopped(command: list[str], cwd: Path, ready: Callable[[str], bool]) -> subprocess.CompletedProcess:
-    """``se3pyg COMMAND`` sent SIGTERM once a line of its output satisfies ``ready``."""
+def _stopped(
+    command: list[str], cwd: Path, ready: Callable[[str], bool], signals: tuple[int, ...] = (signal.SIGTERM,)
+) -> subprocess.CompletedProcess:
+    """``se3pyg COMMAND`` sent ``signals`` (one after the other) once a line of its output satisfies ``ready``."""
     env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "se3pyg", *command], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
@@ -337,36 +342,71 @@ def _stopped(command: list[str], cwd: Path, ready: Callable[[str], bool]) -> sub
     for line in proc.stdout:
         seen.append(line)
         if ready(line):
-            proc.send_signal(signal.SIGTERM)
+            for sig in signals:
+                proc.send_signal(sig)
+                time.sleep(0.05)
             break
     out, err = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(command, proc.returncode, "".join(seen) + out, err)
 
 
+def _train_command(qm9_dir: Path, tmp_path: Path) -> list[str]:
+    return ["train", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--batch-size", "16", "--gpus", "0",
+            *TINY_MODEL_ARGS, "--epochs", "1",
+            "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--save-ckpt-path", str(tmp_path / "model.pt")]  # fmt: skip
+
+
 @pytest.mark.slow
-def test_sigterm_after_the_last_epoch_ends_with_a_line_a_killed_run_and_no_lock(qm9_dir: Path, tmp_path: Path) -> None:
-    """Stopped while testing, reporting or logging the model: one line, exit 143, the run KILLED, the lock gone."""
-    uri = f"sqlite:///{tmp_path}/m.db"
-    command = ["train", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--batch-size", "16", "--gpus", "0",
-               *TINY_MODEL_ARGS, "--epochs", "1",
-               "--tracking-uri", uri, "--save-ckpt-path", str(tmp_path / "model.pt")]  # fmt: skip
-    done = _stopped(command, tmp_path, lambda line: line.startswith("epoch 0  train_loss"))
-    assert done.returncode == 128 + signal.SIGTERM, done.stderr
-    assert done.stderr.strip().splitlines()[-1] == "error: interrupted by SIGTERM" and "Traceback" not in done.stderr
-    (killed,) = mlflow.MlflowClient(uri).search_runs(
-        [mlflow.MlflowClient(uri).get_experiment_by_name("se3pyg").experiment_id]
-    )
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_stop_after_the_last_epoch_ends_with_a_line_a_killed_run_and_no_lock(
+    qm9_dir: Path, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """Stopped while testing, reporting or logging the model: one line, exit 128 + the signal, the run KILLED,
+    the lock gone."""
+    done = _stopped(_train_command(qm9_dir, tmp_path), tmp_path, lambda line: line.startswith("epoch 0  train_loss"),
+                    (stop,))  # fmt: skip
+    assert done.returncode == 128 + stop, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"error: interrupted by {stop.name}", done.stderr
+    assert "Traceback" not in done.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    (killed,) = client.search_runs([client.get_experiment_by_name("se3pyg").experiment_id])
     assert killed.info.status == "KILLED"
     assert not (tmp_path / ".model.pt.lock").exists() and load_checkpoint(tmp_path / "model.pt")["epoch"] == 0
 
 
 @pytest.mark.slow
-def test_sigterm_in_a_qm9_build_removes_its_scratch_and_lock(tmp_path: Path) -> None:
+def test_a_stop_while_a_training_starts_ends_with_a_line(qm9_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM a second after ``se3pyg train`` starts (its libraries loading): one line, exit 143, no run left
+    RUNNING."""
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "se3pyg", *_train_command(qm9_dir, tmp_path)], cwd=tmp_path,
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted") and "Traceback" not in err
+    if (tmp_path / "m.db").exists():
+        client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/m.db")
+        experiment = client.get_experiment_by_name("se3pyg")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        assert all(r.info.status == "KILLED" for r in runs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "signals",
+    [(signal.SIGTERM,), (signal.SIGQUIT,), (signal.SIGINT, signal.SIGINT)],
+    ids=["SIGTERM", "SIGQUIT", "two-SIGINT"],
+)
+def test_a_stop_in_a_qm9_build_removes_its_scratch_and_lock(tmp_path: Path, signals: tuple[signal.Signals]) -> None:
+    """A stop signal (or Ctrl-C twice) while QM9 builds: one line, exit 128 + the signal, no traceback (no
+    worker's either), nothing of the build left."""
     root = tmp_path / "qm9"
     done = _stopped(["data", "prepare", "--data-dir", str(root), "--limit", "20000"], tmp_path,
-                    lambda line: line.startswith("perceiving bonds"))  # fmt: skip
-    assert done.returncode == 128 + signal.SIGTERM, done.stderr
-    assert done.stderr.strip() == "error: interrupted by SIGTERM"
+                    lambda line: line.startswith("perceiving bonds"), signals)  # fmt: skip
+    assert done.returncode == 128 + signals[0], done.stderr
+    assert done.stderr.strip() == f"error: interrupted by {signals[0].name}"
     assert sorted(p.name for p in root.iterdir()) == []  # no .build-PID, no lock, no half build
 
 

@@ -159,14 +159,14 @@ def test_padding_is_invisible_in_losses_maes_predictions_and_counts(qm9_dir: Pat
     """An epoch and an evaluation through the static-buffer steps report what the eager ones do: the padding
     graph adds nothing to the loss, the MAE, the predictions or the molecules counted."""
     from se3pyg.engine.evaluate import mean_absolute_error, predict_split
-    from se3pyg.engine.train import _Health, _StopFlag, train_epoch
+    from se3pyg.engine.train import _Health, train_epoch
 
     config = TrainConfig(**TINY, data_dir=str(qm9_dir), gpus=0)
     splits = qm9_splits(qm9_dir, get_task("homo"), limit=QM9_SUBSET)
     loader, val = make_loader(splits.train, 16, False), make_loader(splits.val, 16, False)  # a short last batch each
     eager, graphed = TrainState.build(config, DistInfo()), TrainState.build(config, DistInfo())
     graphed.graphs = GraphedSteps(graphed, capture=False)
-    metrics = [train_epoch(s, loader, DistInfo(), _Health(DistInfo(), _StopFlag(), 1)) for s in (eager, graphed)]
+    metrics = [train_epoch(s, loader, DistInfo(), _Health(DistInfo(), 1)) for s in (eager, graphed)]
     assert metrics[1]["train_loss"] == pytest.approx(metrics[0]["train_loss"], rel=1e-5)
     molecules = [m["throughput_mol_per_ms"] * m["epoch_time_s"] * 1000 for m in metrics]
     assert molecules == pytest.approx([len(splits.train)] * 2)

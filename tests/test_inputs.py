@@ -17,7 +17,7 @@ from rdkit.Chem import AllChem
 
 from se3pyg.data import DataError, DatasetSpec, load_qm9
 from se3pyg.data.custom import build_dataset
-from se3pyg.data.molecules import MAX_ATOMS, MAX_FILE_BYTES, read_molecules
+from se3pyg.data.molecules import ELEMENTS, MAX_ATOMS, MAX_FILE_BYTES, read_molecules
 from se3pyg.data.qm9 import MANIFEST, read_manifest
 from se3pyg.data.tasks import Task
 from se3pyg.engine.checkpoint import CheckpointError, check_trained
@@ -100,6 +100,32 @@ def test_2d_drawings_and_charged_or_radical_molecules_are_refused(tmp_path: Path
     )
     _refused([_sdf(tmp_path / "ammonium.sdf", "[NH4+]")], r"record 1: atom 1 \(N\) has charge \+1; se3pyg predicts")
     _refused([_sdf(tmp_path / "methyl.sdf", "[CH3]")], r"record 1: atom 1 \(C\) has a radical")
+
+
+def test_what_is_not_one_molecule_is_refused_by_name(tmp_path: Path) -> None:
+    """An atom far from the rest, atoms packed closer than any bond, two molecules in one record, an atom with
+    more bonds than any molecule has, a frame without atoms: each refused naming the molecule and the atom."""
+    water, far = WATER.splitlines()[2:], "H 50.0 0.0 0.0"
+    grid = [f"C {0.5 * (k % 4)} {0.5 * (k // 4 % 4)} {0.5 * (k // 16)}" for k in range(60)]
+    crowded = ["S 0 0 0"] + [f"F {x} {y} {z}" for x, y, z in [(1.6, 0, 0), (-1.6, 0, 0), (0, 1.6, 0), (0, -1.6, 0),
+                                                              (0, 0, 1.6), (0, 0, -1.6), (1.1, 1.1, 0)]]  # fmt: skip
+    cases = {
+        "far.xyz": ([*water, far], r"far\.xyz:0: atom 4 has no bond \(50\.0 Å from the nearest atom\)"),
+        "dense.xyz": (grid, r"dense\.xyz:0: atoms 1 and 2 are 0\.50 Å apart, closer than the 0\.6 Å of any bond"),
+        "two.xyz": ([*water, *(f"{a} {float(x) + 50} {y} {z}" for a, x, y, z in map(str.split, water))],
+                    r"two\.xyz:0: 2 fragments not bonded to each other"),
+    }  # fmt: skip
+    for name, (atoms, reason) in cases.items():
+        (tmp_path / name).write_text(f"{len(atoms)}\n{name}\n" + "\n".join(atoms) + "\n")
+        _refused([tmp_path / name], reason)
+    (tmp_path / "zero.xyz").write_text(WATER + "0\nempty\n")
+    _refused([tmp_path / "zero.xyz"], r"zero\.xyz:6: a frame of 0 atoms$")
+    with_sulfur = (*ELEMENTS, "S")
+    (tmp_path / "sf6.xyz").write_text("7\nsf6\n" + "\n".join(crowded[:7]) + "\n")  # six bonds: a molecule's
+    assert len(read_molecules([tmp_path / "sf6.xyz"], with_sulfur)) == 1
+    (tmp_path / "crowded.xyz").write_text("8\ncrowded\n" + "\n".join(crowded) + "\n")
+    with pytest.raises(DataError, match=r"crowded\.xyz:0: atom 1 has 7 bonds, more than the 6 of any molecule"):
+        read_molecules([tmp_path / "crowded.xyz"], with_sulfur)
 
 
 def test_csv_text_cells_never_start_a_formula() -> None:

@@ -176,7 +176,7 @@ def test_nvidia_checkpoint_needs_target_statistics(inputs: Path, tmp_path: Path)
         ("far.xyz", "2\nx\nH 0 0 0\nH 0 0 1e9\n", "far.xyz:4: coordinates must be finite"),
         ("atom.xyz", "1\nx\nC 0 0 0\n", "atom.xyz:0: no bonds perceived"),
         ("apart.xyz", "2\nx\nO 0 0 0\nO 0 0 9\n", "apart.xyz:0: no bonds perceived"),
-        ("point.xyz", "3\nx\nO 0 0 0\nH 0 0 0\nH 0 0 0\n", "point.xyz:0: atoms 1 and 2 are closer than 0.1"),
+        ("point.xyz", "3\nx\nO 0 0 0\nH 0 0 0\nH 0 0 0\n", "point.xyz:0: atoms 1 and 2 are 0.00 Å apart, closer than"),
     ],
 )
 def test_bad_inputs_are_refused_without_output(

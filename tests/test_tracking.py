@@ -42,6 +42,17 @@ def test_a_store_that_drops_later_only_disables_tracking(tmp_path: Path, caplog:
     assert len([r for r in caplog.records if "tracking disabled" in r.getMessage()]) == 1
 
 
+def test_a_run_whose_artifact_could_not_be_logged_ends_failed_not_running(tmp_path: Path) -> None:
+    """An artifact that cannot be stored (here: gone before it was logged, as one that did not fit is) disables
+    tracking, and the run still ends: FAILED, the cause in its ``tracking_error`` tag."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, "exp")
+    tracker.log_artifact(tmp_path / "learning_curve.png")  # not there
+    tracker.finish("FINISHED")
+    run = mlflow.MlflowClient(uri).get_run(tracker.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["tracking_error"].startswith("MLflow log_artifact failed")
+
+
 def test_unreachable_store_at_start_is_one_error(tmp_path: Path) -> None:
     with pytest.raises(TrackingError, match=r"MLflow tracking store http://127\.0\.0\.1:9 is unreachable"):
         Tracker("http://127.0.0.1:9", "exp")

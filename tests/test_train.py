@@ -164,7 +164,8 @@ def test_sigterm_saves_marks_killed_and_resume_continues(qm9_dir: Path, tmp_path
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM
-    assert "Traceback" not in stderr and "interrupted in epoch" in stderr and f"saved {ckpt}: epoch" in stderr
+    assert "Traceback" not in stderr and f"saved {ckpt}: epoch" in stderr
+    assert "interrupted in epoch" in stderr or "interrupted before epoch" in stderr  # in an epoch, or between two
     killed = load_checkpoint(ckpt)
     client = _client(uri)
     first = client.search_runs([client.get_experiment_by_name("se3pyg").experiment_id])[0]

@@ -199,3 +199,27 @@ def test_a_killed_or_hung_up_ui_leaves_no_server(tmp_path: Path, stop: signal.Si
     proc.send_signal(stop)  # to se3pyg ui alone, not its process group
     assert proc.wait(timeout=60) in (-signal.SIGKILL, 128 + signal.SIGHUP)
     _stops_listening(port, f"se3pyg ui got {stop.name}")
+
+
+def test_a_damaged_or_locked_store_is_refused_before_a_server_starts(tmp_path: Path) -> None:
+    """Not a database, or held by a writer: one line naming the store, no server (whose traceback would follow)."""
+    import sqlite3
+
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(os.urandom(4096))
+    done = invoke_se3pyg(
+        "ui", "--tracking-uri", f"sqlite:///{damaged}", "--port", str(distributed.free_port()), cwd=tmp_path
+    )
+    assert done.exit_code == 2
+    assert done.stderr.strip() == f"error: MLflow tracking store sqlite:///{damaged}: file is not a database"
+    locked = tmp_path / "locked.db"
+    with sqlite3.connect(locked, isolation_level=None) as writer:
+        writer.execute("CREATE TABLE t (x)")
+        writer.execute("BEGIN EXCLUSIVE")
+        done = invoke_se3pyg(
+            "ui", "--tracking-uri", f"sqlite:///{locked}", "--port", str(distributed.free_port()), cwd=tmp_path
+        )
+        writer.execute("ROLLBACK")
+    assert done.exit_code == 2
+    assert done.stderr.strip() == (f"error: MLflow tracking store sqlite:///{locked}: database is locked (another "
+                                   "process holds it: try again once it is done)")  # fmt: skip

@@ -40,6 +40,7 @@ from se3pyg.data.molecules import (
 from se3pyg.data.pairs import pair_dataset_edges
 from se3pyg.data.tasks import Task
 from se3pyg.io import cache_dir
+from se3pyg.processes import raise_if_stopped
 
 FORMAT = 2
 MANIFEST, PROCESSED = "manifest.json", "dataset.pt"
@@ -167,6 +168,7 @@ def _process(spec: DatasetSpec) -> BuiltDataset:
     elements = spec.elements or element_order({e for _, symbols, _, _ in raw for e in symbols})
     molecules = []
     for name, symbols, coords, values in raw:
+        raise_if_stopped()
         try:
             value, split = _value(values, spec, name)
             molecule = checked(to_data(name, symbols, coords, elements))
@@ -225,7 +227,7 @@ def build_dataset(spec: DatasetSpec) -> BuiltDataset:
         return cached
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with exclusive_use(folder / MANIFEST, f"the cache of --dataset {spec.source}", wait=True):
+        with exclusive_use(folder / MANIFEST, f"the cache of --dataset {spec.source}", waiting="builds it"):
             cached = _load_cached(folder, key)  # built by another process meanwhile
             if cached is not None:
                 return cached

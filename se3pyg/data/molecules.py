@@ -25,7 +25,8 @@ ELEMENTS = ("H", "C", "N", "O", "F")  # QM9's: every model knows these, first an
 ATOMIC_NUMBERS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
 INPUT_SUFFIXES = (".xyz", ".sdf", ".mol")
 MAX_COORDINATE = 1e4  # Å: far beyond any molecule
-MIN_DISTANCE = 0.1  # Å: closer atoms coincide
+MIN_DISTANCE = 0.6  # Å: no two atoms of a molecule are closer (the shortest bond, H2's, is 0.74 Å)
+MAX_BONDS_PER_ATOM = 6  # bonds of one atom: beyond sulfur hexafluoride's six, atoms are packed, not bonded
 MAX_ATOMS = 1_000  # atoms a molecule: bond perception and the model's graphs grow with it
 MAX_FILE_BYTES = 100 * 2**20  # a molecule file (an SDF of many records too) is read whole
 
@@ -177,7 +178,9 @@ def read_xyz_frames(path: Path) -> Iterator[tuple[str, list[str], list[list[floa
         n = int(count)
         if n > MAX_ATOMS:
             raise DataError(f"{path}:{i + 1}: {n:,} atoms, more than the {MAX_ATOMS:,} se3pyg takes in a molecule")
-        if n < 1 or i + 2 + n > len(lines):
+        if n < 1:
+            raise DataError(f"{path}:{i + 1}: a frame of 0 atoms")
+        if i + 2 + n > len(lines):
             raise DataError(f"{path}:{i + 1}: frame of {n} atoms runs past the end of the file")
         elements, coords = [], []
         for k in range(i + 2, i + 2 + n):
@@ -283,16 +286,51 @@ def read_molecules(paths: Sequence[str | os.PathLike], vocabulary: Sequence[str]
 
 
 def checked(molecule: Data) -> Data:
-    """A molecule the model can predict for: no coinciding atoms, at least one bond (the model reads bonds:
-    without any, every such molecule would get the same value)."""
-    if molecule.num_nodes > 1:
-        distances = torch.cdist(molecule.pos, molecule.pos) + torch.eye(molecule.num_nodes) * MIN_DISTANCE
+    """A molecule the model can predict for, else :class:`DataError` naming it and what is wrong: at least one
+    atom; no two atoms closer than :data:`MIN_DISTANCE`; every atom bonded (an atom far from the rest has no bond,
+    and the model reads bonds), at most :data:`MAX_BONDS_PER_ATOM` bonds an atom; one molecule, not fragments
+    apart (its targets are a molecule's)."""
+    n = molecule.num_nodes
+    if n == 0:
+        raise DataError(f"{molecule.name}: no atoms")
+    if n > 1:
+        distances = torch.cdist(molecule.pos, molecule.pos) + torch.eye(n) * 1e9
         if distances.min() < MIN_DISTANCE:
-            i, j = divmod(int(distances.argmin()), molecule.num_nodes)
-            raise DataError(f"{molecule.name}: atoms {i + 1} and {j + 1} are closer than {MIN_DISTANCE} Å")
+            i, j = divmod(int(distances.argmin()), n)
+            raise DataError(f"{molecule.name}: atoms {i + 1} and {j + 1} are {distances.min():.2f} Å apart, closer "
+                            f"than the {MIN_DISTANCE} Å of any bond")  # fmt: skip
     if molecule.edge_index.shape[1] == 0:
         raise DataError(
             f"{molecule.name}: no bonds perceived (a single atom, or atoms too far apart); "
             "the model predicts from bonds"
         )
+    bonds = torch.bincount(molecule.edge_index[0], minlength=n)
+    if (bonds == 0).any():
+        k = int((bonds == 0).nonzero()[0])
+        nearest = float(distances[k].min())
+        raise DataError(f"{molecule.name}: atom {k + 1} has no bond ({nearest:.1f} Å from the nearest atom); the "
+                        "model predicts from bonds")  # fmt: skip
+    if bonds.max() > MAX_BONDS_PER_ATOM:
+        k = int(bonds.argmax())
+        raise DataError(f"{molecule.name}: atom {k + 1} has {int(bonds[k])} bonds, more than the "
+                        f"{MAX_BONDS_PER_ATOM} of any molecule")  # fmt: skip
+    fragments = _fragments(molecule.edge_index, n)
+    if fragments > 1:
+        raise DataError(f"{molecule.name}: {fragments} fragments not bonded to each other; se3pyg predicts for one "
+                        "molecule at a time")  # fmt: skip
     return molecule
+
+
+def _fragments(edge_index: torch.Tensor, n: int) -> int:
+    """How many connected parts the bonds ``edge_index`` make of ``n`` atoms."""
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in edge_index.t().tolist():
+        parent[root(i)] = root(j)
+    return len({root(i) for i in range(n)})

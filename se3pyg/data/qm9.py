@@ -41,7 +41,7 @@ from se3pyg.data.errors import DataError
 from se3pyg.data.molecules import perceive_bonds
 from se3pyg.data.pairs import pair_dataset_edges
 from se3pyg.io import atomic_write, exclusive_use
-from se3pyg.processes import end_with_parent, pid_alive
+from se3pyg.processes import end_with_parent, pid_alive, raise_if_stopped
 
 NUM_MOLECULES = 130_831
 MANIFEST = "se3pyg-qm9.json"
@@ -182,6 +182,7 @@ def _write_raw(raw_dir: Path, limit: int | None, progress: Progress | None, work
             table.write(_CSV_HEADER + "\n")
             done = 0
             for index in range(1, indices[-1] + 1):
+                raise_if_stopped()
                 if index in characterized:
                     sdf.write(next(blocks))
                     table.write(_csv_row(index, by_index[index]))
@@ -272,7 +273,7 @@ def prepare_qm9(
         raise DataError(f"{root}: cannot create the QM9 folder ({exc.strerror})") from None
     if not os.access(root, os.W_OK):
         raise DataError(f"{root}: not writable, so QM9 cannot be built there")
-    with exclusive_use(root / MANIFEST, "--data-dir", wait=True):  # one build of a folder at a time
+    with exclusive_use(root / MANIFEST, "--data-dir", waiting="builds QM9 there"):  # one build of a folder at a time
         return _complete(root, limit) or _build(root, limit, progress, workers)
 
 
@@ -332,6 +333,7 @@ def _build(root: Path, limit: int | None, progress: Progress | None, workers: in
                 os.environ.pop("TQDM_DISABLE")
             else:
                 os.environ["TQDM_DISABLE"] = previous
+        raise_if_stopped()  # PyG's processing is not cut: a stop during it is acted on here, before the build is kept
         if len(dataset) != count:
             raise DataError(f"{scratch}: processed {len(dataset)} molecules, expected {count}")
         if progress:

@@ -29,6 +29,7 @@ from se3pyg.engine.state import TrainState
 from se3pyg.engine.step import predict_step, train_step
 from se3pyg.engine.tracking import Tracker
 from se3pyg.engine.training_data import load_splits, prepare_data
+from se3pyg.processes import raise_if_stopped
 
 if TYPE_CHECKING:
     from torch_geometric.data import Data
@@ -133,6 +134,7 @@ def _time(
     stamps: list[float] = []
     timed: list[Data] = []
     for is_timed, batch in _stream(config, loader):
+        raise_if_stopped()
         batch = batch.to(info.device, non_blocking=True)
         if is_timed:
             stamp(batch)

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from se3pyg.engine.tracking import resolve_tracking_uri, sqlite_file
-from se3pyg.io import best_path, cache_dir, check_file, check_writable, lock_path, refuse_overwrites
+from se3pyg.io import (
+    SQLITE_COMPANIONS,
+    best_path,
+    cache_dir,
+    check_file,
+    check_writable,
+    lock_path,
+    refuse_overwrites,
+)
 from se3pyg.options import MODEL_SIZE_LIMITS, ModelOptions, option
 
 if TYPE_CHECKING:
@@ -102,7 +110,7 @@ class DeviceOptions:
         if db is None:
             return []
         store = [("the MLflow tracking store", str(db))]
-        store += [(f"the MLflow tracking store's {end} file", f"{db}{end}") for end in ("-journal", "-wal", "-shm")]
+        store += [(f"the MLflow tracking store's {end} file", f"{db}{end}") for end in SQLITE_COMPANIONS]
         root = db.resolve().parent
         if root.is_dir():
             experiments = (f for f in sorted(root.iterdir()) if f.name.isdigit() and f.is_dir())

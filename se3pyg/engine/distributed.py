@@ -15,6 +15,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -25,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from se3pyg.allocator import keep_freed_memory
-from se3pyg.processes import end_with_parent, raise_on_stop_signals
+from se3pyg.processes import STOP_SIGNALS, Interrupted, end_with_parent, stop_signal, stop_signals_noted
 
 R = TypeVar("R")
 
@@ -109,6 +110,18 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """``tensor``'s largest value over every rank, element by element, in place, and returned.
+
+    Args:
+        tensor: this rank's part.
+        info: this rank's place in the run (:func:`init`).
+    """
+    if info.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def gather_on_main(obj: Any, info: DistInfo) -> list[Any] | None:
     """Every rank's ``obj`` (picklable), in rank order, on rank 0; ``None`` on the other ranks."""
     if not info.distributed:
@@ -142,7 +155,6 @@ def shutdown() -> None:
 
 def _worker(local_rank: int, world_size: int, rendezvous: str, fn: Callable[..., Any], args: tuple) -> None:
     end_with_parent()  # a killed launcher takes its ranks with it
-    raise_on_stop_signals()  # a stopped launcher's SIGTERM ends a rank with its cleanup done
     for transport in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):  # ranks of one node talk over loopback only
         os.environ.setdefault(transport, loopback_interface())
     os.environ.update(
@@ -153,9 +165,10 @@ def _worker(local_rank: int, world_size: int, rendezvous: str, fn: Callable[...,
         **{_SPAWNED: "1", _RENDEZVOUS: rendezvous},
     )
     try:
-        fn(*args)  # an exception propagates to torch.multiprocessing, which reports it and exits non-zero
+        with stop_signals_noted():  # the launcher's stop, passed on, ends a rank as a stopped run ends
+            fn(*args)  # an exception propagates to torch.multiprocessing, which reports it and exits non-zero
     finally:  # the work is over: a launcher ending the other ranks of a failed run ends this one quietly
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -164,24 +177,31 @@ def _worker(local_rank: int, world_size: int, rendezvous: str, fn: Callable[...,
 
 def spawn(fn: Callable[..., Any], nprocs: int, *args: Any) -> None:
     """Run ``fn(*args)`` in ``nprocs`` processes of one process group on this node, which meet in a file and talk
-    over the loopback interface (nothing listens on the network). A stop signal here
-    (:class:`~se3pyg.processes.Interrupted`) is passed on to the ranks, which end as a stopped run does (rank 0
-    saves and marks its run KILLED), and raised again once they have."""
+    over the loopback interface (nothing listens on the network). A stop signal noted here
+    (:func:`~se3pyg.processes.stop_signals_noted`) is passed on to the ranks, which end as a stopped run does (rank
+    0 saves and marks its run KILLED); once they have ended (a minute at most), :class:`Interrupted` is raised."""
     # a failed rank is reported as one error: not also the ranks torch then ends (its warning for each)
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="se3pyg-rendezvous-") as folder:
         rendezvous = os.path.join(folder, "store")
         context = torch.multiprocessing.spawn(_worker, args=(nprocs, rendezvous, fn, args), nprocs=nprocs, join=False)
-        try:
-            while not context.join():
-                pass
-        except KeyboardInterrupt:
-            for process in context.processes:
-                if process.is_alive():
-                    os.kill(process.pid, signal.SIGTERM)
-            for process in context.processes:
-                process.join(timeout=60)
-            raise
+        while not context.join(timeout=0.2):
+            if (stop := stop_signal()) is not None:
+                _end_ranks(context.processes, stop)
+                raise Interrupted(stop)
+
+
+def _end_ranks(processes: list[Any], stop: int) -> None:
+    """Pass ``stop`` on to the ranks still running and wait for them (a minute, then SIGKILL)."""
+    for process in processes:
+        if process.is_alive():
+            os.kill(process.pid, stop)
+    deadline = time.monotonic() + 60
+    for process in processes:
+        process.join(timeout=max(deadline - time.monotonic(), 0))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def spawns(world_size: int) -> bool:
@@ -240,6 +260,9 @@ def launch(
         out = Path(scratch) / "result.pkl"
         try:
             spawn(_run_and_report, world_size, worker, use_cuda, args, str(out))
+        except Interrupted as exc:  # the ranks' own account of the stop (a TrainingError's), when they gave one
+            error = _first_error(Path(scratch))
+            raise error if getattr(error, "code", None) is not None else exc from None
         except torch.multiprocessing.ProcessExitedException as exc:
             if exc.signal_name:  # the others' errors (a peer gone from the collectives) follow from this one
                 raise RankError(f"rank {exc.error_index} was ended by {exc.signal_name}; the run stopped") from None

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from se3pyg.engine.distributed import DistInfo, all_reduce_sum, gather_on_main
 from se3pyg.engine.precision import Precision
 from se3pyg.engine.step import predict_step
+from se3pyg.processes import raise_if_stopped
 
 if TYPE_CHECKING:
     from torch_geometric.data import Batch
@@ -39,11 +40,13 @@ def predict_split(
     predict: Callable[[Batch], Tensor] | None = None,
 ) -> Predictions:
     """This rank's predictions for every batch of ``loader`` (kept on the device: nothing is read back), by
-    ``predict`` (e.g. a :class:`~se3pyg.engine.graphs.GraphedPredictor`'s) or :func:`predict_step` of ``net``."""
+    ``predict`` (e.g. a :class:`~se3pyg.engine.graphs.GraphedPredictor`'s) or :func:`predict_step` of ``net``; a stop
+    signal ends it between batches."""
     was_training = net.training
     net.eval()
     idx, pred, target = [], [], []
     for batch in loader:
+        raise_if_stopped()
         batch = batch.to(info.device, non_blocking=True)
         pred.append(predict(batch) if predict is not None else predict_step(net, batch, precision).float())
         target.append(batch.y.float())

@@ -38,6 +38,7 @@ from se3pyg.engine.step import predict_step
 from se3pyg.engine.tracking import Tracker, checkpoint_of
 from se3pyg.io import atomic_write, check_writable, exclusive_use, read_torch_file, spreadsheet_text
 from se3pyg.model import SE3TransformerPooled
+from se3pyg.processes import raise_if_stopped
 
 if TYPE_CHECKING:
     from torch_geometric.data import Batch, Data, InMemoryDataset
@@ -119,7 +120,10 @@ def predict_molecules(
     model = loaded.model.to(device).eval()
     loader = make_loader(molecules, batch_size, shuffle=False)  # PyG's batches, edges in reverse pairs where they pair
     predict = prediction_step(model, precision, device, cuda_graphs)
-    out = [predict(batch.to(device)).cpu() for batch in loader]
+    out = []
+    for batch in loader:
+        raise_if_stopped()
+        out.append(predict(batch.to(device)).cpu())
     values = torch.cat(out) * loaded.std + loaded.mean if out else torch.zeros(0)
     bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
     if bad:

@@ -79,7 +79,7 @@ def _first_use(uri: str) -> Iterator[None]:
     if db is None:
         yield
         return
-    with exclusive_use(db, "MLflow tracking store", wait=True):
+    with exclusive_use(db, "MLflow tracking store", waiting="creates or opens it"):
         if not db.exists():
             _create_sqlite_store(db)
         yield
@@ -122,6 +122,7 @@ class Tracker:
         self._mlflow = mlflow
         self.uri = resolve_tracking_uri(uri)
         self.active = True
+        self.failure: str | None = None  # the first MLflow call that failed: the run then ends FAILED
         check_reachable(self.uri, writing=True)
         try:
             with _first_use(self.uri):
@@ -154,7 +155,8 @@ class Tracker:
             fn(*args, **kwargs)
         except Exception as exc:
             self.active = False
-            log.warning("MLflow %s failed (%s); tracking disabled for this run, training goes on", what, exc)
+            self.failure = f"MLflow {what} failed ({first_line(exc)})"
+            log.warning("%s; tracking disabled for this run, training goes on", self.failure)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -176,7 +178,15 @@ class Tracker:
         self._guard("log_dict", self.client.log_dict, self.run_id, data, name)
 
     def finish(self, status: str = "FINISHED") -> None:
-        self._guard("set_terminated", self.client.set_terminated, self.run_id, status)
+        """End the run as ``status``; a run whose tracking failed on the way (an artifact that did not fit) ends
+        FAILED, with the failure in its ``tracking_error`` tag, never left RUNNING."""
+        try:
+            if self.failure is not None:
+                self.client.set_tag(self.run_id, "tracking_error", self.failure[:5000])
+                status = "FAILED" if status == "FINISHED" else status
+            self.client.set_terminated(self.run_id, status)
+        except Exception as exc:
+            log.warning("MLflow could not end run %s (%s); it shows as RUNNING", self.run_id, first_line(exc))
 
 
 def checkpoint_of(uri: str, scratch: str | os.PathLike, tracking_uri: str | None = None) -> Path:

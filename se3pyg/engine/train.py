@@ -37,7 +37,7 @@ from se3pyg.engine.tracking import Tracker, check_reachable, resolve_tracking_ur
 from se3pyg.engine.training_data import load_splits, prepare_data
 from se3pyg.engine.versions import library_versions
 from se3pyg.io import exclusive_writes, first_line, read_torch_file
-from se3pyg.processes import raise_if_stopped
+from se3pyg.processes import raise_if_stopped, stop_signal, stop_signals_noted, stops_deferred
 
 log = logging.getLogger("se3pyg.train")
 EpochCallback = Callable[[dict[str, float]], None]
@@ -85,6 +85,13 @@ def run(
     ``on_progress`` as data is prepared and batches are trained, in this process (for spawned ranks too: rank 0's
     calls are relayed to it).
     """
+    with stop_signals_noted():  # a stop ends the run where it can, saved and marked KILLED
+        return _run(config, on_epoch, on_progress)
+
+
+def _run(
+    config: TrainConfig, on_epoch: EpochCallback | None, on_progress: ProgressCallback | None
+) -> TrainResult | None:
     config = config.resolve_gpus()
     config.check_before_training()
     if config.tracking and distributed.is_main_process():
@@ -206,22 +213,21 @@ def train_worker(
     )  # fmt: skip
     status = "FAILED"
     try:
-        with _StopFlag() as stop:
-            for metrics in _epochs(state, data, config, info, saver, stop, progress):
-                result.history.append(metrics)
-                result.epochs_run += 1
-                result.best_val_mae = state.best_val_mae
-                if tracker is not None:
-                    tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
-                if on_epoch is not None and info.is_main:
-                    on_epoch(metrics)
+        for metrics in _epochs(state, data, config, info, saver, progress):
+            result.history.append(metrics)
+            result.epochs_run += 1
+            result.best_val_mae = state.best_val_mae
+            if tracker is not None:
+                tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
+            if on_epoch is not None and info.is_main:
+                on_epoch(metrics)
         test = predict_split(state.net, data.test, info, state.precision, state.predict)
         result.test_mae = split_mae(test, info, data.splits.stats.std)
         test = gather_predictions(test, info)
         if tracker is not None:
             tracker.log_metrics({"best_val_mae": result.best_val_mae, "test_mae": result.test_mae}, state.epoch - 1)
             result.model_uri = _log_outcome(tracker, result.history, test, data.splits, saver, config.register_model)
-        raise_if_stopped()  # a stop whose exception MLflow or SQLAlchemy swallowed still ends the run KILLED
+        raise_if_stopped()  # a stop noted while testing and logging ends the run KILLED, not FINISHED
         status = "FINISHED"
         return result
     except (_InterruptError, KeyboardInterrupt):  # in an epoch, or at any other stage (se3pyg.processes.Interrupted)
@@ -300,21 +306,23 @@ def _epochs(
     config: TrainConfig,
     info: DistInfo,
     saver: _Saver,
-    stop: _StopFlag,
     progress: ProgressCallback | None,
 ) -> Iterator[dict[str, float]]:
-    """Run the remaining epochs, yielding each one's metrics; validate and save on their intervals."""
+    """Run the remaining epochs, yielding each one's metrics; validate and save on their intervals. A stop signal
+    ends an epoch after its step (saving what it has), or between epochs (saving the epoch before it); an epoch's
+    validation and checkpoints are never cut."""
     first = state.epoch
     for epoch in range(first, config.epochs):
+        if (stop := _stop_on_every_rank(info)) is not None:
+            raise _InterruptError(f"interrupted before epoch {epoch} ({saver.save_interrupted(epoch, first)})", stop)
         set_epoch(data.train, epoch)
         try:
-            health = _Health(info, stop, config.check_every(info.device))
+            health = _Health(info, config.check_every(info.device))
             batches = functools.partial(progress, f"epoch {epoch}", unit="batches") if progress else None
             metrics = train_epoch(state, data.train, info, health, batches)
         except _InterruptError as exc:
-            raise _InterruptError(
-                f"interrupted in epoch {epoch} ({saver.save_interrupted(epoch, first)})", exc.code
-            ) from None
+            done = saver.save_interrupted(epoch, first, within=True)
+            raise _InterruptError(f"interrupted in epoch {epoch} ({done})", exc.code) from None
         except _NonFiniteLossError as exc:
             saved = saver.path is not None and Path(saver.path).is_file()
             kept = f"the last good checkpoint is kept ({saver.path})" if saved else "no checkpoint was saved before"
@@ -322,15 +330,25 @@ def _epochs(
         state.scheduler.step()
         state.epoch = epoch + 1
         last = epoch == config.epochs - 1
-        if last or (config.eval_interval > 0 and (epoch + 1) % config.eval_interval == 0):
-            std = data.splits.stats.std
-            metrics["val_mae"] = mean_absolute_error(state.net, data.val, info, std, state.precision, state.predict)
-            if metrics["val_mae"] < state.best_val_mae:
-                state.best_val_mae = metrics["val_mae"]
-                saver.save(epoch, best=True)
-        if last or (config.ckpt_interval > 0 and (epoch + 1) % config.ckpt_interval == 0):
-            saver.save(epoch)
+        with stops_deferred():
+            if last or (config.eval_interval > 0 and (epoch + 1) % config.eval_interval == 0):
+                std = data.splits.stats.std
+                metrics["val_mae"] = mean_absolute_error(state.net, data.val, info, std, state.precision, state.predict)
+                if metrics["val_mae"] < state.best_val_mae:
+                    state.best_val_mae = metrics["val_mae"]
+                    saver.save(epoch, best=True)
+            if last or (config.ckpt_interval > 0 and (epoch + 1) % config.ckpt_interval == 0):
+                saver.save(epoch)
         yield {"epoch": epoch, **metrics}
+
+
+def _stop_on_every_rank(info: DistInfo) -> int | None:
+    """The exit status of a stop signal noted on any rank (all ranks agree), ``None`` without one."""
+    stop = stop_signal()
+    if not info.distributed:
+        return None if stop is None else 128 + stop
+    codes = torch.tensor([128 + stop if stop is not None else 0], device=info.device)
+    return int(distributed.all_reduce_max(codes, info)) or None
 
 
 def train_epoch(
@@ -387,8 +405,8 @@ class _Health:
     Without DDP a stop signal is acted on at the next step.
     """
 
-    def __init__(self, info: DistInfo, stop: _StopFlag, every: int) -> None:
-        self.info, self.stop, self.every = info, stop, every
+    def __init__(self, info: DistInfo, every: int) -> None:
+        self.info, self.every = info, every
         self.first_bad = torch.tensor(-1, device=info.device)  # the first step with a non-finite loss
         self.bad_loss = torch.tensor(0.0, device=info.device)
         self.loss: float | None = None  # the mean over the ranks of the loss last read
@@ -397,10 +415,10 @@ class _Health:
         new = (self.first_bad < 0) & ~torch.isfinite(loss)
         self.first_bad = torch.where(new, step, self.first_bad)
         self.bad_loss = torch.where(new, loss, self.bad_loss)
-        stopping = self.stop.signal is not None and not self.info.distributed
-        if not (last or stopping or (step + 1) % self.every == 0):
+        stop = stop_signal()
+        if not (last or (stop is not None and not self.info.distributed) or (step + 1) % self.every == 0):
             return
-        signalled = torch.tensor(self.stop.signal is not None, device=self.info.device)
+        signalled = torch.tensor(stop is not None, device=self.info.device)
         flags = torch.stack([(self.first_bad >= 0).double(), signalled.double(), loss.detach().double()])
         flags = distributed.all_reduce_sum(flags, self.info).tolist()  # the one read on the host
         self.loss = flags[2] / self.info.world_size
@@ -408,7 +426,7 @@ class _Health:
             first = int(self.first_bad)
             raise _NonFiniteLossError(float(self.bad_loss) if first >= 0 else "non-finite (on another rank)", first)
         if flags[1] > 0:
-            raise _InterruptError("interrupted", 128 + (self.stop.signal or signal.SIGINT))
+            raise _InterruptError("interrupted", 128 + (stop or signal.SIGTERM))  # a rank without one: passed on
 
 
 class _Saver:
@@ -430,33 +448,13 @@ class _Saver:
         if target:
             save_checkpoint(target, self.state.to_checkpoint(epoch, **self.extra))
 
-    def save_interrupted(self, epoch: int, first: int) -> str:
-        """Save the state of a run stopped in ``epoch`` (its first was ``first``); what was saved, in words."""
+    def save_interrupted(self, epoch: int, first: int, within: bool = False) -> str:
+        """Save the state of a run stopped before ``epoch`` (``within``: in it), whose first was ``first``; what
+        was saved, in words."""
         if not self.path:
             return "nothing saved: no --save-ckpt-path"
         if epoch == first:
             return "nothing saved: no epoch completed"
         self.save(epoch - 1)
-        done = f"epoch {epoch - 1} and the batches of epoch {epoch} so far"
+        done = f"epoch {epoch - 1} and the batches of epoch {epoch} so far" if within else f"epoch {epoch - 1}"
         return f"saved {self.path}: {done}; a resume runs epoch {epoch}"
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag the loop checks after each step."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        self.signal = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)

@@ -10,11 +10,12 @@ import contextlib
 import os
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
 from se3pyg.engine.tracking import TRAINING_NAVIGATION, TrackingError, artifact_location, check_reachable, sqlite_file
-from se3pyg.processes import guard_process_group
+from se3pyg.processes import guard_process_group, stop_handled, stop_signal, stop_signals_noted
 
 
 def runs_page(uri: str, experiment: str, base_url: str) -> str:
@@ -68,11 +69,30 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def check_servable(uri: str, host: str, port: int) -> None:
-    """What :func:`serve_ui` needs, refused by name: ``host:port`` free, and a local SQLite store that exists or
-    can be created (the server would retry one it cannot open for minutes)."""
+    """What :func:`serve_ui` needs, refused by name: ``host:port`` free, and a local SQLite store that can be
+    created, or that exists and reads as a database within seconds (the server would print a traceback for a
+    damaged one, and retry a locked one for minutes).
+
+    Raises:
+        TrackingError: naming the option or the store.
+    """
     check_port_free(host, port)
     db = sqlite_file(uri)
     check_reachable(uri, writing=db is not None and not db.is_file())
+    if db is not None and db.is_file():
+        _check_readable(db, uri)
+
+
+def _check_readable(db: Any, uri: str) -> None:
+    """:class:`TrackingError` when the SQLite file ``db`` is not a database or stays locked for 5 seconds."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5)) as store:
+            store.execute("SELECT name FROM sqlite_master").fetchall()
+    except sqlite3.Error as exc:
+        held = " (another process holds it: try again once it is done)" if "locked" in str(exc) else ""
+        raise TrackingError(f"MLflow tracking store {uri}: {exc}{held}") from None
 
 
 #: The line of the MLflow server's output that says nothing to a user of ``se3pyg ui`` (its default security
@@ -80,20 +100,49 @@ def check_servable(uri: str, host: str, port: int) -> None:
 _SERVER_CHATTER = "[MLflow] Security middleware enabled"
 
 
-def _forward_output(stream: Any) -> None:
-    """The MLflow server's output on this process's stderr, without :data:`_SERVER_CHATTER`."""
-    for line in stream:
-        if not line.startswith(_SERVER_CHATTER):
-            sys.stderr.write(line)
+class _ServerOutput:
+    """The MLflow server's output, without :data:`_SERVER_CHATTER`: kept until the server answers (a server that
+    fails to start is reported as one line, its last), then passed on to this process's stderr."""
+
+    def __init__(self, stream: Any) -> None:
+        self.kept: list[str] = []
+        self.passing = False
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            if line.startswith(_SERVER_CHATTER):
+                continue
+            with self.lock:
+                if self.passing:
+                    sys.stderr.write(line)
+                else:
+                    self.kept.append(line)
+
+    def pass_on(self) -> None:
+        """From now on, and what was kept so far, on stderr."""
+        with self.lock:
+            sys.stderr.writelines(self.kept)
+            self.kept.clear()
+            self.passing = True
+
+    def last_line(self) -> str:
+        """The last line the server wrote (its error, when it failed), or nothing."""
+        time.sleep(0.2)  # the reader thread gets the output of a server that has just ended
+        with self.lock:
+            lines = [line.strip() for line in self.kept if line.strip()]
+        return lines[-1] if lines else ""
 
 
 def _answers(server: Any, host: str, port: int, timeout: float = 120) -> bool:
-    """Whether the server answers its health check before it ends (or ``timeout`` seconds pass)."""
+    """Whether the server answers its health check before it ends, a stop signal is noted, or ``timeout`` seconds
+    pass."""
     import urllib.request
 
     address = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
     deadline = time.monotonic() + timeout
-    while server.poll() is None and time.monotonic() < deadline:
+    while server.poll() is None and stop_signal() is None and time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://{address}:{port}/health", timeout=2):
                 return True
@@ -103,42 +152,51 @@ def _answers(server: Any, host: str, port: int, timeout: float = 120) -> bool:
 
 
 def serve_ui(uri: str, host: str, port: int, on_ready: Any = None) -> int:
-    """Run the MLflow UI server over ``uri`` until it ends or this process is told to stop (SIGINT, SIGTERM or
-    SIGHUP, passed on to the server's whole process group, so that nothing is left listening; a watchdog ends the
-    group if this process is killed); ``on_ready()`` is called
-    once it answers. Returns the server's exit status, or 128 + the signal that stopped it.
+    """Run the MLflow UI server over ``uri`` until it ends or this process is told to stop (a stop signal, noted as
+    :func:`~se3pyg.processes.stop_signals_noted` says, is passed on as SIGTERM to the server's whole process
+    group, so that nothing is left listening; a watchdog ends the group if this process is killed).
+
+    Args:
+        uri: the tracking store.
+        host: the address to bind.
+        port: the port.
+        on_ready: called once the server answers.
+
+    Returns:
+        The server's exit status, or 128 + the signal that stopped it (a stop it has acted on in full).
+
+    Raises:
+        TrackingError: the store cannot be served, or the server did not start.
     """
     import signal
     import subprocess
-    import threading
 
     check_servable(uri, host, port)
     cmd, env = ui_server_command(uri, host, port)
-    server = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)  # fmt: skip
-    guard = guard_process_group(server.pid)  # the server ends with this process, even when it is killed
-    threading.Thread(target=_forward_output, args=(server.stdout,), daemon=True).start()
-    stopped_by: list[int] = []
-
-    def stop(signum: int, _frame: object) -> None:
-        stopped_by.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        if _answers(server, host, port):
-            if on_ready is not None:
-                on_ready()
-        elif not stopped_by:  # ended or silent on its own; a stop while it started is no failure
-            raise TrackingError(f"the MLflow UI server on {host}:{port} did not start (exit status {server.poll()})")
-        status = server.wait()
-        return 128 + stopped_by[0] if stopped_by else status
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)  # workers the server left behind
-        if guard is not None:
-            guard.terminate()
-            guard.wait()
+    with stop_signals_noted():
+        server = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        guard = guard_process_group(server.pid)  # the server ends with this process, even when it is killed
+        output = _ServerOutput(server.stdout)
+        try:
+            if _answers(server, host, port):
+                output.pass_on()
+                if on_ready is not None:
+                    on_ready()
+            elif stop_signal() is None:  # ended or silent on its own; a stop while it started is no failure
+                said = output.last_line()
+                raise TrackingError(f"the MLflow UI server on {host}:{port} did not start (exit status "
+                                    f"{server.poll()}){': ' + said[:300] if said else ''}")  # fmt: skip
+            while server.poll() is None and stop_signal() is None:
+                time.sleep(0.2)
+            stop = stop_signal()
+            stop_handled()
+            return 128 + stop if stop is not None else server.returncode
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it started
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(timeout=30)
+            if guard is not None:
+                guard.terminate()
+                guard.wait()
