@@ -224,6 +224,25 @@ def test_a_folder_of_xyz_files_with_a_csv(tmp_path: Path) -> None:
     assert built.dataset._data.y.view(-1).tolist() == [0.0, 0.5, 1.0, 1.5]
 
 
+def test_a_long_cell_is_a_bad_record_and_a_column_named_twice_is_refused(tmp_path: Path) -> None:
+    """A 200,000-character cell makes its record bad (skipped, quoted short), not the file; two columns of one
+    name make the file ambiguous: refused, naming the line and both columns."""
+    folder = tmp_path / "mols"
+    folder.mkdir()
+    for k, smiles in enumerate(["CCO", "CCN", "CCCl"]):
+        (folder / f"m{k}.xyz").write_text(_xyz(_embedded(smiles)))
+    (folder / "values.csv").write_text("molecule,energy\nm0.xyz,0\n\nm1.xyz,1\nm2.xyz," + "x" * 200_000 + "\n")
+    built = build_dataset(DatasetSpec(str(folder), "energy"))
+    assert len(built.dataset) == 2 and built.skipped == 1
+    assert built.reasons == ["m2.xyz: energy = 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... is not a number"]
+    (folder / "values.csv").write_text("molecule,energy,energy\nm0.xyz,0,5\nm1.xyz,1,6\nm2.xyz,2,7\n")
+    with pytest.raises(DataError) as refused:
+        build_dataset(DatasetSpec(str(folder), "energy"))
+    assert str(refused.value) == (
+        f"{folder / 'values.csv'}:1: column 'energy' appears twice (columns 2 and 3); which one counts would be a guess"
+    )
+
+
 def test_v3000_and_v2000_molfiles_give_the_same_dataset(tmp_path: Path) -> None:
     molecules = [(_embedded(smiles), {"score": str(k)}) for k, smiles in enumerate(["CCS", "ClCC=O", "c1ccsc1"])]
     _write_sdf(tmp_path / "v2000.sdf", molecules)

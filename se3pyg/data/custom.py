@@ -28,6 +28,7 @@ from torch_geometric.data import Data, InMemoryDataset
 from se3pyg.data.errors import DataError
 from se3pyg.data.molecules import (
     INPUT_SUFFIXES,
+    MAX_FILE_BYTES,
     checked,
     checked_file,
     element_order,
@@ -112,24 +113,17 @@ def _raw_records(spec: DatasetSpec, errors: list[DataError]) -> list[tuple[str, 
     tables = folder_files(source, (".csv",), "--dataset")
     if len(tables) != 1:
         raise DataError(f"--dataset {source}: expected one .csv of values in the folder, found {len(tables)}")
-    try:
-        with checked_file(tables[0]).open(newline="", encoding="utf-8-sig") as handle:  # Excel's "CSV UTF-8" too
-            rows = list(csv.DictReader(handle))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{tables[0]}: not a readable CSV ({exc})") from None
-    if not rows or "molecule" not in rows[0]:
-        raise DataError(f"{tables[0]}: expected a header 'molecule,{spec.target},...' and rows")
+    rows = _csv_rows(tables[0], spec.target)
     records, first_line_of = [], {}
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         try:
             name = (row.get("molecule") or "").strip()
             path = source / name
             if name != Path(name).name or name.startswith("."):  # the manifest hashes the folder's own files only
-                raise DataError(
-                    f"{tables[0]}:{line}: {name!r} is not a file name in {source} (no folders, paths or hidden files)"
-                )
+                raise DataError(f"{tables[0]}:{line}: {_short(name)} is not a file name in {source} (no folders, paths "
+                                "or hidden files)")  # fmt: skip
             if not name or not (path.exists() or path.is_symlink()) or path.suffix.lower() not in INPUT_SUFFIXES:
-                raise DataError(f"{tables[0]}:{line}: no .xyz, .sdf or .mol file {name!r} in {source}")
+                raise DataError(f"{tables[0]}:{line}: no .xyz, .sdf or .mol file {_short(name)} in {source}")
             if name in first_line_of:
                 raise DataError(f"{tables[0]}:{line}: {name} is listed again (first on line {first_line_of[name]})")
             first_line_of[name] = line
@@ -143,6 +137,32 @@ def _raw_records(spec: DatasetSpec, errors: list[DataError]) -> list[tuple[str, 
     return records
 
 
+def _csv_rows(table: Path, target: str) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a ``--dataset`` folder's CSV as ``(line, column -> cell)``; :class:`DataError` naming the file
+    when it cannot be read, has no ``molecule`` column, or names a column twice (which one counts would be a
+    guess). A cell may be as long as the file (a bad one makes its record bad, not the file)."""
+    csv.field_size_limit(MAX_FILE_BYTES)
+    try:
+        with checked_file(table).open(newline="", encoding="utf-8-sig") as handle:  # Excel's "CSV UTF-8" too
+            reader = csv.reader(handle)
+            lines = [(reader.line_num, row) for row in reader if row]  # blank lines are no records
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{table}: not a readable CSV ({exc})") from None
+    header = [column.strip() for column in lines[0][1]] if lines else []
+    if len(lines) < 2 or "molecule" not in header:
+        raise DataError(f"{table}: expected a header 'molecule,{target},...' and rows")
+    for k, column in enumerate(header):
+        if column and column in header[:k]:
+            raise DataError(f"{table}:{lines[0][0]}: column {column!r} appears twice (columns "
+                            f"{header.index(column) + 1} and {k + 1}); which one counts would be a guess")  # fmt: skip
+    return [(line, dict(zip(header, row, strict=False))) for line, row in lines[1:]]
+
+
+def _short(text: str) -> str:
+    """A cell as a message quotes it: escaped, its first 40 characters."""
+    return repr(text[:40]) + ("..." if len(text) > 40 else "")
+
+
 def _value(values: dict[str, str], spec: DatasetSpec, name: str) -> tuple[float, int]:
     """The target value and split code (``-1`` without a split field) of one record."""
     if spec.target not in values:
@@ -150,14 +170,14 @@ def _value(values: dict[str, str], spec: DatasetSpec, name: str) -> tuple[float,
     try:
         value = strict_float(str(values[spec.target]))
     except ValueError:
-        raise DataError(f"{name}: {spec.target} = {values[spec.target]!r} is not a number") from None
+        raise DataError(f"{name}: {spec.target} = {_short(str(values[spec.target]))} is not a number") from None
     if not math.isfinite(value):
         raise DataError(f"{name}: {spec.target} = {value} is not finite")
     if spec.split_field is None:
         return value, -1
     split = str(values.get(spec.split_field, "")).strip().lower()
     if split not in _SPLIT_NAMES:
-        raise DataError(f"{name}: {spec.split_field} = {split!r} is not train, val or test")
+        raise DataError(f"{name}: {spec.split_field} = {_short(split)} is not train, val or test")
     return value, _SPLIT_NAMES[split]
 
 
