@@ -496,3 +496,18 @@ def test_scratch_of_a_killed_command_is_removed_by_the_next(tmp_path: Path, monk
     assert own == tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}" and own.is_dir()
     assert not dead.exists() and live.is_dir() and other.is_dir()
     assert tempfile.gettempdir() == os.environ["TMPDIR"] == str(own)
+
+
+@pytest.mark.slow
+def test_a_stop_to_a_ddp_launcher_reaches_its_ranks_and_ends_with_one_line(qm9_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM to the launcher of two ranks, in their first epoch: passed on, the ranks stop together, the run is
+    KILLED, the launcher ends with one line and exit 143, and nothing of the ranks is left."""
+    command = [*_train_command(qm9_dir, tmp_path), "--processes", "2", "--epochs", "50"]
+    done = _stopped(command, tmp_path, lambda line: line.startswith("epoch 1"))
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted") and "Traceback" not in done.stderr, done.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    (killed,) = client.search_runs([client.get_experiment_by_name("se3pyg").experiment_id])
+    assert killed.info.status == "KILLED"
+    assert not (tmp_path / ".model.pt.lock").exists()
