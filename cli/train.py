@@ -43,7 +43,7 @@ def train(
         done_epochs.append(time.perf_counter())
         if not silent:
             val = f"  val_mae {m['val_mae']:.5f}" if "val_mae" in m else ""
-            left = config.epochs - 1 - int(m["epoch"])
+            left = int(m["epochs"]) - 1 - int(m["epoch"])
             eta = f"  run: {duration((done_epochs[-1] - start) / len(done_epochs) * left)} left" if left else ""
             console.print(
                 f"epoch {int(m['epoch'])}  train_loss {m['train_loss']:.4f}{val}  "
@@ -53,10 +53,11 @@ def train(
 
     start = time.perf_counter()
     with one_line_errors(), stage_progress() as progress:
-        result = run(config, on_epoch=report, on_progress=None if silent else progress)
+        typed = {name for name in values if typed_by_user(ctx, name)}
+        result = run(config, on_epoch=report, on_progress=None if silent else progress, typed=typed)
     if result is None:
         return
-    _print_result(result, config, values.get("register_model"), time.perf_counter() - start)
+    _print_result(result, time.perf_counter() - start)
 
 
 def _quick_defaults(ctx: typer.Context, values: dict[str, Any]) -> None:
@@ -68,7 +69,7 @@ def _quick_defaults(ctx: typer.Context, values: dict[str, Any]) -> None:
         values["limit"] = None
 
 
-def _print_result(result: Any, config: TrainConfig, register_model: str | None, seconds: float) -> None:
+def _print_result(result: Any, seconds: float) -> None:
     """A finished run's lines: skipped records, the MAEs, the MLflow model, the checkpoints, the next command."""
     from se3pyg.engine.checkpoint import best_path
 
@@ -85,14 +86,14 @@ def _print_result(result: Any, config: TrainConfig, register_model: str | None, 
         soft_wrap=True,
     )
     if result.model_uri:
-        registered = f", registered as {register_model}" if register_model else ""
+        registered = f", registered as {result.registered_as}" if result.registered_as else ""
         console.print(f"MLflow model: runs:/{result.run_id}/model{registered}", highlight=False, soft_wrap=True)
     model = result.model_uri and f"runs:/{result.run_id}/model"
-    if config.save_ckpt_path:
-        best = best_path(config.save_ckpt_path)
-        model = str(best if best.exists() else config.save_ckpt_path)
+    if result.save_ckpt_path:
+        best = best_path(result.save_ckpt_path)
+        model = str(best if best.exists() else result.save_ckpt_path)
         console.print(
-            f"checkpoint: {model} (best validation), last epoch: {config.save_ckpt_path}",
+            f"checkpoint: {model} (best validation), last epoch: {result.save_ckpt_path}",
             highlight=False,
             soft_wrap=True,
         )

@@ -26,7 +26,7 @@ from se3pyg.engine import distributed
 from se3pyg.engine.checkpoint import best_path, load_checkpoint
 from se3pyg.engine.config import TrainConfig
 from se3pyg.engine.optim import Lamb
-from se3pyg.engine.train import run
+from se3pyg.engine.train import TrainingError, run
 from se3pyg.model import SE3TransformerPooled
 
 from .conftest import QM9_SUBSET, TINY_MODEL, invoke_se3pyg, run_se3pyg
@@ -180,6 +180,38 @@ def test_sigterm_saves_marks_killed_and_resume_continues(qm9_dir: Path, tmp_path
     assert runs[0].data.params["start_epoch"] == str(killed["epoch"] + 1)
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
     assert steps == [killed["epoch"] + 1, killed["epoch"] + 2]
+
+
+def test_a_resume_continues_the_run_it_resumes(qm9_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Stopped after its first epoch, a run is resumed from its checkpoint alone: the same batch size, epochs,
+    validation interval and checkpoint path; the new MLflow run is the child of the one it continues, and a typed
+    option that changes the run is named in one line."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    ckpt = tmp_path / "demo.pt"
+    config = TrainConfig(**{**TINY, "batch_size": 8}, epochs=3, eval_interval=1, data_dir=str(qm9_dir),
+                         save_ckpt_path=str(ckpt), tracking_uri=uri)  # fmt: skip
+    with pytest.raises(TrainingError) as stopped:
+        run(config, on_epoch=lambda metrics: os.kill(os.getpid(), signal.SIGTERM))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert str(stopped.value) == (f"interrupted before epoch 1 (saved {ckpt}: epoch 0; `se3pyg train "
+                                  f"--load-ckpt-path {ckpt}` runs epoch 1 on)")  # fmt: skip
+    first = _client(uri).search_runs([_client(uri).get_experiment_by_name("se3pyg").experiment_id])[0]
+
+    typed = {"load_ckpt_path", "tracking_uri"}
+    resumed = run(TrainConfig(load_ckpt_path=str(ckpt), tracking_uri=uri), typed=typed)
+    assert resumed.epochs == 3 and [m["epoch"] for m in resumed.history] == [1, 2]
+    assert all("val_mae" in m for m in resumed.history) and resumed.save_ckpt_path == str(ckpt)
+    saved = load_checkpoint(ckpt)
+    assert saved["epoch"] == 2 and saved["config"]["batch_size"] == 8 and saved["config"]["limit"] == QM9_SUBSET
+    tags = _client(uri).get_run(resumed.run_id).data.tags
+    assert tags["resumed_from"] == tags["mlflow.parentRunId"] == first.info.run_id
+
+    with caplog.at_level("WARNING", logger="se3pyg.train"):
+        again = run(TrainConfig(load_ckpt_path=str(ckpt), tracking_uri=uri, epochs=4, batch_size=16),
+                    typed={*typed, "epochs", "batch_size"})  # fmt: skip
+    assert again.epochs == 4 and [m["epoch"] for m in again.history] == [3]
+    said = [r.getMessage() for r in caplog.records if r.name == "se3pyg.train"]
+    assert said == ["this resume changes --batch-size 8 -> 16, --epochs 3 -> 4"]
 
 
 @pytest.mark.slow

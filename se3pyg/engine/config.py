@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -309,29 +310,59 @@ class TrainConfig(RunOptions):
         """The cosine schedule's floor: ``--min-learning-rate``, else a tenth of the learning rate."""
         return self.min_learning_rate if self.min_learning_rate is not None else self.learning_rate / 10
 
-    def resumed_from(self, checkpoint: dict[str, Any]) -> TrainConfig:
-        """This config as the resume of ``checkpoint``: its task and model options, its molecules, split and
-        optimizer (an option left at its default takes the checkpoint's value, a different one is refused), and
-        its optimizer settings unless given (given ones take effect)."""
+    def resumed_from(self, checkpoint: dict[str, Any], typed: Collection[str] | None = None) -> TrainConfig:
+        """This config as the resume of ``checkpoint``: the run it continues, as its checkpoint recorded it.
+
+        Every option of the checkpoint's run (batch size, epochs, intervals, precision, tracking, ...) is taken
+        from it unless typed; the machine's own (:data:`RESUME_LOCAL`: devices, workers) are not. The task, the
+        model options and :data:`RESUME_KEEPS` (the molecules, their split, the optimizer) are the checkpoint's:
+        one typed with another value is refused. Without ``--save-ckpt-path`` the resume saves where the checkpoint
+        was (beside it when it is a best checkpoint).
+
+        Args:
+            checkpoint: a checked se3pyg checkpoint (:func:`~se3pyg.engine.checkpoint.check_trained`).
+            typed: the options the user typed (field names); ``None``: those that differ from their defaults.
+
+        Raises:
+            ValueError: a typed option that would change the molecules, their split, the optimizer or the task.
+        """
         recorded = checkpoint["config"]
-        if self.dataset is None and self.task is not None and self.task != checkpoint["task"]:
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        given = set(typed) if typed is not None else {k for k in defaults if getattr(self, k) != defaults[k]}
+        if self.dataset is None and "task" in given and self.task != checkpoint["task"]:
             raise ValueError(
                 f"--task {self.task}: {self.load_ckpt_path} was trained for {checkpoint['task']!r}; "
                 "leave --task out to resume it"
             )
         changes = {k: v for k, v in checkpoint["model_config"].items() if k in self.model_options()}
-        defaults = {f.name: f.default for f in fields(TrainConfig)}
-        for name in RESUME_KEEPS + RESUME_DEFAULTS:
+        for name in defaults:
+            if name in changes or name in RESUME_LOCAL or name == "task":
+                continue
             mine, theirs = getattr(self, name), recorded.get(name, defaults[name])
-            if mine == defaults[name]:
+            if name not in given:
                 changes[name] = theirs
             elif name in RESUME_KEEPS and not _same_option(name, mine, theirs):
                 raise ValueError(
                     f"--{name.replace('_', '-')} {mine}: {self.load_ckpt_path} was trained with {theirs!r}; a resume "
                     "keeps its molecules, split and optimizer (leave the option out)"
                 )
+        if "save_ckpt_path" not in given:
+            loaded = Path(str(self.load_ckpt_path))
+            changes["save_ckpt_path"] = str(_last_of(loaded))
         resumed = dataclasses.replace(self, **changes)
         return resumed if resumed.dataset else dataclasses.replace(resumed, task=checkpoint["task"])
+
+    def changed_on_resume(self, checkpoint: dict[str, Any]) -> list[str]:
+        """The options of this resumed config that differ from the run the checkpoint recorded, as
+        ``--NAME OLD -> NEW`` (devices and the checkpoint paths left out): what a typed option changes."""
+        recorded = checkpoint["config"]
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        quiet = {*RESUME_LOCAL, "save_ckpt_path"}
+        return [
+            f"--{name.replace('_', '-')} {recorded.get(name, defaults[name])} -> {getattr(self, name)}"
+            for name in defaults
+            if name not in quiet and getattr(self, name) != recorded.get(name, defaults[name])
+        ]
 
 
 #: What a resume keeps of its checkpoint's options: the molecules and their split (another split would test on
@@ -347,8 +378,21 @@ RESUME_KEEPS = (
     "bad_records",
     "optimizer",
 )
-#: What a resume takes from its checkpoint unless given: the optimizer's settings (given ones take effect).
-RESUME_DEFAULTS = ("learning_rate", "min_learning_rate", "momentum", "weight_decay")
+#: What a resume never takes from its checkpoint: the checkpoint itself, and what belongs to the machine it runs on.
+RESUME_LOCAL = (
+    "load_ckpt_path",
+    "gpus",
+    "processes",
+    "cuda_graphs",
+    "num_workers",
+    "check_interval",
+    "precompute_bases",
+)
+
+
+def _last_of(path: Path) -> Path:
+    """The last checkpoint a checkpoint file belongs to: itself, or for ``X.best.pt`` the ``X.pt`` beside it."""
+    return path.with_name(path.stem.removesuffix(".best") + path.suffix) if path.stem.endswith(".best") else path
 
 
 def _same_option(name: str, mine: Any, theirs: Any) -> bool:

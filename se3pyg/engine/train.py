@@ -12,11 +12,12 @@ import dataclasses
 import functools
 import logging
 import math
+import shlex
 import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,36 +74,59 @@ class TrainResult:
     skipped: int = 0  # --dataset records skipped as bad, and the first reasons
     skip_reasons: list[str] = field(default_factory=list)
     parameters: int = 0  # the model's
+    epochs: int = 0  # the run's last epoch + 1 (a resume's too: the checkpoint's)
+    save_ckpt_path: str | None = None  # where the last checkpoint went (a resume: where it was, unless told)
+    registered_as: str | None = None  # the registered model's name (a resume's: the checkpoint's)
 
 
 def run(
-    config: TrainConfig, on_epoch: EpochCallback | None = None, on_progress: ProgressCallback | None = None
+    config: TrainConfig,
+    on_epoch: EpochCallback | None = None,
+    on_progress: ProgressCallback | None = None,
+    typed: Collection[str] | None = None,
 ) -> TrainResult | None:
     """Train as ``config`` says: in this process, under torchrun, or in ``--gpus``/``--processes`` spawned ones.
 
-    A ``load_ckpt_path`` sets the task and the model options (the checkpoint's). Returns rank 0's result
-    (also in a launcher that spawned), ``None`` on the other ranks. ``on_epoch`` is called after each epoch and
-    ``on_progress`` as data is prepared and batches are trained, in this process (for spawned ranks too: rank 0's
-    calls are relayed to it).
+    Args:
+        config: the run's options. With ``load_ckpt_path`` the run continues the checkpoint's
+            (:meth:`~se3pyg.engine.config.TrainConfig.resumed_from`): its task, model and options unless typed.
+        on_epoch: called after each epoch with its metrics, in this process (for spawned ranks too: rank 0's calls
+            are relayed to it).
+        on_progress: called as data is prepared and batches are trained, likewise.
+        typed: the options the user typed (field names), which a resume keeps; ``None``: those that differ from
+            their defaults.
+
+    Returns:
+        Rank 0's result (also in a launcher that spawned), ``None`` on the other ranks.
+
+    Raises:
+        TrainingError: the run ended early (interrupted, a non-finite loss, nothing left to run).
+        ValueError: an option or file that cannot be used, named.
     """
     with stop_signals_noted():  # a stop ends the run where it can, saved and marked KILLED
-        return _run(config, on_epoch, on_progress)
+        return _run(config, on_epoch, on_progress, typed)
 
 
 def _run(
-    config: TrainConfig, on_epoch: EpochCallback | None, on_progress: ProgressCallback | None
+    config: TrainConfig,
+    on_epoch: EpochCallback | None,
+    on_progress: ProgressCallback | None,
+    typed: Collection[str] | None,
 ) -> TrainResult | None:
+    path = config.load_ckpt_path
+    checkpoint = check_trained(load_checkpoint(path), str(path), resuming=True) if path else None
+    if checkpoint is not None:
+        config = config.resumed_from(checkpoint, typed)
+        config.validate()
+        changed = config.changed_on_resume(checkpoint)
+        if changed and distributed.is_main_process():
+            log.warning("this resume changes %s", ", ".join(changed))
+    else:
+        config = dataclasses.replace(config, task=config.task or (None if config.dataset else "homo"))
     config = config.resolve_gpus()
     config.check_before_training()
     if config.tracking and distributed.is_main_process():
         check_reachable(resolve_tracking_uri(config.tracking_uri), writing=True)  # before the data build
-    path = config.load_ckpt_path
-    checkpoint = check_trained(load_checkpoint(path), str(path), resuming=True) if path else None
-    config = (
-        config.resumed_from(checkpoint)
-        if checkpoint
-        else dataclasses.replace(config, task=config.task or (None if config.dataset else "homo"))
-    )
     if config.dataset:  # recorded as the file it is, wherever the run was started
         config = dataclasses.replace(config, dataset=str(Path(config.dataset).resolve()))
         if checkpoint is not None and checkpoint.get("dataset_sha256") not in (None, dataset_digest(config.dataset)):
@@ -161,7 +185,9 @@ def _load_data(
 def _start_tracking(
     config: TrainConfig, info: DistInfo, state: TrainState, data: _Data, resumed: str | None
 ) -> Tracker:
-    tags = {"task": data.splits.task.name, "command": "train", **({"resumed_from": resumed} if resumed else {})}
+    tags = {"task": data.splits.task.name, "command": "train"}
+    if resumed:  # the run it continues: linked, and shown as its parent in the UI
+        tags.update(resumed_from=resumed, **{"mlflow.parentRunId": resumed})
     tracker = Tracker(config.tracking_uri, config.experiment, config.run_name, tags)
     params = {k: v for k, v in config.to_dict().items() if k != "tracking_uri"}
     params.update(
@@ -204,7 +230,8 @@ def train_worker(
     result = TrainResult(
         data.splits.task.name, state.best_val_mae, run_id=tracker.run_id if tracker else None,
         skipped=data.splits.skipped, skip_reasons=data.splits.skip_reasons,
-        parameters=sum(p.numel() for p in state.model.parameters()),
+        parameters=sum(p.numel() for p in state.model.parameters()), epochs=config.epochs,
+        save_ckpt_path=config.save_ckpt_path, registered_as=config.register_model if tracker else None,
     )  # fmt: skip
     saver = _Saver(
         config.save_ckpt_path if info.is_main else None, state,
@@ -218,7 +245,9 @@ def train_worker(
             result.epochs_run += 1
             result.best_val_mae = state.best_val_mae
             if tracker is not None:
-                tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
+                tracker.log_metrics(
+                    {k: v for k, v in metrics.items() if k not in ("epoch", "epochs")}, step=int(metrics["epoch"])
+                )
             if on_epoch is not None and info.is_main:
                 on_epoch(metrics)
         test = predict_split(state.net, data.test, info, state.precision, state.predict)
@@ -339,7 +368,7 @@ def _epochs(
                     saver.save(epoch, best=True)
             if last or (config.ckpt_interval > 0 and (epoch + 1) % config.ckpt_interval == 0):
                 saver.save(epoch)
-        yield {"epoch": epoch, **metrics}
+        yield {"epoch": epoch, "epochs": config.epochs, **metrics}
 
 
 def _stop_on_every_rank(info: DistInfo) -> int | None:
@@ -457,4 +486,6 @@ class _Saver:
             return "nothing saved: no epoch completed"
         self.save(epoch - 1)
         done = f"epoch {epoch - 1} and the batches of epoch {epoch} so far" if within else f"epoch {epoch - 1}"
-        return f"saved {self.path}: {done}; a resume runs epoch {epoch}"
+        return (
+            f"saved {self.path}: {done}; `se3pyg train --load-ckpt-path {shlex.quote(self.path)}` runs epoch {epoch} on"
+        )
