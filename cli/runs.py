@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import TYPE_CHECKING
 
 import typer
@@ -43,12 +45,16 @@ def runs(
     experiment: str = typer.Option("se3pyg", help="MLflow experiment."),
     task: str | None = typer.Option(None, help="Only runs of this task."),
     tracking_uri: str | None = typer.Option(None, help="MLflow store (default $MLFLOW_TRACKING_URI or mlruns/)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object a run (full run IDs), for scripts."),
 ) -> None:
     """A table comparing training runs."""
     from se3pyg.engine.tracking import list_runs, resolve_tracking_uri
 
     with one_line_errors():
         found = list_runs(tracking_uri, experiment, task)
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(r) for r in found], indent=2))
+        return
     console.print(runs_table(found, f"{experiment} ({resolve_tracking_uri(tracking_uri)})"), soft_wrap=False)
 
 
@@ -61,9 +67,12 @@ def runs_table(found: list[RunSummary], title: str) -> Table:
         title=f"{title}, task {tasks.pop()}" if one_task else title,
         box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1), collapse_padding=True, pad_edge=False,
         title_justify="left", caption_justify="left",
-        caption="val MAE: the best validation MAE; MAEs in the task's unit; mol/s: the whole run's throughput",
+        caption="id: the run ID's first 8 characters (runs:/ID/model takes them; --json gives them whole); val MAE: "
+        "the best validation MAE; MAEs in the task's unit; epochs: from the training's first, resumes included; mol/s: "
+        "the run's throughput",
     )  # fmt: skip
-    table.add_column("run", overflow="fold", min_width=12)
+    table.add_column("id", no_wrap=True)
+    table.add_column("run", overflow="fold", min_width=10)
     if not one_task:
         table.add_column("task", no_wrap=True)
     table.add_column("status", min_width=8, max_width=10)
@@ -76,7 +85,7 @@ def runs_table(found: list[RunSummary], title: str) -> Table:
     for r in found:
         task = [] if one_task else [r.task]
         table.add_row(
-            r.name, *task, r.status, f"{r.epochs_done}/{r.epochs}", number(r.best_val_mae, 5), number(r.test_mae, 5),
-            number(r.throughput_mol_per_s, 1), duration(r.duration_s),
+            r.run_id[:8], r.name, *task, r.status, f"{r.epochs_done}/{r.epochs}", number(r.best_val_mae, 5),
+            number(r.test_mae, 5), number(r.throughput_mol_per_s, 1), duration(r.duration_s),
         )  # fmt: skip
     return table

@@ -98,10 +98,10 @@ def test_runs_table_compares_training_runs(qm9_dir: Path, tmp_path: Path) -> Non
     run(TrainConfig(**TINY, task="gap", data_dir=str(qm9_dir), tracking_uri=uri, run_name=long_name))
     narrow = run_se3pyg("runs", "--tracking-uri", uri, cwd=tmp_path, env={"COLUMNS": "80"}).stdout.splitlines()
     assert max(len(line) for line in narrow) <= 80
-    header = next(line for line in narrow if line.startswith("run "))
-    assert header.split() == ["run", "task", "status", "epochs", "val", "MAE", "test", "MAE", "mol/s", "time"]
-    body = narrow[narrow.index(header) + 2 : next(i for i, line in enumerate(narrow) if line.startswith("val MAE:"))]
-    names = "".join(line[: header.index("task")].strip() for line in body)
+    header = next(line for line in narrow if line.startswith("id "))
+    assert header.split() == ["id", "run", "task", "status", "epochs", "val", "MAE", "test", "MAE", "mol/s", "time"]
+    body = narrow[narrow.index(header) + 2 : next(i for i, line in enumerate(narrow) if line.startswith("id: "))]
+    names = "".join(line[header.index("run") : header.index("task")].strip() for line in body)
     assert names == long_name + "table-run-7"  # wrapped, never cut; newest first
     missing = run_se3pyg("runs", "--tracking-uri", uri, "--experiment", "nope", cwd=tmp_path)
     assert missing.returncode == 2 and "--experiment 'nope': no such experiment" in missing.stderr

@@ -24,8 +24,10 @@ from torch_geometric.data import Batch
 from se3pyg.data import get_task, load_qm9, qm9_splits
 from se3pyg.engine import distributed
 from se3pyg.engine.checkpoint import best_path, load_checkpoint
-from se3pyg.engine.config import TrainConfig
+from se3pyg.engine.config import PredictConfig, TrainConfig
 from se3pyg.engine.optim import Lamb
+from se3pyg.engine.predict import run_predict
+from se3pyg.engine.tracking import list_runs
 from se3pyg.engine.train import TrainingError, run
 from se3pyg.model import SE3TransformerPooled
 
@@ -205,6 +207,18 @@ def test_a_resume_continues_the_run_it_resumes(qm9_dir: Path, tmp_path: Path, ca
     assert saved["epoch"] == 2 and saved["config"]["batch_size"] == 8 and saved["config"]["limit"] == QM9_SUBSET
     tags = _client(uri).get_run(resumed.run_id).data.tags
     assert tags["resumed_from"] == tags["mlflow.parentRunId"] == first.info.run_id
+    summaries = {r.run_id: r for r in list_runs(uri, "se3pyg")}
+    killed, continued = summaries[first.info.run_id], summaries[resumed.run_id]
+    assert killed.status == "KILLED" and killed.epochs_done == 1 and killed.best_val_mae > 0  # its epochs' best
+    assert continued.epochs_done == 3 and continued.epochs == "3" and continued.resumed_from == first.info.run_id
+    listed = json.loads(invoke_se3pyg("runs", "--tracking-uri", uri, "--json", cwd=tmp_path).stdout)
+    assert {r["run_id"] for r in listed} == set(summaries)
+    table = invoke_se3pyg("runs", "--tracking-uri", uri, cwd=tmp_path).stdout
+    assert resumed.run_id[:8] in table and resumed.run_id not in table  # the first 8 characters, as git shows
+    predicted = run_predict(PredictConfig(ckpt=f"runs:/{resumed.run_id[:8]}/model", tracking_uri=uri))
+    assert predicted.count > 0 and predicted.mae is not None
+    predict_runs = _client(uri).search_runs([_client(uri).get_experiment_by_name("se3pyg-predict").experiment_id])
+    assert len(predict_runs) == 1 and len(list_runs(uri, "se3pyg")) == 2  # predictions apart from the trainings
 
     with caplog.at_level("WARNING", logger="se3pyg.train"):
         again = run(TrainConfig(load_ckpt_path=str(ckpt), tracking_uri=uri, epochs=4, batch_size=16),

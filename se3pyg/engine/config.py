@@ -461,6 +461,7 @@ class PredictConfig(DeviceOptions):
     input: list[str] | None = option(None, "XYZ/SDF file or folder (repeatable).")
     output: str | None = option(None, "CSV file for --input predictions (default: standard output).")
     split: str = option("test", "Without --input: the split to evaluate, test or val (with --dataset also all).")
+    experiment: str = option("se3pyg-predict", "MLflow experiment (not the trainings', whose charts stay theirs).")
     dataset: str | None = option(
         None, "Without --input: evaluate on these molecules (SDF, or folder + CSV) with the model's target."
     )

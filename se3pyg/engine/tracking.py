@@ -189,10 +189,38 @@ class Tracker:
             log.warning("MLflow could not end run %s (%s); it shows as RUNNING", self.run_id, first_line(exc))
 
 
+def full_run_id(prefix: str, tracking_uri: str | None = None) -> str:
+    """The one run ID of the store that starts with ``prefix`` (at least 4 hex characters, as ``se3pyg runs``
+    shows 8); ``prefix`` itself when it is a whole ID.
+
+    Raises:
+        TrackingError: no run, or several, start with it.
+    """
+    import mlflow
+    from mlflow.entities import ViewType
+
+    if len(prefix) == 32 or not (len(prefix) >= 4 and all(c in "0123456789abcdef" for c in prefix)):
+        return prefix
+    client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    found, token = [], None
+    while experiments:
+        page = client.search_runs(experiments, run_view_type=ViewType.ALL, max_results=5000, page_token=token)
+        found += [r.info.run_id for r in page if r.info.run_id.startswith(prefix)]
+        token = page.token
+        if not token:
+            break
+    if len(found) != 1:
+        many = f"{len(found)} runs start with it; give more of the ID" if found else "no run's ID starts with it"
+        raise TrackingError(f"run {prefix}: {many}")
+    return found[0]
+
+
 def checkpoint_of(uri: str, scratch: str | os.PathLike, tracking_uri: str | None = None) -> Path:
     """The se3pyg checkpoint behind an MLflow URI: ``runs:/RUN_ID/model`` or ``models:/NAME/VERSION`` (a logged
     model), ``runs:/RUN_ID/PATH.pt`` (a checkpoint artifact) or ``runs:/RUN_ID`` (the run's best checkpoint);
-    downloaded into the folder ``scratch`` (the caller's, to remove)."""
+    downloaded into the folder ``scratch`` (the caller's, to remove). ``RUN_ID`` may be the first characters of
+    one (:func:`full_run_id`)."""
     import mlflow
 
     from se3pyg.io import CheckpointError
@@ -200,6 +228,12 @@ def checkpoint_of(uri: str, scratch: str | os.PathLike, tracking_uri: str | None
     no_artifact_progress_bars()
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     scratch = str(scratch)
+    if uri.startswith("runs:/"):
+        given, _, rest = uri.removeprefix("runs:/").partition("/")
+        try:
+            uri = "runs:/" + "/".join(p for p in (full_run_id(given, tracking_uri), rest) if p)
+        except TrackingError as exc:
+            raise CheckpointError(f"--ckpt {uri}: {exc}") from None
     run_id = uri.removeprefix("runs:/").strip("/")
     try:
         if uri.startswith("runs:/") and "/" not in run_id:  # MLflow's runs:/ URIs need a path: take the root
@@ -220,9 +254,12 @@ def checkpoint_of(uri: str, scratch: str | os.PathLike, tracking_uri: str | None
 
 @dataclass
 class RunSummary:
-    """One training run as ``se3pyg runs`` lists it: ``epochs_done`` of ``epochs`` planned, and the whole run's
+    """One training run as ``se3pyg runs`` lists it: its MLflow run ID (and the run it continues, for a resume),
+    ``epochs_done`` of ``epochs`` planned (counted from the first epoch of the whole training), the best
+    validation MAE (logged at the end, else the best of the epochs logged: a killed run's), and the whole run's
     throughput (molecules over all epochs' time, in molecules per second as training prints it)."""
 
+    run_id: str
     name: str
     task: str
     status: str
@@ -232,6 +269,7 @@ class RunSummary:
     test_mae: float | None
     throughput_mol_per_s: float | None
     duration_s: float
+    resumed_from: str | None = None
 
 
 def _history(client: Any, run_id: str, key: str) -> list[Any]:
@@ -265,7 +303,7 @@ def list_runs(uri: str | None, experiment: str, task: str | None = None) -> list
     return [_summary(r, *histories[r.info.run_id]) for r in found]
 
 
-_EPOCH_KEYS = ("epoch_time_s", "throughput_mol_per_ms")
+_EPOCH_KEYS = ("epoch_time_s", "throughput_mol_per_ms", "val_mae")
 
 
 def _status(run: Any, last_metric_ms: int | None) -> tuple[str, float]:
@@ -282,19 +320,23 @@ def _status(run: Any, last_metric_ms: int | None) -> tuple[str, float]:
     return "RUNNING", time.time() - info.start_time / 1000
 
 
-def _summary(run: Any, time_history: list[Any], rate_history: list[Any]) -> RunSummary:
+def _summary(run: Any, time_history: list[Any], rate_history: list[Any], val_history: list[Any]) -> RunSummary:
     times, rates = [m.value for m in time_history], [m.value for m in rate_history]
     molecules = sum(rate * 1000 * t for rate, t in zip(rates, times, strict=False))
     metrics = run.data.metrics
     status, duration = _status(run, max((m.timestamp for m in time_history), default=None))
+    start = run.data.params.get("start_epoch", "0")
+    best = metrics.get("best_val_mae", min((m.value for m in val_history), default=None))
     return RunSummary(
+        run_id=run.info.run_id,
         name=run.info.run_name or run.info.run_id[:8],
         task=run.data.tags.get("task", ""),
         status=status,
-        epochs_done=len(times),
+        epochs_done=(int(start) if start.isdigit() else 0) + len(times),
         epochs=run.data.params.get("epochs", ""),
-        best_val_mae=metrics.get("best_val_mae"),
+        best_val_mae=best,
         test_mae=metrics.get("test_mae"),
         throughput_mol_per_s=molecules / sum(times) if times else None,
         duration_s=duration,
+        resumed_from=run.data.tags.get("resumed_from"),
     )
