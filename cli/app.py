@@ -11,6 +11,7 @@ import se3pyg
 from se3pyg.cli import data
 from se3pyg.cli.benchmark import benchmark
 from se3pyg.cli.predict import predict
+from se3pyg.cli.register import register
 from se3pyg.cli.runs import runs, ui
 from se3pyg.cli.train import train
 from se3pyg.processes import stop_signals_noted, use_own_scratch
@@ -23,6 +24,7 @@ app.command()(train)
 app.command()(predict)
 app.command()(ui)
 app.command()(runs)
+app.command()(register)
 app.command()(benchmark)
 
 

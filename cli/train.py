@@ -86,7 +86,8 @@ def _print_result(result: Any, seconds: float) -> None:
         soft_wrap=True,
     )
     if result.model_uri:
-        registered = f", registered as {result.registered_as}" if result.registered_as else ""
+        alias = f" (models:/{result.registered_as}@{result.registered_alias})" if result.registered_alias else ""
+        registered = f", registered as {result.registered_as}{alias}" if result.registered_as else ""
         console.print(f"MLflow model: runs:/{result.run_id}/model{registered}", highlight=False, soft_wrap=True)
     model = result.model_uri and f"runs:/{result.run_id}/model"
     if result.save_ckpt_path:

@@ -58,11 +58,30 @@ def registered(qm9_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("MLflow model: ")]
-    assert line.endswith(", registered as homo-tiny")
+    assert line.endswith(", registered as homo-tiny (models:/homo-tiny@challenger)")
     run_id = line.split("runs:/")[1].split("/")[0]
     (folder / "water.xyz").write_text(WATER)
     (folder / "ammonia.sdf").write_text(AMMONIA_SDF)
     return folder, uri, run_id
+
+
+def test_a_runs_model_is_registered_again_under_an_alias(registered: tuple[Path, str, str]) -> None:
+    """``se3pyg register`` with the run ID's first 8 characters: the next version, the alias moved to it, and
+    ``models:/NAME@ALIAS`` predicts as the run's model does; a prefix that names no run is one line."""
+    folder, uri, run_id = registered
+    done = run_se3pyg("register", run_id[:8], "homo-tiny", "--alias", "champion", "--tracking-uri", uri, cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "registered as models:/homo-tiny/2, alias champion: models:/homo-tiny@champion"
+    client = mlflow.MlflowClient(uri)
+    assert client.get_model_version_by_alias("homo-tiny", "champion").run_id == run_id
+    assert str(client.get_model_version_by_alias("homo-tiny", "challenger").version) == "1"
+    by_alias = run_se3pyg("predict", "--ckpt", "models:/homo-tiny@champion", "--input", "water.xyz",
+                          "--tracking-uri", uri, cwd=folder)  # fmt: skip
+    by_run = run_se3pyg("predict", "--ckpt", f"runs:/{run_id}/model", "--input", "water.xyz", "--tracking-uri", uri,
+                        cwd=folder)  # fmt: skip
+    assert _predictions(by_alias) == _predictions(by_run)
+    done = run_se3pyg("register", "0000ffff", "homo-tiny", "--tracking-uri", uri, cwd=folder)
+    assert done.returncode == 2 and done.stderr.strip() == "error: run 0000ffff: no run's ID starts with it"
 
 
 def test_predict_takes_runs_and_models_uris(registered: tuple[Path, str, str]) -> None:

@@ -272,6 +272,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(qm9_dir: Path,
         (["--num-channels", "100000"], "--num-channels must be at most 4,096, got 100,000"),
         (["--num-layers", "100000"], "--num-layers must be at most 64, got 100,000"),
         (["--register-model", ".."], "--register-model '..': a registered model's name cannot be blank"),
+        (["--register-model", "m", "--register-alias", "latest"], "--register-alias 'latest': an alias is letters"),
+        (["--register-model", "m", "--register-alias", "v2"], "--register-alias 'v2': an alias is letters"),
     ],
 )
 def test_bad_training_options_are_one_line_errors(qm9_dir: Path, tmp_path: Path, args: list[str], message: str) -> None:

@@ -229,6 +229,9 @@ class TrainConfig(RunOptions):
         None, "Read non-finite losses and stop signals on the host every N steps (default: 1 on CPU, 50 on GPUs)."
     )
     register_model: str | None = option(None, "Register the trained model in MLflow's model registry as NAME.")
+    register_alias: str | None = option(
+        "challenger", "With --register-model: the alias of the new version (models:/NAME@ALIAS)."
+    )
 
     def check_every(self, device: torch.device) -> int:
         """Steps between host reads of the loss health (each drains a GPU's queue; free on CPU)."""
@@ -265,9 +268,7 @@ class TrainConfig(RunOptions):
                 f"--weight-decay must be a number >= 0 and --momentum in [0, 1), got {self.weight_decay} and "
                 f"{self.momentum}"
             )
-        name = self.register_model
-        if name is not None and (not name.strip() or "/" in name or ":" in name or name.strip(".") == ""):
-            raise ValueError(f"--register-model {name!r}: a registered model's name cannot be blank or hold / or :")
+        check_model_names(self.register_model, self.register_alias)
         if self.register_model and not self.tracking:
             raise ValueError(f"--register-model {self.register_model}: registers in MLflow, and --no-tracking is set")
         if self.num_workers < 0:
@@ -393,6 +394,32 @@ RESUME_LOCAL = (
 def _last_of(path: Path) -> Path:
     """The last checkpoint a checkpoint file belongs to: itself, or for ``X.best.pt`` the ``X.pt`` beside it."""
     return path.with_name(path.stem.removesuffix(".best") + path.suffix) if path.stem.endswith(".best") else path
+
+
+#: What MLflow takes as an alias: letters, digits, ``_`` and ``-``; not ``latest``, nor ``vN`` (a version's name).
+ALIAS_PATTERN = r"(?!latest$)(?!v\d+$)[A-Za-z0-9_-]{1,255}"
+
+
+def check_model_names(
+    name: str | None, alias: str | None, name_option: str = "--register-model", alias_option: str = "--register-alias"
+) -> None:
+    """Refuse a registered model's name or alias that MLflow would refuse only after the work.
+
+    Args:
+        name: a registered model's name: not blank, not ``..``, without ``/`` or ``:``.
+        alias: an alias matching :data:`ALIAS_PATTERN`.
+        name_option: how messages name ``name``.
+        alias_option: how messages name ``alias``.
+
+    Raises:
+        ValueError: naming the option.
+    """
+    import re
+
+    if name is not None and (not name.strip() or "/" in name or ":" in name or name.strip(".") == ""):
+        raise ValueError(f"{name_option} {name!r}: a registered model's name cannot be blank or hold / or :")
+    if alias is not None and not re.fullmatch(ALIAS_PATTERN, alias):
+        raise ValueError(f"{alias_option} {alias!r}: an alias is letters, digits, _ and -, and not latest or vN")
 
 
 def _same_option(name: str, mine: Any, theirs: Any) -> bool:

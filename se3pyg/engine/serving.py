@@ -101,9 +101,20 @@ def _load_pyfunc(data_path: str) -> MoleculePropertyModel:
     return MoleculePropertyModel(data_path)
 
 
-def log_trained_model(run_id: str, checkpoint: str | os.PathLike, register_as: str | None = None) -> str:
-    """Log ``checkpoint`` as the pyfunc model of run ``run_id`` (with an input example and signature), and
-    register it as ``register_as`` when given. Returns the logged model's URI."""
+def log_trained_model(
+    run_id: str, checkpoint: str | os.PathLike, register_as: str | None = None, alias: str | None = None
+) -> str:
+    """Log ``checkpoint`` as the pyfunc model of run ``run_id`` (with an input example and signature).
+
+    Args:
+        run_id: the MLflow run it belongs to.
+        checkpoint: an se3pyg checkpoint file.
+        register_as: a registered model's name, to register it as its next version.
+        alias: with ``register_as``, the alias that then names this version (``models:/NAME@ALIAS``).
+
+    Returns:
+        The logged model's URI.
+    """
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
@@ -123,4 +134,52 @@ def log_trained_model(run_id: str, checkpoint: str | os.PathLike, register_as: s
             pip_requirements=requirements,
             registered_model_name=register_as,
         )
+    if register_as and alias:
+        mlflow.MlflowClient().set_registered_model_alias(register_as, alias, info.registered_model_version)
     return info.model_uri
+
+
+def register_run_model(run_id: str, name: str, alias: str | None = None, tracking_uri: str | None = None) -> int:
+    """Register run ``run_id``'s model as the next version of ``name`` (``alias`` set on it): its logged model, or,
+    for a run that logged none (stopped before its end), one logged now from its best checkpoint artifact.
+
+    Args:
+        run_id: the run's ID, or its first characters (:func:`~se3pyg.engine.tracking.full_run_id`).
+        name: the registered model.
+        alias: an alias for the new version (``champion``), moved from any version that had it.
+        tracking_uri: the store (default ``$MLFLOW_TRACKING_URI`` or ``mlruns/``).
+
+    Returns:
+        The new version's number.
+
+    Raises:
+        TrackingError: no such run, or a run with no model and no checkpoint artifact.
+    """
+    from se3pyg.engine.config import check_model_names
+    from se3pyg.engine.tracking import TrackingError, full_run_id, resolve_tracking_uri
+    from se3pyg.io import first_line
+
+    check_model_names(name, alias, "NAME", "--alias")
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    run_id = full_run_id(run_id, uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:
+        raise TrackingError(f"run {run_id}: not in {uri} ({first_line(exc)[:200]})") from None
+    logged = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    if logged:
+        version = mlflow.register_model(f"runs:/{run_id}/{MODEL_NAME}", name).version
+    else:
+        artifacts = {a.path for a in client.list_artifacts(run_id)}
+        best = next((a for a in ("model.best.pt", "model.pt") if a in artifacts), None)
+        if best is None:
+            raise TrackingError(f"run {run_id}: logged no model and no checkpoint (model.best.pt), nothing to register")
+        with tempfile.TemporaryDirectory(prefix="se3pyg-register-") as folder:
+            checkpoint = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=best, dst_path=folder)
+            log_trained_model(run_id, checkpoint, name)
+        version = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    if alias:
+        client.set_registered_model_alias(name, alias, str(version))
+    return int(version)

@@ -76,7 +76,8 @@ class TrainResult:
     parameters: int = 0  # the model's
     epochs: int = 0  # the run's last epoch + 1 (a resume's too: the checkpoint's)
     save_ckpt_path: str | None = None  # where the last checkpoint went (a resume: where it was, unless told)
-    registered_as: str | None = None  # the registered model's name (a resume's: the checkpoint's)
+    registered_as: str | None = None  # the registered model's name (a resume's: the checkpoint's), and alias
+    registered_alias: str | None = None
 
 
 def run(
@@ -232,6 +233,7 @@ def train_worker(
         skipped=data.splits.skipped, skip_reasons=data.splits.skip_reasons,
         parameters=sum(p.numel() for p in state.model.parameters()), epochs=config.epochs,
         save_ckpt_path=config.save_ckpt_path, registered_as=config.register_model if tracker else None,
+        registered_alias=config.register_alias if tracker and config.register_model else None,
     )  # fmt: skip
     saver = _Saver(
         config.save_ckpt_path if info.is_main else None, state,
@@ -255,7 +257,9 @@ def train_worker(
         test = gather_predictions(test, info)
         if tracker is not None:
             tracker.log_metrics({"best_val_mae": result.best_val_mae, "test_mae": result.test_mae}, state.epoch - 1)
-            result.model_uri = _log_outcome(tracker, result.history, test, data.splits, saver, config.register_model)
+            result.model_uri = _log_outcome(
+                tracker, result.history, test, data.splits, saver, config.register_model, config.register_alias
+            )
         raise_if_stopped()  # a stop noted while testing and logging ends the run KILLED, not FINISHED
         status = "FINISHED"
         return result
@@ -285,11 +289,12 @@ def _log_outcome(
     splits: QM9Splits,
     saver: _Saver,
     register_as: str | None,
+    alias: str | None,
 ) -> str | None:
     """The run's learning curve, test parity plot and test predictions, its checkpoints (as ``model.pt`` and
     ``model.best.pt`` whatever their files are called, so that ``runs:/RUN_ID/model.best.pt`` names every run's
-    best), and its MLflow model (from the best checkpoint, else the last; registered as ``register_as``), as its
-    artifacts; the model's URI."""
+    best), and its MLflow model (from the best checkpoint, else the last; registered as ``register_as`` with
+    ``alias``), as its artifacts; the model's URI."""
     stats = splits.stats
     with tempfile.TemporaryDirectory(prefix="se3pyg-report-") as folder:
         paths = write_run_report(Path(folder), history, test, splits.task, stats.mean, stats.std, splits.molecule_name)
@@ -300,10 +305,10 @@ def _log_outcome(
         for path in paths:
             tracker.log_artifact(path)
         best = saved.get("model.best.pt", saved.get("model.pt"))
-        return _log_model(tracker, best, register_as) if best else None
+        return _log_model(tracker, best, register_as, alias) if best else None
 
 
-def _log_model(tracker: Tracker, checkpoint: Path, register_as: str | None) -> str | None:
+def _log_model(tracker: Tracker, checkpoint: Path, register_as: str | None, alias: str | None) -> str | None:
     """``checkpoint`` as the run's MLflow model (``runs:/RUN_ID/model``), registered as ``register_as`` when given;
     its URI, or None when it could not be logged (a warning: the run and its other artifacts stay tracked)."""
     if not tracker.active:
@@ -311,7 +316,7 @@ def _log_model(tracker: Tracker, checkpoint: Path, register_as: str | None) -> s
     try:
         from se3pyg.engine.serving import log_trained_model
 
-        return log_trained_model(tracker.run_id, checkpoint, register_as)
+        return log_trained_model(tracker.run_id, checkpoint, register_as, alias)
     except Exception as exc:
         log.warning("MLflow model logging failed (%s); the checkpoint artifacts remain", first_line(exc))
         return None
