@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 
 from se3pyg.cli.console import err_console, one_line_errors
-from se3pyg.options import help_of
+from se3pyg.options import choices_of, help_of
 
 if TYPE_CHECKING:
     from se3pyg.engine.config import DeviceOptions
@@ -29,6 +29,28 @@ def _fields(cls: type) -> list[dataclasses.Field]:
             if name in by_name:
                 ordered.setdefault(name, by_name[name])
     return list(ordered.values())
+
+
+#: ``--help``'s panels: each option under the concept it sets (one not named here: with the command's own).
+PANELS = {
+    "Data": ("task", "data_dir", "limit", "dataset", "target", "unit", "split_field", "split_fractions", "bad_records",
+             "seed", "num_workers", "input", "output", "split", "ckpt", "target_mean", "target_std"),
+    "Model": ("num_layers", "num_degrees", "num_channels", "num_heads", "channels_div", "pooling", "norm",
+              "use_layer_norm", "layout", "low_memory", "kernel"),
+    "Optimisation": ("epochs", "batch_size", "optimizer", "learning_rate", "min_learning_rate", "momentum",
+                     "weight_decay", "gradient_clip", "accumulate_grad_batches"),
+    "Precision and devices": ("amp", "amp_dtype", "gpus", "processes", "cuda_graphs", "precompute_bases",
+                              "check_interval", "compile", "mode", "steps", "warmup"),
+    "Checkpoints and validation": ("save_ckpt_path", "load_ckpt_path", "ckpt_interval", "eval_interval"),
+    "Tracking": ("tracking", "tracking_uri", "experiment", "run_name", "register_model", "register_alias"),
+}  # fmt: skip
+_PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
+
+
+def _annotation(f: dataclasses.Field, hint: Any) -> Any:
+    """The option's type: its field's, or the choices it takes (``--help`` lists them, a typo is refused)."""
+    choices = choices_of(f)
+    return typing.Literal[choices] if choices else hint
 
 
 def _flags(f: dataclasses.Field, annotation: Any) -> tuple[str, ...]:
@@ -55,8 +77,13 @@ def config_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[Callab
             inspect.Parameter(
                 f.name,
                 inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(f.default, *_flags(f, hints[f.name]), help=help_of(f)),
-                annotation=hints[f.name],
+                default=typer.Option(
+                    f.default,
+                    *_flags(f, hints[f.name]),
+                    help=help_of(f),
+                    rich_help_panel=_PANEL_OF.get(f.name, "Other"),
+                ),
+                annotation=_annotation(f, hints[f.name]),
             )
             for f in fields
         ]

@@ -20,9 +20,15 @@ MODEL_SIZE_LIMITS = {
 }  # fmt: skip
 
 
-def option(default: Any, help: str, *flags: str) -> Any:
-    """A dataclass field with ``default``, a one-line ``help`` and, optionally, its command-line ``flags``."""
-    return field(default=default, metadata={"help": help, "flags": flags})
+def option(default: Any, help: str, *flags: str, choices: tuple[str, ...] = ()) -> Any:
+    """A dataclass field with ``default``, a one-line ``help`` and, optionally, its command-line ``flags`` and the
+    values it takes (``choices``, offered as such by ``--help``)."""
+    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices})
+
+
+def choices_of(f: Field) -> tuple[str, ...]:
+    """The values a field declared with :func:`option` takes (empty: any of its type)."""
+    return f.metadata.get("choices", ())
 
 
 def help_of(f: Field) -> str:
@@ -39,11 +45,13 @@ class ModelOptions:
     num_channels: int = option(32, "Hidden channels per degree.")
     num_heads: int = option(8, "Attention heads.")
     channels_div: int = option(2, "Channel division for keys and values.")
-    pooling: str = option("max", "Graph pooling: max or avg.")
+    pooling: str = option("max", "Graph pooling.", choices=("max", "avg"))
     norm: bool = option(True, "Equivariant norm after each attention block.")
     use_layer_norm: bool = option(True, "LayerNorm in the radial networks.")
-    layout: str = option("full", "Parameter layout: full, partial or pairwise.")
+    layout: str = option("full", "Parameter layout.", choices=("full", "partial", "pairwise"))
     low_memory: bool = option(False, "Recompute convolution kernels in the backward pass (less memory).")
     kernel: str = option(
-        "auto", "Kernel: edge_weights, reassociated, fused, fused_edge_weights, or auto (reassociated on GPUs)."
+        "auto",
+        "How the convolutions compute (auto: reassociated on GPUs).",
+        choices=("auto", "edge_weights", "reassociated", "fused", "fused_edge_weights"),
     )

@@ -262,3 +262,20 @@ def test_failures_of_the_machine_are_one_line_naming_their_cause(capsys: pytest.
 def test_a_terminal_that_takes_ascii_only_gets_every_character_escaped_not_a_crash(tmp_path: Path) -> None:
     done = run_se3pyg("train", "--help", cwd=tmp_path, env={"PYTHONIOENCODING": "ascii"})
     assert done.returncode == 0 and "Traceback" not in done.stderr and "--epochs" in done.stdout
+
+
+def test_options_offer_the_values_their_checks_take() -> None:
+    """An option's choices on the command line are the values the library's own check takes, whatever edits
+    follow."""
+    import dataclasses
+
+    from se3pyg.data.custom import BAD_RECORDS
+    from se3pyg.engine.config import AMP_DTYPES, OPTIMIZERS, TrainConfig
+    from se3pyg.nn.conv import KERNELS
+    from se3pyg.options import choices_of
+
+    offered = {f.name: choices_of(f) for f in dataclasses.fields(TrainConfig) if choices_of(f)}
+    assert offered == {
+        "kernel": KERNELS, "pooling": ("max", "avg"), "layout": ("full", "partial", "pairwise"),
+        "amp_dtype": AMP_DTYPES, "bad_records": tuple(BAD_RECORDS), "optimizer": OPTIMIZERS,
+    }  # fmt: skip

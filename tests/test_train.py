@@ -247,8 +247,6 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(qm9_dir: Path,
     ("args", "message"),
     [
         (["--task", "homos"], "unknown task 'homos'; valid tasks: mu, alpha, homo"),
-        (["--optimizer", "adagrad"], "--optimizer must be one of adam, sgd, lamb"),
-        (["--amp-dtype", "fp8"], "--amp-dtype must be fp16 or bf16"),
         (["--num-heads", "3"], "--num-heads 3 must divide"),
         (["--load-ckpt-path", "missing.pt"], "missing.pt: no such file"),
         (["--gradient-clip", "-1"], "--gradient-clip must be > 0, got -1.0"),
@@ -284,6 +282,22 @@ def test_bad_training_options_are_one_line_errors(qm9_dir: Path, tmp_path: Path,
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert len([line for line in done.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+@pytest.mark.parametrize(("args", "choices"), [(["--optimizer", "adagrad"], "'adam', 'sgd', 'lamb'"),
+                                              (["--amp-dtype", "fp8"], "'auto', 'fp16', 'bf16'")])  # fmt: skip
+def test_an_option_with_choices_offers_them_and_refuses_others(
+    qm9_dir: Path, tmp_path: Path, args: list[str], choices: str
+) -> None:
+    """``--help`` lists the values; another is refused by the command line, and by the config in Python."""
+    assert (
+        f"<{choices.replace(chr(39), '').replace(', ', '|')}>" in invoke_se3pyg("train", "--help", cwd=tmp_path).stdout
+    )
+    done = invoke_se3pyg("train", *_tiny_args(qm9_dir), *args, cwd=tmp_path)
+    said = " ".join(re.sub("[│╭╮╰╯─]", " ", done.stderr).split())  # the box the command line draws, taken off
+    assert done.exit_code == 2 and f"is not one of {choices}" in said
+    with pytest.raises(ValueError, match=f"^{args[0]} must be"):
+        TrainConfig(**{args[0].removeprefix("--").replace("-", "_"): args[1]}).validate()
 
 
 def test_lamb_takes_trust_ratio_steps() -> None:

@@ -48,7 +48,9 @@ class DeviceOptions:
 
     batch_size: int = option(240, "Molecules per batch and process.")
     amp: bool = option(False, "Automatic mixed precision.", "--amp/--no-amp")
-    amp_dtype: str = option("auto", "AMP dtype: fp16 (with a GradScaler), bf16, or auto (fp16 on GPUs, bf16 on CPU).")
+    amp_dtype: str = option(
+        "auto", "AMP dtype: fp16 (with a GradScaler), bf16, or auto (fp16 on GPUs, bf16 on CPU).", choices=AMP_DTYPES
+    )
     gpus: int | None = option(None, "GPUs on this node, one process each (0: the CPU; default: all visible).")
     tracking: bool = option(
         True, "Log the run to MLflow (--no-tracking: nothing logged, MLflow not loaded).", "--tracking/--no-tracking"
@@ -144,7 +146,9 @@ class RunOptions(DeviceOptions, ModelOptions):
     unit: str = option("", "With --dataset: the target's unit, for reports.")
     split_field: str | None = option(None, "With --dataset: the field holding each molecule's split (train/val/test).")
     split_fractions: str = option("0.8,0.1,0.1", "With --dataset and no --split-field: train,val,test fractions.")
-    bad_records: str = option("skip", "With --dataset: skip bad molecules (counted) or refuse the dataset.")
+    bad_records: str = option(
+        "skip", "With --dataset: skip bad molecules (counted) or refuse the dataset.", choices=("skip", "refuse")
+    )
 
     def dataset_spec(self) -> DatasetSpec:
         """What ``--dataset`` and its options describe."""
@@ -219,7 +223,7 @@ class TrainConfig(RunOptions):
     eval_interval: int = option(20, "Validate every N epochs (and after the last).")
     save_ckpt_path: str | None = option(None, "Last checkpoint; the best one is saved beside it.")
     load_ckpt_path: str | None = option(None, "Resume from this se3pyg checkpoint (its task, model and statistics).")
-    optimizer: str = option("adam", "adam (AdamW), sgd or lamb.")
+    optimizer: str = option("adam", "adam (AdamW), sgd or lamb.", choices=OPTIMIZERS)
     learning_rate: float = option(0.002, "Initial learning rate.", "--learning-rate", "--lr")
     min_learning_rate: float | None = option(None, "Cosine schedule floor (default lr / 10).")
     momentum: float = option(0.9, "SGD momentum.")
@@ -453,7 +457,8 @@ def dataset_spec(options: dict[str, Any]) -> DatasetSpec:
 class BenchmarkConfig(RunOptions):
     """``se3pyg benchmark``: NVIDIA's throughput method on the training step, on inference, or on the data."""
 
-    mode: str = option("train", "train, predict or data (the loader alone).")
+    mode: str = option("train", "What to time: a training step, a prediction, or the loader alone (data).",
+                       choices=("train", "predict", "data"))  # fmt: skip
     steps: int = option(20, "Timed steps after the warm-up.")
     warmup: int = option(2, "Untimed warm-up steps.")
     epochs: int = option(0, "Instead of --steps: time this many epochs after a warm-up epoch.")
@@ -487,7 +492,8 @@ class PredictConfig(DeviceOptions):
     )
     input: list[str] | None = option(None, "XYZ/SDF file or folder (repeatable).")
     output: str | None = option(None, "CSV file for --input predictions (default: standard output).")
-    split: str = option("test", "Without --input: the split to evaluate, test or val (with --dataset also all).")
+    split: str = option("test", "Without --input: the split to evaluate (all: with --dataset only).",
+                        choices=("test", "val", "all"))  # fmt: skip
     experiment: str = option("se3pyg-predict", "MLflow experiment (not the trainings', whose charts stay theirs).")
     dataset: str | None = option(
         None, "Without --input: evaluate on these molecules (SDF, or folder + CSV) with the model's target."
