@@ -24,11 +24,15 @@ def train(
     ctx: typer.Context,
     values: dict[str, Any],
     quick: bool = typer.Option(False, "--quick", help="Demo: small model on 10,000 molecules, a few minutes on CPU."),
+    config_file: str | None = typer.Option(
+        None, "--config", help="Options from a TOML, YAML or JSON file, or runs:/RUN_ID/config.json; typed ones win."
+    ),
     silent: bool = typer.Option(False, "--silent", help="Print nothing but errors and the final line."),
 ) -> None:
     """Train on QM9 (or your --dataset) with NVIDIA's recipe; every run is an MLflow run with a model."""
     if quick:
         _quick_defaults(ctx, values)
+    from_file = _file_options(ctx, values, config_file) if config_file is not None else set()
     config = validated(TrainConfig, **values)
     if quick:
         data = f"--dataset {config.dataset}" if config.dataset else f"{config.limit:,} QM9 molecules"
@@ -53,7 +57,7 @@ def train(
 
     start = time.perf_counter()
     with one_line_errors(), stage_progress() as progress:
-        typed = {name for name in values if typed_by_user(ctx, name)}
+        typed = {name for name in values if typed_by_user(ctx, name)} | from_file  # what a resume keeps
         result = run(config, on_epoch=report, on_progress=None if silent else progress, typed=typed)
     if result is None:
         return
@@ -67,6 +71,17 @@ def _quick_defaults(ctx: typer.Context, values: dict[str, Any]) -> None:
         values["save_ckpt_path"] = f"quick-{Path(values['dataset']).stem}.pt"
     if values["dataset"] and not typed_by_user(ctx, "limit"):
         values["limit"] = None
+
+
+def _file_options(ctx: typer.Context, values: dict[str, Any], source: str) -> set[str]:
+    """Set the options ``--config`` holds, except those typed (a typed option wins over the file); their names."""
+    from se3pyg.engine.config_file import options_from_file
+
+    with one_line_errors():
+        found = options_from_file(TrainConfig, source, values.get("tracking_uri"))
+    taken = {k: v for k, v in found.items() if not typed_by_user(ctx, k)}
+    values.update(taken)
+    return set(taken)
 
 
 def _print_result(result: Any, seconds: float) -> None:

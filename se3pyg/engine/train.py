@@ -228,13 +228,7 @@ def train_worker(
         state.best_val_mae = min(state.best_val_mae, _recorded_best(config.save_ckpt_path))
     resumed = checkpoint and checkpoint.get("run_id")
     tracker = _start_tracking(config, info, state, data, resumed) if info.is_main and config.tracking else None
-    result = TrainResult(
-        data.splits.task.name, state.best_val_mae, run_id=tracker.run_id if tracker else None,
-        skipped=data.splits.skipped, skip_reasons=data.splits.skip_reasons,
-        parameters=sum(p.numel() for p in state.model.parameters()), epochs=config.epochs,
-        save_ckpt_path=config.save_ckpt_path, registered_as=config.register_model if tracker else None,
-        registered_alias=config.register_alias if tracker and config.register_model else None,
-    )  # fmt: skip
+    result = _new_result(config, data, state, tracker)
     saver = _Saver(
         config.save_ckpt_path if info.is_main else None, state,
         _recorded(config, data.splits, result.run_id) if info.is_main else {},  # only rank 0 saves
@@ -270,6 +264,18 @@ def train_worker(
         if tracker is not None:
             tracker.finish(status)
         saver.close()
+
+
+def _new_result(config: TrainConfig, data: _Data, state: TrainState, tracker: Tracker | None) -> TrainResult:
+    """What a run returns, as it starts: its task, data, model size, checkpoint path and registration."""
+    registering = tracker is not None and config.register_model is not None
+    return TrainResult(
+        data.splits.task.name, state.best_val_mae, run_id=tracker.run_id if tracker else None,
+        skipped=data.splits.skipped, skip_reasons=data.splits.skip_reasons,
+        parameters=sum(p.numel() for p in state.model.parameters()), epochs=config.epochs,
+        save_ckpt_path=config.save_ckpt_path, registered_as=config.register_model if registering else None,
+        registered_alias=config.register_alias if registering else None,
+    )  # fmt: skip
 
 
 def _recorded(config: TrainConfig, splits: QM9Splits, run_id: str | None) -> dict[str, Any]:
