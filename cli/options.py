@@ -42,7 +42,8 @@ PANELS = {
     "Precision and devices": ("amp", "amp_dtype", "gpus", "processes", "cuda_graphs", "precompute_bases",
                               "check_interval", "compile", "mode", "steps", "warmup"),
     "Checkpoints and validation": ("save_ckpt_path", "load_ckpt_path", "ckpt_interval", "eval_interval"),
-    "Tracking": ("tracking", "tracking_uri", "experiment", "run_name", "register_model", "register_alias"),
+    "Tracking": ("tracking", "tracking_uri", "experiment", "run_name", "register_model", "register_alias",
+                 "system_metrics"),
 }  # fmt: skip
 _PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
 

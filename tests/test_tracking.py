@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import mlflow
@@ -51,6 +52,17 @@ def test_a_run_whose_artifact_could_not_be_logged_ends_failed_not_running(tmp_pa
     tracker.finish("FINISHED")
     run = mlflow.MlflowClient(uri).get_run(tracker.run_id)
     assert run.info.status == "FAILED" and run.data.tags["tracking_error"].startswith("MLflow log_artifact failed")
+
+
+def test_system_metrics_are_logged_while_a_run_lasts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU and memory use as the run's ``system/`` metrics (sampled every half second here), ended with the run."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, "exp", system_metrics=True)
+    time.sleep(2)
+    tracker.finish("FINISHED")
+    metrics = mlflow.MlflowClient(uri).get_run(tracker.run_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
 
 
 def test_unreachable_store_at_start_is_one_error(tmp_path: Path) -> None:

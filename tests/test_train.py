@@ -71,6 +71,10 @@ def test_training_run_lands_in_sqlite_mlflow(qm9_dir: Path, tmp_path: Path) -> N
     assert [m.step for m in history["val_mae"]] == [1, 2]  # every 2nd epoch and the last
     assert history["lr"][0].value == pytest.approx(0.002)
     assert run_info.info.status == "FINISHED"
+    (used,) = run_info.inputs.dataset_inputs  # the UI's dataset column: which data, where, and its digest
+    assert used.dataset.name == "QM9 (first 300 molecules)" and used.dataset.source_type == "local"
+    assert json.loads(used.dataset.source)["uri"] == str(qm9_dir.resolve()) and len(used.dataset.digest) == 36
+    assert [(t.key, t.value) for t in used.tags] == [("mlflow.data.context", "training")]
     artifacts = {a.path for a in _client(uri).list_artifacts(result.run_id)}
     assert {"model.pt", "model.best.pt", "config.json", "learning_curve.png", "parity_test.png"} <= artifacts
     water = "3\nwater\nO 0.0 0.0 0.117\nH 0.0 0.757 -0.467\nH 0.0 -0.757 -0.467\n"

@@ -236,6 +236,9 @@ class TrainConfig(RunOptions):
     register_alias: str | None = option(
         "challenger", "With --register-model: the alias of the new version (models:/NAME@ALIAS)."
     )
+    system_metrics: bool = option(
+        True, "Log CPU, memory, disk (and GPU) use as MLflow system metrics.", "--system-metrics/--no-system-metrics"
+    )
 
     def check_every(self, device: torch.device) -> int:
         """Steps between host reads of the loss health (each drains a GPU's queue; free on CPU)."""

@@ -116,10 +116,12 @@ class Tracker:
         experiment: str,
         run_name: str | None = None,
         tags: dict[str, str] | None = None,
+        system_metrics: bool = False,
     ) -> None:
         import mlflow
 
         self._mlflow = mlflow
+        self.monitor: Any = None
         self.uri = resolve_tracking_uri(uri)
         self.active = True
         self.failure: str | None = None  # the first MLflow call that failed: the run then ends FAILED
@@ -130,6 +132,21 @@ class Tracker:
         except Exception as exc:
             raise TrackingError(f"MLflow tracking store {self.uri} is unreachable: {first_line(exc)}") from None
         self.run_id = self.run.info.run_id
+        if system_metrics:
+            self._monitor()
+
+    def _monitor(self) -> None:
+        """MLflow's system metrics (CPU, memory, disk, network; GPUs with ``nvidia-ml-py``) as ``system/...``
+        metrics of the run, sampled every ``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (10 by default)."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        interval = float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 10)
+        try:
+            self.monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval, tracking_uri=self.uri)
+            self.monitor.start()
+        except Exception as exc:  # a machine whose counters cannot be read: the run goes on without them
+            self.monitor = None
+            log.warning("MLflow system metrics not logged (%s)", first_line(exc))
 
     def _start(self, experiment: str, run_name: str | None, tags: dict[str, str] | None) -> None:
         """The experiment (created and tagged for the training view when new) and a new run in it."""
@@ -177,9 +194,27 @@ class Tracker:
     def log_dict(self, data: dict, name: str) -> None:
         self._guard("log_dict", self.client.log_dict, self.run_id, data, name)
 
+    def log_dataset(self, name: str, source: str, digest: str, context: str = "training") -> None:
+        """The run's input data as MLflow records datasets (the UI's dataset column): ``name``, where it lies
+        (``source``, a local path) and a ``digest`` of its content, which tells runs on other data apart."""
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():  # a local path matches two of MLflow's equivalent source types
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = MetaDataset(resolve_dataset_source(source), name=name, digest=digest[:36])
+        entity = DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])
+        self._guard("log_inputs", self.client.log_inputs, self.run_id, [entity])
+
     def finish(self, status: str = "FINISHED") -> None:
         """End the run as ``status``; a run whose tracking failed on the way (an artifact that did not fit) ends
         FAILED, with the failure in its ``tracking_error`` tag, never left RUNNING."""
+        if self.monitor is not None:
+            with contextlib.suppress(Exception):  # its last sample: nothing to lose a run's status over
+                self.monitor.finish()
         try:
             if self.failure is not None:
                 self.client.set_tag(self.run_id, "tracking_error", self.failure[:5000])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import math
 import shlex
@@ -189,7 +190,7 @@ def _start_tracking(
     tags = {"task": data.splits.task.name, "command": "train"}
     if resumed:  # the run it continues: linked, and shown as its parent in the UI
         tags.update(resumed_from=resumed, **{"mlflow.parentRunId": resumed})
-    tracker = Tracker(config.tracking_uri, config.experiment, config.run_name, tags)
+    tracker = Tracker(config.tracking_uri, config.experiment, config.run_name, tags, config.system_metrics)
     params = {k: v for k, v in config.to_dict().items() if k != "tracking_uri"}
     params.update(
         world_size=info.world_size,
@@ -205,7 +206,22 @@ def _start_tracking(
     )
     tracker.log_params(params)
     tracker.log_dict(config.to_dict(), "config.json")
+    tracker.log_dataset(*_dataset_identity(config, data.splits))
     return tracker
+
+
+def _dataset_identity(config: TrainConfig, splits: QM9Splits) -> tuple[str, str, str]:
+    """The training data's name, source and digest: ``--dataset``'s (a SHA-256 over its files), or the QM9
+    build's (its processed file's SHA-256, with the molecules taken)."""
+    if config.dataset:
+        return Path(config.dataset).name, str(Path(config.dataset).resolve()), dataset_digest(config.dataset)
+    from se3pyg.data.qm9 import read_manifest
+
+    manifest = read_manifest(config.data_dir) or {}
+    molecules = len(splits.train) + len(splits.val) + len(splits.test)
+    name = f"QM9 (first {molecules:,} molecules)" if config.limit else f"QM9 ({molecules:,} molecules)"
+    digest = hashlib.sha256(f"{manifest.get('processed_sha256')}:{config.limit}".encode()).hexdigest()
+    return name, str(Path(config.data_dir).resolve()), digest
 
 
 def train_worker(
