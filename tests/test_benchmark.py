@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +49,7 @@ def test_benchmark_prints_json_last_and_logs_to_mlflow(qm9_dir: Path, tmp_path: 
 @pytest.mark.slow
 def test_benchmark_refuses_what_cannot_run(qm9_dir: Path, tmp_path: Path) -> None:
     done = _bench("fit", "--no-tracking", cwd=tmp_path)
-    assert done.returncode == 2 and "mode must be train, predict or data" in done.stderr
+    assert done.returncode == 2 and "is not one of 'train', 'predict', 'data'" in " ".join(done.stderr.split())
     done = _bench("train", "--data-dir", str(qm9_dir), "--limit", "50", "--batch-size", "64", "--gpus", "0",
                   "--no-tracking", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2 and "raise --limit or lower --steps" in done.stderr
@@ -59,8 +60,42 @@ def test_benchmark_refuses_what_cannot_run(qm9_dir: Path, tmp_path: Path) -> Non
         (("--cuda-graphs", "--precompute-bases"), "padded batches cannot carry precomputed harmonics"),
     ]
     for options, message in refused:
-        done = _bench("train", "--data-dir", str(qm9_dir), "--no-tracking", *options, cwd=tmp_path)
+        done = _bench("train", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--no-tracking", *options,
+                      cwd=tmp_path)  # fmt: skip
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_benchmark_says_what_it_builds_and_never_replaces_a_smaller_build(qm9_dir: Path, tmp_path: Path) -> None:
+    """A folder without QM9: the molecules it builds and about how long that takes; a folder holding fewer
+    molecules than asked (a user's build): refused, naming --limit; enough: nothing to build."""
+    from se3pyg.data import NUM_MOLECULES
+    from se3pyg.engine.benchmark import data_to_build
+    from se3pyg.engine.config import BenchmarkConfig
+
+    molecules, seconds = data_to_build(BenchmarkConfig(data_dir=str(tmp_path / "new")))
+    assert molecules == NUM_MOLECULES and seconds > 0
+    with pytest.raises(ValueError) as refused:
+        data_to_build(BenchmarkConfig(data_dir=str(qm9_dir)))
+    assert str(refused.value).startswith(
+        f"--data-dir {qm9_dir}: holds {QM9_SUBSET} QM9 molecules, and the benchmark reads {NUM_MOLECULES:,}; "
+        f"--limit {QM9_SUBSET} uses them"
+    )
+    assert data_to_build(BenchmarkConfig(data_dir=str(qm9_dir), limit=QM9_SUBSET)) is None
+
+
+@pytest.mark.slow
+def test_a_quick_benchmark_shows_its_progress_and_every_figure(qm9_dir: Path, tmp_path: Path) -> None:
+    done = _bench("train", "--quick", "--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--batch-size", "16",
+                  "--no-tracking", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    assert "warm-up train steps (2 steps)" in out and "timing train steps (10 steps)" in out  # as train's stages
+    result = json.loads(out[-1])
+    assert result["batch_size"] == 16 and result["steps"] == 10
+    table = "\n".join(out[:-1])
+    for key, value in result.items():  # every figure of the JSON line in the table too
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        assert re.search(rf"{key}\s.*{re.escape(shown)}", table), key
 
 
 @pytest.mark.slow

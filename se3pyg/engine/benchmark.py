@@ -11,6 +11,7 @@ beside, so that figures from a busy machine can be scaled.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import resource
@@ -52,13 +53,56 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-def run_benchmark(config: BenchmarkConfig, molecules: Sequence[Data] | None = None) -> dict[str, Any] | None:
-    """One benchmark on random QM9 training molecules (or ``--dataset``'s, or ``molecules``, training view);
-    returns the figures.
+#: How long all of QM9 takes to build, in core-minutes: 12.5 minutes on this project's 2-core CPU machine
+#: (2026-12-05, the third-day review); the build's molecules are shared among the cores.
+QM9_BUILD_CORE_MINUTES = 25.0
+
+
+def data_to_build(config: BenchmarkConfig) -> tuple[int, float] | None:
+    """The QM9 molecules a benchmark builds before it runs, and about how many seconds that takes on this
+    machine; ``None`` when the data is there (or is a ``--dataset``).
+
+    Raises:
+        ValueError: ``--data-dir`` holds a smaller QM9 build (a user's): the benchmark does not replace it, and
+            names ``--limit`` to use it instead.
+    """
+    import os
+
+    from se3pyg.data import NUM_MOLECULES
+    from se3pyg.data.qm9 import read_manifest
+
+    if config.dataset:
+        return None
+    wanted = config.limit or NUM_MOLECULES
+    manifest = read_manifest(config.data_dir)
+    have = manifest["count"] if manifest else 0
+    if have >= wanted:
+        return None
+    if have:
+        raise ValueError(
+            f"--data-dir {config.data_dir}: holds {have:,} QM9 molecules, and the benchmark reads {wanted:,}; "
+            f"--limit {have} uses them (QM9's first molecules are its smallest: more mol/ms than over all of "
+            "QM9), or another --data-dir builds them apart"
+        )
+    return wanted, QM9_BUILD_CORE_MINUTES * 60 * wanted / NUM_MOLECULES / (os.cpu_count() or 1)
+
+
+def run_benchmark(
+    config: BenchmarkConfig, molecules: Sequence[Data] | None = None, on_progress: Callable[..., None] | None = None
+) -> dict[str, Any] | None:
+    """One benchmark on random QM9 training molecules (or ``--dataset``'s, or ``molecules``, training view).
 
     With ``processes`` (CPU, gloo) or ``gpus`` above 1, that many ranks run under DDP (spawned here, or
-    torchrun's); the figures come back in the launching process and on rank 0, ``None`` elsewhere. With
-    ``tracking``, rank 0 logs them as an MLflow run.
+    torchrun's). With ``tracking``, rank 0 logs the figures as an MLflow run.
+
+    Args:
+        config: what to time, on which data and devices.
+        molecules: the molecules to time on, instead of QM9's or ``--dataset``'s.
+        on_progress: ``progress(stage, done, total, unit)`` as the data is prepared and the steps run (rank 0's,
+            relayed from spawned ranks).
+
+    Returns:
+        The figures, in the launching process and on rank 0; ``None`` elsewhere.
     """
     config = config.resolve_gpus()
     tracker = None
@@ -66,10 +110,12 @@ def run_benchmark(config: BenchmarkConfig, molecules: Sequence[Data] | None = No
         tracker = Tracker(config.tracking_uri, config.experiment, None, {"command": "benchmark", "mode": config.mode})
     status = "FAILED"
     try:
-        result = distributed.launch(
-            _measure, config.world_size, config.use_cuda, config, molecules,
-            prepare=lambda: molecules is None and prepare_data(config),
-        )  # fmt: skip
+        spawning = distributed.spawns(config.world_size)
+        with distributed.relayed(on_progress) if spawning else contextlib.nullcontext((on_progress,)) as (progress,):
+            result = distributed.launch(
+                _measure, config.world_size, config.use_cuda, config, molecules, progress,
+                prepare=lambda: molecules is None and prepare_data(config, on_progress),
+            )  # fmt: skip
         if tracker is not None and result is not None:
             tracker.log_params(result["config"])
             numbers = {k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}
@@ -81,11 +127,13 @@ def run_benchmark(config: BenchmarkConfig, molecules: Sequence[Data] | None = No
             tracker.finish(status)
 
 
-def _loader(config: BenchmarkConfig, info: DistInfo, molecules: Sequence[Data] | None) -> tuple[Loader, int]:
+def _loader(
+    config: BenchmarkConfig, info: DistInfo, molecules: Sequence[Data] | None, progress: Callable[..., None] | None
+) -> tuple[Loader, int]:
     """This rank's share of random QM9 (or ``--dataset``) training molecules, or of ``molecules``, as training
     reads them; and their node features (QM9's 6, or one a --dataset element and the atomic number)."""
     if molecules is None:
-        molecules = load_splits(config, info, "homo").train
+        molecules = load_splits(config, info, "homo", progress=progress).train
     loader = make_loader(
         molecules, config.batch_size, True, 0, info.rank, info.world_size, config.seed, drop_last=True,
         device=info.device,
@@ -117,11 +165,17 @@ def _stream(config: BenchmarkConfig, loader: Loader) -> Iterator[tuple[bool, Dat
 
 
 def _time(
-    config: BenchmarkConfig, info: DistInfo, step: Callable[[Data], object], loader: Loader
+    config: BenchmarkConfig,
+    info: DistInfo,
+    step: Callable[[Data], object],
+    loader: Loader,
+    progress: Callable[..., None] | None = None,
 ) -> tuple[list[float], list[Data]]:
     """Timestamps at the start of each timed step (for a model, also after the last): deltas and timed batches.
 
-    ``data`` mode times the loader alone: the stamps are the batches' arrivals on the device.
+    ``data`` mode times the loader alone: the stamps are the batches' arrivals on the device. ``progress`` is
+    told of each warm-up step, and of the timed ones at most once a second (its cost falls within a step's time:
+    microseconds a second).
     """
 
     def stamp(batch: Data | None = None) -> None:
@@ -133,12 +187,19 @@ def _time(
 
     stamps: list[float] = []
     timed: list[Data] = []
-    for is_timed, batch in _stream(config, loader):
+    warmup = config.warmup if not config.epochs else len(loader)
+    timing = config.steps if not config.epochs else config.epochs * len(loader)
+    said = 0.0
+    for k, (is_timed, batch) in enumerate(_stream(config, loader)):
         raise_if_stopped()
         batch = batch.to(info.device, non_blocking=True)
         if is_timed:
             stamp(batch)
         step(batch)
+        if progress is not None and (not is_timed or time.perf_counter() - said >= 1.0 or k + 1 == warmup + timing):
+            stage, done, total = ("timing", k + 1 - warmup, timing) if is_timed else ("warm-up", k + 1, warmup)
+            progress(f"{stage} {config.mode} steps", min(done, total), total, unit="steps")
+            said = time.perf_counter()
     if config.mode == "data":
         timed.pop()  # the last arrival only ends the last timed step
     else:
@@ -146,23 +207,28 @@ def _time(
     return [b - a for a, b in itertools.pairwise(stamps)], timed
 
 
-def _measure(info: DistInfo, config: BenchmarkConfig, molecules: Sequence[Data] | None) -> dict[str, Any]:
+def _measure(
+    info: DistInfo, config: BenchmarkConfig, molecules: Sequence[Data] | None, progress: Callable[..., None] | None
+) -> dict[str, Any]:
     """One rank's benchmark: the training state ``se3pyg train`` would build, its step timed (or the loader)."""
     if info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    progress = progress if info.is_main else None
     if config.mode == "data":
-        deltas, timed = _time(config, info, lambda _batch: None, _loader(config, info, molecules)[0])
+        deltas, timed = _time(
+            config, info, lambda _batch: None, _loader(config, info, molecules, progress)[0], progress
+        )
         return _figures(config, info, deltas, timed, None)
-    loader, node_features = _loader(config, info, molecules)
+    loader, node_features = _loader(config, info, molecules, progress)
     state = TrainState.build(config.training(), info, compile=config.compile, node_features=node_features)
     training = config.mode == "train"
     state.net.train(training)
     with torch.enable_grad() if training else torch.inference_mode():
         if training:
-            deltas, timed = _time(config, info, lambda b: train_step(state, b), loader)
+            deltas, timed = _time(config, info, lambda b: train_step(state, b), loader, progress)
         else:
             predict = state.graphs.predict if state.graphs else lambda b: predict_step(state.net, b, state.precision)
-            deltas, timed = _time(config, info, predict, loader)
+            deltas, timed = _time(config, info, predict, loader, progress)
     return _figures(config, info, deltas, timed, state)
 
 
