@@ -129,7 +129,7 @@ def _rate_and_loss(elapsed: float | None, molecules: int | None, loss: float | N
 def stage_progress() -> Iterator[Callable[..., None]]:
     """A ``progress(stage, done, total, unit="molecules", molecules=None, loss=None)`` callback: a rich bar a
     stage on a terminal (with molecules/s and the loss when given); off one, a line when a stage starts and a
-    ``done/total`` line at most every :data:`PLAIN_PROGRESS_EVERY_S`."""
+    ``done/total`` line at most every `PLAIN_PROGRESS_EVERY_S`."""
     if console.is_terminal:
         columns = (
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),

@@ -2,7 +2,7 @@
 
 The classes below are imported on first use, so that ``import se3pyg.cli`` (the command's entry point) starts
 without torch and can restart the process under glibc's allocator settings at no cost
-(:func:`se3pyg.allocator.exec_keeping_freed_memory`).
+([`se3pyg.allocator.exec_keeping_freed_memory()`][se3pyg.allocator.exec_keeping_freed_memory]).
 """
 
 from __future__ import annotations

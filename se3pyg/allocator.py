@@ -20,8 +20,8 @@ tensor four times, after four times as warm-up, faulted its pages in again
 in 6 of 12 processes (every page in 5); without the cache, in none of 10.
 A model's steps mostly settle either way (small configuration, batch 64:
 no faults in most training steps, 4,300 in some).
-:func:`exec_keeping_freed_memory` restarts the process with all three
-settings as :data:`GLIBC_TUNABLES`; the ``se3pyg`` command does so first.
+`exec_keeping_freed_memory()` restarts the process with all three
+settings as `GLIBC_TUNABLES`; the ``se3pyg`` command does so first.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def keep_freed_memory() -> bool:
     """Have glibc serve all allocations from its heap and never trim it; False where the C library is not glibc.
 
     Process-wide: called by the training and benchmark workers and by ``se3pyg predict``. The tcache can only
-    be switched off at start (:func:`exec_keeping_freed_memory`).
+    be switched off at start (`exec_keeping_freed_memory()`).
     """
     if not _is_glibc():
         return False
@@ -55,7 +55,7 @@ def keep_freed_memory() -> bool:
 
 
 def exec_keeping_freed_memory() -> None:
-    """Restart this process under :data:`GLIBC_TUNABLES` (appended to the user's own), with the same arguments.
+    """Restart this process under `GLIBC_TUNABLES` (appended to the user's own), with the same arguments.
 
     Returns without restarting where they are set already, the C library is not glibc, or Python cannot name its
     own executable (an embedded interpreter). Call it before anything else: the process is replaced, and child

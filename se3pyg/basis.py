@@ -1,22 +1,22 @@
 r"""Equivariant bases of the TFN kernel: spherical harmonics times Clebsch-Gordan.
 
-For an edge with relative position :math:`r`, the kernel mapping degree
-:math:`l` (input, :math:`2l+1` components) to degree :math:`k` (output) is a
-sum over :math:`J = |k - l| .. k + l` of learned radial weights times
+For an edge with relative position $r$, the kernel mapping degree
+$l$ (input, $2l+1$ components) to degree $k$ (output) is a
+sum over $J = |k - l| .. k + l$ of learned radial weights times
 
-.. math::
+$$
+B^{l,k}_J(r)_{a f b} = \sum_m Y_J^m(\hat r)\, Q^{k,l}_{J}[b, a, m],
+$$
 
-    B^{l,k}_J(r)_{a f b} = \sum_m Y_J^m(\hat r)\, Q^{k,l}_{J}[b, a, m],
-
-with :math:`Y_J` e3nn's real spherical harmonics (``normalize=True``,
-integral normalization) and :math:`Q^{k,l}_J` the Wigner 3j symbol
+with $Y_J$ e3nn's real spherical harmonics (``normalize=True``,
+integral normalization) and $Q^{k,l}_J$ the Wigner 3j symbol
 ``wigner_3j(J, l, k).permute(2, 1, 0)``.
 
 The 3j symbols keep the sign convention of e3nn 0.3 (what NVIDIA pinned):
-for sorted degrees :math:`l_1 \le l_2 \le l_3` the tensor is made positive at
+for sorted degrees $l_1 \le l_2 \le l_3$ the tensor is made positive at
 its centre entry ``[l1, l2, l3]`` (or, where that is zero, at its first
 non-zero entry in row-major order); other orders follow by transposition with
-a factor :math:`(-1)^{l_1+l_2+l_3}` for odd permutations. e3nn 0.5+ flips
+a factor $(-1)^{l_1+l_2+l_3}$ for odd permutations. e3nn 0.5+ flips
 six blocks for degrees up to 3 (e.g. ``(J, l, k) = (1, 2, 2)``).
 
 Bases are built directly in the fused layouts the convolutions consume, one
@@ -42,7 +42,7 @@ _ZERO = 1e-14
 
 @contextlib.contextmanager
 def _e3nn() -> Iterator:
-    """e3nn's ``o3``, used only to build cached constants (see :mod:`se3pyg.thirdparty`)."""
+    """e3nn's ``o3``, used only to build cached constants (see [`se3pyg.thirdparty`][se3pyg.thirdparty])."""
     with jit_deprecation_silenced():
         import e3nn.o3
 
@@ -85,11 +85,11 @@ def clebsch_gordan(J: int, d_in: int, d_out: int) -> Tensor:
 
 @cached_constant
 def _harmonic_recurrence(max_l: int) -> list[Tensor]:
-    """Matrices ``A_l`` ``[3 (2l + 1), 2l + 3]`` with :math:`Y_{l+1}(\\hat r) = (Y_l(\\hat r) \\otimes \\hat r)\\, A_l`
+    """Matrices ``A_l`` ``[3 (2l + 1), 2l + 3]`` with $Y_{l+1}(\\hat r) = (Y_l(\\hat r) \\otimes \\hat r)\\, A_l$
     for e3nn's real spherical harmonics (float64).
 
-    :math:`Y_l \\otimes \\hat r` holds degrees :math:`l - 1` and :math:`l + 1` only, and its degree-:math:`(l+1)`
-    part is a multiple of :math:`Y_{l+1}`: the relation is linear and exact, and ``A_l`` is its least-squares
+    $Y_l \\otimes \\hat r$ holds degrees $l - 1$ and $l + 1$ only, and its degree-$(l+1)$
+    part is a multiple of $Y_{l+1}$: the relation is linear and exact, and ``A_l`` is its least-squares
     solution on random unit vectors.
     """
     points = torch.nn.functional.normalize(
@@ -112,9 +112,9 @@ def _recurrence_on(max_l: int, dtype: torch.dtype, device: torch.device) -> list
 
 def spherical_harmonics(relative_pos: Tensor, max_degree: int) -> Tensor:
     r"""Real spherical harmonics of degrees ``0 .. 2 * max_degree``: ``[E, (2L + 1)^2]``, as e3nn's
-    (``normalize=True``, integral normalization; a zero vector gives :math:`Y_0` only).
+    (``normalize=True``, integral normalization; a zero vector gives $Y_0$ only).
 
-    Built degree by degree, :math:`Y_{l+1} = (Y_l \otimes \hat r)\, A_l` (:func:`_harmonic_recurrence`): two
+    Built degree by degree, $Y_{l+1} = (Y_l \otimes \hat r)\, A_l$ (`_harmonic_recurrence()`): two
     operators a degree instead of one per polynomial term (e3nn's generated code: about 380 for degrees 0..6).
     """
     unit = torch.nn.functional.normalize(relative_pos, dim=-1)
@@ -166,7 +166,7 @@ def _fused_cg_cpu(degrees_in: tuple[int, ...], degrees_out: tuple[int, ...]) -> 
 def fused_clebsch_gordan(
     degrees_in: tuple[int, ...], degrees_out: tuple[int, ...], dtype: torch.dtype, device: torch.device
 ) -> Tensor:
-    """:func:`_fused_cg_cpu` output-major, flattened to ``[M, D_out * F * D_in]`` on ``device``, cached."""
+    """`_fused_cg_cpu()` output-major, flattened to ``[M, D_out * F * D_in]`` on ``device``, cached."""
     return _fused_cg_cpu(degrees_in, degrees_out).permute(0, 3, 2, 1).flatten(1).to(dtype=dtype, device=device)
 
 
@@ -174,7 +174,7 @@ class Basis:
     """The bases of one graph, built on demand per fused layout and cached.
 
     Construct from relative positions (``[E, 3]``) or from precomputed
-    spherical harmonics (``[E, (2L + 1)^2]``, see :func:`spherical_harmonics`).
+    spherical harmonics (``[E, (2L + 1)^2]``, see `spherical_harmonics()`).
     """
 
     def __init__(self, sh: Tensor, max_degree: int) -> None:

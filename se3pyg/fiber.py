@@ -108,7 +108,7 @@ class Fiber(Mapping[int, int]):
         return torch.cat([features[str(d)].flatten(-2) for d in self.degrees], dim=-1)
 
     def unpack(self, packed: Tensor) -> dict[str, Tensor]:
-        """Inverse of :meth:`pack`."""
+        """Inverse of `pack()`."""
         sizes = [c * degree_to_dim(d) for d, c in self._structure.items()]
         parts = packed.split(sizes, dim=-1)
         return {
@@ -124,13 +124,13 @@ class Fiber(Mapping[int, int]):
         return torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
 
     def unstack(self, stacked: Tensor) -> dict[str, Tensor]:
-        """Inverse of :meth:`stack`: views ``{"d": [N, C, 2d+1]}`` of ``[N, D, C]``."""
+        """Inverse of `stack()`: views ``{"d": [N, C, 2d+1]}`` of ``[N, D, C]``."""
         parts = stacked.split([degree_to_dim(d) for d in self.degrees], dim=-2)
         return {str(d): p.transpose(-1, -2) for d, p in zip(self.degrees, parts, strict=True)}
 
 
 def component_rows(stacked: Tensor, run: tuple[int, int]) -> Tensor:
-    """The ``(start, length)`` run of stacked components ``[..., D, C]`` (:meth:`Fiber.component_run`); the tensor
+    """The ``(start, length)`` run of stacked components ``[..., D, C]`` (`Fiber.component_run()`); the tensor
     itself when the run is all of them, so that autograd has no slice to undo."""
     start, length = run
     return stacked if length == stacked.shape[-2] else stacked.narrow(-2, start, length)

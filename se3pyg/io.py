@@ -97,7 +97,7 @@ def check_writable(path: str | os.PathLike, option: str) -> None:
 
 
 def read_torch_file(path: str | os.PathLike) -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU, or :class:`CheckpointError` naming the file."""
+    """``torch.load(path, weights_only=True)`` on CPU, or `CheckpointError` naming the file."""
     import torch  # here: this module serves the command line, which starts without torch
 
     p = Path(path)
@@ -137,7 +137,7 @@ LOCK_WAIT_S = 30 * 60
 
 
 def lock_wait_s() -> float:
-    """:data:`LOCK_WAIT_S`, or ``$SE3PYG_LOCK_WAIT`` seconds when set (a number of at least 0)."""
+    """`LOCK_WAIT_S`, or ``$SE3PYG_LOCK_WAIT`` seconds when set (a number of at least 0)."""
     text = os.environ.get("SE3PYG_LOCK_WAIT", "").strip()
     if not text:
         return LOCK_WAIT_S
@@ -160,7 +160,7 @@ def _holder(lock: Path) -> str:
 
 
 def _awaited(lock: Path, described: str, waiting: str) -> int:
-    """Wait for ``lock`` (:func:`lock_wait_s` at most), saying once, through the ``se3pyg.io`` logger, what is
+    """Wait for ``lock`` (`lock_wait_s()` at most), saying once, through the ``se3pyg.io`` logger, what is
     awaited; a stop signal ends the wait. The lock's descriptor, or ``ValueError`` naming the holder."""
     import logging
     import time
@@ -190,7 +190,7 @@ def best_path(path: str | os.PathLike) -> Path:
 
 
 def lock_path(path: str | os.PathLike) -> Path:
-    """The lock file of :func:`exclusive_use` beside ``path``: ``.NAME.lock``."""
+    """The lock file of `exclusive_use()` beside ``path``: ``.NAME.lock``."""
     p = Path(path)
     return p.with_name(f".{p.name}.lock")
 
@@ -228,7 +228,7 @@ def exclusive_use(path: str | os.PathLike, option: str, waiting: str | None = No
         path: the file held.
         option: how messages name it (``--output``, ``the cache of --dataset X``).
         waiting: ``None`` to refuse at once when another process holds it (naming the holder); else what the
-            holder is doing, in words (``builds QM9 there``), to wait for it as :func:`lock_wait_s` says.
+            holder is doing, in words (``builds QM9 there``), to wait for it as `lock_wait_s()` says.
 
     Raises:
         ValueError: the lock cannot be written, is held (``waiting`` ``None``), or was held too long.
@@ -253,7 +253,7 @@ def exclusive_use(path: str | os.PathLike, option: str, waiting: str | None = No
 
 @contextlib.contextmanager
 def exclusive_writes(paths: PathsOf) -> Iterator[None]:
-    """:func:`exclusive_use` of every ``(option, path)`` a command replaces, companions included (a checkpoint
+    """`exclusive_use()` of every ``(option, path)`` a command replaces, companions included (a checkpoint
     and its best one): two commands never write one file, whichever of its names each was given."""
     with contextlib.ExitStack() as held:
         for option, path in paths:

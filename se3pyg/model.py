@@ -24,9 +24,9 @@ EDGE_LENGTHS: tuple[str, ...] = ("lin", "arcsin", "log", "zero")
 
 
 def edge_length_feature(rel_pos: Tensor, populate_edge: EdgeLength) -> Tensor:
-    r"""The invariant of an edge's length :math:`r = \lVert r_{ij} \rVert` appended to its degree-0 features,
-    ``[E, 1, 1]``: :math:`r` (``"lin"``, NVIDIA's), :math:`\operatorname{asinh}(\max(r, 4) - 4) / 3`
-    (``"arcsin"``, RoseTTAFold's), :math:`\log(1 + r)` (``"log"``) or 0 (``"zero"``)."""
+    r"""The invariant of an edge's length $r = \lVert r_{ij} \rVert$ appended to its degree-0 features,
+    ``[E, 1, 1]``: $r$ (``"lin"``, NVIDIA's), $\operatorname{asinh}(\max(r, 4) - 4) / 3$
+    (``"arcsin"``, RoseTTAFold's), $\log(1 + r)$ (``"log"``) or 0 (``"zero"``)."""
     r = rel_pos.norm(dim=-1, keepdim=True).unsqueeze(-1)
     if populate_edge == "lin":
         return r
@@ -43,7 +43,8 @@ def _fiber(value: Fiber | Mapping[int, int] | None) -> Fiber:
 
 def _graph_tensors(graph: Any) -> tuple[Tensor, Tensor, Tensor | None, bool]:
     """``(edge_index, relative positions, batch, edge pairs)`` of a PyG ``Data``/``Batch`` or an
-    ``(edge_index, pos)`` pair; edge pairs only where ``graph.edge_pairs is True`` (:mod:`se3pyg.data.pairs`)."""
+    ``(edge_index, pos)`` pair; edge pairs only where ``graph.edge_pairs is True``
+    (`se3pyg.data.pairs`)."""
     if isinstance(graph, tuple | list):
         edge_index, pos = graph
         batch = None
@@ -94,7 +95,7 @@ def _check_features(name: str, feats: Mapping[str, Tensor], fiber: Fiber, count:
 def _check_arguments(
     num_layers: int, fiber_hidden: Fiber, channels_div: Any, pooling: Any, return_type: Any, **choices: Any
 ) -> None:
-    """``ValueError`` naming the first :class:`SE3Transformer` argument that cannot make a model."""
+    """``ValueError`` naming the first `SE3Transformer` argument that cannot make a model."""
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
     allowed_of = dict(layout=LAYOUTS, final_layout=LAYOUTS, final_layer=FINAL_LAYERS, populate_edge=EDGE_LENGTHS)
@@ -114,8 +115,10 @@ class SE3Transformer(nn.Module):
     ``norm``), then a TFN convolution with self-interaction to ``fiber_out``
     (or, with ``final_layer``, a linear map or a one-head attention block):
 
-    .. math:: h^{(t+1)} = \mathrm{Norm}\big(\mathrm{Attention}(h^{(t)})\big), \qquad
-        y = \mathrm{Conv}(h^{(T)}) \;[\text{pooled per graph}]
+    $$
+    h^{(t+1)} = \mathrm{Norm}\big(\mathrm{Attention}(h^{(t)})\big), \qquad
+    y = \mathrm{Conv}(h^{(T)}) \;[\text{pooled per graph}]
+    $$
 
     ``forward(graph, node_feats, edge_feats, basis)`` takes NVIDIA's feature
     dicts (``{"d": [N, C, 2d + 1]}``) with a PyG ``Data``/``Batch``
@@ -140,14 +143,17 @@ class SE3Transformer(nn.Module):
         layout: ``"full"``, ``"partial"`` or ``"pairwise"``: how radial networks are shared, and so the
             parameters (NVIDIA's fuse levels).
         low_memory: recompute convolution kernels in the backward pass (activation checkpointing).
-        kernel: how convolution kernels compute, separate from ``layout`` (:data:`se3pyg.nn.conv.KERNELS`;
-            ``"auto"`` picks per device type, :func:`se3pyg.nn.conv.auto_kernel`); every kernel computes the
+        kernel: how convolution kernels compute, separate from ``layout``
+            ([`se3pyg.nn.conv.KERNELS`][se3pyg.nn.conv.KERNELS];
+            ``"auto"`` picks per device type, [`se3pyg.nn.conv.auto_kernel()`][se3pyg.nn.conv.auto_kernel]); every
+            kernel computes the
             same function.
         final_layer: ``"conv"`` (a TFN convolution with self-interaction), ``"lin"`` (a
-            :class:`~se3pyg.nn.linear.LinearSE3`: no message passing) or ``"att"`` (a one-head attention block whose
+            [`LinearSE3`][se3pyg.nn.linear.LinearSE3]: no message passing) or ``"att"`` (a one-head attention block
+            whose
             degree-0 values are divided by ``channels_div``).
         populate_edge: the edge-length feature appended to the degree-0 edge features
-            (:func:`edge_length_feature`).
+            (`edge_length_feature()`).
         final_aggr: ``"add"`` or ``"mean"``: how the final convolution gathers its messages (RoseTTAFold's
             ``sum_over_edge=False`` is ``"mean"``).
         final_layout: the final convolution's layout when it differs from ``layout`` (NVIDIA's 2021 code, which
@@ -274,12 +280,14 @@ class SE3Transformer(nn.Module):
 class SE3TransformerPooled(nn.Module):
     r"""Graph-level regression: ``SE3Transformer`` -> pooled degree-0 features -> MLP.
 
-    .. math:: \hat y_g = \mathrm{MLP}\big(\operatorname{pool}_{i \in g} h^0_i\big)
+    $$
+    \hat y_g = \mathrm{MLP}\big(\operatorname{pool}_{i \in g} h^0_i\big)
+    $$
 
     ``forward(batch)`` takes a PyG ``Batch`` with ``x`` [N, C_in], ``pos``
     [N, 3], ``edge_index`` [2, E], ``edge_attr`` [E, C_edge] and ``batch`` [N];
     precomputed spherical harmonics may come as ``batch.sh`` (see
-    :mod:`se3pyg.basis`). Returns ``[B]`` (``[B, output_dim]`` when
+    `se3pyg.basis`). Returns ``[B]`` (``[B, output_dim]`` when
     ``output_dim > 1``).
 
     Args:
@@ -287,7 +295,7 @@ class SE3TransformerPooled(nn.Module):
         fiber_out: transformer output fiber, degree 0 only (default ``{0: num_degrees * num_channels}``).
         fiber_edge: edge input fiber, degree 0 only (default ``{0: 4}``, QM9's bond types).
         output_dim: targets predicted per graph.
-        **options: the fields of :class:`ModelOptions` (``num_layers``, ``num_degrees``, ...).
+        **options: the fields of `ModelOptions` (``num_layers``, ``num_degrees``, ...).
     """
 
     def __init__(
@@ -307,7 +315,7 @@ class SE3TransformerPooled(nn.Module):
             raise ValueError("SE3TransformerPooled takes degree-0 node, edge and output fibers")
         if opts.pooling not in ("max", "avg"):
             raise ValueError(f"pooling must be 'max' or 'avg', got {opts.pooling!r}")
-        #: Everything :meth:`from_config` needs to build the same model (stored in checkpoints).
+        #: Everything `from_config()` needs to build the same model (stored in checkpoints).
         self.config: dict[str, Any] = dict(
             fiber_in=fiber_in.to_dict(),
             fiber_out=fiber_out.to_dict(),
@@ -367,5 +375,5 @@ class SE3TransformerPooled(nn.Module):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SE3TransformerPooled:
-        """The model described by :attr:`config` (untrained: load a state dict into it)."""
+        """The model described by `config` (untrained: load a state dict into it)."""
         return cls(**config)

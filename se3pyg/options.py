@@ -1,7 +1,7 @@
 """Options as dataclass fields that carry their own help text.
 
 A command's options are declared once, as the fields of a config dataclass
-(:class:`ModelOptions` below, :mod:`se3pyg.engine.config`); the command line is
+(`ModelOptions` below, [`se3pyg.engine.config`][se3pyg.engine.config]); the command line is
 generated from those fields, so a default or a help text lives in one place.
 Nothing here imports torch: ``se3pyg --help`` builds the command line from these
 classes alone.
@@ -27,18 +27,19 @@ def option(default: Any, help: str, *flags: str, choices: tuple[str, ...] = ()) 
 
 
 def choices_of(f: Field) -> tuple[str, ...]:
-    """The values a field declared with :func:`option` takes (empty: any of its type)."""
+    """The values a field declared with `option()` takes (empty: any of its type)."""
     return f.metadata.get("choices", ())
 
 
 def help_of(f: Field) -> str:
-    """The help text of a field declared with :func:`option` (empty for others)."""
+    """The help text of a field declared with `option()` (empty for others)."""
     return f.metadata.get("help", "")
 
 
 @dataclass
 class ModelOptions:
-    """The hyperparameters of :class:`se3pyg.SE3TransformerPooled` (defaults: NVIDIA's published QM9 recipe)."""
+    """The hyperparameters of [`se3pyg.SE3TransformerPooled`][se3pyg.SE3TransformerPooled] (defaults: NVIDIA's published
+    QM9 recipe)."""
 
     num_layers: int = option(7, "Attention layers.")
     num_degrees: int = option(4, "Hidden degrees 0 .. N-1.")

@@ -26,7 +26,7 @@ def use_own_scratch(base: str | os.PathLike | None = None) -> Path:
         base: where scratch folders live.
 
     Returns:
-        This process's scratch folder (also ``$TMPDIR`` and :func:`tempfile.gettempdir` from now on).
+        This process's scratch folder (also ``$TMPDIR`` and `tempfile.gettempdir()` from now on).
     """
     import atexit
     import shutil
@@ -72,7 +72,7 @@ def end_with_parent() -> None:
         os._exit(1)
 
 
-#: The watchdog of :func:`guard_process_group`: ``python -c _GUARD GROUP PARENT``.
+#: The watchdog of `guard_process_group()`: ``python -c _GUARD GROUP PARENT``.
 _GUARD = """
 import ctypes, os, signal, sys, time
 group, parent = int(sys.argv[1]), int(sys.argv[2])
@@ -113,7 +113,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 class Interrupted(KeyboardInterrupt):
-    """A stop signal, raised by :func:`raise_if_stopped` where work can stop, so that every stage's cleanup runs
+    """A stop signal, raised by `raise_if_stopped()` where work can stop, so that every stage's cleanup runs
     (``finally`` blocks, context managers: locks released, scratch removed, a run marked KILLED); ``signum``
     names the signal."""
 
@@ -122,9 +122,9 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-#: The stop signals received while :func:`stop_signals_noted` is in force, in order.
+#: The stop signals received while `stop_signals_noted()` is in force, in order.
 _RECEIVED: list[int] = []
-#: How many :func:`stops_deferred` blocks are open: while one is, :func:`raise_if_stopped` raises nothing.
+#: How many `stops_deferred()` blocks are open: while one is, `raise_if_stopped()` raises nothing.
 _DEFERRED = [0]
 
 
@@ -134,9 +134,9 @@ def _note(signum: int, _frame: object) -> None:
 
 @contextlib.contextmanager
 def stop_signals_noted() -> Iterator[None]:
-    """While in force, a stop signal (:data:`STOP_SIGNALS`) is only noted: its handler raises nothing, so that no
+    """While in force, a stop signal (`STOP_SIGNALS`) is only noted: its handler raises nothing, so that no
     library swallows the stop (an exception raised in a weakref callback or in SQLAlchemy is lost) and nothing in
-    the middle of a write is cut. Work checks for one where it can stop (:func:`raise_if_stopped` between batches,
+    the middle of a write is cut. Work checks for one where it can stop (`raise_if_stopped()` between batches,
     molecules, epochs, waits). A second signal is noted as the first was: no traceback, whatever arrives.
 
     In the main thread only (elsewhere, and when already in force, it changes nothing); the previous handlers and
@@ -155,12 +155,12 @@ def stop_signals_noted() -> Iterator[None]:
 
 
 def stop_signal() -> int | None:
-    """The first stop signal noted (:func:`stop_signals_noted`), ``None`` while there is none."""
+    """The first stop signal noted (`stop_signals_noted()`), ``None`` while there is none."""
     return _RECEIVED[0] if _RECEIVED else None
 
 
 def raise_if_stopped() -> None:
-    """:class:`Interrupted` for the first stop signal noted, outside :func:`stops_deferred` blocks; called where
+    """`Interrupted` for the first stop signal noted, outside `stops_deferred()` blocks; called where
     work can stop, and before work is declared done."""
     if _RECEIVED and not _DEFERRED[0]:
         raise Interrupted(_RECEIVED[0])
@@ -174,7 +174,7 @@ def stop_handled() -> None:
 @contextlib.contextmanager
 def stops_deferred() -> Iterator[None]:
     """A block that a stop signal must not cut (an epoch's validation and its checkpoint): inside it
-    :func:`raise_if_stopped` raises nothing, and the stop is acted on at the next check after it."""
+    `raise_if_stopped()` raises nothing, and the stop is acted on at the next check after it."""
     _DEFERRED[0] += 1
     try:
         yield
@@ -183,7 +183,7 @@ def stops_deferred() -> Iterator[None]:
 
 
 def pause(seconds: float) -> None:
-    """Sleep ``seconds``, ended early by a stop signal (:func:`raise_if_stopped` every tenth of a second)."""
+    """Sleep ``seconds``, ended early by a stop signal (`raise_if_stopped()` every tenth of a second)."""
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
         raise_if_stopped()

@@ -109,3 +109,17 @@ def test_tests_that_start_processes_are_marked_slow() -> None:
     tests = Path(__file__).resolve().parent
     unmarked = [name for path in sorted(tests.glob("test_*.py")) for name in processes_started_by_unmarked_tests(path)]
     assert unmarked == []
+
+
+def test_docstrings_are_markdown_not_rest() -> None:
+    """mkdocstrings renders Google-style Markdown: a reST role (``:class:`X```) or directive (``.. math::``) would
+    show as raw text in the reference. Cross-references are ``[`X`][se3pyg.module.X]``, math ``$...$``/``$$``."""
+    root = Path(__file__).resolve().parents[1]
+    found = [
+        f"{path.relative_to(root)}:{k}"
+        for folder in ("se3pyg", "cli")
+        for path in sorted((root / folder).rglob("*.py"))
+        for k, line in enumerate(path.read_text().splitlines(), start=1)
+        if re.search(r":(class|func|meth|mod|math|data|attr|exc|obj):`|^\s*\.\. [a-z-]+::", line)
+    ]
+    assert found == []

@@ -13,7 +13,7 @@ __all__ = ["check_residue_inputs", "residue_graph", "sequence_separation"]
 
 
 def check_residue_inputs(xyz: Tensor, pair: Tensor, idx: Tensor, top_k: int | None = None) -> None:
-    """:class:`ValueError` naming the argument whose shape does not fit the others, and what was expected.
+    """`ValueError` naming the argument whose shape does not fit the others, and what was expected.
 
     Args:
         xyz: coordinates, expected ``[B, L, 3]``.

@@ -1,6 +1,6 @@
 """NVIDIA's DGL SE(3)-Transformer, without DGL: its classes by their own arguments, and its checkpoints.
 
-:class:`SE3Transformer`, :class:`SE3TransformerPooled` and :class:`Fiber`
+`SE3Transformer`, `SE3TransformerPooled` and `Fiber`
 take NVIDIA's constructor arguments and calls, so that code vendoring
 NVIDIA's ``se3_transformer`` package (RFdiffusion, RoseTTAFold) changes its
 imports and its graph construction only: the DGL graph becomes a PyG
@@ -8,7 +8,7 @@ imports and its graph construction only: the DGL graph becomes a PyG
 [E, 3] and ``num_nodes``, or the tuple ``(edge_index, rel_pos, num_nodes)``.
 
 se3pyg keeps NVIDIA's parameter names, so a checkpoint loads as it is
-(:func:`load_nvidia` reads its hyperparameters off its keys and shapes).
+(`load_nvidia()` reads its hyperparameters off its keys and shapes).
 Heads and ``channels_div`` do not show in the weights and must be given
 (NVIDIA's defaults: 8 and 2); ``channels_div`` is checked against the shapes.
 """
@@ -54,7 +54,7 @@ NVIDIA_SCRIPT_ARGUMENTS: frozenset[str] = frozenset({
 def nvidia_layout(tensor_cores: bool = False, low_memory: bool = False) -> Layout:
     """The parameter layout NVIDIA's current flags give: its fuse level NONE (``"pairwise"``) with ``low_memory``,
     FULL with ``tensor_cores``, else PARTIAL (what NVIDIA's CPU models have). RoseTTAFold2 and RFdiffusion2 vendor
-    this code; RoseTTAFold-All-Atom and RFdiffusion vendor the 2021 code, whose rule is :func:`nvidia_2021_layout`.
+    this code; RoseTTAFold-All-Atom and RFdiffusion vendor the 2021 code, whose rule is `nvidia_2021_layout()`.
     """
     if low_memory:
         return "pairwise"
@@ -103,7 +103,7 @@ class SE3Transformer(model.SE3Transformer):
     ``compute_gradients``), called as ``forward(graph, node_feats, edge_feats=None, basis=None)`` with a PyG graph
     (module docstring).
 
-    The parameter layout follows NVIDIA's current flags (:func:`nvidia_layout`; ``low_memory`` also recomputes
+    The parameter layout follows NVIDIA's current flags (`nvidia_layout()`; ``low_memory`` also recomputes
     the convolutions in the backward pass, as NVIDIA's does). Any other argument is refused with a ``TypeError``:
     a copy's argument that se3pyg did not build would give a different network without a word.
 
@@ -121,8 +121,9 @@ class SE3Transformer(model.SE3Transformer):
         use_layer_norm: LayerNorm inside the radial networks.
         tensor_cores: NVIDIA's flag: the fully fused layout.
         low_memory: NVIDIA's flag: the pairwise layout, recomputed in the backward pass.
-        final_layer: ``"conv"``, ``"lin"`` or ``"att"`` (:class:`se3pyg.model.SE3Transformer`).
-        populate_edge: ``"lin"``, ``"arcsin"``, ``"log"`` or ``"zero"`` (:func:`se3pyg.model.edge_length_feature`).
+        final_layer: ``"conv"``, ``"lin"`` or ``"att"`` ([`se3pyg.model.SE3Transformer`][se3pyg.model.SE3Transformer]).
+        populate_edge: ``"lin"``, ``"arcsin"``, ``"log"`` or ``"zero"``
+            (`se3pyg.model.edge_length_feature()`).
         sum_over_edge: ``False``: the final convolution averages its messages instead of summing them.
         compute_gradients: gradients flow through the bases into ``rel_pos`` (NVIDIA's ``get_basis`` flag;
             the edge length's gradient flows either way).
@@ -170,7 +171,7 @@ class SE3Transformer(model.SE3Transformer):
     @staticmethod
     def layouts(tensor_cores: bool, low_memory: bool) -> tuple[Layout, Layout | None, bool]:
         """What the copy's flags build: the blocks' layout, the final convolution's (``None``: the same), and
-        whether convolutions are recomputed in the backward pass (:func:`nvidia_layout`)."""
+        whether convolutions are recomputed in the backward pass (`nvidia_layout()`)."""
         return nvidia_layout(tensor_cores, low_memory), None, low_memory
 
     def forward(
@@ -190,7 +191,7 @@ class SE3TransformerPooled(model.SE3TransformerPooled):
 
     ``kwargs``: the model's arguments (``num_layers``, ``num_heads``, ``channels_div``, ``pooling``, ``norm``,
     ``use_layer_norm``, ``tensor_cores``, ``low_memory``) and the other options of NVIDIA's training script
-    (:data:`NVIDIA_SCRIPT_ARGUMENTS`, ignored as NVIDIA ignores them); any other name is a ``TypeError``.
+    (`NVIDIA_SCRIPT_ARGUMENTS`, ignored as NVIDIA ignores them); any other name is a ``TypeError``.
 
     Args:
         fiber_in: node input fiber (degree 0).
@@ -341,8 +342,8 @@ def load_nvidia(
 
     ``checkpoint``: a path, NVIDIA's training checkpoint (``{"state_dict", ...}``)
     or a bare state dict. A ``SE3TransformerPooled`` state dict (keys
-    ``transformer.*`` and ``mlp.*``) gives an :class:`SE3TransformerPooled`;
-    a bare ``SE3Transformer`` state dict gives an :class:`SE3Transformer`
+    ``transformer.*`` and ``mlp.*``) gives an `SE3TransformerPooled`;
+    a bare ``SE3Transformer`` state dict gives an `SE3Transformer`
     (fibers are inferred where the shapes determine them; pass them to be
     sure). Raises ``ValueError`` saying what does not match.
     """

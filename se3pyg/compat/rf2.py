@@ -2,8 +2,9 @@
 
 RoseTTAFold2 vendors NVIDIA's current SE(3)-Transformer with ``final_layer``, ``populate_edge`` and
 ``sum_over_edge`` added, ``final_layer`` placed after ``pooling`` in the positional order; its flags follow
-NVIDIA's current rule (:func:`se3pyg.compat.nvidia.nvidia_layout`). RFdiffusion2 vendors the same code with
-``compute_gradients`` added. :func:`make_full_graph` and :func:`make_topk_graph` are ``network/util_module.py``'s
+NVIDIA's current rule ([`se3pyg.compat.nvidia.nvidia_layout()`][se3pyg.compat.nvidia.nvidia_layout]). RFdiffusion2
+vendors the same code with
+``compute_gradients`` added. `make_full_graph()` and `make_topk_graph()` are ``network/util_module.py``'s
 (RFantibody's ``rf2`` package has the same two).
 """
 
@@ -31,8 +32,9 @@ class SE3Transformer(nvidia.SE3Transformer):
     """RoseTTAFold2's ``SE3Transformer(num_layers, fiber_in, fiber_hidden, fiber_out, num_heads, channels_div,
     fiber_edge, return_type, pooling, final_layer, norm, use_layer_norm, tensor_cores, low_memory, populate_edge,
     sum_over_edge)`` (RFdiffusion2's adds ``compute_gradients``), called as
-    :class:`se3pyg.compat.nvidia.SE3Transformer` is. Any other argument is refused with a ``TypeError``. As in the
-    copy, an inference under autocast computes the convolutions of graphs over :attr:`FLOAT32_INFERENCE_ABOVE`
+    [`se3pyg.compat.nvidia.SE3Transformer`][se3pyg.compat.nvidia.SE3Transformer] is. Any other argument is refused with
+    a ``TypeError``. As in the
+    copy, an inference under autocast computes the convolutions of graphs over `FLOAT32_INFERENCE_ABOVE`
     (65,536) edges in float32.
 
     Args:
@@ -45,12 +47,14 @@ class SE3Transformer(nvidia.SE3Transformer):
         fiber_edge: edge features (``None``: none).
         return_type: return only the features of this degree.
         pooling: ``"max"`` or ``"avg"`` over each graph's nodes.
-        final_layer: ``"conv"``, ``"lin"`` or ``"att"`` (:class:`se3pyg.model.SE3Transformer`).
+        final_layer: ``"conv"``, ``"lin"`` or ``"att"`` ([`se3pyg.model.SE3Transformer`][se3pyg.model.SE3Transformer]).
         norm: an equivariant norm after each attention block.
         use_layer_norm: LayerNorm inside the radial networks.
-        tensor_cores: the fully fused layout (:func:`se3pyg.compat.nvidia.nvidia_layout`).
+        tensor_cores: the fully fused layout
+            ([`se3pyg.compat.nvidia.nvidia_layout()`][se3pyg.compat.nvidia.nvidia_layout]).
         low_memory: the pairwise layout, recomputed in the backward pass.
-        populate_edge: ``"lin"``, ``"arcsin"``, ``"log"`` or ``"zero"`` (:func:`se3pyg.model.edge_length_feature`).
+        populate_edge: ``"lin"``, ``"arcsin"``, ``"log"`` or ``"zero"``
+            (`se3pyg.model.edge_length_feature()`).
         sum_over_edge: ``False``: the final convolution averages its messages instead of summing them.
         compute_gradients: gradients through the bases into ``rel_pos`` (RFdiffusion2's argument).
     """
@@ -90,10 +94,11 @@ def make_topk_graph(
     r"""The ``top_k`` nearest residues of each residue (all of them for ``top_k <= 0``) and every residue within
     ``kmin`` of it in sequence.
 
-    With :math:`s_{ij} = |idx_j - idx_i| + 999.9\,[i = j]` and
-    :math:`D_{ij} = \lVert x_i - x_j \rVert + 999.9\,[i = j] + \epsilon s_{ij}`, an edge :math:`i \to j` is kept
-    when :math:`j` is among the :math:`\min(k, L - 1)` smallest :math:`D_{i\cdot}` or :math:`s_{ij} <` ``kmin``.
-    No self-loops (RFdiffusion's builder, :func:`se3pyg.compat.rfdiffusion.make_topk_graph`, keeps them).
+    With $s_{ij} = |idx_j - idx_i| + 999.9\,[i = j]$ and
+    $D_{ij} = \lVert x_i - x_j \rVert + 999.9\,[i = j] + \epsilon s_{ij}$, an edge $i \to j$ is kept
+    when $j$ is among the $\min(k, L - 1)$ smallest $D_{i\cdot}$ or $s_{ij} <$ ``kmin``.
+    No self-loops (RFdiffusion's builder,
+    [`se3pyg.compat.rfdiffusion.make_topk_graph()`][se3pyg.compat.rfdiffusion.make_topk_graph], keeps them).
 
     Args:
         xyz: coordinates ``[B, L, 3]`` (RoseTTAFold2 passes the CA atoms).
@@ -104,7 +109,8 @@ def make_topk_graph(
         eps: weight of the sequence separation in the distance (breaks ties).
 
     Returns:
-        ``(G, edge_feats)`` with ``rel_pos`` detached (:func:`se3pyg.compat.graphs.residue_graph`).
+        ``(G, edge_feats)`` with ``rel_pos`` detached
+        ([`se3pyg.compat.graphs.residue_graph()`][se3pyg.compat.graphs.residue_graph]).
     """
     check_residue_inputs(xyz, pair, idx)  # any top_k: <= 0 is every pair
     batch, length = pair.shape[:2]

@@ -1,14 +1,15 @@
 """RoseTTAFold-All-Atom's SE(3) module and graph builders without DGL.
 
 RoseTTAFold-All-Atom (``rf2aa``) vendors NVIDIA's 2021 SE(3)-Transformer with additions: a final linear or
-attention layer (``final_layer``), the edge length fed as :math:`\\operatorname{asinh}(\\max(r, 4) - 4) / 3`
+attention layer (``final_layer``), the edge length fed as $\\operatorname{asinh}(\\max(r, 4) - 4) / 3$
 (``populate_edge``), averaged final messages (``sum_over_edge``) and value channels divided per degree. The same
 copy serves RFdiffusion-All-Atom (which imports ``rf2aa``) and RFantibody (``include/SE3Transformer``). Its flags
-choose the layout by the 2021 rule (:func:`se3pyg.compat.nvidia.nvidia_2021_layout`), which differs from NVIDIA's
+choose the layout by the 2021 rule
+([`se3pyg.compat.nvidia.nvidia_2021_layout()`][se3pyg.compat.nvidia.nvidia_2021_layout]), which differs from NVIDIA's
 current one where ``low_memory`` is set, and its final convolution is built fully fused whatever the flags.
 
-:class:`SE3Transformer` is defined in this module, so the tools' check ``'rf2aa' in inspect.getfile(SE3Transformer)``
-holds as it is. :func:`make_full_graph` and :func:`make_topk_graph` are ``rf2aa/util_module.py``'s.
+`SE3Transformer` is defined in this module, so the tools' check ``'rf2aa' in inspect.getfile(SE3Transformer)``
+holds as it is. `make_full_graph()` and `make_topk_graph()` are ``rf2aa/util_module.py``'s.
 """
 
 from __future__ import annotations
@@ -34,12 +35,15 @@ __all__ = ["Fiber", "SE3Transformer", "make_full_graph", "make_topk_graph"]
 class SE3Transformer(rf2.SE3Transformer):
     """RoseTTAFold-All-Atom's ``SE3Transformer(num_layers, fiber_in, fiber_hidden, fiber_out, num_heads,
     channels_div, fiber_edge, return_type, pooling, final_layer, norm, use_layer_norm, tensor_cores, low_memory,
-    populate_edge, sum_over_edge)``, called as :class:`se3pyg.compat.nvidia.SE3Transformer` is.
+    populate_edge, sum_over_edge)``, called as
+    [`se3pyg.compat.nvidia.SE3Transformer`][se3pyg.compat.nvidia.SE3Transformer] is.
 
-    The arguments are RoseTTAFold2's (:class:`se3pyg.compat.rf2.SE3Transformer`, without ``compute_gradients``:
+    The arguments are RoseTTAFold2's ([`se3pyg.compat.rf2.SE3Transformer`][se3pyg.compat.rf2.SE3Transformer], without
+    ``compute_gradients``:
     the 2021 code never takes gradients through the bases); the flags choose the layout by
-    :func:`se3pyg.compat.nvidia.nvidia_2021_layout`. As in the copy, an inference under autocast computes the
-    convolutions of graphs over :attr:`FLOAT32_INFERENCE_ABOVE` (4,096) edges in float32, and the attention's
+    [`se3pyg.compat.nvidia.nvidia_2021_layout()`][se3pyg.compat.nvidia.nvidia_2021_layout]. As in the copy, an inference
+    under autocast computes the
+    convolutions of graphs over `FLOAT32_INFERENCE_ABOVE` (4,096) edges in float32, and the attention's
     queries and logits are float32 always (se3pyg's own rule).
     Any other argument is refused with a ``TypeError``.
     """
@@ -72,7 +76,8 @@ class SE3Transformer(rf2.SE3Transformer):
 
     @staticmethod
     def layouts(tensor_cores: bool, low_memory: bool) -> tuple[Layout, Layout | None, bool]:
-        """The 2021 rule (:func:`se3pyg.compat.nvidia.nvidia_2021_layout`), no recomputation."""
+        """The 2021 rule ([`se3pyg.compat.nvidia.nvidia_2021_layout()`][se3pyg.compat.nvidia.nvidia_2021_layout]), no
+        recomputation."""
         return nvidia.nvidia_2021_layout(tensor_cores, low_memory), "full", False
 
 
@@ -86,7 +91,7 @@ def make_full_graph(xyz: Tensor, pair: Tensor, idx: Tensor) -> tuple[Data, Tenso
         idx: residue indices ``[B, L]``.
 
     Returns:
-        ``(G, edge_feats)`` (:func:`se3pyg.compat.graphs.residue_graph`).
+        ``(G, edge_feats)`` ([`se3pyg.compat.graphs.residue_graph()`][se3pyg.compat.graphs.residue_graph]).
     """
     check_residue_inputs(xyz, pair, idx)
     b, i, j = torch.where((idx[:, None, :] - idx[:, :, None]).abs() > 0)
@@ -104,10 +109,10 @@ def make_topk_graph(
 ) -> tuple[Data, Tensor]:
     r"""The ``top_k`` nearest residues of each residue and every residue within ``nlocal`` of it in sequence.
 
-    With :math:`s_{ij} = |idx_j - idx_i| + 9999.9\,[i = j]` and
-    :math:`D_{ij} = \lVert x_i - x_j \rVert + 9999.9\,[i = j] + \epsilon s_{ij}`, an edge :math:`i \to j` is kept
-    when :math:`j` is among the :math:`\min(k, L - 1)` smallest :math:`D_{i\cdot}` or :math:`s_{ij} <` ``nlocal``;
-    with ``topk_incl_local`` the local residues count within the ``top_k`` (their :math:`D` set to 0). No
+    With $s_{ij} = |idx_j - idx_i| + 9999.9\,[i = j]$ and
+    $D_{ij} = \lVert x_i - x_j \rVert + 9999.9\,[i = j] + \epsilon s_{ij}$, an edge $i \to j$ is kept
+    when $j$ is among the $\min(k, L - 1)$ smallest $D_{i\cdot}$ or $s_{ij} <$ ``nlocal``;
+    with ``topk_incl_local`` the local residues count within the ``top_k`` (their $D$ set to 0). No
     self-loops. RFdiffusion2's copy defaults to ``eps=1e-4``.
 
     Args:
@@ -120,7 +125,8 @@ def make_topk_graph(
         eps: weight of the sequence separation in the distance (breaks ties).
 
     Returns:
-        ``(G, edge_feats)`` with ``rel_pos`` detached (:func:`se3pyg.compat.graphs.residue_graph`).
+        ``(G, edge_feats)`` with ``rel_pos`` detached
+        ([`se3pyg.compat.graphs.residue_graph()`][se3pyg.compat.graphs.residue_graph]).
     """
     check_residue_inputs(xyz, pair, idx, top_k)
     batch, length = xyz.shape[:2]

@@ -1,8 +1,9 @@
 """RoseTTAFold2NA's SE(3) module and graph builders without DGL.
 
-RoseTTAFold2NA vendors RoseTTAFold-All-Atom's SE(3)-Transformer (:class:`SE3Transformer` is
-:class:`se3pyg.compat.rf2aa.SE3Transformer`; its wrapper's ``tensor_cores=True, low_memory=True`` give the partially
-fused layout by the 2021 rule) and RoseTTAFold-All-Atom's :func:`make_topk_graph`; its :func:`make_full_graph`
+RoseTTAFold2NA vendors RoseTTAFold-All-Atom's SE(3)-Transformer (`SE3Transformer` is
+[`se3pyg.compat.rf2aa.SE3Transformer`][se3pyg.compat.rf2aa.SE3Transformer]; its wrapper's ``tensor_cores=True,
+low_memory=True`` give the partially
+fused layout by the 2021 rule) and RoseTTAFold-All-Atom's `make_topk_graph()`; its `make_full_graph()`
 detaches ``rel_pos``, which RoseTTAFold-All-Atom's does not.
 """
 
@@ -31,7 +32,7 @@ def make_full_graph(xyz: Tensor, pair: Tensor, idx: Tensor) -> tuple[Data, Tenso
         idx: residue indices ``[B, L]``.
 
     Returns:
-        ``(G, edge_feats)`` (:func:`se3pyg.compat.graphs.residue_graph`).
+        ``(G, edge_feats)`` ([`se3pyg.compat.graphs.residue_graph()`][se3pyg.compat.graphs.residue_graph]).
     """
     check_residue_inputs(xyz, pair, idx)
     b, i, j = torch.where((idx[:, None, :] - idx[:, :, None]).abs() > 0)

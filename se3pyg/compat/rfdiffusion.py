@@ -1,15 +1,18 @@
 """RFdiffusion's SE(3) module and graph builders without DGL.
 
-RFdiffusion vendors NVIDIA's 2021 SE(3)-Transformer (``env/SE3Transformer``): :class:`SE3Transformer` takes its
-arguments, NVIDIA's, and chooses the layout by the 2021 rule (:func:`se3pyg.compat.nvidia.nvidia_2021_layout`).
-:func:`make_full_graph` and :func:`make_topk_graph` are its ``util_module.py``'s, with their signatures and return
+RFdiffusion vendors NVIDIA's 2021 SE(3)-Transformer (``env/SE3Transformer``): `SE3Transformer` takes its
+arguments, NVIDIA's, and chooses the layout by the 2021 rule
+([`se3pyg.compat.nvidia.nvidia_2021_layout()`][se3pyg.compat.nvidia.nvidia_2021_layout]).
+`make_full_graph()` and `make_topk_graph()` are its ``util_module.py``'s, with their signatures and return
 values (RFantibody's ``rfdiffusion`` package and RFdiffusion2's ``rf_diffusion`` have the same two).
-RoseTTAFold2's and RoseTTAFold-All-Atom's builders differ: :mod:`se3pyg.compat.rf2`, :mod:`se3pyg.compat.rf2aa`.
+RoseTTAFold2's and RoseTTAFold-All-Atom's builders differ: [`se3pyg.compat.rf2`][se3pyg.compat.rf2],
+[`se3pyg.compat.rf2aa`][se3pyg.compat.rf2aa].
 
 Each returns ``(G, edge_feats)``: ``G`` a PyG ``Data`` with ``edge_index`` (row 0 source, row 1 destination, nodes
 numbered ``b * L + i``), ``rel_pos`` (the destination's coordinates minus the source's, detached: no gradient
 flows through the basis, as in RFdiffusion) and ``num_nodes`` ``B * L``, which
-:class:`se3pyg.compat.nvidia.SE3Transformer` takes in place of the DGL graph; ``edge_feats`` the pair features of
+[`se3pyg.compat.nvidia.SE3Transformer`][se3pyg.compat.nvidia.SE3Transformer] takes in place of the DGL graph;
+``edge_feats`` the pair features of
 the edges, ``[E, E_pair, 1]``.
 """
 
@@ -36,7 +39,8 @@ __all__ = ["Fiber", "SE3Transformer", "make_full_graph", "make_topk_graph"]
 class SE3Transformer(nvidia.SE3Transformer):
     """RFdiffusion's ``SE3Transformer(num_layers, fiber_in, fiber_hidden, fiber_out, num_heads, channels_div,
     fiber_edge, return_type, pooling, norm, use_layer_norm, tensor_cores, low_memory)``, called as
-    :class:`se3pyg.compat.nvidia.SE3Transformer` is. Any other argument is refused with a ``TypeError``.
+    [`se3pyg.compat.nvidia.SE3Transformer`][se3pyg.compat.nvidia.SE3Transformer] is. Any other argument is refused with
+    a ``TypeError``.
 
     Args:
         num_layers: attention blocks.
@@ -77,7 +81,8 @@ class SE3Transformer(nvidia.SE3Transformer):
 
     @staticmethod
     def layouts(tensor_cores: bool, low_memory: bool) -> tuple[Layout, Layout | None, bool]:
-        """The 2021 rule (:func:`se3pyg.compat.nvidia.nvidia_2021_layout`), no recomputation."""
+        """The 2021 rule ([`se3pyg.compat.nvidia.nvidia_2021_layout()`][se3pyg.compat.nvidia.nvidia_2021_layout]), no
+        recomputation."""
         return nvidia.nvidia_2021_layout(tensor_cores, low_memory), "full", False
 
 
@@ -101,10 +106,10 @@ def make_topk_graph(
 ) -> tuple[Data, Tensor]:
     r"""The ``top_k`` nearest residues of each residue and every residue within ``kmin`` of it in sequence.
 
-    Distances are :math:`D_{ij} = \lVert x_i - x_j \rVert + 999.9 \, [i = j] + \epsilon \, s_{ij}` with the
-    sequence separation :math:`s_{ij} = |idx_j - idx_i| + 999.9 \, [i = j]` (ties broken by it); an edge
-    :math:`i \to j` is kept when :math:`j` is among the ``top_k`` smallest :math:`D_{i\cdot}` or
-    :math:`s_{ij} <` ``kmin``. With ``L <= top_k`` every pair is kept, self-loops (``rel_pos`` 0) included.
+    Distances are $D_{ij} = \lVert x_i - x_j \rVert + 999.9 \, [i = j] + \epsilon \, s_{ij}$ with the
+    sequence separation $s_{ij} = |idx_j - idx_i| + 999.9 \, [i = j]$ (ties broken by it); an edge
+    $i \to j$ is kept when $j$ is among the ``top_k`` smallest $D_{i\cdot}$ or
+    $s_{ij} <$ ``kmin``. With ``L <= top_k`` every pair is kept, self-loops (``rel_pos`` 0) included.
 
     Args:
         xyz: coordinates ``[B, L, 3]`` (RFdiffusion passes the CA atoms).

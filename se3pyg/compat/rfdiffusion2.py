@@ -2,9 +2,10 @@
 
 RFdiffusion2 carries its own ``rf2aa`` package, whose SE(3)-Transformer is RoseTTAFold2's (NVIDIA's current code
 with ``final_layer``, ``populate_edge`` and ``sum_over_edge``) with ``compute_gradients`` added:
-:class:`SE3Transformer` is :class:`se3pyg.compat.rf2.SE3Transformer`. Its builders (``rf2aa/util_module.py``) are
-RoseTTAFold-All-Atom's but for :func:`make_topk_graph`'s default ``eps=1e-4``. The builders of its
-``rf_diffusion`` package are RFdiffusion's (:mod:`se3pyg.compat.rfdiffusion`).
+`SE3Transformer` is [`se3pyg.compat.rf2.SE3Transformer`][se3pyg.compat.rf2.SE3Transformer]. Its builders
+(``rf2aa/util_module.py``) are
+RoseTTAFold-All-Atom's but for `make_topk_graph()`'s default ``eps=1e-4``. The builders of its
+``rf_diffusion`` package are RFdiffusion's ([`se3pyg.compat.rfdiffusion`][se3pyg.compat.rfdiffusion]).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def make_topk_graph(
     topk_incl_local: bool = True,
     eps: float = 1e-4,
 ) -> tuple[Data, Tensor]:
-    """:func:`se3pyg.compat.rf2aa.make_topk_graph` with RFdiffusion2's default ``eps``.
+    """[`se3pyg.compat.rf2aa.make_topk_graph()`][se3pyg.compat.rf2aa.make_topk_graph] with RFdiffusion2's default
+    ``eps``.
 
     Args:
         xyz: coordinates ``[B, L, 3]`` (the tools pass the CA atoms).
@@ -44,6 +46,7 @@ def make_topk_graph(
         eps: weight of the sequence separation in the distance (breaks ties).
 
     Returns:
-        ``(G, edge_feats)`` with ``rel_pos`` detached (:func:`se3pyg.compat.graphs.residue_graph`).
+        ``(G, edge_feats)`` with ``rel_pos`` detached
+        ([`se3pyg.compat.graphs.residue_graph()`][se3pyg.compat.graphs.residue_graph]).
     """
     return rf2aa.make_topk_graph(xyz, pair, idx, top_k, nlocal, topk_incl_local, eps)

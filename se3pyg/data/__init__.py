@@ -1,8 +1,8 @@
 """QM9 through PyG, offline, with NVIDIA's tasks and splits.
 
 The names below are imported on first use, so that the command line checks options such as ``--task``
-(:mod:`se3pyg.data.tasks`) without importing torch and PyG. The modules that import PyG import
-:mod:`se3pyg.thirdparty` first (third-party imports without their deprecation warnings).
+([`se3pyg.data.tasks`][se3pyg.data.tasks]) without importing torch and PyG. The modules that import PyG import
+[`se3pyg.thirdparty`][se3pyg.thirdparty] first (third-party imports without their deprecation warnings).
 """
 
 from __future__ import annotations

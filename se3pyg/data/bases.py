@@ -2,10 +2,10 @@
 
 NVIDIA's ``--precompute_bases`` keeps each bond's full bases (1,092 floats a
 bond for degrees 0..3, about 21 GB for QM9). se3pyg keeps only the spherical
-harmonics, :math:`(2L+1)^2` values a bond (49 for degrees 0..3: about 1 GB for
+harmonics, $(2L+1)^2$ values a bond (49 for degrees 0..3: about 1 GB for
 QM9 in float32), in one tensor inside the dataset's collated storage, which
 DataLoader workers share copy-on-write. The Clebsch-Gordan contraction runs
-on the model's device (:class:`se3pyg.basis.Basis`).
+on the model's device ([`se3pyg.basis.Basis`][se3pyg.basis.Basis]).
 """
 
 from __future__ import annotations

@@ -4,19 +4,19 @@ PyG's ``DataLoader`` builds every molecule as a ``Data`` object and collates
 them in Python: about 4 molecules per ms on this project's CPUs, far below
 what one GPU trains on. A QM9 split is a view of one collated
 ``InMemoryDataset``: node and edge tensors stored end to end with per-molecule
-offsets (``slices``). :class:`FlatLoader` moves those tensors to the device
+offsets (``slices``). `FlatLoader` moves those tensors to the device
 once and assembles a batch of molecules ``m_1 .. m_B`` with a few gathers:
 
-.. math::
-
-    \\text{nodes} = \\bigcup_b [\\,p_{m_b}, p_{m_b + 1}), \\qquad
-    \\text{edge\\_index} \\mathrel{+}= \\text{offset of its molecule in the batch}
+$$
+\\text{nodes} = \\bigcup_b [\\,p_{m_b}, p_{m_b + 1}), \\qquad
+\\text{edge\\_index} \\mathrel{+}= \\text{offset of its molecule in the batch}
+$$
 
 with the same tensors as ``Batch.from_data_list`` of the same molecules
 (training view: node features ``x[:, :6]``, ``edge_attr[:, :4]``, the
 standardized target, the molecules' QM9 indices, precomputed harmonics
 when present; ``edge_pairs`` when the storage's edges come in reverse pairs, see
-:mod:`se3pyg.data.pairs`). Batch sizes are
+`se3pyg.data.pairs`). Batch sizes are
 read from host copies of the per-molecule counts, so assembling a batch on a
 GPU reads nothing back from it.
 """
@@ -102,7 +102,7 @@ def _concat_ranges(starts: Tensor, counts: Tensor, total: int) -> Tensor:
 
 
 def storage_bytes(dataset: InMemoryDataset) -> int:
-    """Bytes of the model inputs :class:`FlatLoader` keeps for ``dataset``'s whole collated storage."""
+    """Bytes of the model inputs `FlatLoader` keeps for ``dataset``'s whole collated storage."""
     data = dataset._data
     tensors = [
         data.x[:, : dataset.transform.node_features],
@@ -116,7 +116,7 @@ def storage_bytes(dataset: InMemoryDataset) -> int:
 
 
 def flat_loadable(dataset: object) -> bool:
-    """Whether :class:`FlatLoader` can serve ``dataset``: a view of a collated dataset with the training view."""
+    """Whether `FlatLoader` can serve ``dataset``: a view of a collated dataset with the training view."""
     return isinstance(dataset, InMemoryDataset) and isinstance(dataset.transform, TrainingView)
 
 
@@ -124,7 +124,7 @@ class FlatLoader:
     """Batches of a split of a collated dataset, assembled on ``device`` (see the module docstring).
 
     Order and sharding follow ``DistributedSampler`` + ``DataLoader``: a permutation seeded with
-    ``seed + epoch`` when shuffling (reshuffled every epoch: :meth:`set_epoch`, or by itself after each
+    ``seed + epoch`` when shuffling (reshuffled every epoch: `set_epoch()`, or by itself after each
     pass), cut to (``drop_last``) or padded to a multiple of ``world_size``, every ``world_size``-th
     molecule for ``rank``, then batches of ``batch_size`` (the last one dropped with ``drop_last``).
     """

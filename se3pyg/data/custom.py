@@ -1,7 +1,7 @@
 """The user's molecules as a training set: an SDF whose data fields hold the target, or a folder of XYZ/SDF
 files with a CSV of values (``molecule,NAME,...``).
 
-Molecules get QM9's model inputs (:func:`~se3pyg.data.molecules.to_data`: bonds perceived from the
+Molecules get QM9's model inputs ([`to_data()`][se3pyg.data.molecules.to_data]: bonds perceived from the
 coordinates, the same checks as prediction); node features are one-hot over H, C, N, O, F and then the
 other elements found, by atomic number, then the atomic number. The processed dataset is cached beside the
 source (``SOURCE.se3pyg/``) and complete only once its manifest is written, last and atomically; the
@@ -138,7 +138,7 @@ def _raw_records(spec: DatasetSpec, errors: list[DataError]) -> list[tuple[str, 
 
 
 def _csv_rows(table: Path, target: str) -> list[tuple[int, dict[str, str]]]:
-    """The rows of a ``--dataset`` folder's CSV as ``(line, column -> cell)``; :class:`DataError` naming the file
+    """The rows of a ``--dataset`` folder's CSV as ``(line, column -> cell)``; `DataError` naming the file
     when it cannot be read, has no ``molecule`` column, or names a column twice (which one counts would be a
     guess). A cell may be as long as the file (a bad one makes its record bad, not the file)."""
     csv.field_size_limit(MAX_FILE_BYTES)
@@ -229,7 +229,7 @@ def source_digests(source: str | Path) -> list[dict[str, object]]:
 
 
 def dataset_digest(source: str | Path) -> str:
-    """One SHA-256 over :func:`source_digests`: what identifies a dataset's content."""
+    """One SHA-256 over `source_digests()`: what identifies a dataset's content."""
     return hashlib.sha256(json.dumps(source_digests(source)).encode()).hexdigest()
 
 

@@ -79,7 +79,8 @@ def dataset_splits(
     stats: TargetStats | None = None,
     built: BuiltDataset | None = None,
 ) -> QM9Splits:
-    """The splits of a user's dataset (:mod:`se3pyg.data.custom`; ``built`` when it is at hand, else built or
+    """The splits of a user's dataset (`se3pyg.data.custom`; ``built`` when it is at hand, else
+    built or
     read from its cache), standardized with the train split's mean and std (or ``stats``); node features
     one-hot over the elements the dataset holds."""
     built = built if built is not None else build_dataset(spec)
@@ -107,7 +108,7 @@ def _views(dataset: InMemoryDataset, indices: tuple[list[int], ...], view: Train
     return parts
 
 
-#: What :func:`make_loader` returns: both iterate PyG ``Batch`` objects and have a length.
+#: What `make_loader()` returns: both iterate PyG ``Batch`` objects and have a length.
 Loader = FlatLoader | DataLoader
 
 
@@ -123,10 +124,10 @@ def make_loader(
     pin_memory: bool = False,
     device: torch.device | str = "cpu",
 ) -> Loader:
-    """Batches of ``dataset`` for one rank: a :class:`FlatLoader` on ``device`` for a QM9 split (its storage
+    """Batches of ``dataset`` for one rank: a `FlatLoader` on ``device`` for a QM9 split (its storage
     held there when it fits in half the free memory, else on the host), a PyG ``DataLoader`` for other
     datasets or with worker processes (its batches' edges put in reverse pairs where they can be,
-    :mod:`se3pyg.data.pairs`); under DDP each rank reads its share.
+    `se3pyg.data.pairs`); under DDP each rank reads its share.
     """
     if num_workers == 0 and flat_loadable(dataset):
         device = torch.device(device)
@@ -153,7 +154,7 @@ def make_loader(
 
 
 class PairingCollater:
-    """PyG's collation, then :func:`~se3pyg.data.pairs.pair_edges`: batches whose bonds pair up are flagged."""
+    """PyG's collation, then [`pair_edges()`][se3pyg.data.pairs.pair_edges]: batches whose bonds pair up are flagged."""
 
     def __init__(self, collate: Callable[[list], Batch]) -> None:
         self.collate = collate

@@ -32,8 +32,8 @@ MAX_FILE_BYTES = 100 * 2**20  # a molecule file (an SDF of many records too) is 
 
 
 def checked_file(path: Path, what: str = "") -> Path:
-    """``path`` when it is a regular file of at most :data:`MAX_FILE_BYTES` (links followed), else
-    :class:`DataError` naming it: a FIFO would block, a device never end, a folder, a dangling link or a loop of
+    """``path`` when it is a regular file of at most `MAX_FILE_BYTES` (links followed), else
+    `DataError` naming it: a FIFO would block, a device never end, a folder, a dangling link or a loop of
     links cannot be read."""
     import stat
 
@@ -54,7 +54,7 @@ def checked_file(path: Path, what: str = "") -> Path:
 def folder_files(folder: Path, suffixes: Sequence[str], what: str = "") -> list[Path]:
     """The files of ``folder`` whose suffix is one of ``suffixes`` (any case), sorted by name. Hidden files (names
     starting with ``.``, such as macOS's ``._NAME`` companions) are left out; a link that leads out of the folder
-    is refused (:func:`check_inside`)."""
+    is refused (`check_inside()`)."""
     found = sorted(f for f in folder.iterdir() if not f.name.startswith(".") and f.suffix.lower() in suffixes)
     for f in found:
         check_inside(f, folder, what)
@@ -62,7 +62,7 @@ def folder_files(folder: Path, suffixes: Sequence[str], what: str = "") -> list[
 
 
 def check_inside(path: Path, folder: Path, what: str = "") -> None:
-    """:class:`DataError` when ``path``, a name in ``folder``, is a link to something outside it: a folder's
+    """`DataError` when ``path``, a name in ``folder``, is a link to something outside it: a folder's
     molecules are its own files, never what a link brings in from elsewhere."""
     if path.is_symlink():
         target, root = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
@@ -81,7 +81,7 @@ def strict_float(text: str) -> float:
 
 def _text(path: Path) -> str:
     """A molecule file's text, without a UTF-8 byte-order mark and with Windows' or old Macs' line ends as ``\\n``;
-    :class:`DataError` naming it when it is not UTF-8."""
+    `DataError` naming it when it is not UTF-8."""
     try:
         return checked_file(path).read_text(encoding="utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
@@ -209,7 +209,7 @@ def read_sdf_records(
 ) -> Iterator[tuple[str, list[str], list[list[float]], dict[str, str]]]:
     """``(name, elements, coordinates, data fields)`` of each record of an SDF or MOL file (V2000 or V3000).
 
-    A record that cannot be read raises :class:`DataError`, or is appended to ``errors`` and skipped.
+    A record that cannot be read raises `DataError`, or is appended to ``errors`` and skipped.
     """
     from rdkit import Chem, RDLogger
 
@@ -244,7 +244,7 @@ def read_sdf_records(
 
 
 def _check_record(mol, name: str, text: str) -> None:  # mol: an rdkit.Chem.Mol
-    """:class:`DataError` for an SDF record the model cannot take as it is: too many atoms, a 2D drawing (its
+    """`DataError` for an SDF record the model cannot take as it is: too many atoms, a 2D drawing (its
     header's dimension code says ``2D``; flat coordinates without it may be a planar molecule, and are taken), or
     charged or radical atoms (the model knows neutral closed-shell molecules, whose bonds are perceived with
     charge 0)."""
@@ -286,9 +286,9 @@ def read_molecules(paths: Sequence[str | os.PathLike], vocabulary: Sequence[str]
 
 
 def checked(molecule: Data) -> Data:
-    """A molecule the model can predict for, else :class:`DataError` naming it and what is wrong: at least one
-    atom; no two atoms closer than :data:`MIN_DISTANCE`; every atom bonded (an atom far from the rest has no bond,
-    and the model reads bonds), at most :data:`MAX_BONDS_PER_ATOM` bonds an atom; one molecule, not fragments
+    """A molecule the model can predict for, else `DataError` naming it and what is wrong: at least one
+    atom; no two atoms closer than `MIN_DISTANCE`; every atom bonded (an atom far from the rest has no bond,
+    and the model reads bonds), at most `MAX_BONDS_PER_ATOM` bonds an atom; one molecule, not fragments
     apart (its targets are a molecule's)."""
     n = molecule.num_nodes
     if n == 0:

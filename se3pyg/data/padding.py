@@ -4,7 +4,7 @@ A batch of ``B`` molecules with ``N`` atoms and ``E`` directed bonds becomes
 one of ``B + 1`` graphs, ``N'`` atoms and ``E'`` bonds: the extra graph holds
 the ``N' - N`` padding atoms, 1 Å apart on a line, with zero features, and the
 ``E' - E`` padding bonds, in reverse pairs ``k -> k + 1``, ``k + 1 -> k`` over the padding atoms
-(cyclically), so that a batch in reverse pairs stays so (:mod:`se3pyg.data.pairs`).
+(cyclically), so that a batch in reverse pairs stays so (`se3pyg.data.pairs`).
 No real atom sends to or receives from a padding atom, and every layer works
 per atom or per bond, so the first ``B`` outputs (and their gradients) are
 those of the unpadded batch.
@@ -24,7 +24,7 @@ PADDED_FIELDS = ("x", "pos", "edge_index", "edge_attr", "batch", "ptr", "y")
 
 
 def padded_size(count: int, extra: int = 0) -> int:
-    r"""``count + extra`` rounded up to a multiple of :math:`q = \max(64, 2^{\lfloor \log_2 n \rfloor - 5})`.
+    r"""``count + extra`` rounded up to a multiple of $q = \max(64, 2^{\lfloor \log_2 n \rfloor - 5})$.
 
     It adds fewer than ``max(64, n / 32)`` rows, and the batches of one batch size fall into a handful of sizes.
     (Rounding to 1/16 instead made an H100's replayed published-recipe steps 1.0-1.4% slower, from the padding.)
@@ -41,7 +41,7 @@ def static_shape(batch: Batch) -> tuple[int, int, int]:
 
 def fits(batch: Batch, shape: tuple[int, int, int]) -> bool:
     """Whether ``batch`` pads to ``shape`` with fewer than ``max(128, n / 16)`` padding atoms and bonds (twice
-    :func:`padded_size`'s bound: a batch may take a larger shape already captured instead of its own)."""
+    `padded_size()`'s bound: a batch may take a larger shape already captured instead of its own)."""
     graphs, nodes, edges = shape
     n, e = batch.num_nodes, batch.edge_index.shape[1]
     return graphs == batch.num_graphs + 1 and 2 <= nodes - n < max(128, n / 16) and 0 <= edges - e < max(128, e / 16)

@@ -1,15 +1,16 @@
 r"""Edges in reverse pairs: each bond's two directions next to each other, so that they share radial weights.
 
-A TFN kernel's radial weights :math:`\phi(\lVert r_{ij} \rVert, e_{ij})` depend on the bond's length and features
-only, which are the same for :math:`i \to j` and :math:`j \to i` in a molecular graph. When edge ``2u + 1`` is
+A TFN kernel's radial weights $\phi(\lVert r_{ij} \rVert, e_{ij})$ depend on the bond's length and features
+only, which are the same for $i \to j$ and $j \to i$ in a molecular graph. When edge ``2u + 1`` is
 the reverse of edge ``2u`` with equal features, the model forms each pair's radial weights once and contracts
-both directions with them in one product (:class:`se3pyg.nn.conv.KernelGroup`): half the radial network's work,
+both directions with them in one product ([`se3pyg.nn.conv.KernelGroup`][se3pyg.nn.conv.KernelGroup]): half the radial
+network's work,
 half the weights written and read. The model takes that path for a graph whose ``edge_pairs`` attribute is the
-Python ``True`` that :func:`pair_edges` sets (a flag the host reads: checking the order on a GPU would wait for
+Python ``True`` that `pair_edges()` sets (a flag the host reads: checking the order on a GPU would wait for
 it); any other graph runs the general path, with the same result.
 
-The order is checked where data enters: :func:`pair_edges` for a batch, :func:`pair_dataset_edges` once for a
-collated dataset (QM9 and built datasets are paired when loaded; :class:`~se3pyg.data.FlatLoader` flags the
+The order is checked where data enters: `pair_edges()` for a batch, `pair_dataset_edges()` once for a
+collated dataset (QM9 and built datasets are paired when loaded; [`FlatLoader`][se3pyg.data.FlatLoader] flags the
 batches of a paired one).
 """
 

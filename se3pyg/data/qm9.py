@@ -1,7 +1,7 @@
 """QM9 offline: raw files built from the PyPI package ``qm9pack``, processed by PyG's ``QM9``.
 
 ``qm9pack`` ships the 130,831 characterized QM9 molecules (coordinates and
-properties in atomic units) as CSV files. :func:`prepare_qm9` perceives bonds
+properties in atomic units) as CSV files. `prepare_qm9()` perceives bonds
 with RDKit, writes the three raw files PyG's ``QM9`` reads (``gdb9.sdf``,
 ``gdb9.sdf.csv``, ``uncharacterized.txt``) and lets the stock
 ``torch_geometric.datasets.QM9`` process them. Molecules keep their QM9
@@ -71,7 +71,7 @@ _PLACEHOLDER = "{name}\n     se3pyg\n\n  1  0  0  0  0  0  0  0  0  0999 V2000\n
 
 
 class OfflineQM9(QM9):
-    """PyG's ``QM9`` over a folder prepared by :func:`prepare_qm9`; never downloads, and unpickles nothing.
+    """PyG's ``QM9`` over a folder prepared by `prepare_qm9()`; never downloads, and unpickles nothing.
 
     PyG's own loading reads ``processed/pre_transform.pt`` and ``pre_filter.pt`` with ``weights_only=False``
     (any code in them runs) and falls back to that for the processed file too. Here those two files are neither
@@ -235,7 +235,7 @@ _MANIFEST_ENTRIES = {"count": int, "processed_file": str, "processed_size": int,
 
 
 def verify(data_dir: str | os.PathLike) -> dict:
-    """The manifest, once the processed file is checked against it; :class:`DataError` otherwise."""
+    """The manifest, once the processed file is checked against it; `DataError` otherwise."""
     root = Path(data_dir)
     manifest = read_manifest(root)
     if manifest is None:
@@ -370,8 +370,9 @@ def load_qm9(
 
     ``limit=N`` keeps the first N characterized molecules. A missing, smaller
     or damaged build is (re)built when ``build`` is true, else refused with
-    :class:`DataError`. Each molecule's edges come in reverse pairs (each bond's two directions next to each
-    other, :func:`~se3pyg.data.pairs.pair_dataset_edges`) instead of PyG's sorted order: the same graphs, which
+    `DataError`. Each molecule's edges come in reverse pairs (each bond's two directions next to each
+    other, `pair_dataset_edges()`) instead of PyG's sorted order: the same
+    graphs, which
     the model runs faster.
     """
     root = Path(data_dir)

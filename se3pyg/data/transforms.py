@@ -31,9 +31,10 @@ class TargetStats:
 
 class TrainingView(BaseTransform):
     r"""``x[:, :node_features]`` (QM9's first 6), ``edge_attr[:, :4]``, ``pos``, ``edge_index`` and
-    :math:`y = (y_{task} - \mu) / \sigma` (shape ``[1]``).
+    $y = (y_{task} - \mu) / \sigma$ (shape ``[1]``).
 
-    Precomputed spherical harmonics (``sh``, see :mod:`se3pyg.data.bases`) and the molecule's index in QM9
+    Precomputed spherical harmonics (``sh``, see `se3pyg.data.bases`) and the molecule's index in
+    QM9
     (``idx``, which names predictions) are kept.
     """
 

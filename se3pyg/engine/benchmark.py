@@ -1,9 +1,9 @@
 """Throughput and latency, NVIDIA's way: timestamps at each batch start after a warm-up.
 
 ``throughput = batch_size * world_size / mean(delta)``; latency statistics are
-over the same deltas. ``train`` times :func:`~se3pyg.engine.step.train_step`
-on a :class:`~se3pyg.engine.state.TrainState` built as ``se3pyg train``
-builds it; ``predict`` times :func:`~se3pyg.engine.step.predict_step`;
+over the same deltas. ``train`` times [`train_step()`][se3pyg.engine.step.train_step]
+on a [`TrainState`][se3pyg.engine.state.TrainState] built as ``se3pyg train``
+builds it; ``predict`` times [`predict_step()`][se3pyg.engine.step.predict_step];
 ``data`` times the batches' arrival on the training device alone. On CPU
 the speed of a 2048x2048 float32 matmul on the same threads is measured
 beside, so that figures from a busy machine can be scaled.

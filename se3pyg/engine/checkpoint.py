@@ -29,7 +29,7 @@ __all__ = [
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` through a temporary file and an atomic rename (the previous file stays whole
-    when the write fails: :class:`CheckpointError` naming it, e.g. on a full disk)."""
+    when the write fails: `CheckpointError` naming it, e.g. on a full disk)."""
     try:
         with atomic_write(path) as tmp:
             torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
@@ -47,7 +47,7 @@ def is_se3pyg_checkpoint(payload: Any) -> bool:
 
 
 def load_checkpoint(path: str | os.PathLike, payload: Any = None) -> dict[str, Any]:
-    """An se3pyg checkpoint (read from ``path`` unless ``payload`` is given), or :class:`CheckpointError`."""
+    """An se3pyg checkpoint (read from ``path`` unless ``payload`` is given), or `CheckpointError`."""
     p = Path(path)
     if payload is None:
         payload = read_torch_file(p)
@@ -86,7 +86,7 @@ def _entry_error(key: str, value: Any, kind: type) -> str | None:
 
 def _model_config_error(config: dict[str, Any]) -> str | None:
     """What in a checkpoint's ``model_config`` no model may be built from: a size that is not a positive integer
-    within :data:`MODEL_SIZE_LIMITS`, a fiber that is not degree -> channels within :data:`MAX_FIBER_CHANNELS`."""
+    within `MODEL_SIZE_LIMITS`, a fiber that is not degree -> channels within `MAX_FIBER_CHANNELS`."""
     for key, limit in MODEL_SIZE_LIMITS.items():
         value = config.get(key)
         if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= limit):
@@ -101,13 +101,13 @@ def _model_config_error(config: dict[str, Any]) -> str | None:
 
 
 def check_trained(checkpoint: dict[str, Any], name: str, resuming: bool = False) -> dict[str, Any]:
-    """``checkpoint`` when it follows se3pyg's checkpoint schema, else :class:`CheckpointError` naming ``name`` and
+    """``checkpoint`` when it follows se3pyg's checkpoint schema, else `CheckpointError` naming ``name`` and
     the first entry that does not.
 
-    Every :data:`TRAINED` entry with its type, each :data:`OPTIONAL` one present with its type (and, to resume,
+    Every `TRAINED` entry with its type, each `OPTIONAL` one present with its type (and, to resume,
     ``optimizer``, ``scheduler`` and ``scaler``); ``epoch`` >= 0; finite target statistics, a standard deviation
     above 0; ``best_val_mae`` >= 0; ``elements`` distinct element symbols; model sizes within
-    :data:`MODEL_SIZE_LIMITS`.
+    `MODEL_SIZE_LIMITS`.
     """
     required = {**TRAINED, **({k: OPTIONAL[k] for k in ("optimizer", "scheduler", "scaler")} if resuming else {})}
     errors = [_entry_error(key, checkpoint.get(key), kind) for key, kind in required.items()]
@@ -128,7 +128,7 @@ def check_trained(checkpoint: dict[str, Any], name: str, resuming: bool = False)
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any], name: str = "checkpoint") -> SE3TransformerPooled:
-    """The trained model of an se3pyg checkpoint, on CPU, in training mode; :class:`CheckpointError` naming
+    """The trained model of an se3pyg checkpoint, on CPU, in training mode; `CheckpointError` naming
     ``name`` when its ``model_config`` and weights do not make a model."""
     try:
         model = SE3TransformerPooled.from_config(checkpoint["model_config"])

@@ -1,8 +1,8 @@
 """What a command runs: its options as dataclasses, NVIDIA's names and defaults (the published QM9 recipe).
 
-Each field carries its help text (:func:`se3pyg.options.option`); the command
+Each field carries its help text (`se3pyg.options.option()`); the command
 line is generated from these classes. ``validate`` refuses what cannot work
-with a ``ValueError`` naming the option; :meth:`DeviceOptions.resolve_gpus`
+with a ``ValueError`` naming the option; `DeviceOptions.resolve_gpus()`
 turns "all visible GPUs" into a count.
 """
 
@@ -32,12 +32,13 @@ if TYPE_CHECKING:
 
     from se3pyg.data.custom import DatasetSpec
 
-#: ``--amp-dtype`` (the names of :data:`se3pyg.engine.precision.DTYPES`, and auto).
+#: ``--amp-dtype`` (the names of [`se3pyg.engine.precision.DTYPES`][se3pyg.engine.precision.DTYPES], and auto).
 AMP_DTYPES = ("auto", "fp16", "bf16")
 #: ``--num-degrees`` at most: features of degrees 0 .. 6, whose bonds' kernels need spherical harmonics up to
 #: degree 2 * 6 = 12, the highest e3nn computes.
 MAX_DEGREES = 7
-#: ``--optimizer``: AdamW, SGD with momentum, LAMB (:func:`se3pyg.engine.optim.make_optimizer`).
+#: ``--optimizer``: AdamW, SGD with momentum, LAMB
+#: ([`se3pyg.engine.optim.make_optimizer()`][se3pyg.engine.optim.make_optimizer]).
 OPTIMIZERS = ("adam", "sgd", "lamb")
 _Options = TypeVar("_Options", bound="DeviceOptions")
 
@@ -79,7 +80,7 @@ class DeviceOptions:
     def resolve_gpus(self: _Options, visible: int | None = None) -> _Options:
         """A copy, validated, with ``gpus`` counted (``None``: every one of the ``visible`` GPUs, by default those
         torch sees; ``ValueError`` when too many) and ``cuda_graphs`` decided (``None``: on GPUs, unless
-        :meth:`eager_only` names an option that needs the eager step)."""
+        `eager_only()` names an option that needs the eager step)."""
         self.validate()
         if visible is None:
             import torch
@@ -155,7 +156,7 @@ class RunOptions(DeviceOptions, ModelOptions):
         return dataset_spec(asdict(self))
 
     def model_options(self) -> dict[str, Any]:
-        """The :class:`ModelOptions` fields, as ``SE3TransformerPooled`` keywords."""
+        """The `ModelOptions` fields, as ``SE3TransformerPooled`` keywords."""
         return {f.name: getattr(self, f.name) for f in fields(ModelOptions)}
 
     def eager_only(self) -> str | None:
@@ -322,13 +323,13 @@ class TrainConfig(RunOptions):
         """This config as the resume of ``checkpoint``: the run it continues, as its checkpoint recorded it.
 
         Every option of the checkpoint's run (batch size, epochs, intervals, precision, tracking, ...) is taken
-        from it unless typed; the machine's own (:data:`RESUME_LOCAL`: devices, workers) are not. The task, the
-        model options and :data:`RESUME_KEEPS` (the molecules, their split, the optimizer) are the checkpoint's:
+        from it unless typed; the machine's own (`RESUME_LOCAL`: devices, workers) are not. The task, the
+        model options and `RESUME_KEEPS` (the molecules, their split, the optimizer) are the checkpoint's:
         one typed with another value is refused. Without ``--save-ckpt-path`` the resume saves where the checkpoint
         was (beside it when it is a best checkpoint).
 
         Args:
-            checkpoint: a checked se3pyg checkpoint (:func:`~se3pyg.engine.checkpoint.check_trained`).
+            checkpoint: a checked se3pyg checkpoint ([`check_trained()`][se3pyg.engine.checkpoint.check_trained]).
             typed: the options the user typed (field names); ``None``: those that differ from their defaults.
 
         Raises:
@@ -414,7 +415,7 @@ def check_model_names(
 
     Args:
         name: a registered model's name: not blank, not ``..``, without ``/`` or ``:``.
-        alias: an alias matching :data:`ALIAS_PATTERN`.
+        alias: an alias matching `ALIAS_PATTERN`.
         name_option: how messages name ``name``.
         alias_option: how messages name ``alias``.
 

@@ -25,9 +25,10 @@ def options_from_file(cls: type, source: str, tracking_uri: str | None = None) -
     """The options ``source`` sets for the config dataclass ``cls``, by field name.
 
     Args:
-        cls: the command's config (e.g. :class:`~se3pyg.engine.config.TrainConfig`), whose fields are the options.
+        cls: the command's config (e.g. [`TrainConfig`][se3pyg.engine.config.TrainConfig]), whose fields are the
+            options.
         source: a ``.toml``, ``.yaml``/``.yml`` or ``.json`` file of ``option = value`` entries (names with ``_``
-            or ``-``), or ``runs:/RUN_ID/config.json``: a logged run's options, without :data:`RUN_OWN`.
+            or ``-``), or ``runs:/RUN_ID/config.json``: a logged run's options, without `RUN_OWN`.
         tracking_uri: the store of a ``runs:/`` source.
 
     Returns:

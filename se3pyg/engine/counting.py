@@ -8,7 +8,8 @@ that is not a view is one kernel launch on a GPU; its outputs (or, for an
 in-place operator, its mutated input) are the bytes it writes. FLOPs are
 counted for the products, 2 a multiply-add, by ``torch.utils.flop_counter``'s
 formulas for PyTorch's operators and by the ``operator_flops`` of
-:mod:`se3pyg.nn.radial_contraction` and :mod:`se3pyg.nn.edge_weights_contraction` for the fused kernels'.
+`se3pyg.nn.radial_contraction` and
+`se3pyg.nn.edge_weights_contraction` for the fused kernels'.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Process groups: one process, N spawned processes on this node, or a torchrun launch.
 
-:func:`launch` is the one launcher of training and benchmarks; :func:`run_worker`
+`launch()` is the one launcher of training and benchmarks; `run_worker()`
 is what every rank runs around the work itself.
 """
 
@@ -92,7 +92,7 @@ def barrier(info: DistInfo) -> None:
     """Wait for every rank of ``info``'s process group (nothing to wait for in one process).
 
     Args:
-        info: this rank's place in the run (:func:`init`).
+        info: this rank's place in the run (`init()`).
     """
     if info.distributed:
         dist.barrier()
@@ -103,7 +103,7 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
     Args:
         tensor: this rank's part.
-        info: this rank's place in the run (:func:`init`).
+        info: this rank's place in the run (`init()`).
     """
     if info.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
@@ -115,7 +115,7 @@ def all_reduce_max(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
     Args:
         tensor: this rank's part.
-        info: this rank's place in the run (:func:`init`).
+        info: this rank's place in the run (`init()`).
     """
     if info.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
@@ -143,7 +143,7 @@ def loopback_interface() -> str:
 
 
 def shutdown() -> None:
-    """Leave the process group; in workers of :func:`spawn` it is left by the process's exit instead.
+    """Leave the process group; in workers of `spawn()` it is left by the process's exit instead.
 
     Destroying a gloo group joins its threads while holding the GIL, and a thread still releasing the
     last work item needs the GIL: an occasional deadlock at the very end of a run. Spawned workers skip
@@ -178,8 +178,9 @@ def _worker(local_rank: int, world_size: int, rendezvous: str, fn: Callable[...,
 def spawn(fn: Callable[..., Any], nprocs: int, *args: Any) -> None:
     """Run ``fn(*args)`` in ``nprocs`` processes of one process group on this node, which meet in a file and talk
     over the loopback interface (nothing listens on the network). A stop signal noted here
-    (:func:`~se3pyg.processes.stop_signals_noted`) is passed on to the ranks, which end as a stopped run does (rank
-    0 saves and marks its run KILLED); once they have ended (a minute at most), :class:`Interrupted` is raised."""
+    (`stop_signals_noted()`) is passed on to the ranks, which end as a stopped
+    run does (rank
+    0 saves and marks its run KILLED); once they have ended (a minute at most), `Interrupted` is raised."""
     # a failed rank is reported as one error: not also the ranks torch then ends (its warning for each)
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="se3pyg-rendezvous-") as folder:
@@ -205,7 +206,7 @@ def _end_ranks(processes: list[Any], stop: int) -> None:
 
 
 def spawns(world_size: int) -> bool:
-    """Whether :func:`launch` starts ``world_size`` processes itself (not one process, not under torchrun)."""
+    """Whether `launch()` starts ``world_size`` processes itself (not one process, not under torchrun)."""
     return world_size > 1 and not launched_by_torchrun()
 
 
@@ -277,7 +278,7 @@ class RankError(RuntimeError):
 
 
 def _first_error(scratch: Path) -> Exception | None:
-    """The exception the lowest failing rank raised (left in ``scratch`` by :func:`_run_and_report`), if any."""
+    """The exception the lowest failing rank raised (left in ``scratch`` by `_run_and_report()`), if any."""
     errors = sorted(scratch.glob("error-*.pkl"))
     return pickle.loads(errors[0].read_bytes()) if errors else None
 

@@ -40,7 +40,8 @@ def predict_split(
     predict: Callable[[Batch], Tensor] | None = None,
 ) -> Predictions:
     """This rank's predictions for every batch of ``loader`` (kept on the device: nothing is read back), by
-    ``predict`` (e.g. a :class:`~se3pyg.engine.graphs.GraphedPredictor`'s) or :func:`predict_step` of ``net``; a stop
+    ``predict`` (e.g. a [`GraphedPredictor`][se3pyg.engine.graphs.GraphedPredictor]'s) or `predict_step()` of ``net``; a
+    stop
     signal ends it between batches."""
     was_training = net.training
     net.eval()
@@ -59,7 +60,7 @@ def predict_split(
 
 
 def split_mae(predictions: Predictions, info: DistInfo, target_std: float) -> float:
-    r""":math:`\sigma \cdot \sum |\hat y - y| / n` over every molecule of every rank (standardized targets)."""
+    r"""$\sigma \cdot \sum |\hat y - y| / n$ over every molecule of every rank (standardized targets)."""
     errors = (predictions.pred - predictions.target).abs().double()
     totals = torch.stack([errors.sum(), torch.tensor(float(len(errors)), dtype=torch.float64, device=errors.device)])
     all_reduce_sum(totals, info)
@@ -74,7 +75,7 @@ def mean_absolute_error(
     precision: Precision,
     predict: Callable[[Batch], Tensor] | None = None,
 ) -> float:
-    """:func:`split_mae` of :func:`predict_split`."""
+    """`split_mae()` of `predict_split()`."""
     return split_mae(predict_split(net, loader, info, precision, predict), info, target_std)
 
 

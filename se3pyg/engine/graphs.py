@@ -4,7 +4,7 @@ An eager training step of the published recipe launches about 1,900 kernels;
 on an H100 their host-side cost (Python, dispatcher, launch) is several times
 their GPU time. A CUDA graph replays captured kernels with one launch, but
 needs static shapes and addresses: each batch is padded to a bucketed shape
-(:func:`~se3pyg.data.padding.static_shape`), copied into that shape's static
+(`static_shape()`), copied into that shape's static
 inputs, and that shape's graph, captured on its first batch, is replayed
 (a batch that fits a larger captured shape with little more padding takes
 that one, so that rare shapes are not captured each).
@@ -15,8 +15,8 @@ same tensors and DDP all-reduces them in one call; the optimizer step (fused on
 CUDA), gradient clipping and the loss scale's update run eagerly after the
 replay, so the learning rate schedule and the loss scale work as in the eager
 step. With ``capture=False`` the same padded, static-buffer steps run eagerly
-(on any device: how they are tested without a GPU). :class:`GraphedPredictor`
-replays prediction alone (``se3pyg predict --cuda-graphs``), :class:`GraphedSteps`
+(on any device: how they are tested without a GPU). `GraphedPredictor`
+replays prediction alone (``se3pyg predict --cuda-graphs``), `GraphedSteps`
 a training run's steps.
 """
 
@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 
 class Trainable(Protocol):
-    """What the graphed training steps read of a training state (:class:`se3pyg.engine.state.TrainState`)."""
+    """What the graphed training steps read of a training state
+    ([`se3pyg.engine.state.TrainState`][se3pyg.engine.state.TrainState])."""
 
     model: nn.Module
     precision: Precision
@@ -124,7 +125,8 @@ class GraphedPredictor:
 
 
 class GraphedSteps(GraphedPredictor):
-    """:func:`~se3pyg.engine.step.train_step` and :func:`~se3pyg.engine.step.predict_step` of ``state`` over
+    """[`train_step()`][se3pyg.engine.step.train_step] and [`predict_step()`][se3pyg.engine.step.predict_step] of
+    ``state`` over
     padded batches, one CUDA graph per shape (see the module docstring); both kinds share one memory pool."""
 
     def __init__(self, state: Trainable, capture: bool = True) -> None:

@@ -13,10 +13,10 @@ from se3pyg.engine.config import OPTIMIZERS
 class Lamb(torch.optim.Optimizer):
     r"""LAMB (You et al., 2020): Adam moments, decoupled weight decay, a per-tensor trust ratio.
 
-    .. math::
-
-        u = \frac{\hat m}{\sqrt{\hat v} + \epsilon} + \lambda w, \qquad
-        w \leftarrow w - \eta \, \frac{\lVert w \rVert}{\lVert u \rVert} \, u
+    $$
+    u = \frac{\hat m}{\sqrt{\hat v} + \epsilon} + \lambda w, \qquad
+    w \leftarrow w - \eta \, \frac{\lVert w \rVert}{\lVert u \rVert} \, u
+    $$
 
     with the trust ratio taken as 1 where either norm is 0 (apex FusedLAMB's behaviour).
     """

@@ -95,8 +95,8 @@ def load_model(
 def prediction_step(
     model: SE3TransformerPooled, precision: Precision, device: torch.device, cuda_graphs: bool = False
 ) -> Callable[[Batch], torch.Tensor]:
-    """``batch -> model's float32 prediction``: :func:`predict_step`, or with ``cuda_graphs`` a
-    :class:`GraphedPredictor`'s (replayed CUDA graphs on a GPU; elsewhere the same padded batches run eagerly)."""
+    """``batch -> model's float32 prediction``: `predict_step()`, or with ``cuda_graphs`` a
+    `GraphedPredictor`'s (replayed CUDA graphs on a GPU; elsewhere the same padded batches run eagerly)."""
     if cuda_graphs:
         return GraphedPredictor(model, precision, capture=device.type == "cuda").predict
     return functools.partial(predict_step, model, precision=precision)
@@ -111,7 +111,7 @@ def predict_molecules(
     precision: Precision,
     cuda_graphs: bool = False,
 ) -> torch.Tensor:
-    """Predictions in the task's unit, one per molecule, in order (``cuda_graphs``: see :func:`prediction_step`)."""
+    """Predictions in the task's unit, one per molecule, in order (``cuda_graphs``: see `prediction_step()`)."""
     if loaded.mean is None or loaded.std is None:
         raise CheckpointError(
             "an NVIDIA checkpoint holds no target statistics: pass --target-mean and --target-std "
@@ -151,7 +151,7 @@ def evaluate_split(
     split options; ``split`` may be ``all`` there).
 
     Targets are standardized with the checkpoint's statistics (an se3pyg checkpoint) or the train split's.
-    ``cuda_graphs``: see :func:`prediction_step`.
+    ``cuda_graphs``: see `prediction_step()`.
     """
     if split not in ("test", "val", "all") or (split == "all" and dataset is None):
         raise ValueError(f"--split must be test or val (or all, with --dataset), got {split!r}")

@@ -21,7 +21,7 @@ LEARNING_CURVE, PARITY_PLOT, TEST_PREDICTIONS = "learning_curve.png", "parity_te
 
 
 def in_task_unit(predictions: Predictions, mean: float, std: float) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""``(truth, prediction)`` in the task's unit: :math:`y = \sigma z + \mu` of the standardized values."""
+    r"""``(truth, prediction)`` in the task's unit: $y = \sigma z + \mu$ of the standardized values."""
     return predictions.target.double() * std + mean, predictions.pred.double() * std + mean
 
 

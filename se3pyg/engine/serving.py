@@ -4,7 +4,7 @@ The model takes a list of molecules, each as XYZ or SDF (molfile) text (served: 
 and returns one float per molecule, in input order, in the task's unit. It predicts with the same code as
 ``se3pyg predict``. Its artifacts hold data only: the checkpoint (read with ``weights_only=True``) and MLflow's
 descriptions of it. The code comes from the installed se3pyg: the model names this module as its
-``loader_module``, and MLflow calls :func:`_load_pyfunc` on the checkpoint. No pickle and no Python file is
+``loader_module``, and MLflow calls `_load_pyfunc()` on the checkpoint. No pickle and no Python file is
 stored with it, so nothing in a run's artifacts runs when the model is loaded or served.
 """
 
@@ -25,7 +25,7 @@ EXAMPLE_MOLECULE = "3\nwater\nO 0.0 0.0 0.117\nH 0.0 0.757 -0.467\nH 0.0 -0.757 
 
 def read_molecule_texts(texts: Sequence[str], elements: Sequence[str]) -> list[Any]:
     """Model inputs of molecules given as XYZ or SDF text (SDF when the text holds a molfile's ``M  END``), one
-    molecule a text; :class:`~se3pyg.data.errors.DataError` naming the row (from 0) otherwise."""
+    molecule a text; [`DataError`][se3pyg.data.errors.DataError] naming the row (from 0) otherwise."""
     from se3pyg.data.errors import DataError
     from se3pyg.data.molecules import read_molecules
 
@@ -47,7 +47,7 @@ def read_molecule_texts(texts: Sequence[str], elements: Sequence[str]) -> list[A
 
 
 class MoleculePropertyModel:
-    """An se3pyg checkpoint behind MLflow's pyfunc interface: what :func:`_load_pyfunc` returns.
+    """An se3pyg checkpoint behind MLflow's pyfunc interface: what `_load_pyfunc()` returns.
 
     Args:
         checkpoint: the logged model's checkpoint file.
@@ -144,7 +144,7 @@ def register_run_model(run_id: str, name: str, alias: str | None = None, trackin
     for a run that logged none (stopped before its end), one logged now from its best checkpoint artifact.
 
     Args:
-        run_id: the run's ID, or its first characters (:func:`~se3pyg.engine.tracking.full_run_id`).
+        run_id: the run's ID, or its first characters ([`full_run_id()`][se3pyg.engine.tracking.full_run_id]).
         name: the registered model.
         alias: an alias for the new version (``champion``), moved from any version that had it.
         tracking_uri: the store (default ``$MLFLOW_TRACKING_URI`` or ``mlruns/``).

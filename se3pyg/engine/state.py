@@ -88,7 +88,7 @@ class TrainState:
     @property
     def predict(self) -> Callable[[Batch], torch.Tensor] | None:
         """How evaluation predicts a batch: replayed with the training's CUDA graphs, else ``None`` (the eager
-        :func:`~se3pyg.engine.step.predict_step`)."""
+        [`predict_step()`][se3pyg.engine.step.predict_step])."""
         return self.graphs.predict if self.graphs is not None else None
 
     def restore(self, checkpoint: dict[str, Any], config: TrainConfig) -> None:

@@ -1,8 +1,8 @@
 """The steps every command runs: one training step, one prediction step.
 
 ``se3pyg train`` and ``se3pyg benchmark train`` call the same
-:func:`train_step`; evaluation, ``se3pyg predict`` and ``se3pyg benchmark
-predict`` call the same :func:`predict_step`. Neither reads a device value on
+`train_step()`; evaluation, ``se3pyg predict`` and ``se3pyg benchmark
+predict`` call the same `predict_step()`. Neither reads a device value on
 the host: the loss comes back as a tensor on the device.
 """
 
@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 def train_step(state: TrainState, batch: Batch, update: bool = True) -> Tensor:
     r"""Forward, L1 loss and backward of one batch; with ``update``, an optimizer step.
 
-    .. math:: \mathcal{L} = \frac{1}{B} \sum_g |\hat y_g - y_g| \quad \text{(standardized targets)}
+    $$
+    \mathcal{L} = \frac{1}{B} \sum_g |\hat y_g - y_g| \quad \text{(standardized targets)}
+    $$
 
     Gradients of ``state.accumulate`` batches add up (each loss divided by
     that count; DDP all-reduces only on the updating one). An update unscales

@@ -74,7 +74,7 @@ def check_reachable(uri: str, writing: bool = False) -> None:
 @contextlib.contextmanager
 def _first_use(uri: str) -> Iterator[None]:
     """Processes opening one local SQLite store take turns, and the first creates it whole
-    (:func:`_create_sqlite_store`)."""
+    (`_create_sqlite_store()`)."""
     db = sqlite_file(uri)
     if db is None:
         yield
@@ -255,7 +255,7 @@ def checkpoint_of(uri: str, scratch: str | os.PathLike, tracking_uri: str | None
     """The se3pyg checkpoint behind an MLflow URI: ``runs:/RUN_ID/model`` or ``models:/NAME/VERSION`` (a logged
     model), ``runs:/RUN_ID/PATH.pt`` (a checkpoint artifact) or ``runs:/RUN_ID`` (the run's best checkpoint);
     downloaded into the folder ``scratch`` (the caller's, to remove). ``RUN_ID`` may be the first characters of
-    one (:func:`full_run_id`)."""
+    one (`full_run_id()`)."""
     import mlflow
 
     from se3pyg.io import CheckpointError

@@ -1,8 +1,8 @@
 """Training: NVIDIA's recipe in a loop that reads top to bottom.
 
-:func:`run` resolves the config and launches the ranks; :func:`train_worker`
-is one rank's whole training; :func:`train_epoch` is one pass over the
-training split, a :func:`~se3pyg.engine.step.train_step` per batch.
+`run()` resolves the config and launches the ranks; `train_worker()`
+is one rank's whole training; `train_epoch()` is one pass over the
+training split, a [`train_step()`][se3pyg.engine.step.train_step] per batch.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ def run(
 
     Args:
         config: the run's options. With ``load_ckpt_path`` the run continues the checkpoint's
-            (:meth:`~se3pyg.engine.config.TrainConfig.resumed_from`): its task, model and options unless typed.
+            ([`resumed_from()`][se3pyg.engine.config.TrainConfig.resumed_from]): its task, model and options unless
+            typed.
         on_epoch: called after each epoch with its metrics, in this process (for spawned ranks too: rank 0's calls
             are relayed to it).
         on_progress: called as data is prepared and batches are trained, likewise.
@@ -414,7 +415,7 @@ def train_epoch(
     health: _Health,
     on_batch: Callable[..., None] | None = None,
 ) -> dict[str, float]:
-    """One pass over the training batches: a :func:`train_step` each, an optimizer update every
+    """One pass over the training batches: a `train_step()` each, an optimizer update every
     ``state.accumulate`` batches (and after the last); mean loss and throughput over all ranks.
     Nothing is read on the host inside the loop but ``health``'s periodic check (whose loss ``on_batch`` shows).
     """
@@ -486,8 +487,8 @@ class _Health:
 
 
 class _Saver:
-    """Checkpoints of rank 0: the last to ``path``, the best beside it (:func:`best_path`). Without a path, a
-    tracked run (``keep_best``) keeps its best in a scratch folder until it is logged and :meth:`close` removes
+    """Checkpoints of rank 0: the last to ``path``, the best beside it (`best_path()`). Without a path, a
+    tracked run (``keep_best``) keeps its best in a scratch folder until it is logged and `close()` removes
     it; otherwise nothing is saved."""
 
     def __init__(self, path: str | None, state: TrainState, extra: dict[str, Any], keep_best: bool = False) -> None:

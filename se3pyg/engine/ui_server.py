@@ -1,6 +1,7 @@
 """The MLflow UI server of ``se3pyg ui``: checked before it starts, stopped with its parent's stop signals.
 
-The server is MLflow's own (``mlflow server --app-name se3pyg``, whose app is :mod:`se3pyg.engine.ui_app`), run in
+The server is MLflow's own (``mlflow server --app-name se3pyg``, whose app is
+`se3pyg.engine.ui_app`), run in
 its own process group so that a stop reaches its workers too.
 """
 
@@ -21,7 +22,7 @@ from se3pyg.processes import guard_process_group, stop_handled, stop_signal, sto
 def runs_page(uri: str, experiment: str, base_url: str) -> str:
     """The UI page of ``experiment``'s runs under ``base_url`` (the UI's root when it has no runs yet), opened
     through ``/se3pyg/``, which keeps the UI in its model-training navigation for the pages that follow
-    (:mod:`se3pyg.engine.ui_app`)."""
+    (`se3pyg.engine.ui_app`)."""
     import mlflow
 
     try:
@@ -56,7 +57,7 @@ def is_loopback(host: str) -> bool:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """:class:`TrackingError` naming ``--port`` when ``host:port`` cannot be bound (in use, not an address here)."""
+    """`TrackingError` naming ``--port`` when ``host:port`` cannot be bound (in use, not an address here)."""
     if not 0 <= port <= 65535:
         raise TrackingError(f"--port {port}: must be between 0 and 65535")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -69,7 +70,7 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def check_servable(uri: str, host: str, port: int) -> None:
-    """What :func:`serve_ui` needs, refused by name: ``host:port`` free, and a local SQLite store that can be
+    """What `serve_ui()` needs, refused by name: ``host:port`` free, and a local SQLite store that can be
     created, or that exists and reads as a database within seconds (the server would print a traceback for a
     damaged one, and retry a locked one for minutes).
 
@@ -84,7 +85,7 @@ def check_servable(uri: str, host: str, port: int) -> None:
 
 
 def _check_readable(db: Any, uri: str) -> None:
-    """:class:`TrackingError` when the SQLite file ``db`` is not a database or stays locked for 5 seconds."""
+    """`TrackingError` when the SQLite file ``db`` is not a database or stays locked for 5 seconds."""
     import sqlite3
 
     try:
@@ -101,7 +102,7 @@ _SERVER_CHATTER = "[MLflow] Security middleware enabled"
 
 
 class _ServerOutput:
-    """The MLflow server's output, without :data:`_SERVER_CHATTER`: kept until the server answers (a server that
+    """The MLflow server's output, without `_SERVER_CHATTER`: kept until the server answers (a server that
     fails to start is reported as one line, its last), then passed on to this process's stderr."""
 
     def __init__(self, stream: Any) -> None:
@@ -153,7 +154,8 @@ def _answers(server: Any, host: str, port: int, timeout: float = 120) -> bool:
 
 def serve_ui(uri: str, host: str, port: int, on_ready: Any = None) -> int:
     """Run the MLflow UI server over ``uri`` until it ends or this process is told to stop (a stop signal, noted as
-    :func:`~se3pyg.processes.stop_signals_noted` says, is passed on as SIGTERM to the server's whole process
+    `stop_signals_noted()` says, is passed on as SIGTERM to the server's whole
+    process
     group, so that nothing is left listening; a watchdog ends the group if this process is killed).
 
     Args:

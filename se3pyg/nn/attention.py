@@ -61,18 +61,18 @@ def _remove_generated_source(layer: MessagePassing) -> None:
 class AttentionSE3(MessagePassing):
     r"""Multi-head attention over each node's incoming edges.
 
-    .. math::
+    $$
+    \alpha_{ij}^h = \operatorname{softmax}_{j \to i}
+    \frac{\langle q_i^h, k_{ij}^h \rangle}{\sqrt{n_k}}, \qquad
+    y_i^h = \sum_{j \to i} \alpha_{ij}^h v_{ij}^h
+    $$
 
-        \alpha_{ij}^h = \operatorname{softmax}_{j \to i}
-            \frac{\langle q_i^h, k_{ij}^h \rangle}{\sqrt{n_k}}, \qquad
-        y_i^h = \sum_{j \to i} \alpha_{ij}^h v_{ij}^h
-
-    with keys and values per edge, queries per node, :math:`n_k` the key
+    with keys and values per edge, queries per node, $n_k$ the key
     fiber's number of features, and heads splitting the channels of every
     degree. Logits and softmax run in at least float32 under autocast. The
     softmax's denominator divides each node's weighted sum, once per node:
-    :math:`y_i^h = \sum_j e^h_{ij} v^h_{ij} / \sum_j e^h_{ij}` with
-    :math:`e^h_{ij} = \exp(\text{logit}^h_{ij} - \max_j \text{logit}^h_{ij})`.
+    $y_i^h = \sum_j e^h_{ij} v^h_{ij} / \sum_j e^h_{ij}$ with
+    $e^h_{ij} = \exp(\text{logit}^h_{ij} - \max_j \text{logit}^h_{ij})$.
 
     Args:
         num_heads: heads; each divides every key and value channel count.
@@ -181,11 +181,11 @@ class AttentionBlockSE3(nn.Module):
         num_heads: attention heads.
         channels_div: value channels are ``fiber_out``'s divided by it: an int, a divisor per degree (keys ``d``
             or ``"d"``, as RoseTTAFold-All-Atom passes them) or ``None`` (1).
-        use_layer_norm: as in :class:`~se3pyg.nn.conv.ConvSE3`.
-        max_degree: as in :class:`~se3pyg.nn.conv.ConvSE3`.
-        layout: as in :class:`~se3pyg.nn.conv.ConvSE3`.
-        low_memory: as in :class:`~se3pyg.nn.conv.ConvSE3`.
-        kernel: as in :class:`~se3pyg.nn.conv.ConvSE3`.
+        use_layer_norm: as in [`ConvSE3`][se3pyg.nn.conv.ConvSE3].
+        max_degree: as in [`ConvSE3`][se3pyg.nn.conv.ConvSE3].
+        layout: as in [`ConvSE3`][se3pyg.nn.conv.ConvSE3].
+        low_memory: as in [`ConvSE3`][se3pyg.nn.conv.ConvSE3].
+        kernel: as in [`ConvSE3`][se3pyg.nn.conv.ConvSE3].
 
     Shapes:
         ``forward(node_feats {"d": [N, C_d, 2d+1]}, edge_feats, edge_index [2, E], basis)`` -> ``fiber_out`` features;

@@ -25,9 +25,11 @@ Aggregation = Literal["add", "mean"]
 #: How a kernel group computes: ``"edge_weights"`` forms each edge's radial weights and contracts them with
 #: the basis product; ``"reassociated"`` applies the radial network's last layer after the basis product,
 #: as one large GEMM over edges (more FLOPs, far fewer bytes); ``"fused"`` contracts that GEMM's output with the
-#: hidden layer tile by tile, never writing it (Triton on CUDA; :mod:`se3pyg.nn.radial_contraction`);
+#: hidden layer tile by tile, never writing it (Triton on CUDA;
+#: `se3pyg.nn.radial_contraction`);
 #: ``"fused_edge_weights"`` forms the radial weights tile by tile and contracts them at once, never writing them
-#: (``"edge_weights"``' products, Triton on CUDA; :mod:`se3pyg.nn.edge_weights_contraction`). ``"auto"`` picks per
+#: (``"edge_weights"``' products, Triton on CUDA;
+#: `se3pyg.nn.edge_weights_contraction`). ``"auto"`` picks per
 #: device type.
 KERNELS: tuple[str, ...] = ("auto", "edge_weights", "reassociated", "fused", "fused_edge_weights")
 
@@ -51,20 +53,20 @@ def _contiguous(x: Tensor, dtype: torch.dtype | None) -> Tensor:
 class KernelGroup(nn.Module):
     r"""One radial network and the fused basis block it weighs.
 
-    For input features :math:`x \in \mathbb{R}^{E \times D_{in} \times C_{in}}`,
-    basis :math:`B_{e l f k}` (input component ``l``, frequency ``f``, output component ``k``; stored
+    For input features $x \in \mathbb{R}^{E \times D_{in} \times C_{in}}$,
+    basis $B_{e l f k}$ (input component ``l``, frequency ``f``, output component ``k``; stored
     ``[E, D_out, F, D_in]``) and
-    radial weights :math:`R \in \mathbb{R}^{E \times C_{out} \times C_{in} F}`:
+    radial weights $R \in \mathbb{R}^{E \times C_{out} \times C_{in} F}$:
 
-    .. math::
-
-        y_{e k o} = \sum_{i f} R_{e o (i f)} \sum_l x_{e l i} B_{e l f k}.
+    $$
+    y_{e k o} = \sum_{i f} R_{e o (i f)} \sum_l x_{e l i} B_{e l f k}.
+    $$
 
     The frequencies run over output degrees first, so the sum is taken one
     output degree at a time with that degree's basis block only (the fused
     basis is zero elsewhere): about 3x fewer multiplications than the dense
     contraction for degrees 0..3. Both products read contiguous operands:
-    :math:`T_{e k (f i)} = \sum_l B_{e l f k} x_{e l i}` (``[E, D_d, F_d C_in]``,
+    $T_{e k (f i)} = \sum_l B_{e l f k} x_{e l i}$ (``[E, D_d, F_d C_in]``,
     the basis stored output-major) times the radial weights as the radial
     network writes them with its rows reordered to ``(f, i, o)``
     (``[E, F_d C_in, C_out]``), so no gradient needs a copy. On CPU
@@ -75,27 +77,29 @@ class KernelGroup(nn.Module):
     and one chunk is faster (fewer, larger weight-gradient products: 1.2x on
     a published-recipe training step).
 
-    With edges in reverse pairs (:mod:`se3pyg.data.pairs`), :math:`R` depends on the bond alone and
+    With edges in reverse pairs (`se3pyg.data.pairs`), $R$ depends on the bond alone and
     is formed once per pair: the products above take the pair's two edges as ``2 D_d`` rows of one
     matrix.
 
-    The ``"reassociated"`` kernel never forms :math:`R`: with
-    :math:`R_{e o (i f)} = \sum_m W_{(o i f) m} h_{e m}` (``h`` the radial
+    The ``"reassociated"`` kernel never forms $R$: with
+    $R_{e o (i f)} = \sum_m W_{(o i f) m} h_{e m}$ (``h`` the radial
     network's last hidden layer),
 
-    .. math::
+    $$
+    y_{e k o} = \sum_m h_{e m} G_{e k (o m)}, \qquad
+    G_{e k (o m)} = \sum_{f i} T_{e k (f i)} W_{(o i f) m},
+    $$
 
-        y_{e k o} = \sum_m h_{e m} G_{e k (o m)}, \qquad
-        G_{e k (o m)} = \sum_{f i} T_{e k (f i)} W_{(o i f) m},
-
-    where :math:`G` is one GEMM over all edges and output components. Per
+    where $G$ is one GEMM over all edges and output components. Per
     edge it holds ``D_out * C_out * mid`` values instead of ``R``'s
     ``C_out * C_in * F`` (36% for degrees 0..3 at 32 channels), for about
     4x the multiplications of the radial part. The ``"fused"`` kernel computes the same
-    products in operators that form :math:`G` (and its gradient) tile by tile and contract
-    them at once (:mod:`se3pyg.nn.radial_contraction`), writing only :math:`y`. The ``"fused_edge_weights"`` kernel
-    computes the ``"edge_weights"`` products in operators that form :math:`R` (and :math:`dR`) tile by tile and
-    contract them at once (:mod:`se3pyg.nn.edge_weights_contraction`): the fewest FLOPs, and neither written.
+    products in operators that form $G$ (and its gradient) tile by tile and contract
+    them at once (`se3pyg.nn.radial_contraction`), writing only $y$. The
+    ``"fused_edge_weights"`` kernel
+    computes the ``"edge_weights"`` products in operators that form $R$ (and $dR$) tile by tile and
+    contract them at once (`se3pyg.nn.edge_weights_contraction`): the fewest
+    FLOPs, and neither written.
 
     Args:
         degrees_in: the input degrees fused.
@@ -117,7 +121,7 @@ class KernelGroup(nn.Module):
     CPU_CHUNK_FLOATS = 1 << 23
 
     #: Edges above which inference under autocast computes this kernel in float32 (``None``: never; the RoseTTAFold
-    #: family's copies do so, :mod:`se3pyg.compat.rf2aa`, :mod:`se3pyg.compat.rf2`).
+    #: family's copies do so, [`se3pyg.compat.rf2aa`][se3pyg.compat.rf2aa], [`se3pyg.compat.rf2`][se3pyg.compat.rf2]).
     float32_inference_above: int | None = None
 
     def __init__(
@@ -159,7 +163,7 @@ class KernelGroup(nn.Module):
         Columns ``(f, i, o)``. ``hidden_major``: one copy with ``H`` as rows, so the forward product and both of its
         gradients (``h^T dR``, ``dR W``) read their operands without transposes: 1.04-1.11x a training step on CPU
         (alternated steps, published recipe and small configuration). Otherwise a transposed view of
-        :meth:`_weights_by_frequency`, which inference reads faster (the copy costs more than it saves there).
+        `_weights_by_frequency()`, which inference reads faster (the copy costs more than it saves there).
         In ``dtype``, if given, by the same copy.
         """
         if not hidden_major:
@@ -181,7 +185,8 @@ class KernelGroup(nn.Module):
         edge_pairs: bool = False,
     ) -> Tensor:
         """``[E, D_out, C_out]``; with ``edge_pairs`` (edge ``2u + 1`` the reverse of edge ``2u``, see
-        :mod:`se3pyg.data.pairs`), ``edge_scalars`` holds one row per pair and both edges share its weights."""
+        `se3pyg.data.pairs`), ``edge_scalars`` holds one row per pair and both edges share its
+        weights."""
         device = features.device.type
         limit = self.float32_inference_above
         if limit is not None and not self.training and features.shape[0] > limit and torch.is_autocast_enabled(device):
@@ -224,8 +229,9 @@ class KernelGroup(nn.Module):
         contracted with degree ``d``'s weight and ``hidden`` by ``contract(T, weight, hidden, per_unit D_d)``.
 
         The reassociated kernels contract through ``G`` (class docstring; ``contract`` from
-        :mod:`se3pyg.nn.radial_contraction`), ``"fused_edge_weights"`` through ``R``
-        (:mod:`se3pyg.nn.edge_weights_contraction`); neither writes per-edge radial weights. The ``per_unit`` edges
+        `se3pyg.nn.radial_contraction`), ``"fused_edge_weights"`` through ``R``
+        (`se3pyg.nn.edge_weights_contraction`); neither writes per-edge radial
+        weights. The ``per_unit`` edges
         of a row of ``hidden`` are consecutive, so their output components are one run of rows.
         """
         num_edges, c_in = features.shape[0], self.channels_in
@@ -278,18 +284,18 @@ class KernelGroup(nn.Module):
 class ConvSE3(MessagePassing):
     r"""SE(3)-equivariant graph convolution (Tensor Field Network).
 
-    .. math::
+    $$
+    y^k_i = \sum_{j \to i} \sum_l W^{lk}(r_{ij}) x^l_j
+    \;[+\; \deg(i)\, W^k_{\text{self}} x^k_i]
+    $$
 
-        y^k_i = \sum_{j \to i} \sum_l W^{lk}(r_{ij}) x^l_j
-        \;[+\; \deg(i)\, W^k_{\text{self}} x^k_i]
-
-    (with ``aggr="mean"`` the sum over incoming edges becomes their mean, and :math:`\deg(i)` becomes 1 for a node
+    (with ``aggr="mean"`` the sum over incoming edges becomes their mean, and $\deg(i)$ becomes 1 for a node
     with incoming edges: RoseTTAFold's ``sum_over_edge=False``; a node without any gets 0)
 
-    with :math:`W^{lk}(r) = \sum_J \phi^{lk}_J(\lVert r \rVert, e) B^{lk}_J(\hat r)`.
+    with $W^{lk}(r) = \sum_J \phi^{lk}_J(\lVert r \rVert, e) B^{lk}_J(\hat r)$.
     Degree > 0 edge features are concatenated to the source features of
     their degree. With ``pool=False`` the per-edge messages are returned
-    (through :meth:`edge_updater`). The self-interaction term is added per
+    (through `edge_updater()`). The self-interaction term is added per
     edge before the sum, as in NVIDIA's implementation.
 
     ``layout`` fixes the parameters: ``"full"`` one radial network for the
@@ -305,16 +311,16 @@ class ConvSE3(MessagePassing):
         pool: sum messages into the destination nodes (else return them per edge).
         aggr: ``"add"`` (the sum over incoming edges) or ``"mean"`` (their mean) when pooling.
         use_layer_norm: LayerNorm inside the radial networks.
-        self_interaction: add :math:`W^k_{\text{self}} x^k_i` (per incoming edge).
+        self_interaction: add $W^k_{\text{self}} x^k_i$ (per incoming edge).
         max_degree: the largest degree of the bases.
         layout: ``"full"``, ``"partial"`` or ``"pairwise"`` (the parameters).
         low_memory: recompute the kernels in the backward pass.
-        kernel: how the kernels compute (:data:`KERNELS`; ``"auto"``: :func:`auto_kernel` of the input's device).
+        kernel: how the kernels compute (`KERNELS`; ``"auto"``: `auto_kernel()` of the input's device).
 
     Shapes:
         ``forward(node_feats {"d": [N, C_d, 2d+1]}, edge_feats {"d": [E, C_d, 2d+1]}, edge_index [2, E], basis)``
         -> ``{"d": [N, C'_d, 2d+1]}`` (``pool=True``) or ``{"d": [E, C'_d, 2d+1]}``; stacked node features
-        ``[N, D, C]`` (:meth:`~se3pyg.fiber.Fiber.stack`) -> ``[N or E, D', C']`` when ``fiber_out`` is uniform.
+        ``[N, D, C]`` ([`stack()`][se3pyg.fiber.Fiber.stack]) -> ``[N or E, D', C']`` when ``fiber_out`` is uniform.
         Inputs with equal channels per degree (and no edge features of degree > 0) run stacked either way.
     """
 
@@ -440,7 +446,7 @@ class ConvSE3(MessagePassing):
 
         Stacked node features (``[N, D, C]``) give stacked features out when ``fiber_out`` is uniform.
         ``edge_pairs``: edge ``2u + 1`` is the reverse of edge ``2u`` with equal edge features, so the radial
-        weights are formed once per pair (:mod:`se3pyg.data.pairs`).
+        weights are formed once per pair (`se3pyg.data.pairs`).
         """
         stacked = isinstance(node_feats, Tensor)
         if stacked:
@@ -462,7 +468,7 @@ class ConvSE3(MessagePassing):
     def _add_self_interaction(
         self, out: Tensor, x: Tensor, edge_index: Tensor, num_nodes: int
     ) -> Tensor | dict[str, Tensor]:
-        r""":math:`W^k_{\text{self}} x^k_i` added once per incoming edge of node ``i`` (once if it has any, when the
+        r"""$W^k_{\text{self}} x^k_i$ added once per incoming edge of node ``i`` (once if it has any, when the
         messages are averaged)."""
         count = node_degree(edge_index[1], num_nodes, dtype=x.dtype) if self.pool else None
         if count is not None and self.aggr == "mean":

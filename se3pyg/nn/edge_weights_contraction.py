@@ -2,23 +2,24 @@ r"""The ``"fused_edge_weights"`` kernel's contraction as operators that write on
 
 For units ``u`` (an edge, or a pair of edges that share radial weights), each with ``J`` consecutive rows
 ``(u, j)`` of the basis product ``T [U J, P]``, the radial network's last hidden layer ``h [U, M]`` and its last
-weight as a map ``W [M, P C]`` (columns ``(p, o)``), the radial weights are :math:`R_u = h_u W` (``[P, C]``) and
+weight as a map ``W [M, P C]`` (columns ``(p, o)``), the radial weights are $R_u = h_u W$ (``[P, C]``) and
 
-.. math::
+$$
+y_{(u j) o} = \sum_p T_{(u j) p} R_{u p o},
+$$
 
-    y_{(u j) o} = \sum_p T_{(u j) p} R_{u p o},
+with the gradients ($dR_u = T_u^\top dy_u$)
 
-with the gradients (:math:`dR_u = T_u^\top dy_u`)
-
-.. math::
-
-    dT_u = dy_u R_u^\top, \quad dh_{u m} = \sum_{p o} dR_{u p o} W_{m (p o)}, \quad
-    dW_{m (p o)} = \sum_u h_{u m} dR_{u p o}.
+$$
+dT_u = dy_u R_u^\top, \quad dh_{u m} = \sum_{p o} dR_{u p o} W_{m (p o)}, \quad
+dW_{m (p o)} = \sum_u h_{u m} dR_{u p o}.
+$$
 
 These are the ``"edge_weights"`` kernel's products, the fewest FLOPs of the kernels. On CUDA, in float16, bfloat16 or
 float32 with Triton installed (and ``M`` a power of two, at least 16, as the radial networks' 32), each operator is one
-Triton kernel that forms its tiles of :math:`R` and :math:`dR` in registers (:mod:`se3pyg.nn.triton_edge_weights`):
-neither is written. Elsewhere the operators run :func:`contract_reference`'s products, which write them.
+Triton kernel that forms its tiles of $R$ and $dR$ in registers
+([`se3pyg.nn.triton_edge_weights`][se3pyg.nn.triton_edge_weights]):
+neither is written. Elsewhere the operators run `contract_reference()`'s products, which write them.
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ from se3pyg.nn.radial_contraction import (
 
 #: ``dW``'s partial sums: enough for about this many programs of the Triton kernel (tiles of 16 ``P`` columns and
 #: 32 channels times partial sums; two waves of an H100's or H200's 132 multiprocessors), each over at least
-#: :data:`UNITS_PER_SPLIT` units (so they hold at most ``M / 256``, an eighth, of the values of ``R``), at most
-#: :data:`MAX_SPLITS` of them.
+#: `UNITS_PER_SPLIT` units (so they hold at most ``M / 256``, an eighth, of the values of ``R``), at most
+#: `MAX_SPLITS` of them.
 TARGET_PROGRAMS, UNITS_PER_SPLIT, MAX_SPLITS = 256, 256, 64
 
 
 def weight_splits(units: int, p: int, channels: int) -> int:
-    """How many partial sums ``dW`` is formed in (:data:`TARGET_PROGRAMS`); 1 for few units."""
+    """How many partial sums ``dW`` is formed in (`TARGET_PROGRAMS`); 1 for few units."""
     tiles = -(-p // 16) * -(-channels // 32)
     return max(1, min(MAX_SPLITS, -(-TARGET_PROGRAMS // tiles), units // UNITS_PER_SPLIT))
 
@@ -140,7 +141,7 @@ OPERATORS = ("edge_weights_contract", "edge_weights_contract_grad_t_h", "edge_we
 
 
 def operator_flops(name: str, args: tuple) -> int:
-    """FLOPs (2 a multiply-add) of one call of ``torch.ops.se3pyg.<name>`` (one of :data:`OPERATORS`) on ``args``.
+    """FLOPs (2 a multiply-add) of one call of ``torch.ops.se3pyg.<name>`` (one of `OPERATORS`) on ``args``.
 
     Forming ``R`` or ``dR`` costs ``2 U P C M`` (``R = h W``) or ``2 R P C`` (``dR = T^T dy``, ``R = U J`` rows),
     a product with ``T``, ``dy`` or ``W`` as much again: the forward pass ``2 U P C M + 2 R P C``; ``grad_t_h`` forms

@@ -29,7 +29,9 @@ def stacked_linear(stacked: Tensor, weights: list[Tensor], degrees: list[int]) -
 class LinearSE3(nn.Module):
     r"""Mixes channels within each degree, never across degrees.
 
-    .. math:: y^d = W^d x^d, \qquad W^d \in \mathbb{R}^{C'_d \times C_d}
+    $$
+    y^d = W^d x^d, \qquad W^d \in \mathbb{R}^{C'_d \times C_d}
+    $$
 
     Output degrees are those of ``fiber_out``; each must be in ``fiber_in``.
     Runs in the weights' dtype under autocast (cheap, precision-sensitive).
@@ -40,7 +42,7 @@ class LinearSE3(nn.Module):
 
     Shapes:
         ``forward({"d": [N, C_d, 2d+1]})`` -> ``{"d": [N, C'_d, 2d+1]}`` for the degrees of ``fiber_out``;
-        stacked features (:meth:`~se3pyg.fiber.Fiber.stack`) ``[N, D_in, C]`` -> ``[N, D_out, C']`` when
+        stacked features ([`stack()`][se3pyg.fiber.Fiber.stack]) ``[N, D_in, C]`` -> ``[N, D_out, C']`` when
         ``fiber_out`` is uniform (else the dict).
     """
 

@@ -11,13 +11,15 @@ from se3pyg.nn.linear import component_degree_index
 class NormSE3(nn.Module):
     r"""Rescales each feature by a nonlinear function of its norm.
 
-    .. math:: y^d_c = \mathrm{ReLU}(\mathrm{LN}(\lVert x^d \rVert))_c \, \frac{x^d_c}{\lVert x^d_c \rVert}
+    $$
+    y^d_c = \mathrm{ReLU}(\mathrm{LN}(\lVert x^d \rVert))_c \, \frac{x^d_c}{\lVert x^d_c \rVert}
+    $$
 
     The layer norm runs over the channels of each degree. When all degrees
     have the same channels the per-degree norms are one ``GroupNorm``.
     Norms are clamped at ``2^-24`` (fp16's smallest subnormal). Stacked
     features ``[N, D, C]`` take one segment sum over components for all the
-    norms, :math:`\lVert x^d_c \rVert = \sqrt{\max(\sum_{k \in d} x_{kc}^2, 2^{-48})}`
+    norms, $\lVert x^d_c \rVert = \sqrt{\max(\sum_{k \in d} x_{kc}^2, 2^{-48})}$
     (squared norms need float32's exponent range: autocast keeps them there).
 
     Args:

@@ -6,22 +6,24 @@ from torch import Tensor, nn
 
 
 class RadialProfile(nn.Module):
-    r"""Radial weights :math:`\phi(r, e)` of a TFN kernel (TFN's :math:`R^{l,k}`).
+    r"""Radial weights $\phi(r, e)$ of a TFN kernel (TFN's $R^{l,k}$).
 
     An MLP shared by all edges, ``Linear -> [LayerNorm] -> ReLU -> Linear ->
     [LayerNorm] -> ReLU -> Linear(bias=False)``:
 
-    .. math:: R_e = W_{\text{last}}\, h_e, \qquad h_e = \mathrm{hidden}(e) \in \mathbb{R}^{\text{mid}}
+    $$
+    R_e = W_{\text{last}}\, h_e, \qquad h_e = \mathrm{hidden}(e) \in \mathbb{R}^{\text{mid}}
+    $$
 
     with ``W_last`` of shape ``[C_out * C_in * F, mid]``, rows ordered
     ``(c_out, c_in, f)`` (NVIDIA's parameter layout). The kernels
-    (:class:`se3pyg.nn.conv.KernelGroup`) call :meth:`hidden` and apply
-    :attr:`last` themselves, in the row order and edge chunks their
+    ([`se3pyg.nn.conv.KernelGroup`][se3pyg.nn.conv.KernelGroup]) call `hidden()` and apply
+    `last` themselves, in the row order and edge chunks their
     contraction reads fastest, so the ``[E, C_out * C_in * F]`` weights are
     never formed in NVIDIA's order.
 
     Args:
-        num_freq: basis frequencies :math:`F` the weights multiply.
+        num_freq: basis frequencies $F$ the weights multiply.
         channels_in: channels of the kernel's input.
         channels_out: channels of the kernel's output.
         edge_dim: invariant edge features (edge length included).
@@ -29,7 +31,7 @@ class RadialProfile(nn.Module):
         use_layer_norm: LayerNorm after each hidden linear layer.
 
     Shapes:
-        :meth:`hidden`: ``[E, edge_dim]`` -> ``[E, mid_dim]``; :attr:`last`: weight ``[C_out * C_in * F, mid_dim]``.
+        `hidden()`: ``[E, edge_dim]`` -> ``[E, mid_dim]``; `last`: weight ``[C_out * C_in * F, mid_dim]``.
     """
 
     def __init__(

@@ -4,21 +4,22 @@ For rows ``r = (e, k)`` (an edge and one of its ``K`` output components), the ba
 network's last weight ``W [P, C M]`` (columns ``(o, m)``: ``C`` output channels, ``M`` hidden units) and its last
 hidden layer ``h [E, M]``:
 
-.. math::
-
-    y_{r o} = \sum_m h_{e(r) m} G_{r (o m)}, \qquad G = T W, \qquad e(r) = \lfloor r / K \rfloor,
+$$
+y_{r o} = \sum_m h_{e(r) m} G_{r (o m)}, \qquad G = T W, \qquad e(r) = \lfloor r / K \rfloor,
+$$
 
 with the gradients
 
-.. math::
-
-    dT = dG\, W^\top, \quad dW = T^\top dG, \quad dh_{e m} = \sum_{k o} dy_{(e k) o}\, G_{(e k) (o m)},
-    \qquad dG_{r (o m)} = dy_{r o} h_{e(r) m}.
+$$
+dT = dG\, W^\top, \quad dW = T^\top dG, \quad dh_{e m} = \sum_{k o} dy_{(e k) o}\, G_{(e k) (o m)},
+\qquad dG_{r (o m)} = dy_{r o} h_{e(r) m}.
+$$
 
 Each is one operator (``torch.ops.se3pyg.*``). On CUDA, in float16, bfloat16 or float32 with Triton installed
-(and ``M`` a power of two, as the radial networks' 32), each is one Triton kernel that forms its tiles of :math:`G`
-or :math:`dG` in registers (:mod:`se3pyg.nn.triton_radial`): ``G`` is never written, and the backward pass forms it
-again for ``dh``. Elsewhere (CPU, float64, no Triton, no rows) the operators run :func:`contract_reference`, the
+(and ``M`` a power of two, as the radial networks' 32), each is one Triton kernel that forms its tiles of $G$
+or $dG$ in registers ([`se3pyg.nn.triton_radial`][se3pyg.nn.triton_radial]): ``G`` is never written, and the backward
+pass forms it
+again for ``dh``. Elsewhere (CPU, float64, no Triton, no rows) the operators run `contract_reference()`, the
 ``"reassociated"`` kernel's products, which write ``G`` and ``dG``.
 """
 
@@ -43,7 +44,7 @@ def triton_available() -> bool:
 
 
 def row_splits(rows: int) -> int:
-    """How many partial sums ``dW`` is formed in: one per :data:`ROWS_PER_SPLIT` rows, 1 to :data:`MAX_SPLITS`."""
+    """How many partial sums ``dW`` is formed in: one per `ROWS_PER_SPLIT` rows, 1 to `MAX_SPLITS`."""
     return max(1, min(MAX_SPLITS, -(-rows // ROWS_PER_SPLIT)))
 
 
@@ -158,7 +159,7 @@ OPERATORS = ("radial_contract", "radial_contract_grad_t", "radial_contract_grad_
 
 
 def operator_flops(name: str, args: tuple) -> int:
-    """FLOPs (2 a multiply-add) of one call of ``torch.ops.se3pyg.<name>`` (one of :data:`OPERATORS`) on ``args``.
+    """FLOPs (2 a multiply-add) of one call of ``torch.ops.se3pyg.<name>`` (one of `OPERATORS`) on ``args``.
 
     Each operator forms ``G`` (``R x C M`` values of ``P`` products each) or ``dG`` (one product each) and contracts it
     with ``h`` or ``dy`` (one product a value) or ``W`` (``P``): ``2 R C M (P + 1)`` for every one of them, as

@@ -1,17 +1,18 @@
-r"""Triton kernels of the fused edge-weights contraction (:mod:`se3pyg.nn.edge_weights_contraction`), for CUDA.
+r"""Triton kernels of the fused edge-weights contraction
+(`se3pyg.nn.edge_weights_contraction`), for CUDA.
 
 Units ``u`` (an edge, or a pair of edges sharing radial weights), each with ``J`` consecutive rows ``(u, j)`` of
 ``T [U J, P]``, the radial network's last hidden layer ``h [U, M]`` and its last weight as a map
 ``W [M, P C]`` (columns ``(p, o)``):
 
-.. math::
+$$
+y_{(u j) o} = \sum_p T_{(u j) p} R_{u p o}, \qquad R_{u p o} = \sum_m h_{u m} W_{m (p o)}.
+$$
 
-    y_{(u j) o} = \sum_p T_{(u j) p} R_{u p o}, \qquad R_{u p o} = \sum_m h_{u m} W_{m (p o)}.
-
-Each kernel forms its tiles of :math:`R` (``[units, P tile, C tile]``, one product with ``h``) in registers and
-contracts them at once with ``T`` or ``dy`` (batched products, a unit a batch), so :math:`R` and :math:`dR` are
+Each kernel forms its tiles of $R$ (``[units, P tile, C tile]``, one product with ``h``) in registers and
+contracts them at once with ``T`` or ``dy`` (batched products, a unit a batch), so $R$ and $dR$ are
 never written. Inputs are float16, bfloat16 or float32; products accumulate in float32, without TF32 unless
-``torch.backends.cuda.matmul.allow_tf32`` allows it; :math:`R` is rounded to the inputs' dtype before its product,
+``torch.backends.cuda.matmul.allow_tf32`` allows it; $R$ is rounded to the inputs' dtype before its product,
 as the reference's ``h @ W`` is. Importing this module needs Triton; with ``TRITON_INTERPRET=1`` set first, the
 kernels run on CPU tensors (slowly), which is how the tests check them.
 """

@@ -1,13 +1,14 @@
-r"""Triton kernels of the fused radial contraction (:mod:`se3pyg.nn.radial_contraction`), for CUDA.
+r"""Triton kernels of the fused radial contraction (`se3pyg.nn.radial_contraction`), for
+CUDA.
 
 Rows ``r = (e, k)`` (an edge and one of its ``K`` output components), ``T [R, P]``, ``W [P, C M]`` (``C`` output
 channels ``o``; columns ``(o, m)``), the radial network's last hidden layer ``h [E, M]`` and ``e(r) = r // K``:
 
-.. math::
+$$
+y_{r o} = \sum_m h_{e(r) m} G_{r (o m)}, \qquad G = T W.
+$$
 
-    y_{r o} = \sum_m h_{e(r) m} G_{r (o m)}, \qquad G = T W.
-
-Each kernel forms its tile of :math:`G` (or of :math:`dG_{r (o m)} = dy_{r o} h_{e(r) m}`) in registers and contracts
+Each kernel forms its tile of $G$ (or of $dG_{r (o m)} = dy_{r o} h_{e(r) m}$) in registers and contracts
 it at once, so neither is written to memory. Inputs are float16, bfloat16 or float32; products accumulate in
 float32, without TF32 unless ``torch.backends.cuda.matmul.allow_tf32`` allows it. Importing this module needs
 Triton; with ``TRITON_INTERPRET=1`` set first, the kernels run on CPU tensors (slowly), which is how the tests check
@@ -181,7 +182,7 @@ COMPILE_OPTIONS = {"enable_fp_fusion": True}
 
 def _options(t: Tensor) -> dict:
     """Every Triton contraction's precision on inputs like ``t``: exact float32 products unless TF32 is allowed; and
-    :data:`COMPILE_OPTIONS`."""
+    `COMPILE_OPTIONS`."""
     if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"the Triton contractions take float16, bfloat16 or float32, got {t.dtype}")
     return dict(IEEE=t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32, **COMPILE_OPTIONS)
