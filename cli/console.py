@@ -30,6 +30,13 @@ console = Console(soft_wrap=not _TERMINAL, width=None if _TERMINAL or "COLUMNS" 
 err_console = Console(stderr=True)
 
 
+def rate(molecules: float, seconds: float) -> str:
+    """Molecules a second as the eye reads them: ``12.3 mol/ms`` for a GPU's rates, ``45.6 mol/s`` below 1 mol/ms
+    (a CPU's small work, which mol/ms would show as 0.00)."""
+    per_s = molecules / seconds if seconds > 0 else float("inf")
+    return f"{per_s / 1000:.1f} mol/ms" if per_s >= 1000 else f"{per_s:.1f} mol/s"
+
+
 def duration(seconds: float) -> str:
     """``42 s``, ``12 min``, ``3 h 05``: a time as the eye reads it, in a width that stays small."""
     if seconds < 120:

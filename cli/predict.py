@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from se3pyg.cli.console import console, one_line_errors
+from se3pyg.cli.console import console, one_line_errors, rate
 from se3pyg.cli.options import announce_eager, config_options, validated
 from se3pyg.engine.config import PredictConfig
 
@@ -25,9 +25,8 @@ def predict(values: dict[str, Any]) -> None:
     elif done.output is not None:
         console.print(f"{done.count} predictions of {done.task.name} written to {done.output}", highlight=False)
     else:
-        rate = done.count / done.seconds / 1000
         console.print(
             f"{done.split} MAE {done.mae:.5f} {done.task.unit} on {done.count} molecules ({done.task.name}) "
-            f"in {done.seconds:.2f} s, {rate:.2f} mol/ms",
+            f"in {done.seconds:.2f} s, {rate(done.count, done.seconds)}",
             highlight=False,
         )

@@ -279,3 +279,10 @@ def test_options_offer_the_values_their_checks_take() -> None:
         "kernel": KERNELS, "pooling": ("max", "avg"), "layout": ("full", "partial", "pairwise"),
         "amp_dtype": AMP_DTYPES, "bad_records": tuple(BAD_RECORDS), "optimizer": OPTIMIZERS,
     }  # fmt: skip
+
+
+def test_rates_read_in_the_unit_that_shows_them() -> None:
+    """A GPU's thousands of molecules a second in mol/ms; a CPU's small work in mol/s, never ``0.00 mol/ms``."""
+    from se3pyg.cli.console import rate
+
+    assert rate(37_900, 1.0) == "37.9 mol/ms" and rate(12, 4.0) == "3.0 mol/s" and rate(999, 1.0) == "999.0 mol/s"

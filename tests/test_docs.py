@@ -26,6 +26,7 @@ QM9_MOLECULES = 2000  # the examples' QM9 folder: enough for every --limit they 
 
 #: Lines that do not run here, and why (each is run elsewhere, or needs what this machine has not).
 NOT_HERE = {
+    "git clone": "needs the network: the tests run in a clone already",
     "pip install": "installs packages: .ci/run installs the project as the README says",
     "python -m pytest": "the test command: this test is part of it",
     "mkdocs serve": "a server: CI builds the same site (mkdocs build --strict), and so does a test here",

@@ -100,6 +100,10 @@ def test_2d_drawings_and_charged_or_radical_molecules_are_refused(tmp_path: Path
     )
     _refused([_sdf(tmp_path / "ammonium.sdf", "[NH4+]")], r"record 1: atom 1 \(N\) has charge \+1; se3pyg predicts")
     _refused([_sdf(tmp_path / "methyl.sdf", "[CH3]")], r"record 1: atom 1 \(C\) has a radical")
+    from se3pyg.data.qm9 import _PLACEHOLDER
+
+    (tmp_path / "gdb9.sdf").write_text(_PLACEHOLDER.format(name="gdb_58"))  # as the QM9 build writes them
+    _refused([tmp_path / "gdb9.sdf"], r"gdb9\.sdf: record 1: a placeholder, not a molecule \(a single atom at the")
 
 
 def test_what_is_not_one_molecule_is_refused_by_name(tmp_path: Path) -> None:

@@ -244,14 +244,19 @@ def read_sdf_records(
 
 
 def _check_record(mol, name: str, text: str) -> None:  # mol: an rdkit.Chem.Mol
-    """`DataError` for an SDF record the model cannot take as it is: too many atoms, a 2D drawing (its
+    """`DataError` for an SDF record the model cannot take as it is: too many atoms, a placeholder (one atom at the
+    origin, as QM9's uncharacterized molecules in gdb9.sdf), a 2D drawing (its
     header's dimension code says ``2D``; flat coordinates without it may be a planar molecule, and are taken), or
     charged or radical atoms (the model knows neutral closed-shell molecules, whose bonds are perceived with
     charge 0)."""
     if mol.GetNumAtoms() > MAX_ATOMS:
         raise DataError(f"{name}: {mol.GetNumAtoms():,} atoms, more than the {MAX_ATOMS:,} se3pyg takes in a molecule")
+    conformer = mol.GetConformer()
+    if mol.GetNumAtoms() == 1 and not any(conformer.GetAtomPosition(0)):
+        raise DataError(f"{name}: a placeholder, not a molecule (a single atom at the origin, as gdb9.sdf holds for "
+                        "the molecules QM9 leaves uncharacterized)")  # fmt: skip
     header = text.splitlines()[1] if text.count("\n") > 1 else ""
-    if not mol.GetConformer().Is3D() and header[20:22] == "2D":
+    if not conformer.Is3D() and header[20:22] == "2D":
         raise DataError(f"{name}: a 2D drawing (its header says 2D); se3pyg needs 3D coordinates")
     for atom in mol.GetAtoms():
         if atom.GetFormalCharge() or atom.GetNumRadicalElectrons():
