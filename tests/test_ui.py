@@ -223,3 +223,24 @@ def test_a_damaged_or_locked_store_is_refused_before_a_server_starts(tmp_path: P
     assert done.exit_code == 2
     assert done.stderr.strip() == (f"error: MLflow tracking store sqlite:///{locked}: database is locked (another "
                                    "process holds it: try again once it is done)")  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium is not installed")
+def test_the_docs_pictures_of_the_ui_are_regenerated_by_their_script(qm9_dir: Path, tmp_path: Path) -> None:
+    """``scripts/ui_screenshots.py`` (here on small runs) writes the three pictures docs/mlflow.md shows."""
+    from PIL import Image
+
+    from .conftest import QM9_SUBSET, ROOT
+
+    script = ROOT / "scripts" / "ui_screenshots.py"
+    small = ["--data-dir", str(qm9_dir), "--limit", str(QM9_SUBSET), "--epochs", "2"]
+    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "out"), *small], capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    shown = re.findall(r"\(images/(mlflow-[\w-]+\.png)\)", (ROOT / "docs" / "mlflow.md").read_text())
+    assert sorted(shown) == sorted(p.name for p in (tmp_path / "out").iterdir()) and len(shown) == 3
+    for name in shown:
+        with Image.open(tmp_path / "out" / name) as picture:
+            assert picture.width == 1400 and len(picture.getcolors(1 << 16) or range(1 << 16)) > 50  # not blank
+        assert (ROOT / "docs" / "images" / name).is_file()
