@@ -241,6 +241,7 @@ def test_the_reference_covers_every_public_name(tmp_path: Path) -> None:
     reference = "".join(p.read_text() for p in site.rglob("reference/**/*.html"))
     assert re.findall(r":(?:class|func|meth|mod|math|data|attr|exc|obj):`|\.\. [a-z-]+::", reference) == []  # no reST
     assert 'class="arithmatex"' in reference and "tex-mml-chtml.js" in reference  # math, and MathJax to typeset it
+    assert "stylesheets/extra.css" in (site / "training" / "index.html").read_text()  # code blocks that wrap
     anchors = set(re.findall(r'id="(se3pyg[\w.]*)"', reference))
     missing = [
         f"{module}.{name}"
