@@ -175,6 +175,13 @@ class Basis:
 
     Construct from relative positions (``[E, 3]``) or from precomputed
     spherical harmonics (``[E, (2L + 1)^2]``, see `spherical_harmonics()`).
+
+    Args:
+        sh: spherical harmonics ``[E, >= (2 max_degree + 1)^2]``.
+        max_degree: the highest degree of the harmonics used.
+
+    Raises:
+        ValueError: harmonics of the wrong shape.
     """
 
     def __init__(self, sh: Tensor, max_degree: int) -> None:
@@ -198,7 +205,12 @@ class Basis:
 
     def fused(self, degrees_in: Sequence[int], degrees_out: Sequence[int]) -> Tensor:
         """Basis ``[E, D_out, F, D_in]`` for the given input and output degrees (output-major: the layout the
-        kernels read, a row of ``F * D_in`` values per output component)."""
+        kernels read, a row of ``F * D_in`` values per output component).
+
+        Args:
+            degrees_in: the input fiber's degrees.
+            degrees_out: the output fiber's degrees.
+        """
         key = (tuple(degrees_in), tuple(degrees_out))
         if key not in self._cache:
             cg = fused_clebsch_gordan(*key, self.sh.dtype, self.sh.device)

@@ -28,6 +28,12 @@ class Fiber(Mapping[int, int]):
     """An immutable map degree -> channels, ordered by degree.
 
     ``fiber[d]`` is 0 for a degree the fiber does not hold, as in NVIDIA's ``Fiber``.
+
+    Args:
+        structure: ``{degree: channels}`` or ``[(degree, channels), ...]``; degrees with 0 channels are left out.
+
+    Raises:
+        ValueError: a negative degree or channel count.
     """
 
     def __init__(self, structure: Mapping[int, int] | list[tuple[int, int]] | None = None) -> None:
@@ -43,7 +49,12 @@ class Fiber(Mapping[int, int]):
 
     @staticmethod
     def create(num_degrees: int, num_channels: int) -> Fiber:
-        """Degrees ``0 .. num_degrees - 1``, each with ``num_channels`` channels."""
+        """Degrees ``0 .. num_degrees - 1``, each with ``num_channels`` channels.
+
+        Args:
+            num_degrees: degrees ``0 .. num_degrees - 1``.
+            num_channels: channels of each.
+        """
         return Fiber({d: num_channels for d in range(num_degrees)})
 
     def __getitem__(self, degree: int) -> int:
@@ -96,7 +107,11 @@ class Fiber(Mapping[int, int]):
         return [d for d in self._structure for _ in range(degree_to_dim(d))]
 
     def component_run(self, degrees: list[int]) -> tuple[int, int] | None:
-        """``(start, length)`` of the stacked components of ``degrees`` when they are one run, else ``None``."""
+        """``(start, length)`` of the stacked components of ``degrees`` when they are one run, else ``None``.
+
+        Args:
+            degrees: some of the fiber's degrees.
+        """
         kept = [i for i, d in enumerate(self.component_degrees()) if d in degrees]
         return (kept[0], len(kept)) if kept and kept == list(range(kept[0], kept[0] + len(kept))) else None
 
@@ -104,11 +119,19 @@ class Fiber(Mapping[int, int]):
         return dict(self._structure)
 
     def pack(self, features: Mapping[str, Tensor]) -> Tensor:
-        """``{"d": [..., C_d, 2d+1]}`` -> ``[..., num_features]`` (degrees in order)."""
+        """``{"d": [..., C_d, 2d+1]}`` -> ``[..., num_features]`` (degrees in order).
+
+        Args:
+            features: features by degree, as the fiber says.
+        """
         return torch.cat([features[str(d)].flatten(-2) for d in self.degrees], dim=-1)
 
     def unpack(self, packed: Tensor) -> dict[str, Tensor]:
-        """Inverse of `pack()`."""
+        """Inverse of `pack()`.
+
+        Args:
+            packed: ``[..., num_features]``.
+        """
         sizes = [c * degree_to_dim(d) for d, c in self._structure.items()]
         parts = packed.split(sizes, dim=-1)
         return {
@@ -117,14 +140,22 @@ class Fiber(Mapping[int, int]):
         }
 
     def stack(self, features: Mapping[str, Tensor]) -> Tensor:
-        """``{"d": [N, C, 2d+1]}`` -> ``[N, D, C]`` for a uniform fiber (a view for one degree)."""
+        """``{"d": [N, C, 2d+1]}`` -> ``[N, D, C]`` for a uniform fiber (a view for one degree).
+
+        Args:
+            features: features by degree, as the (uniform) fiber says.
+        """
         if not self.is_uniform:
             raise ValueError(f"only a fiber with equal channels per degree stacks, got {self}")
         parts = [features[str(d)].transpose(-1, -2) for d in self.degrees]
         return torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
 
     def unstack(self, stacked: Tensor) -> dict[str, Tensor]:
-        """Inverse of `stack()`: views ``{"d": [N, C, 2d+1]}`` of ``[N, D, C]``."""
+        """Inverse of `stack()`: views ``{"d": [N, C, 2d+1]}`` of ``[N, D, C]``.
+
+        Args:
+            stacked: ``[N, D, C]``.
+        """
         parts = stacked.split([degree_to_dim(d) for d in self.degrees], dim=-2)
         return {str(d): p.transpose(-1, -2) for d, p in zip(self.degrees, parts, strict=True)}
 

@@ -238,6 +238,23 @@ class SE3Transformer(nn.Module):
         edge_feats: Mapping[str, Tensor] | None = None,
         basis: Basis | Tensor | None = None,
     ) -> Tensor | dict[str, Tensor]:
+        """The transformer's output features for a graph.
+
+        Args:
+            graph: a PyG ``Data``/``Batch`` with ``edge_index`` and ``pos`` (or ``rel_pos`` per edge), and ``batch``
+                for pooling; or an ``(edge_index, pos)`` pair.
+            node_feats: input features by degree, ``{"0": [N, C_0, 1], "1": [N, C_1, 3], ...}`` as ``fiber_in``.
+            edge_feats: edge features by degree, as ``fiber_edge`` (``{"0": [E, C, 1]}``).
+            basis: the bases of the graph's edges (`Basis`, or its fused tensor); ``None``: computed from
+                ``rel_pos``.
+
+        Returns:
+            With ``pooling``: ``[B, C]`` per graph; with ``return_type`` d: ``[N, C_d, 2d + 1]``; else every
+            degree of ``fiber_out`` as a dict.
+
+        Raises:
+            ValueError: a feature or graph tensor of the wrong shape, named.
+        """
         edge_index, rel_pos, batch, edge_pairs = _graph_tensors(graph)
         num_nodes = next(iter(node_feats.values())).shape[0] if node_feats else 0
         _check_features("node_feats", node_feats, self.fiber_in, num_nodes, exact=False)
@@ -348,7 +365,13 @@ class SE3TransformerPooled(nn.Module):
             layer.reset_parameters()
 
     def pool(self, batch: Any, basis: Basis | Tensor | None = None) -> Tensor:
-        """The pooled transformer output ``[B, C_out]``, the MLP's input."""
+        """The pooled transformer output ``[B, C_out]``, the MLP's input.
+
+        Args:
+            batch: a PyG ``Batch`` of molecules: ``x`` ``[N, node_features]``, ``edge_attr`` ``[E, edge_features]``,
+                ``pos``, ``edge_index``, ``batch`` (and ``sh``, precomputed harmonics, when the data holds them).
+            basis: the edges' bases, when already computed.
+        """
         x = getattr(batch, "x", None)
         if not isinstance(x, Tensor) or x.dim() != 2:
             raise ValueError(f"x: expected node features [N, {self.transformer.fiber_in[0]}], got {_describe(x)}")
@@ -365,12 +388,22 @@ class SE3TransformerPooled(nn.Module):
         return self.transformer(batch, node_feats, edge_feats, basis)
 
     def head(self, pooled: Tensor) -> Tensor:
-        """The MLP on pooled features ``[B, C_out]``, in full precision whatever autocast says (it is small)."""
+        """The MLP on pooled features, in full precision whatever autocast says (it is small).
+
+        Args:
+            pooled: `pool`'s output ``[B, C_out]``.
+        """
         weight = self.mlp[0].weight
         with torch.autocast(weight.device.type, enabled=False):
             return self.mlp(pooled.to(weight.dtype)).squeeze(-1)
 
     def forward(self, batch: Any, basis: Basis | Tensor | None = None) -> Tensor:
+        """One prediction a molecule, ``[B]`` (standardized, as the model is trained).
+
+        Args:
+            batch: a PyG ``Batch`` of molecules (see `pool`).
+            basis: the edges' bases, when already computed.
+        """
         return self.head(self.pool(batch, basis))
 
     @classmethod

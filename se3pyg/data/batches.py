@@ -127,6 +127,17 @@ class FlatLoader:
     ``seed + epoch`` when shuffling (reshuffled every epoch: `set_epoch()`, or by itself after each
     pass), cut to (``drop_last``) or padded to a multiple of ``world_size``, every ``world_size``-th
     molecule for ``rank``, then batches of ``batch_size`` (the last one dropped with ``drop_last``).
+
+    Args:
+        dataset: a split of a collated QM9 build with the training view (`flat_loadable`).
+        batch_size: molecules per batch.
+        shuffle: a new order each epoch.
+        drop_last: leave out the molecules that do not fill a last batch (and those beyond a multiple of
+            ``world_size``).
+        rank: this process's rank.
+        world_size: the ranks sharing the split.
+        seed: the shuffle's seed.
+        device: where batches are assembled (and the split's storage held, when it fits).
     """
 
     def __init__(
@@ -154,6 +165,11 @@ class FlatLoader:
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Draw the order of ``epoch`` next (with ``shuffle``).
+
+        Args:
+            epoch: the epoch about to run.
+        """
         self.epoch = epoch
 
     def _positions(self) -> Tensor:
@@ -187,7 +203,12 @@ class FlatLoader:
         self.epoch += 1
 
     def batch(self, positions: Tensor, positions_on_device: Tensor | None = None) -> Batch:
-        """The batch of the split's molecules at ``positions`` (host tensor), in that order."""
+        """The batch of the split's molecules at ``positions`` (host tensor), in that order.
+
+        Args:
+            positions: positions in the split, on the host.
+            positions_on_device: the same on ``device``, when at hand.
+        """
         s = self.store
         if positions_on_device is None:
             positions_on_device = positions.to(self.device)

@@ -44,7 +44,11 @@ class QM9Splits:
     names: list[str] | None = None  # a dataset's molecule names by index (QM9's: gdb_<index + 1>)
 
     def molecule_name(self, index: int) -> str:
-        """The name of the molecule with index ``index`` (the ``idx`` of its batches)."""
+        """The name of the molecule with index ``index`` (the ``idx`` of its batches).
+
+        Args:
+            index: a molecule's index in its dataset.
+        """
         return self.names[index] if self.names is not None else f"gdb_{index + 1}"
 
 
@@ -60,6 +64,15 @@ def qm9_splits(
     """NVIDIA's split (seed 0) of the first ``limit`` molecules, standardized with the train split's mean/std.
 
     ``stats`` standardizes with given statistics instead (a checkpoint's, for evaluation).
+
+    Args:
+        data_dir: the QM9 folder (built when missing).
+        task: the target to learn (`get_task`).
+        limit: the first ``limit`` molecules only (``None``: all).
+        seed: the split's seed (NVIDIA's: 0).
+        precompute_degree: keep every bond's spherical harmonics up to this degree (``None``: computed each step).
+        progress: told of the build's stages.
+        stats: the target statistics to standardize with (a resumed run's), instead of the train split's.
     """
     dataset = load_qm9(data_dir, limit, progress=progress)
     sh_bytes = 0
@@ -82,7 +95,14 @@ def dataset_splits(
     """The splits of a user's dataset (`se3pyg.data.custom`; ``built`` when it is at hand, else
     built or
     read from its cache), standardized with the train split's mean and std (or ``stats``); node features
-    one-hot over the elements the dataset holds."""
+    one-hot over the elements the dataset holds.
+
+    Args:
+        spec: the dataset and its options (`DatasetSpec`).
+        precompute_degree: keep every bond's spherical harmonics up to this degree (``None``: computed each step).
+        stats: the target statistics to standardize with, instead of the train split's.
+        built: the dataset already built from ``spec``.
+    """
     built = built if built is not None else build_dataset(spec)
     dataset = built.dataset
     sh_bytes = attach_spherical_harmonics(dataset, precompute_degree) if precompute_degree is not None else 0
@@ -128,6 +148,18 @@ def make_loader(
     held there when it fits in half the free memory, else on the host), a PyG ``DataLoader`` for other
     datasets or with worker processes (its batches' edges put in reverse pairs where they can be,
     `se3pyg.data.pairs`); under DDP each rank reads its share.
+
+    Args:
+        dataset: a split (a ``Subset`` of a QM9 build) or a list of molecules.
+        batch_size: molecules per batch and rank.
+        shuffle: draw a new order each epoch (`set_epoch`).
+        num_workers: DataLoader worker processes (PyG's loader only).
+        rank: this process's rank, whose share it reads.
+        world_size: the ranks sharing the dataset.
+        seed: the shuffle's seed.
+        drop_last: leave out the last, smaller batch.
+        pin_memory: pinned host memory for faster copies to a GPU (PyG's loader only).
+        device: where the batches are built.
     """
     if num_workers == 0 and flat_loadable(dataset):
         device = torch.device(device)
@@ -164,7 +196,12 @@ class PairingCollater:
 
 
 def set_epoch(loader: Loader, epoch: int) -> None:
-    """Give ``loader`` the order of ``epoch`` (reshuffles a DDP share; a single process reshuffles by itself)."""
+    """Give ``loader`` the order of ``epoch`` (reshuffles a DDP share; a single process reshuffles by itself).
+
+    Args:
+        loader: a loader of `make_loader`.
+        epoch: the epoch about to run.
+    """
     if isinstance(loader, FlatLoader):
         loader.set_epoch(epoch)
     elif isinstance(loader.sampler, DistributedSampler):

@@ -77,6 +77,9 @@ def pair_edges(data: Data) -> Data:
 
     A shallow copy with every per-edge field permuted. Flag the batch the model takes, after collating: a flag
     set per molecule is collated into a tensor, which the model does not read.
+
+    Args:
+        data: a molecule or a batch of them.
     """
     order = pair_order(data.edge_index, getattr(data, "edge_attr", None))
     if order is None:

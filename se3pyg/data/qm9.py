@@ -258,6 +258,15 @@ def prepare_qm9(
 
     Idempotent: a complete, verified build of at least ``limit`` molecules is
     kept as it is. Returns the manifest.
+
+    Args:
+        data_dir: the folder to build in (an empty one, or one se3pyg built).
+        limit: the first ``limit`` characterized molecules (``None``: all 130,831).
+        progress: told of the build's stages (``progress(stage, done, total)``).
+        workers: processes perceiving bonds (``None``: one a core).
+
+    Raises:
+        DataError: a folder that cannot hold the build, or a build that failed (a full disk), named.
     """
     root = Path(data_dir)
     if limit is not None and not 1 <= limit <= NUM_MOLECULES:
@@ -374,6 +383,15 @@ def load_qm9(
     other, `pair_dataset_edges()`) instead of PyG's sorted order: the same
     graphs, which
     the model runs faster.
+
+    Args:
+        data_dir: the QM9 folder.
+        limit: the first ``limit`` molecules (``None``: all).
+        progress: told of a build's stages.
+        build: build what is missing or damaged (else refuse it).
+
+    Raises:
+        DataError: a build missing, smaller or damaged (with ``build`` false), or unreadable.
     """
     root = Path(data_dir)
     want = limit or NUM_MOLECULES

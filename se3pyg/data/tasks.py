@@ -6,8 +6,16 @@ from typing import NamedTuple
 
 
 class Task(NamedTuple):
+    """A QM9 regression target.
+
+    Attributes:
+        name: NVIDIA's name of it.
+        column: its column of ``torch_geometric.datasets.QM9``'s ``y``.
+        unit: the unit of its values (PyG's), in which se3pyg reports MAEs and predictions.
+    """
+
     name: str
-    column: int  # column of torch_geometric.datasets.QM9's y
+    column: int
     unit: str
 
 
@@ -38,7 +46,14 @@ TASKS: dict[str, Task] = {
 
 
 def get_task(name: str) -> Task:
-    """The task called ``name``; ``ValueError`` listing the valid names otherwise."""
+    """The task called ``name``; ``ValueError`` listing the valid names otherwise.
+
+    Args:
+        name: NVIDIA's name of a QM9 target (``homo``, ``U0``, ...).
+
+    Raises:
+        ValueError: an unknown name.
+    """
     try:
         return TASKS[name]
     except KeyError:

@@ -17,7 +17,12 @@ EDGE_FEATURES = 4  # one-hot single, double, triple, aromatic
 
 
 class TargetStats:
-    """Mean and standard deviation of a target over the training split."""
+    """Mean and standard deviation of a target over the training split.
+
+    Args:
+        mean: the mean of the target over the training split.
+        std: its standard deviation (above 0).
+    """
 
     def __init__(self, mean: float, std: float) -> None:
         if not std > 0:
@@ -36,6 +41,11 @@ class TrainingView(BaseTransform):
     Precomputed spherical harmonics (``sh``, see `se3pyg.data.bases`) and the molecule's index in
     QM9
     (``idx``, which names predictions) are kept.
+
+    Args:
+        task: the target kept as ``y``.
+        stats: the mean and standard deviation ``y`` is standardized with.
+        node_features: the columns of ``x`` kept (QM9's 6; a ``--dataset``'s one-hot elements and atomic number).
     """
 
     def __init__(self, task: Task, stats: TargetStats, node_features: int = NODE_FEATURES) -> None:
@@ -44,6 +54,11 @@ class TrainingView(BaseTransform):
         self.node_features = node_features
 
     def forward(self, data: Data) -> Data:
+        """The training view of one molecule.
+
+        Args:
+            data: a molecule of a QM9 build or of a ``--dataset``.
+        """
         out = Data(
             x=data.x[:, : self.node_features],
             pos=data.pos,

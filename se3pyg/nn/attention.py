@@ -104,6 +104,17 @@ class AttentionSE3(MessagePassing):
         query: dict[str, Tensor] | Tensor,
         edge_index: Tensor,
     ) -> dict[str, Tensor] | Tensor:
+        """Each node's attention-weighted sum of its incoming edges' values.
+
+        Args:
+            value: the edges' values by degree (or stacked, ``[E, D, C]``).
+            key: the edges' keys, likewise.
+            query: the nodes' queries, likewise.
+            edge_index: ``[2, E]``, sources then targets.
+
+        Returns:
+            The nodes' features by degree (stacked when the inputs were).
+        """
         stacked = isinstance(value, Tensor)
         uniform = self.key_fiber.is_uniform and self.value_fiber.is_uniform
         value, key, query = (
@@ -237,6 +248,18 @@ class AttentionBlockSE3(nn.Module):
         basis: Basis,
         edge_pairs: bool = False,
     ) -> dict[str, Tensor] | Tensor:
+        """Keys and values by a convolution over the edges, queries by a linear map, attention, projection.
+
+        Args:
+            node_feats: the nodes' features by degree (or stacked, ``[N, D, C]``).
+            edge_feats: the edges' features by degree (``{"0": [E, C, 1]}``).
+            edge_index: ``[2, E]``, sources then targets.
+            basis: the edges' bases.
+            edge_pairs: edges in reverse pairs (`se3pyg.data.pairs`): radial weights formed once a pair.
+
+        Returns:
+            The nodes' new features by degree (stacked when the input was and ``fiber_out`` is uniform).
+        """
         stacked = isinstance(node_feats, Tensor)
         value_fiber, key_fiber = self.attention.value_fiber, self.attention.key_fiber
         key_value = self.to_key_value(node_feats, edge_feats, edge_index, basis, edge_pairs)

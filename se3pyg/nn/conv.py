@@ -41,6 +41,9 @@ def auto_kernel(device_type: str) -> str:
     published-recipe training step at batch 240) cost more than the bytes they save. On an H100 the reassociated
     kernel's graphed training step took 21.5 ms against 27.4 ms (AMP, batch 240, edges not yet in pairs). The fused
     kernels write half its bytes (``"fused_edge_weights"`` with a fifth of its FLOPs) but have no GPU timing yet.
+
+    Args:
+        device_type: ``"cuda"``, ``"cpu"``, ...
     """
     return "reassociated" if device_type == "cuda" else "edge_weights"
 
@@ -186,7 +189,15 @@ class KernelGroup(nn.Module):
     ) -> Tensor:
         """``[E, D_out, C_out]``; with ``edge_pairs`` (edge ``2u + 1`` the reverse of edge ``2u``, see
         `se3pyg.data.pairs`), ``edge_scalars`` holds one row per pair and both edges share its
-        weights."""
+        weights.
+
+        Args:
+            features: the source nodes' features on the edges, ``[E, D_in, C_in]``.
+            edge_scalars: the radial network's input a row an edge (a pair, with ``edge_pairs``).
+            basis: the edges' bases (``None`` where the group needs none).
+            kernel: how to compute (`KERNELS`).
+            edge_pairs: edges in reverse pairs.
+        """
         device = features.device.type
         limit = self.float32_inference_above
         if limit is not None and not self.training and features.shape[0] > limit and torch.is_autocast_enabled(device):
@@ -447,6 +458,13 @@ class ConvSE3(MessagePassing):
         Stacked node features (``[N, D, C]``) give stacked features out when ``fiber_out`` is uniform.
         ``edge_pairs``: edge ``2u + 1`` is the reverse of edge ``2u`` with equal edge features, so the radial
         weights are formed once per pair (`se3pyg.data.pairs`).
+
+        Args:
+            node_feats: the nodes' features by degree (or stacked, ``[N, D, C]``).
+            edge_feats: the edges' features by degree (``{"0": [E, C, 1]}``).
+            edge_index: ``[2, E]``, sources then targets.
+            basis: the edges' bases.
+            edge_pairs: edges in reverse pairs, as above.
         """
         stacked = isinstance(node_feats, Tensor)
         if stacked:

@@ -62,6 +62,11 @@ class LinearSE3(nn.Module):
                 weight.normal_().div_(weight.shape[1] ** 0.5)
 
     def forward(self, features: dict[str, Tensor] | Tensor) -> dict[str, Tensor] | Tensor:
+        """Each degree's channels mixed, $y^d = W^d x^d$ (in the weights' precision under autocast).
+
+        Args:
+            features: by degree, or stacked ``[N, D, C]``.
+        """
         # Channel mixing is cheap and precision-sensitive: it stays in the weights' dtype under autocast.
         weights = [self.weights[str(d)] for d in self.fiber_out.degrees]
         with torch.autocast(weights[0].device.type, enabled=False):

@@ -48,6 +48,13 @@ class NormSE3(nn.Module):
     def forward(
         self, features: dict[str, Tensor] | Tensor, *args: object, **kwargs: object
     ) -> dict[str, Tensor] | Tensor:
+        """The features with their norms normalized and gated, their directions kept.
+
+        Args:
+            features: by degree, or stacked ``[N, D, C]``.
+            *args: ignored (a block's other inputs, as NVIDIA's ``NormSE3`` takes them).
+            **kwargs: ignored, likewise.
+        """
         if isinstance(features, Tensor):
             return self._stacked(features)
         if self.fiber.is_uniform:

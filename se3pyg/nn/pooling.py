@@ -32,6 +32,16 @@ class GraphPooling(nn.Module):
         self.feat_type = feat_type
 
     def forward(self, features: dict[str, Tensor], batch: Tensor, num_graphs: int | None = None) -> Tensor:
+        """One feature vector a graph: the max or mean of its nodes' features of degree ``feat_type``.
+
+        Args:
+            features: the nodes' features by degree.
+            batch: each node's graph, ``[N]``.
+            num_graphs: the graphs in the batch (``None``: counted from ``batch``).
+
+        Returns:
+            ``[B, C]`` for degree 0, ``[B, C, 2d + 1]`` otherwise.
+        """
         feats = features[str(self.feat_type)]
         pool = global_max_pool if self.pool == "max" else global_mean_pool
         pooled = pool(feats.flatten(1), batch, num_graphs)

@@ -62,7 +62,11 @@ class RadialProfile(nn.Module):
         return self.net[-1]
 
     def hidden(self, edge_scalars: Tensor) -> Tensor:
-        """The MLP up to its last layer: ``[E, edge_dim]`` -> ``[E, mid_dim]``."""
+        """The MLP up to its last layer: ``[E, edge_dim]`` -> ``[E, mid_dim]``.
+
+        Args:
+            edge_scalars: ``[E, edge_dim]``.
+        """
         for layer in self.net[:-1]:
             edge_scalars = layer(edge_scalars)
         return edge_scalars
