@@ -55,6 +55,10 @@ def nvidia_layout(tensor_cores: bool = False, low_memory: bool = False) -> Layou
     """The parameter layout NVIDIA's current flags give: its fuse level NONE (``"pairwise"``) with ``low_memory``,
     FULL with ``tensor_cores``, else PARTIAL (what NVIDIA's CPU models have). RoseTTAFold2 and RFdiffusion2 vendor
     this code; RoseTTAFold-All-Atom and RFdiffusion vendor the 2021 code, whose rule is `nvidia_2021_layout()`.
+
+    Args:
+        tensor_cores: NVIDIA's ``tensor_cores`` flag.
+        low_memory: its ``low_memory`` flag.
     """
     if low_memory:
         return "pairwise"
@@ -65,7 +69,12 @@ def nvidia_2021_layout(tensor_cores: bool = False, low_memory: bool = False) -> 
     """The parameter layout the flags give in NVIDIA's 2021 code (vendored by RFdiffusion, RoseTTAFold-All-Atom,
     RoseTTAFold2NA, RFantibody): fully fused with ``tensor_cores`` unless ``low_memory``, else partially fused.
     ``low_memory`` never means the pairwise layout, nor recomputation, there; the final convolution is built fully
-    fused whatever the flags (where its fibers allow it)."""
+    fused whatever the flags (where its fibers allow it).
+
+    Args:
+        tensor_cores: the 2021 code's ``tensor_cores`` flag.
+        low_memory: its ``low_memory`` flag.
+    """
     return "full" if tensor_cores and not low_memory else "partial"
 
 
@@ -171,7 +180,12 @@ class SE3Transformer(model.SE3Transformer):
     @staticmethod
     def layouts(tensor_cores: bool, low_memory: bool) -> tuple[Layout, Layout | None, bool]:
         """What the copy's flags build: the blocks' layout, the final convolution's (``None``: the same), and
-        whether convolutions are recomputed in the backward pass (`nvidia_layout()`)."""
+        whether convolutions are recomputed in the backward pass (`nvidia_layout()`).
+
+        Args:
+            tensor_cores: the copy's ``tensor_cores`` flag.
+            low_memory: its ``low_memory`` flag.
+        """
         return nvidia_layout(tensor_cores, low_memory), None, low_memory
 
     def forward(
@@ -181,6 +195,14 @@ class SE3Transformer(model.SE3Transformer):
         edge_feats: Mapping[str, Tensor] | None = None,
         basis: Any = None,
     ) -> Tensor | dict[str, Tensor]:
+        """NVIDIA's call.
+
+        Args:
+            graph: a PyG ``Data``/``Batch``, or ``(edge_index, rel_pos, num_nodes)`` (a DGL graph's tensors).
+            node_feats: the nodes' features by degree (``{"0": [N, C, 1], ...}``).
+            edge_feats: the edges' features by degree.
+            basis: ignored unless a precomputed basis tensor (NVIDIA's dict of bases is recomputed).
+        """
         return super().forward(_pyg_graph(graph), node_feats, edge_feats, _no_basis_dict(basis))
 
 
@@ -230,6 +252,14 @@ class SE3TransformerPooled(model.SE3TransformerPooled):
     def forward(  # type: ignore[override]  # NVIDIA's call
         self, graph: Any, node_feats: Mapping[str, Tensor], edge_feats: Mapping[str, Tensor], basis: Any = None
     ) -> Tensor:
+        """NVIDIA's call: one prediction a graph.
+
+        Args:
+            graph: a PyG ``Batch`` (or ``(edge_index, rel_pos, num_nodes)`` with a ``batch``).
+            node_feats: the nodes' features by degree.
+            edge_feats: the edges' features by degree.
+            basis: as `SE3Transformer.forward`.
+        """
         pooled = self.transformer(_pyg_graph(graph), node_feats, edge_feats, _no_basis_dict(basis))
         return self.head(pooled)
 
@@ -340,12 +370,21 @@ def load_nvidia(
 ) -> model.SE3TransformerPooled | model.SE3Transformer:
     """An NVIDIA checkpoint as an se3pyg model in eval mode.
 
-    ``checkpoint``: a path, NVIDIA's training checkpoint (``{"state_dict", ...}``)
-    or a bare state dict. A ``SE3TransformerPooled`` state dict (keys
-    ``transformer.*`` and ``mlp.*``) gives an `SE3TransformerPooled`;
-    a bare ``SE3Transformer`` state dict gives an `SE3Transformer`
-    (fibers are inferred where the shapes determine them; pass them to be
-    sure). Raises ``ValueError`` saying what does not match.
+    A ``SE3TransformerPooled`` state dict (keys ``transformer.*`` and ``mlp.*``) gives an `SE3TransformerPooled`;
+    a bare ``SE3Transformer`` state dict gives an `SE3Transformer` (fibers are inferred where the shapes determine
+    them; pass them to be sure).
+
+    Args:
+        checkpoint: a path, NVIDIA's training checkpoint (``{"state_dict", ...}``) or a bare state dict.
+        num_heads: the attention heads it was trained with (not stored in the weights).
+        channels_div: the key and value channel divisor it was trained with (checked against the weights).
+        pooling: ``"max"`` or ``"avg"``, as trained.
+        fiber_in: the input fiber, where the shapes do not determine it.
+        fiber_edge: the edge fiber, likewise.
+        fiber_out: the output fiber, likewise.
+
+    Raises:
+        ValueError: what does not match, named.
     """
     state, name = _read(checkpoint)
     fibers = {

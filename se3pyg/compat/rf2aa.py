@@ -77,7 +77,12 @@ class SE3Transformer(rf2.SE3Transformer):
     @staticmethod
     def layouts(tensor_cores: bool, low_memory: bool) -> tuple[Layout, Layout | None, bool]:
         """The 2021 rule ([`se3pyg.compat.nvidia.nvidia_2021_layout()`][se3pyg.compat.nvidia.nvidia_2021_layout]), no
-        recomputation."""
+        recomputation.
+
+        Args:
+            tensor_cores: the copy's ``tensor_cores`` flag.
+            low_memory: its ``low_memory`` flag.
+        """
         return nvidia.nvidia_2021_layout(tensor_cores, low_memory), "full", False
 
 
