@@ -29,7 +29,15 @@ __all__ = [
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` through a temporary file and an atomic rename (the previous file stays whole
-    when the write fails: `CheckpointError` naming it, e.g. on a full disk)."""
+    when the write fails: `CheckpointError` naming it, e.g. on a full disk).
+
+    Args:
+        path: the checkpoint file (links followed: their target is replaced).
+        payload: what it holds (`TrainState.to_checkpoint` and what a run records).
+
+    Raises:
+        CheckpointError: it could not be written; the previous file is kept.
+    """
     try:
         with atomic_write(path) as tmp:
             torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
@@ -47,7 +55,15 @@ def is_se3pyg_checkpoint(payload: Any) -> bool:
 
 
 def load_checkpoint(path: str | os.PathLike, payload: Any = None) -> dict[str, Any]:
-    """An se3pyg checkpoint (read from ``path`` unless ``payload`` is given), or `CheckpointError`."""
+    """An se3pyg checkpoint (read from ``path`` unless ``payload`` is given), or `CheckpointError`.
+
+    Args:
+        path: the file, named in errors.
+        payload: its content, when already read.
+
+    Raises:
+        CheckpointError: unreadable, or not se3pyg's.
+    """
     p = Path(path)
     if payload is None:
         payload = read_torch_file(p)
@@ -108,6 +124,14 @@ def check_trained(checkpoint: dict[str, Any], name: str, resuming: bool = False)
     ``optimizer``, ``scheduler`` and ``scaler``); ``epoch`` >= 0; finite target statistics, a standard deviation
     above 0; ``best_val_mae`` >= 0; ``elements`` distinct element symbols; model sizes within
     `MODEL_SIZE_LIMITS`.
+
+    Args:
+        checkpoint: a loaded checkpoint (`load_checkpoint`).
+        name: how errors name it (its path or URI).
+        resuming: also require what a resume restores.
+
+    Raises:
+        CheckpointError: the first entry that does not follow the schema.
     """
     required = {**TRAINED, **({k: OPTIONAL[k] for k in ("optimizer", "scheduler", "scaler")} if resuming else {})}
     errors = [_entry_error(key, checkpoint.get(key), kind) for key, kind in required.items()]
@@ -129,7 +153,12 @@ def check_trained(checkpoint: dict[str, Any], name: str, resuming: bool = False)
 
 def model_from_checkpoint(checkpoint: dict[str, Any], name: str = "checkpoint") -> SE3TransformerPooled:
     """The trained model of an se3pyg checkpoint, on CPU, in training mode; `CheckpointError` naming
-    ``name`` when its ``model_config`` and weights do not make a model."""
+    ``name`` when its ``model_config`` and weights do not make a model.
+
+    Args:
+        checkpoint: a checked checkpoint (`check_trained`).
+        name: how errors name it.
+    """
     try:
         model = SE3TransformerPooled.from_config(checkpoint["model_config"])
         model.load_state_dict(checkpoint["state_dict"])

@@ -42,7 +42,15 @@ def predict_split(
     """This rank's predictions for every batch of ``loader`` (kept on the device: nothing is read back), by
     ``predict`` (e.g. a [`GraphedPredictor`][se3pyg.engine.graphs.GraphedPredictor]'s) or `predict_step()` of ``net``; a
     stop
-    signal ends it between batches."""
+    signal ends it between batches.
+
+    Args:
+        net: the model.
+        loader: the split's batches for this rank.
+        info: this rank's place in the run.
+        precision: the precision policy.
+        predict: the prediction step, when not `predict_step` of ``net``.
+    """
     was_training = net.training
     net.eval()
     idx, pred, target = [], [], []
@@ -60,7 +68,13 @@ def predict_split(
 
 
 def split_mae(predictions: Predictions, info: DistInfo, target_std: float) -> float:
-    r"""$\sigma \cdot \sum |\hat y - y| / n$ over every molecule of every rank (standardized targets)."""
+    r"""$\sigma \cdot \sum |\hat y - y| / n$ over every molecule of every rank (standardized targets).
+
+    Args:
+        predictions: this rank's predictions (standardized).
+        info: this rank's place in the run.
+        target_std: the target's training-split standard deviation.
+    """
     errors = (predictions.pred - predictions.target).abs().double()
     totals = torch.stack([errors.sum(), torch.tensor(float(len(errors)), dtype=torch.float64, device=errors.device)])
     all_reduce_sum(totals, info)
@@ -75,13 +89,27 @@ def mean_absolute_error(
     precision: Precision,
     predict: Callable[[Batch], Tensor] | None = None,
 ) -> float:
-    """`split_mae()` of `predict_split()`."""
+    """`split_mae()` of `predict_split()`.
+
+    Args:
+        net: the model.
+        loader: the split's batches for this rank.
+        info: this rank's place in the run.
+        target_std: the target's training-split standard deviation.
+        precision: the precision policy.
+        predict: the prediction step, when not `predict_step` of ``net``.
+    """
     return split_mae(predict_split(net, loader, info, precision, predict), info, target_std)
 
 
 def gather_predictions(predictions: Predictions, info: DistInfo) -> Predictions | None:
     """All ranks' predictions on rank 0 (``None`` elsewhere), one per molecule, ordered by QM9 index: the
-    molecules a distributed sampler repeats to even out the shares are kept once."""
+    molecules a distributed sampler repeats to even out the shares are kept once.
+
+    Args:
+        predictions: this rank's predictions.
+        info: this rank's place in the run.
+    """
     shares = gather_on_main(predictions.to("cpu"), info)
     if shares is None:
         return None

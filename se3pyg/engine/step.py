@@ -34,6 +34,14 @@ def train_step(state: TrainState, batch: Batch, update: bool = True) -> Tensor:
     steps the optimizer and the loss scale, and clears the gradients.
     Returns the detached loss of the batch, on the device. With ``--cuda-graphs``
     (``state.graphs``) the same step is replayed as a CUDA graph.
+
+    Args:
+        state: the model, optimizer, loss scaler and precision of the run.
+        batch: a batch on the model's device.
+        update: step the optimizer after this batch (else its gradients accumulate).
+
+    Returns:
+        The batch's loss (on the device: not read back).
     """
     if state.graphs is not None:
         return state.graphs.train(batch, update)
@@ -55,6 +63,12 @@ def train_step(state: TrainState, batch: Batch, update: bool = True) -> Tensor:
 
 
 def predict_step(net: nn.Module, batch: Batch, precision: Precision) -> Tensor:
-    """The model's float32 prediction for one batch, under the command's autocast (grad mode: the caller's)."""
+    """The model's float32 prediction for one batch, under the command's autocast (grad mode: the caller's).
+
+    Args:
+        net: the model (in eval mode for a prediction).
+        batch: a batch on its device.
+        precision: the command's precision policy.
+    """
     with precision.autocast():
         return net(batch).float()

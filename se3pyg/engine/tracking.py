@@ -36,17 +36,29 @@ class TrackingError(Exception):
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    """``uri``, else ``$MLFLOW_TRACKING_URI``, else the local SQLite store under ``mlruns/``."""
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else the local SQLite store under ``mlruns/``.
+
+    Args:
+        uri: ``--tracking-uri`` as given (``None``: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns/mlflow.db``).
+    """
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def sqlite_file(uri: str) -> Path | None:
-    """The database file of a local SQLite store (``sqlite:///PATH``), ``None`` for other stores."""
+    """The database file of a local SQLite store (``sqlite:///PATH``), ``None`` for other stores.
+
+    Args:
+        uri: a tracking URI.
+    """
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 def artifact_location(uri: str) -> str | None:
-    """Artifacts beside a local SQLite store (``.../mlruns/mlflow.db`` -> ``.../mlruns/``)."""
+    """Artifacts beside a local SQLite store (``.../mlruns/mlflow.db`` -> ``.../mlruns/``).
+
+    Args:
+        uri: a tracking URI.
+    """
     db = sqlite_file(uri)
     return None if db is None else db.resolve().parent.as_uri()
 
@@ -62,6 +74,14 @@ def check_reachable(uri: str, writing: bool = False) -> None:
 
     ``writing``: a local SQLite store that a run will write must be in a folder that takes files (created if
     missing): its journal and the run's artifacts go there.
+
+    Args:
+        uri: the store.
+        writing: a run will write it.
+
+    Raises:
+        TrackingError: a server that does not answer.
+        ValueError: a local store whose folder takes no files.
     """
     if uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -108,7 +128,18 @@ def _probe(uri: str) -> None:
 
 
 class Tracker:
-    """A started MLflow run; every call after a failure is a no-op."""
+    """A started MLflow run; every call after a failure is a no-op.
+
+    Args:
+        uri: the store (`resolve_tracking_uri`).
+        experiment: the experiment, created (in MLflow's training view) when new.
+        run_name: the run's name (``None``: MLflow's).
+        tags: the run's tags.
+        system_metrics: log MLflow's system metrics while the run lasts.
+
+    Raises:
+        TrackingError: the store cannot be reached or written.
+    """
 
     def __init__(
         self,
@@ -211,7 +242,11 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         """End the run as ``status``; a run whose tracking failed on the way (an artifact that did not fit) ends
-        FAILED, with the failure in its ``tracking_error`` tag, never left RUNNING."""
+        FAILED, with the failure in its ``tracking_error`` tag, never left RUNNING.
+
+        Args:
+            status: ``FINISHED``, ``FAILED`` or ``KILLED``.
+        """
         if self.monitor is not None:
             with contextlib.suppress(Exception):  # its last sample: nothing to lose a run's status over
                 self.monitor.finish()
@@ -255,7 +290,16 @@ def checkpoint_of(uri: str, scratch: str | os.PathLike, tracking_uri: str | None
     """The se3pyg checkpoint behind an MLflow URI: ``runs:/RUN_ID/model`` or ``models:/NAME/VERSION`` (a logged
     model), ``runs:/RUN_ID/PATH.pt`` (a checkpoint artifact) or ``runs:/RUN_ID`` (the run's best checkpoint);
     downloaded into the folder ``scratch`` (the caller's, to remove). ``RUN_ID`` may be the first characters of
-    one (`full_run_id()`)."""
+    one (`full_run_id()`).
+
+    Args:
+        uri: an MLflow URI.
+        scratch: the folder it is downloaded into.
+        tracking_uri: the store (default as `resolve_tracking_uri`).
+
+    Raises:
+        CheckpointError: the URI names no run or model, or no se3pyg checkpoint.
+    """
     import mlflow
 
     from se3pyg.io import CheckpointError
@@ -313,7 +357,16 @@ def _history(client: Any, run_id: str, key: str) -> list[Any]:
 
 
 def list_runs(uri: str | None, experiment: str, task: str | None = None) -> list[RunSummary]:
-    """The training runs of ``experiment`` (of ``task`` only, when given), newest first."""
+    """The training runs of ``experiment`` (of ``task`` only, when given), newest first.
+
+    Args:
+        uri: the store (default as `resolve_tracking_uri`).
+        experiment: the experiment.
+        task: only runs of this task.
+
+    Raises:
+        TrackingError: no store there, no such experiment, or an unreadable store.
+    """
     import mlflow
 
     uri = resolve_tracking_uri(uri)
