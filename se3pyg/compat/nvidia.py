@@ -392,41 +392,47 @@ def load_nvidia(
         "fiber_edge": Fiber(fiber_edge) if fiber_edge is not None else None,
         "fiber_out": Fiber(fiber_out) if fiber_out is not None else None,
     }
-    pooled = any(k.startswith("transformer.") for k in state)
-    if pooled:
-        mlp = {k: v for k, v in state.items() if k.startswith("mlp.")}
-        if set(mlp) != {"mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"}:
-            raise ValueError(f"{name}: expected the pooled model's MLP head (mlp.0, mlp.2), found {sorted(mlp)}")
-        inner = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
-        other = sorted(set(state) - set(mlp) - {f"transformer.{k}" for k in inner})
-        if other:
-            raise ValueError(f"{name}: unexpected parameters {other[:3]}")
-        hp = _infer_transformer(inner, name, channels_div, fibers)
-        hidden = hp["fiber_hidden"]
-        if len(set(hidden.channels)) != 1 or hidden.degrees != list(range(len(hidden))):
-            raise ValueError(f"{name}: hidden fiber {hidden} is not degrees 0..n-1 with equal channels")
-        _check_heads(name, hidden, num_heads, channels_div)
-        built: torch.nn.Module = model.SE3TransformerPooled(
-            fiber_in=hp["fiber_in"],
-            fiber_out=hp["fiber_out"],
-            fiber_edge=hp["fiber_edge"],
-            num_degrees=len(hidden),
-            num_channels=hidden.channels[0],
-            output_dim=state["mlp.2.weight"].shape[0],
-            num_layers=hp["num_layers"],
-            num_heads=num_heads,
-            channels_div=channels_div,
-            pooling=pooling,
-            norm=hp["norm"],
-            use_layer_norm=hp["use_layer_norm"],
-            layout=hp["layout"],
-        )
+    if any(k.startswith("transformer.") for k in state):
+        built: torch.nn.Module = _pooled_model(state, name, num_heads, channels_div, pooling, fibers)
     else:
         hp = _infer_transformer(state, name, channels_div, fibers)
         _check_heads(name, hp["fiber_hidden"], num_heads, channels_div)
         built = model.SE3Transformer(num_heads=num_heads, channels_div=channels_div, **hp)
     _load(built, state, name)
     return built.eval()
+
+
+def _pooled_model(
+    state: dict[str, Tensor], name: str, num_heads: int, channels_div: int, pooling: Pooling, fibers: dict[str, Any]
+) -> model.SE3TransformerPooled:
+    """The untrained `SE3TransformerPooled` an NVIDIA pooled state dict describes (``transformer.*``, ``mlp.*``)."""
+    mlp = {k: v for k, v in state.items() if k.startswith("mlp.")}
+    if set(mlp) != {"mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"}:
+        raise ValueError(f"{name}: expected the pooled model's MLP head (mlp.0, mlp.2), found {sorted(mlp)}")
+    inner = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
+    other = sorted(set(state) - set(mlp) - {f"transformer.{k}" for k in inner})
+    if other:
+        raise ValueError(f"{name}: unexpected parameters {other[:3]}")
+    hp = _infer_transformer(inner, name, channels_div, fibers)
+    hidden = hp["fiber_hidden"]
+    if len(set(hidden.channels)) != 1 or hidden.degrees != list(range(len(hidden))):
+        raise ValueError(f"{name}: hidden fiber {hidden} is not degrees 0..n-1 with equal channels")
+    _check_heads(name, hidden, num_heads, channels_div)
+    return model.SE3TransformerPooled(
+        fiber_in=hp["fiber_in"],
+        fiber_out=hp["fiber_out"],
+        fiber_edge=hp["fiber_edge"],
+        num_degrees=len(hidden),
+        num_channels=hidden.channels[0],
+        output_dim=state["mlp.2.weight"].shape[0],
+        num_layers=hp["num_layers"],
+        num_heads=num_heads,
+        channels_div=channels_div,
+        pooling=pooling,
+        norm=hp["norm"],
+        use_layer_norm=hp["use_layer_norm"],
+        layout=hp["layout"],
+    )
 
 
 def _check_heads(name: str, hidden: Fiber, num_heads: int, channels_div: int) -> None:
