@@ -15,8 +15,16 @@ from se3pyg.engine.config import BenchmarkConfig
 #: ``--quick``: a benchmark that ends in about a minute on a CPU (a small model on 2,000 molecules); typed options
 #: win. Its figures say how se3pyg runs here, not the published recipe's speed.
 QUICK = dict(
-    limit=2000, batch_size=32, num_layers=2, num_degrees=2, num_channels=16, num_heads=4, steps=10, warmup=2, gpus=0,
-)  # fmt: skip
+    limit=2000,
+    batch_size=32,
+    num_layers=2,
+    num_degrees=2,
+    num_channels=16,
+    num_heads=4,
+    steps=10,
+    warmup=2,
+    gpus=0,
+)
 
 
 @config_options(BenchmarkConfig, exclude=("mode",))
@@ -39,8 +47,11 @@ def benchmark(
         building = data_to_build(config)
     if building is not None:
         molecules, seconds = building
-        err_console.print(f"building {molecules:,} QM9 molecules in {config.data_dir} first: about "
-                          f"{duration(seconds)} here", markup=False, highlight=False)  # fmt: skip
+        err_console.print(
+            f"building {molecules:,} QM9 molecules in {config.data_dir} first: about {duration(seconds)} here",
+            markup=False,
+            highlight=False,
+        )
     with one_line_errors(), stage_progress() as progress:
         result = run_benchmark(config, on_progress=progress)
     if result is None:  # a torchrun rank other than 0

@@ -139,16 +139,24 @@ def stage_progress() -> Iterator[Callable[..., None]]:
     ``done/total`` line at most every `PLAIN_PROGRESS_EVERY_S`."""
     if console.is_terminal:
         columns = (
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(),
-        )  # fmt: skip
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
         with Progress(*columns, console=console, transient=False) as progress:
             tasks: dict[str, int] = {}
 
             def update(
-                stage: str, done: int, total: int, unit: str = "molecules", molecules: int | None = None,
+                stage: str,
+                done: int,
+                total: int,
+                unit: str = "molecules",
+                molecules: int | None = None,
                 loss: float | None = None,
-            ) -> None:  # fmt: skip
+            ) -> None:
                 if stage not in tasks:
                     tasks[stage] = progress.add_task(stage, total=total, info="")
                 info = _rate_and_loss(progress.tasks[tasks[stage]].elapsed, molecules, loss)
@@ -160,9 +168,13 @@ def stage_progress() -> Iterator[Callable[..., None]]:
         started: dict[str, float] = {}
 
         def update(
-            stage: str, done: int, total: int, unit: str = "molecules", molecules: int | None = None,
+            stage: str,
+            done: int,
+            total: int,
+            unit: str = "molecules",
+            molecules: int | None = None,
             loss: float | None = None,
-        ) -> None:  # fmt: skip
+        ) -> None:
             now = time.monotonic()
             if stage not in last:
                 started[stage] = now

@@ -65,12 +65,17 @@ def runs_table(found: list[RunSummary], title: str) -> Table:
     one_task = len(tasks) == 1
     table = Table(
         title=f"{title}, task {tasks.pop()}" if one_task else title,
-        box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1), collapse_padding=True, pad_edge=False,
-        title_justify="left", caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+        pad_edge=False,
+        title_justify="left",
+        caption_justify="left",
         caption="id: the run ID's first 8 characters (runs:/ID/model takes them; --json gives them whole); val MAE: "
         "the best validation MAE; MAEs in the task's unit; epochs: from the training's first, resumes included; mol/s: "
         "the run's throughput",
-    )  # fmt: skip
+    )
     table.add_column("id", no_wrap=True)
     table.add_column("run", overflow="fold", min_width=10)
     if not one_task:
@@ -85,7 +90,14 @@ def runs_table(found: list[RunSummary], title: str) -> Table:
     for r in found:
         task = [] if one_task else [r.task]
         table.add_row(
-            r.run_id[:8], r.name, *task, r.status, f"{r.epochs_done}/{r.epochs}", number(r.best_val_mae, 5),
-            number(r.test_mae, 5), number(r.throughput_mol_per_s, 1), duration(r.duration_s),
-        )  # fmt: skip
+            r.run_id[:8],
+            r.name,
+            *task,
+            r.status,
+            f"{r.epochs_done}/{r.epochs}",
+            number(r.best_val_mae, 5),
+            number(r.test_mae, 5),
+            number(r.throughput_mol_per_s, 1),
+            duration(r.duration_s),
+        )
     return table

@@ -14,9 +14,17 @@ from se3pyg.engine.config import TrainConfig
 
 #: ``--quick``: defaults of a demo run (small model, 10,000 molecules, minutes on a CPU); typed options win.
 QUICK = dict(
-    limit=10_000, epochs=10, batch_size=32, num_layers=2, num_degrees=2, num_channels=16, num_heads=4,
-    eval_interval=1, gpus=0, save_ckpt_path="quick.pt",
-)  # fmt: skip
+    limit=10_000,
+    epochs=10,
+    batch_size=32,
+    num_layers=2,
+    num_degrees=2,
+    num_channels=16,
+    num_heads=4,
+    eval_interval=1,
+    gpus=0,
+    save_ckpt_path="quick.pt",
+)
 
 
 @config_options(TrainConfig)
@@ -91,8 +99,10 @@ def _print_result(result: Any, seconds: float) -> None:
     if result.skipped:
         console.print(
             f"skipped {result.skipped} bad records of --dataset (first: {'; '.join(result.skip_reasons[:3])})",
-            markup=False, highlight=False, soft_wrap=True,
-        )  # fmt: skip
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     tracked = f", MLflow run {result.run_id}" if result.run_id else ""
     console.print(
         f"done in {seconds:.1f} s ({result.parameters:,} parameters): best val MAE "

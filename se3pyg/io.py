@@ -172,8 +172,10 @@ def _awaited(lock: Path, described: str, waiting: str) -> int:
     said = False
     while (fd := _take_lock(lock)) is None:
         if time.monotonic() >= deadline:
-            raise ValueError(f"{described}: {_holder(lock)} still {waiting} after {limit:.0f} s; gave up "
-                             "(if it is stopped, end it; $SE3PYG_LOCK_WAIT sets the wait)")  # fmt: skip
+            raise ValueError(
+                f"{described}: {_holder(lock)} still {waiting} after {limit:.0f} s; gave up "
+                "(if it is stopped, end it; $SE3PYG_LOCK_WAIT sets the wait)"
+            )
         if not said:
             logging.getLogger("se3pyg.io").warning(
                 "%s: waiting for %s, which %s (for %.0f s at most)", described, _holder(lock), waiting, limit

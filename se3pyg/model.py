@@ -226,9 +226,14 @@ class SE3Transformer(nn.Module):
         if self.final_layer == "att":
             divisors = {d: value_divisor(self.channels_div, 0) if d == 0 else 1 for d in self.fiber_out.degrees}
             return AttentionBlockSE3(
-                fiber, self.fiber_out, self.fiber_edge, num_heads=1, channels_div=divisors, **common,
+                fiber,
+                self.fiber_out,
+                self.fiber_edge,
+                num_heads=1,
+                channels_div=divisors,
+                **common,
                 low_memory=self.low_memory,
-            )  # fmt: skip
+            )
         return ConvSE3(fiber, self.fiber_out, self.fiber_edge, self_interaction=True, aggr=aggr, **common)
 
     def forward(

@@ -15,9 +15,13 @@ from typing import Any
 #: The largest model sizes se3pyg builds (far above any trained model: NVIDIA's recipe has 7 layers, 4 degrees, 32
 #: channels, 8 heads), for the command line and for a checkpoint's ``model_config``, read before its weights.
 MODEL_SIZE_LIMITS = {
-    "num_layers": 64, "num_degrees": 7, "num_channels": 4096, "num_heads": 4096, "channels_div": 4096,
+    "num_layers": 64,
+    "num_degrees": 7,
+    "num_channels": 4096,
+    "num_heads": 4096,
+    "channels_div": 4096,
     "output_dim": 4096,
-}  # fmt: skip
+}
 
 
 def option(default: Any, help: str, *flags: str, choices: tuple[str, ...] = ()) -> Any:

@@ -41,12 +41,34 @@ __all__ = [
 ]
 
 
-NVIDIA_SCRIPT_ARGUMENTS: frozenset[str] = frozenset({
-    "accumulate_grad_batches", "amp", "batch_size", "benchmark", "ckpt_interval", "data_dir", "dllogger_name",
-    "epochs", "eval_interval", "gradient_clip", "learning_rate", "load_ckpt_path", "log_dir", "min_learning_rate",
-    "momentum", "num_workers", "optimizer", "precompute_bases", "save_ckpt_path", "seed", "silent", "task", "wandb",
-    "weight_decay",
-})  # fmt: skip
+NVIDIA_SCRIPT_ARGUMENTS: frozenset[str] = frozenset(
+    {
+        "accumulate_grad_batches",
+        "amp",
+        "batch_size",
+        "benchmark",
+        "ckpt_interval",
+        "data_dir",
+        "dllogger_name",
+        "epochs",
+        "eval_interval",
+        "gradient_clip",
+        "learning_rate",
+        "load_ckpt_path",
+        "log_dir",
+        "min_learning_rate",
+        "momentum",
+        "num_workers",
+        "optimizer",
+        "precompute_bases",
+        "save_ckpt_path",
+        "seed",
+        "silent",
+        "task",
+        "wandb",
+        "weight_decay",
+    }
+)
 """The keyword arguments of NVIDIA's training script (``runtime/arguments.py`` and the model's
 ``add_argparse_args``), which its ``SE3TransformerPooled(..., **vars(args))`` receives and ignores."""
 
@@ -163,11 +185,25 @@ class SE3Transformer(model.SE3Transformer):
         _checked_choice("populate_edge", populate_edge, EDGE_LENGTHS)
         layout, final_layout, recompute = self.layouts(tensor_cores, low_memory)
         super().__init__(
-            num_layers, fiber_in, fiber_hidden, fiber_out, num_heads, channels_div, fiber_edge, return_type, pooling,
-            norm, use_layer_norm, layout=layout, low_memory=recompute, final_layer=final_layer,
-            populate_edge=populate_edge, final_aggr="add" if sum_over_edge else "mean", final_layout=final_layout,
+            num_layers,
+            fiber_in,
+            fiber_hidden,
+            fiber_out,
+            num_heads,
+            channels_div,
+            fiber_edge,
+            return_type,
+            pooling,
+            norm,
+            use_layer_norm,
+            layout=layout,
+            low_memory=recompute,
+            final_layer=final_layer,
+            populate_edge=populate_edge,
+            final_aggr="add" if sum_over_edge else "mean",
+            final_layout=final_layout,
             basis_gradients=compute_gradients,
-        )  # fmt: skip
+        )
         self.tensor_cores = tensor_cores
         for module in self.modules():
             if isinstance(module, KernelGroup):
@@ -245,9 +281,15 @@ class SE3TransformerPooled(model.SE3TransformerPooled):
         options = {k: v for k, v in kwargs.items() if k in self.MODEL_ARGUMENTS and v is not None}
         layout = nvidia_layout(options.pop("tensor_cores", False), options.get("low_memory", False))
         super().__init__(
-            fiber_in, fiber_out, fiber_edge, output_dim, num_degrees=num_degrees, num_channels=num_channels,
-            layout=layout, **options,
-        )  # fmt: skip
+            fiber_in,
+            fiber_out,
+            fiber_edge,
+            output_dim,
+            num_degrees=num_degrees,
+            num_channels=num_channels,
+            layout=layout,
+            **options,
+        )
 
     def forward(  # type: ignore[override]  # NVIDIA's call
         self, graph: Any, node_feats: Mapping[str, Tensor], edge_feats: Mapping[str, Tensor], basis: Any = None

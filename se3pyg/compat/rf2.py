@@ -80,10 +80,24 @@ class SE3Transformer(nvidia.SE3Transformer):
         compute_gradients: bool = False,
     ) -> None:
         super().__init__(
-            num_layers, fiber_in, fiber_hidden, fiber_out, num_heads, channels_div, fiber_edge, return_type, pooling,
-            norm, use_layer_norm, tensor_cores, low_memory, final_layer=final_layer, populate_edge=populate_edge,
-            sum_over_edge=sum_over_edge, compute_gradients=compute_gradients,
-        )  # fmt: skip
+            num_layers,
+            fiber_in,
+            fiber_hidden,
+            fiber_out,
+            num_heads,
+            channels_div,
+            fiber_edge,
+            return_type,
+            pooling,
+            norm,
+            use_layer_norm,
+            tensor_cores,
+            low_memory,
+            final_layer=final_layer,
+            populate_edge=populate_edge,
+            sum_over_edge=sum_over_edge,
+            compute_gradients=compute_gradients,
+        )
 
     FLOAT32_INFERENCE_ABOVE = 65536
 

@@ -68,9 +68,23 @@ class SE3Transformer(rf2.SE3Transformer):
         sum_over_edge: bool = True,
     ) -> None:
         super().__init__(
-            num_layers, fiber_in, fiber_hidden, fiber_out, num_heads, channels_div, fiber_edge, return_type, pooling,
-            final_layer, norm, use_layer_norm, tensor_cores, low_memory, populate_edge, sum_over_edge,
-        )  # fmt: skip
+            num_layers,
+            fiber_in,
+            fiber_hidden,
+            fiber_out,
+            num_heads,
+            channels_div,
+            fiber_edge,
+            return_type,
+            pooling,
+            final_layer,
+            norm,
+            use_layer_norm,
+            tensor_cores,
+            low_memory,
+            populate_edge,
+            sum_over_edge,
+        )
 
     FLOAT32_INFERENCE_ABOVE = 4096
 

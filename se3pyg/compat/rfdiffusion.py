@@ -75,9 +75,20 @@ class SE3Transformer(nvidia.SE3Transformer):
         low_memory: bool = False,
     ) -> None:
         super().__init__(
-            num_layers, fiber_in, fiber_hidden, fiber_out, num_heads, channels_div, fiber_edge, return_type, pooling,
-            norm, use_layer_norm, tensor_cores, low_memory,
-        )  # fmt: skip
+            num_layers,
+            fiber_in,
+            fiber_hidden,
+            fiber_out,
+            num_heads,
+            channels_div,
+            fiber_edge,
+            return_type,
+            pooling,
+            norm,
+            use_layer_norm,
+            tensor_cores,
+            low_memory,
+        )
 
     @staticmethod
     def layouts(tensor_cores: bool, low_memory: bool) -> tuple[Layout, Layout | None, bool]:

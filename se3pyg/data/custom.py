@@ -120,8 +120,10 @@ def _raw_records(spec: DatasetSpec, errors: list[DataError]) -> list[tuple[str, 
             name = (row.get("molecule") or "").strip()
             path = source / name
             if name != Path(name).name or name.startswith("."):  # the manifest hashes the folder's own files only
-                raise DataError(f"{tables[0]}:{line}: {_short(name)} is not a file name in {source} (no folders, paths "
-                                "or hidden files)")  # fmt: skip
+                raise DataError(
+                    f"{tables[0]}:{line}: {_short(name)} is not a file name in {source} (no folders, paths "
+                    "or hidden files)"
+                )
             if not name or not (path.exists() or path.is_symlink()) or path.suffix.lower() not in INPUT_SUFFIXES:
                 raise DataError(f"{tables[0]}:{line}: no .xyz, .sdf or .mol file {_short(name)} in {source}")
             if name in first_line_of:
@@ -153,8 +155,10 @@ def _csv_rows(table: Path, target: str) -> list[tuple[int, dict[str, str]]]:
         raise DataError(f"{table}: expected a header 'molecule,{target},...' and rows")
     for k, column in enumerate(header):
         if column and column in header[:k]:
-            raise DataError(f"{table}:{lines[0][0]}: column {column!r} appears twice (columns "
-                            f"{header.index(column) + 1} and {k + 1}); which one counts would be a guess")  # fmt: skip
+            raise DataError(
+                f"{table}:{lines[0][0]}: column {column!r} appears twice (columns "
+                f"{header.index(column) + 1} and {k + 1}); which one counts would be a guess"
+            )
     return [(line, dict(zip(header, row, strict=False))) for line, row in lines[1:]]
 
 
@@ -257,9 +261,13 @@ def build_dataset(spec: DatasetSpec) -> BuiltDataset:
                 torch.save({"data": built.dataset._data.to_dict(), "slices": built.dataset.slices}, tmp)
                 processed = _file_digest(tmp, PROCESSED)
             manifest = {
-                **key, "processed": processed, "elements": list(built.elements),
-                "molecules": len(built.dataset), "skipped": built.skipped, "reasons": built.reasons,
-            }  # fmt: skip
+                **key,
+                "processed": processed,
+                "elements": list(built.elements),
+                "molecules": len(built.dataset),
+                "skipped": built.skipped,
+                "reasons": built.reasons,
+            }
             with atomic_write(folder / MANIFEST) as tmp:
                 tmp.write_text(json.dumps(manifest, indent=1))
     except OSError as exc:

@@ -114,9 +114,15 @@ def dataset_splits(
         stats = TargetStats.of(dataset._data.y[torch.tensor(indices[0]), 0])
     view = TrainingView(spec.task, stats, node_features=len(built.elements) + 1)
     return QM9Splits(
-        *_views(dataset, indices, view), stats=stats, sh_bytes=sh_bytes, task=spec.task, elements=built.elements,
-        skipped=built.skipped, skip_reasons=built.reasons, names=list(dataset._data.name),
-    )  # fmt: skip
+        *_views(dataset, indices, view),
+        stats=stats,
+        sh_bytes=sh_bytes,
+        task=spec.task,
+        elements=built.elements,
+        skipped=built.skipped,
+        skip_reasons=built.reasons,
+        names=list(dataset._data.name),
+    )
 
 
 def _views(dataset: InMemoryDataset, indices: tuple[list[int], ...], view: TrainingView) -> list[InMemoryDataset]:

@@ -253,8 +253,10 @@ def _check_record(mol, name: str, text: str) -> None:  # mol: an rdkit.Chem.Mol
         raise DataError(f"{name}: {mol.GetNumAtoms():,} atoms, more than the {MAX_ATOMS:,} se3pyg takes in a molecule")
     conformer = mol.GetConformer()
     if mol.GetNumAtoms() == 1 and not any(conformer.GetAtomPosition(0)):
-        raise DataError(f"{name}: a placeholder, not a molecule (a single atom at the origin, as gdb9.sdf holds for "
-                        "the molecules QM9 leaves uncharacterized)")  # fmt: skip
+        raise DataError(
+            f"{name}: a placeholder, not a molecule (a single atom at the origin, as gdb9.sdf holds for "
+            "the molecules QM9 leaves uncharacterized)"
+        )
     header = text.splitlines()[1] if text.count("\n") > 1 else ""
     if not conformer.Is3D() and header[20:22] == "2D":
         raise DataError(f"{name}: a 2D drawing (its header says 2D); se3pyg needs 3D coordinates")
@@ -302,8 +304,10 @@ def checked(molecule: Data) -> Data:
         distances = torch.cdist(molecule.pos, molecule.pos) + torch.eye(n) * 1e9
         if distances.min() < MIN_DISTANCE:
             i, j = divmod(int(distances.argmin()), n)
-            raise DataError(f"{molecule.name}: atoms {i + 1} and {j + 1} are {distances.min():.2f} Å apart, closer "
-                            f"than the {MIN_DISTANCE} Å of any bond")  # fmt: skip
+            raise DataError(
+                f"{molecule.name}: atoms {i + 1} and {j + 1} are {distances.min():.2f} Å apart, closer "
+                f"than the {MIN_DISTANCE} Å of any bond"
+            )
     if molecule.edge_index.shape[1] == 0:
         raise DataError(
             f"{molecule.name}: no bonds perceived (a single atom, or atoms too far apart); "
@@ -313,16 +317,22 @@ def checked(molecule: Data) -> Data:
     if (bonds == 0).any():
         k = int((bonds == 0).nonzero()[0])
         nearest = float(distances[k].min())
-        raise DataError(f"{molecule.name}: atom {k + 1} has no bond ({nearest:.1f} Å from the nearest atom); the "
-                        "model predicts from bonds")  # fmt: skip
+        raise DataError(
+            f"{molecule.name}: atom {k + 1} has no bond ({nearest:.1f} Å from the nearest atom); the "
+            "model predicts from bonds"
+        )
     if bonds.max() > MAX_BONDS_PER_ATOM:
         k = int(bonds.argmax())
-        raise DataError(f"{molecule.name}: atom {k + 1} has {int(bonds[k])} bonds, more than the "
-                        f"{MAX_BONDS_PER_ATOM} of any molecule")  # fmt: skip
+        raise DataError(
+            f"{molecule.name}: atom {k + 1} has {int(bonds[k])} bonds, more than the "
+            f"{MAX_BONDS_PER_ATOM} of any molecule"
+        )
     fragments = _fragments(molecule.edge_index, n)
     if fragments > 1:
-        raise DataError(f"{molecule.name}: {fragments} fragments not bonded to each other; se3pyg predicts for one "
-                        "molecule at a time")  # fmt: skip
+        raise DataError(
+            f"{molecule.name}: {fragments} fragments not bonded to each other; se3pyg predicts for one "
+            "molecule at a time"
+        )
     return molecule
 
 

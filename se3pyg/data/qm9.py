@@ -225,8 +225,10 @@ def read_manifest(data_dir: str | os.PathLike) -> dict | None:
         return None
     if not isinstance(manifest, dict) or manifest.get("version") != FORMAT_VERSION:
         return None
-    typed = all(isinstance(manifest.get(key), kind) and not isinstance(manifest.get(key), bool)
-                for key, kind in _MANIFEST_ENTRIES.items())  # fmt: skip
+    typed = all(
+        isinstance(manifest.get(key), kind) and not isinstance(manifest.get(key), bool)
+        for key, kind in _MANIFEST_ENTRIES.items()
+    )
     return manifest if typed and Path(manifest["processed_file"]).name == manifest["processed_file"] else None
 
 

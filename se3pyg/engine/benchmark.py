@@ -113,9 +113,14 @@ def run_benchmark(
         spawning = distributed.spawns(config.world_size)
         with distributed.relayed(on_progress) if spawning else contextlib.nullcontext((on_progress,)) as (progress,):
             result = distributed.launch(
-                _measure, config.world_size, config.use_cuda, config, molecules, progress,
+                _measure,
+                config.world_size,
+                config.use_cuda,
+                config,
+                molecules,
+                progress,
                 prepare=lambda: molecules is None and prepare_data(config, on_progress),
-            )  # fmt: skip
+            )
         if tracker is not None and result is not None:
             tracker.log_params(result["config"])
             numbers = {k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}
@@ -135,9 +140,16 @@ def _loader(
     if molecules is None:
         molecules = load_splits(config, info, "homo", progress=progress).train
     loader = make_loader(
-        molecules, config.batch_size, True, 0, info.rank, info.world_size, config.seed, drop_last=True,
+        molecules,
+        config.batch_size,
+        True,
+        0,
+        info.rank,
+        info.world_size,
+        config.seed,
+        drop_last=True,
         device=info.device,
-    )  # fmt: skip
+    )
     if config.epochs and len(loader) < 2:
         raise ValueError(f"{len(molecules)} molecules give {len(loader)} batch(es) a rank: raise --limit")
     needed = config.steps + config.warmup + 1

@@ -76,14 +76,25 @@ def load_checkpoint(path: str | os.PathLike, payload: Any = None) -> dict[str, A
 
 #: What a checkpoint of a training run holds, for a model to be made of it and resumed: entry -> type.
 TRAINED = {
-    "model_config": dict, "state_dict": dict, "task": str, "config": dict, "epoch": int, "target_mean": float,
+    "model_config": dict,
+    "state_dict": dict,
+    "task": str,
+    "config": dict,
+    "epoch": int,
+    "target_mean": float,
     "target_std": float,
-}  # fmt: skip
+}
 #: Entries a checkpoint may hold, with their types (a resume needs the first three).
 OPTIONAL = {
-    "optimizer": dict, "scheduler": dict, "scaler": dict, "best_val_mae": float, "elements": list, "unit": str,
-    "run_id": str, "dataset_sha256": str,
-}  # fmt: skip
+    "optimizer": dict,
+    "scheduler": dict,
+    "scaler": dict,
+    "best_val_mae": float,
+    "elements": list,
+    "unit": str,
+    "run_id": str,
+    "dataset_sha256": str,
+}
 MAX_FIBER_CHANNELS = 1 << 16  # channels a degree of a fiber_in, fiber_out or fiber_edge
 
 

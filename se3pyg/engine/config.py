@@ -452,17 +452,25 @@ def dataset_spec(options: dict[str, Any]) -> DatasetSpec:
     except ValueError:
         raise ValueError(f"--split-fractions must be three numbers, got {options['split_fractions']!r}") from None
     return DatasetSpec(
-        str(options["dataset"]), str(options["target"]), options.get("unit", ""), options.get("split_field"),
-        fractions, options.get("seed", 0), options.get("bad_records", "skip"),
-    )  # type: ignore[arg-type]  # fmt: skip
+        str(options["dataset"]),
+        str(options["target"]),
+        options.get("unit", ""),
+        options.get("split_field"),
+        fractions,
+        options.get("seed", 0),
+        options.get("bad_records", "skip"),
+    )  # type: ignore[arg-type]
 
 
 @dataclass
 class BenchmarkConfig(RunOptions):
     """``se3pyg benchmark``: NVIDIA's throughput method on the training step, on inference, or on the data."""
 
-    mode: str = option("train", "What to time: a training step, a prediction, or the loader alone (data).",
-                       choices=("train", "predict", "data"))  # fmt: skip
+    mode: str = option(
+        "train",
+        "What to time: a training step, a prediction, or the loader alone (data).",
+        choices=("train", "predict", "data"),
+    )
     steps: int = option(20, "Timed steps after the warm-up.")
     warmup: int = option(2, "Untimed warm-up steps.")
     epochs: int = option(0, "Instead of --steps: time this many epochs after a warm-up epoch.")
@@ -496,8 +504,9 @@ class PredictConfig(DeviceOptions):
     )
     input: list[str] | None = option(None, "XYZ/SDF file or folder (repeatable).")
     output: str | None = option(None, "CSV file for --input predictions (default: standard output).")
-    split: str = option("test", "Without --input: the split to evaluate (all: with --dataset only).",
-                        choices=("test", "val", "all"))  # fmt: skip
+    split: str = option(
+        "test", "Without --input: the split to evaluate (all: with --dataset only).", choices=("test", "val", "all")
+    )
     experiment: str = option("se3pyg-predict", "MLflow experiment (not the trainings', whose charts stay theirs).")
     dataset: str | None = option(
         None, "Without --input: evaluate on these molecules (SDF, or folder + CSV) with the model's target."

@@ -254,13 +254,26 @@ def run_predict(config: PredictConfig) -> PredictResult:
     status = "FAILED"
     try:
         mae, n, seconds = evaluate_split(
-            loaded, data_dir, limit, config.split, config.batch_size, device, precision, config.dataset,
+            loaded,
+            data_dir,
+            limit,
+            config.split,
+            config.batch_size,
+            device,
+            precision,
+            config.dataset,
             config.cuda_graphs,
-        )  # fmt: skip
+        )
         if tracker is not None:
-            params = {"ckpt": config.ckpt, "split": config.split, "task": loaded.task.name, "n": n,
-                      "source": loaded.source, "cuda_graphs": config.cuda_graphs,
-                      "batch_size": config.batch_size}  # fmt: skip
+            params = {
+                "ckpt": config.ckpt,
+                "split": config.split,
+                "task": loaded.task.name,
+                "n": n,
+                "source": loaded.source,
+                "cuda_graphs": config.cuda_graphs,
+                "batch_size": config.batch_size,
+            }
             tracker.log_params(params)
             tracker.log_metrics({f"{config.split}_mae": mae, "throughput_mol_per_ms": n / seconds / 1000}, step=0)
         status = "FINISHED"

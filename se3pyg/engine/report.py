@@ -60,13 +60,24 @@ def write_learning_curve(path: Path, history: Sequence[dict[str, float]], task: 
     loss_ax.plot(epochs, [m["train_loss"] for m in history], marker="o", markersize=3, color="tab:blue")
     loss_ax.set(xlabel="epoch", ylabel="L1 loss (standardized)", title="training loss")
     validated = [m for m in history if "val_mae" in m]
-    val_ax.plot([int(m["epoch"]) for m in validated], [m["val_mae"] for m in validated], marker="o", markersize=3,
-                color="tab:orange")  # fmt: skip
+    val_ax.plot(
+        [int(m["epoch"]) for m in validated],
+        [m["val_mae"] for m in validated],
+        marker="o",
+        markersize=3,
+        color="tab:orange",
+    )
     if validated:
         best = min(validated, key=lambda m: m["val_mae"])
         val_ax.axhline(best["val_mae"], color="grey", linewidth=0.8, linestyle="--")
-        val_ax.annotate(f"best {best['val_mae']:.4g}", (best["epoch"], best["val_mae"]), textcoords="offset points",
-                        xytext=(0, 8), ha="center", fontsize=8)  # fmt: skip
+        val_ax.annotate(
+            f"best {best['val_mae']:.4g}",
+            (best["epoch"], best["val_mae"]),
+            textcoords="offset points",
+            xytext=(0, 8),
+            ha="center",
+            fontsize=8,
+        )
     val_ax.set(xlabel="epoch", ylabel=f"MAE ({task.unit})", title=f"validation MAE, {task.name}")
     for ax in (loss_ax, val_ax):
         ax.grid(alpha=0.3)
@@ -92,8 +103,11 @@ def write_parity_plot(path: Path, predictions: Predictions, task: Task, mean: fl
         ax.set_ylim(low - pad, high + pad)
     mae = float(abs(pred - truth).mean()) if len(truth) else math.nan
     ax.set_aspect("equal")
-    ax.set(xlabel=f"truth ({task.unit})", ylabel=f"prediction ({task.unit})",
-           title=f"{task.name}, test split: {len(truth)} molecules, MAE {mae:.4g} {task.unit}")  # fmt: skip
+    ax.set(
+        xlabel=f"truth ({task.unit})",
+        ylabel=f"prediction ({task.unit})",
+        title=f"{task.name}, test split: {len(truth)} molecules, MAE {mae:.4g} {task.unit}",
+    )
     ax.grid(alpha=0.3)
     fig.savefig(path)
 

@@ -133,8 +133,10 @@ def _run(
     if config.dataset:  # recorded as the file it is, wherever the run was started
         config = dataclasses.replace(config, dataset=str(Path(config.dataset).resolve()))
         if checkpoint is not None and checkpoint.get("dataset_sha256") not in (None, dataset_digest(config.dataset)):
-            raise ValueError(f"--dataset {config.dataset}: changed since {config.load_ckpt_path} was trained on it; "
-                             "a resume needs the same molecules")  # fmt: skip
+            raise ValueError(
+                f"--dataset {config.dataset}: changed since {config.load_ckpt_path} was trained on it; "
+                "a resume needs the same molecules"
+            )
     if checkpoint is not None and checkpoint["epoch"] + 1 >= config.epochs:
         raise TrainingError(f"--epochs {config.epochs}: the checkpoint has already run {checkpoint['epoch'] + 1}", 2)
     spawning = distributed.spawns(config.world_size)
@@ -146,9 +148,14 @@ def _run(
         else contextlib.nullcontext((on_epoch, on_progress)) as callbacks,
     ):  # spawned ranks report through the launcher
         return distributed.launch(
-            train_worker, config.world_size, config.use_cuda, config, checkpoint, *callbacks,
+            train_worker,
+            config.world_size,
+            config.use_cuda,
+            config,
+            checkpoint,
+            *callbacks,
             prepare=lambda: prepare_data(config, on_progress),
-        )  # fmt: skip
+        )
 
 
 @dataclass
@@ -169,18 +176,32 @@ def _load_data(
     share = len(splits.train) // info.world_size
     if config.dataset and share < config.batch_size:
         if share < 1:
-            raise ValueError(f"--dataset {config.dataset}: its training split has {len(splits.train)} molecules, "
-                             f"fewer than the {info.world_size} processes")  # fmt: skip
+            raise ValueError(
+                f"--dataset {config.dataset}: its training split has {len(splits.train)} molecules, "
+                f"fewer than the {info.world_size} processes"
+            )
         if info.is_main:
-            log.warning("--batch-size %d: the training split of --dataset has %d molecules a process; batches of %d",
-                        config.batch_size, share, share)  # fmt: skip
+            log.warning(
+                "--batch-size %d: the training split of --dataset has %d molecules a process; batches of %d",
+                config.batch_size,
+                share,
+                share,
+            )
         config = dataclasses.replace(config, batch_size=share)
 
     def loader(dataset: Any, train: bool) -> Loader:
         return make_loader(
-            dataset, config.batch_size, train, config.num_workers, info.rank, info.world_size, config.seed,
-            drop_last=train, pin_memory=info.device.type == "cuda", device=info.device,
-        )  # fmt: skip
+            dataset,
+            config.batch_size,
+            train,
+            config.num_workers,
+            info.rank,
+            info.world_size,
+            config.seed,
+            drop_last=train,
+            pin_memory=info.device.type == "cuda",
+            device=info.device,
+        )
 
     return _Data(splits, loader(splits.train, True), loader(splits.val, False), loader(splits.test, False)), config
 
@@ -238,8 +259,10 @@ def train_worker(
     data, config = _load_data(config, info, stats, progress)
     elements = data.splits.elements
     if checkpoint is not None and tuple(checkpoint.get("elements", elements)) != elements:
-        raise ValueError(f"--dataset {config.dataset}: holds {elements}, the checkpoint was trained on "
-                         f"{tuple(checkpoint['elements'])}")  # fmt: skip
+        raise ValueError(
+            f"--dataset {config.dataset}: holds {elements}, the checkpoint was trained on "
+            f"{tuple(checkpoint['elements'])}"
+        )
     state = TrainState.build(config, info, checkpoint, node_features=len(elements) + 1)
     if checkpoint is not None and config.save_ckpt_path:
         state.best_val_mae = min(state.best_val_mae, _recorded_best(config.save_ckpt_path))
@@ -247,10 +270,11 @@ def train_worker(
     tracker = _start_tracking(config, info, state, data, resumed) if info.is_main and config.tracking else None
     result = _new_result(config, data, state, tracker)
     saver = _Saver(
-        config.save_ckpt_path if info.is_main else None, state,
+        config.save_ckpt_path if info.is_main else None,
+        state,
         _recorded(config, data.splits, result.run_id) if info.is_main else {},  # only rank 0 saves
         keep_best=tracker is not None,  # without --save-ckpt-path the best model still goes to MLflow
-    )  # fmt: skip
+    )
     status = "FAILED"
     try:
         for metrics in _epochs(state, data, config, info, saver, progress):
@@ -287,22 +311,33 @@ def _new_result(config: TrainConfig, data: _Data, state: TrainState, tracker: Tr
     """What a run returns, as it starts: its task, data, model size, checkpoint path and registration."""
     registering = tracker is not None and config.register_model is not None
     return TrainResult(
-        data.splits.task.name, state.best_val_mae, run_id=tracker.run_id if tracker else None,
-        skipped=data.splits.skipped, skip_reasons=data.splits.skip_reasons,
-        parameters=sum(p.numel() for p in state.model.parameters()), epochs=config.epochs,
-        save_ckpt_path=config.save_ckpt_path, registered_as=config.register_model if registering else None,
+        data.splits.task.name,
+        state.best_val_mae,
+        run_id=tracker.run_id if tracker else None,
+        skipped=data.splits.skipped,
+        skip_reasons=data.splits.skip_reasons,
+        parameters=sum(p.numel() for p in state.model.parameters()),
+        epochs=config.epochs,
+        save_ckpt_path=config.save_ckpt_path,
+        registered_as=config.register_model if registering else None,
         registered_alias=config.register_alias if registering else None,
-    )  # fmt: skip
+    )
 
 
 def _recorded(config: TrainConfig, splits: QM9Splits, run_id: str | None) -> dict[str, Any]:
     """What a checkpoint records beside the state: the task, the target statistics, the elements, the run, the
     versions, the config, and the digest of ``--dataset``'s files (so that a changed dataset is told)."""
     return dict(
-        task=splits.task.name, unit=splits.task.unit, target_mean=splits.stats.mean, target_std=splits.stats.std,
-        elements=list(splits.elements), run_id=run_id, versions=library_versions(), config=config.to_dict(),
+        task=splits.task.name,
+        unit=splits.task.unit,
+        target_mean=splits.stats.mean,
+        target_std=splits.stats.std,
+        elements=list(splits.elements),
+        run_id=run_id,
+        versions=library_versions(),
+        config=config.to_dict(),
         dataset_sha256=dataset_digest(config.dataset) if config.dataset else None,
-    )  # fmt: skip
+    )
 
 
 def _log_outcome(
@@ -321,8 +356,11 @@ def _log_outcome(
     stats = splits.stats
     with tempfile.TemporaryDirectory(prefix="se3pyg-report-") as folder:
         paths = write_run_report(Path(folder), history, test, splits.task, stats.mean, stats.std, splits.molecule_name)
-        saved = {name: Path(p) for name, p in (("model.pt", saver.path), ("model.best.pt", saver.best))
-                 if p and Path(p).is_file()}  # fmt: skip
+        saved = {
+            name: Path(p)
+            for name, p in (("model.pt", saver.path), ("model.best.pt", saver.best))
+            if p and Path(p).is_file()
+        }
         for name, path in saved.items():
             paths.append(shutil.copyfile(path, Path(folder, name)))
         for path in paths:

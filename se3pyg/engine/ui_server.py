@@ -176,8 +176,9 @@ def serve_ui(uri: str, host: str, port: int, on_ready: Any = None) -> int:
     check_servable(uri, host, port)
     cmd, env = ui_server_command(uri, host, port)
     with stop_signals_noted():
-        server = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        server = subprocess.Popen(
+            cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         guard = guard_process_group(server.pid)  # the server ends with this process, even when it is killed
         output = _ServerOutput(server.stdout)
         try:
@@ -187,8 +188,10 @@ def serve_ui(uri: str, host: str, port: int, on_ready: Any = None) -> int:
                     on_ready()
             elif stop_signal() is None:  # ended or silent on its own; a stop while it started is no failure
                 said = output.last_line()
-                raise TrackingError(f"the MLflow UI server on {host}:{port} did not start (exit status "
-                                    f"{server.poll()}){': ' + said[:300] if said else ''}")  # fmt: skip
+                raise TrackingError(
+                    f"the MLflow UI server on {host}:{port} did not start (exit status "
+                    f"{server.poll()}){': ' + said[:300] if said else ''}"
+                )
             while server.poll() is None and stop_signal() is None:
                 time.sleep(0.2)
             stop = stop_signal()
