@@ -14,6 +14,8 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
+from .numerics import relative_error  # noqa: F401  (the tests import it from here)
+
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"  # recorded by the scripts beside them (tests/golden/README.md)
 GOLDEN_FILES = sorted(GOLDEN.glob("nvidia_*.pt"))  # NVIDIA's SE3TransformerPooled goldens
@@ -22,11 +24,6 @@ GOLDEN_FILES = sorted(GOLDEN.glob("nvidia_*.pt"))  # NVIDIA's SE3TransformerPool
 def golden_batch(golden: dict) -> Batch:
     """The golden molecules as one PyG batch, in order."""
     return Batch.from_data_list([Data(**{k: v for k, v in mol.items() if k != "index"}) for mol in golden["molecules"]])
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / (1 + max |expected|)."""
-    return ((actual - expected).abs().max() / (1 + expected.abs().max())).item()
 
 
 def wigner_D(degree: int, R: torch.Tensor) -> torch.Tensor:

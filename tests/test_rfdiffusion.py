@@ -12,7 +12,7 @@ from torch_geometric.data import Data
 from se3pyg.compat import nvidia, rfdiffusion
 from se3pyg.compat.nvidia import Fiber, SE3TransformerPooled
 
-from .conftest import wigner_D
+from .conftest import relative_error, wigner_D
 
 TOL = 1e-5
 RFDIFFUSION = Path(__file__).parent / "golden" / "rfdiffusion.pt"
@@ -42,10 +42,6 @@ def _model(config: dict, module: ModuleType = rfdiffusion) -> nvidia.SE3Transfor
     return module.SE3Transformer(**config)
 
 
-def _error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).abs().max() / (1 + expected.abs().max())).item()
-
-
 @pytest.mark.parametrize("form", ["data", "tuple"])
 def test_outputs_of_rfdiffusions_module(golden: dict, form: str) -> None:
     model = _model(golden["config"]).eval()
@@ -58,7 +54,7 @@ def test_outputs_of_rfdiffusions_module(golden: dict, form: str) -> None:
     assert set(out) == set(golden["expected"])
     for degree, expected in golden["expected"].items():
         assert out[degree].shape == expected.shape
-        assert _error(out[degree], expected) <= TOL, degree
+        assert relative_error(out[degree], expected) <= TOL, degree
 
 
 def _rotate(feats: dict, R: torch.Tensor) -> dict:
@@ -91,8 +87,8 @@ def test_rotation_equivariance(golden: dict, self_loops: bool, num_layers: int) 
         out = model((edge_index, rel_pos, n), golden["node_feats"], {"0": edge_feats})
         rotated = model((edge_index, rel_pos @ R.T, n), _rotate(golden["node_feats"], R), {"0": edge_feats})
     assert all(torch.isfinite(v).all() for v in out.values())
-    assert _error(rotated["0"], out["0"]) <= TOL
-    assert _error(rotated["1"], _rotate({"1": out["1"]}, R)["1"]) <= TOL
+    assert relative_error(rotated["0"], out["0"]) <= TOL
+    assert relative_error(rotated["1"], _rotate({"1": out["1"]}, R)["1"]) <= TOL
 
 
 def test_nvidia_flags_choose_the_layout_and_foreign_inputs_are_refused(golden: dict) -> None:
