@@ -46,9 +46,7 @@ def test_option_errors_are_told_before_torch_loads(tmp_path: Path) -> None:
     """A mistyped option is refused as one line before torch, PyG or MLflow load (0.3 s instead of 5-7 s here)."""
     mistakes = {
         ("train", "--task", "homos"): "unknown task 'homos'",
-        ("train", "--optimizer", "adamw"): "--optimizer must be one of adam, sgd, lamb, got 'adamw'",
         ("train", "--num-heads", "3"): "--num-heads 3 must divide num_channels / channels_div = 16",
-        ("predict", "--ckpt", "model.pt", "--split", "train"): "--split must be test or val",
         ("predict", "--ckpt", "model.pt"): "--ckpt model.pt: no such file",
         ("train", "--load-ckpt-path", "."): "--load-ckpt-path .: is a folder, not a file",
         ("benchmark", "train", "--steps", "0"): "--steps must be >= 1",
@@ -59,10 +57,16 @@ def test_option_errors_are_told_before_torch_loads(tmp_path: Path) -> None:
         f"try:\n    app(sys.argv[1:])\nexcept SystemExit as exit:\n    print(exit.code)\n"
         f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
     )
-    for argv, message in mistakes.items():
+    choices = {  # refused by the command line itself, which offers the choices
+        ("train", "--optimizer", "adamw"): "'adamw' is not one of 'adam', 'sgd', 'lamb'",
+        ("predict", "--ckpt", "model.pt", "--split", "train"): "'train' is not one of 'test', 'val', 'all'",
+    }
+    for argv, message in {**mistakes, **choices}.items():
         done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=tmp_path)
         assert done.stdout.split() == ["2", "[]"], (argv, done.stdout, done.stderr)
-        assert done.stderr.startswith("error: ") and message in done.stderr and "Traceback" not in done.stderr
+        said = " ".join(re.sub("[│╭╮╰╯─]", " ", done.stderr).split())
+        assert message in said and "Traceback" not in done.stderr, (argv, done.stderr)
+        assert done.stderr.startswith("error: ") or argv in choices
 
 
 @pytest.mark.slow
