@@ -132,7 +132,7 @@ def _take_lock(lock: Path) -> int | None:
 
 
 #: How long a command waits for another that holds what it needs (a QM9 build, a dataset's cache, a new tracking
-#: store) before it gives up: ``$SE3PYG_LOCK_WAIT`` seconds, else 30 minutes (all of QM9 builds in about 13).
+#: store) before it gives up: ``$SE3PYG_LOCK_WAIT`` seconds, else 30 minutes (all of QM9 builds in 8-13 here).
 LOCK_WAIT_S = 30 * 60
 
 

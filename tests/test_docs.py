@@ -250,3 +250,22 @@ def test_the_reference_covers_every_public_name(tmp_path: Path) -> None:
         if not any(anchor.endswith(f".{name}") for anchor in anchors)
     ]
     assert missing == []
+
+
+def test_the_nvidia_page_gives_the_statistics_of_every_task() -> None:
+    """Every QM9 task's training-split mean and std (``scripts/qm9_target_stats.py`` printed them from a full
+    build), and the page's own command uses the homo row."""
+    from se3pyg.data import TASKS
+
+    page = (ROOT / "docs" / "nvidia-checkpoints.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| \S+ \| (-?[\d.]+ \| [\d.]+) \|$", page, re.M))
+    assert list(rows) == list(TASKS)
+    mean, std = rows["homo"].split(" | ")
+    assert f"--target-mean {mean} --target-std {std}" in page
+
+
+@pytest.mark.slow
+def test_the_statistics_script_refuses_a_partial_build(qm9_dir: Path) -> None:
+    script = ROOT / "scripts" / "qm9_target_stats.py"
+    done = subprocess.run([sys.executable, str(script), "--data-dir", str(qm9_dir)], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.strip().endswith("not a build of all 130,831 QM9 molecules")

@@ -53,9 +53,10 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-#: How long all of QM9 takes to build, in core-minutes: 12.5 minutes on this project's 2-core CPU machine
-#: (2026-12-05, the third-day review); the build's molecules are shared among the cores.
-QM9_BUILD_CORE_MINUTES = 25.0
+#: How long all of QM9 takes to build, in core-minutes: 8.4 minutes on this project's 2-core CPU machine
+#: (`se3pyg data prepare`, 2026-12-06, 504.5 s while a test suite ran beside it); the molecules are shared
+#: among the cores.
+QM9_BUILD_CORE_MINUTES = 17.0
 
 
 def data_to_build(config: BenchmarkConfig) -> tuple[int, float] | None:
