@@ -37,7 +37,12 @@ if TYPE_CHECKING:
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` speed of a ``size x size`` float32 matmul on the current threads."""
+    """Best-of-``repeats`` speed of a ``size x size`` float32 matmul on the current threads.
+
+    Args:
+        size: the square matrices' size.
+        repeats: the products timed (after one untimed).
+    """
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
     best = math.inf
@@ -66,6 +71,9 @@ def data_to_build(config: BenchmarkConfig) -> tuple[int, float] | None:
     Raises:
         ValueError: ``--data-dir`` holds a smaller QM9 build (a user's): the benchmark does not replace it, and
             names ``--limit`` to use it instead.
+
+    Args:
+        config: the benchmark's options (``data_dir``, ``limit``, ``dataset``).
     """
     import os
 

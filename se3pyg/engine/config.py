@@ -80,7 +80,14 @@ class DeviceOptions:
     def resolve_gpus(self: _Options, visible: int | None = None) -> _Options:
         """A copy, validated, with ``gpus`` counted (``None``: every one of the ``visible`` GPUs, by default those
         torch sees; ``ValueError`` when too many) and ``cuda_graphs`` decided (``None``: on GPUs, unless
-        `eager_only()` names an option that needs the eager step)."""
+        `eager_only()` names an option that needs the eager step).
+
+        Args:
+            visible: the GPUs this process sees (``None``: as torch counts them).
+
+        Raises:
+            ValueError: more GPUs asked than visible, or CUDA graphs asked where they cannot run.
+        """
         self.validate()
         if visible is None:
             import torch
@@ -100,7 +107,11 @@ class DeviceOptions:
 
     def graphs_note(self, resolved: DeviceOptions) -> str | None:
         """The line that says why a run on GPUs (``resolved``, from this config) runs eagerly though the graphed
-        step is the default there, or ``None``."""
+        step is the default there, or ``None``.
+
+        Args:
+            resolved: this config after `resolve_gpus`.
+        """
         reason = self.eager_only()
         if self.cuda_graphs is None and resolved.use_cuda and reason is not None:
             return f"CUDA graphs off: {reason} needs the eager step"
@@ -242,7 +253,11 @@ class TrainConfig(RunOptions):
     )
 
     def check_every(self, device: torch.device) -> int:
-        """Steps between host reads of the loss health (each drains a GPU's queue; free on CPU)."""
+        """Steps between host reads of the loss health (each drains a GPU's queue; free on CPU).
+
+        Args:
+            device: the device the run trains on.
+        """
         if self.check_interval is not None:
             return self.check_interval
         return 1 if device.type == "cpu" else 50
@@ -363,7 +378,11 @@ class TrainConfig(RunOptions):
 
     def changed_on_resume(self, checkpoint: dict[str, Any]) -> list[str]:
         """The options of this resumed config that differ from the run the checkpoint recorded, as
-        ``--NAME OLD -> NEW`` (devices and the checkpoint paths left out): what a typed option changes."""
+        ``--NAME OLD -> NEW`` (devices and the checkpoint paths left out): what a typed option changes.
+
+        Args:
+            checkpoint: the checkpoint resumed from.
+        """
         recorded = checkpoint["config"]
         defaults = {f.name: f.default for f in fields(TrainConfig)}
         quiet = {*RESUME_LOCAL, "save_ckpt_path"}
@@ -444,7 +463,11 @@ def _dataset_read(dataset: str) -> list[tuple[str, str]]:
 
 def dataset_spec(options: dict[str, Any]) -> DatasetSpec:
     """The dataset that training options (``--dataset``, ``--target``, ... ; the split seeded with ``--seed``)
-    describe, e.g. a checkpoint's recorded ones."""
+    describe, e.g. a checkpoint's recorded ones.
+
+    Args:
+        options: a config's options by field name (``dataset``, ``target``, ``unit``, ...).
+    """
     from se3pyg.data.custom import DatasetSpec
 
     try:

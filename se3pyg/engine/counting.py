@@ -95,7 +95,11 @@ def _flops(func: Any, args: tuple, kwargs: dict, out: Any) -> int:
 
 
 def count_ops(fn: Callable[[], object]) -> OpCounts:
-    """Run ``fn()`` once and count what it dispatched (forward and, if ``fn`` calls it, backward)."""
+    """Run ``fn()`` once and count what it dispatched (forward and, if ``fn`` calls it, backward).
+
+    Args:
+        fn: the work to count (run once).
+    """
     from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
     counts, modules = OpCounts(), ["(none)"]
@@ -113,7 +117,13 @@ def count_ops(fn: Callable[[], object]) -> OpCounts:
 def count_training_step(model: torch.nn.Module, batch: Any, autocast: torch.dtype | None = None) -> OpCounts:
     """One forward + L1-loss backward of ``model`` on ``batch`` (targets ``batch.y``), counted after one
     uncounted step that builds the cached constants (Clebsch-Gordan tensors, indices); gradients cleared.
-    ``autocast``: the forward pass under autocast to that dtype on the model's device, as ``--amp`` runs it."""
+    ``autocast``: the forward pass under autocast to that dtype on the model's device, as ``--amp`` runs it.
+
+    Args:
+        model: the model, on its device.
+        batch: a batch on the same device.
+        autocast: the forward's autocast dtype (``None``: float32).
+    """
     device = next(model.parameters()).device.type
 
     def step() -> None:

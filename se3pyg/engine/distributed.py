@@ -71,6 +71,10 @@ def init(use_cuda: bool, timeout: timedelta | None = None) -> DistInfo:
     """Join the process group described by the environment (``RANK``, ``WORLD_SIZE``, ...), if any.
 
     ``timeout`` bounds each collective (torch's default, 30 min for gloo and NCCL, leaves room for a data build).
+
+    Args:
+        use_cuda: one GPU a process (NCCL) rather than the CPU (gloo).
+        timeout: the collectives' timeout (``None``: torch's).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -123,7 +127,12 @@ def all_reduce_max(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 def gather_on_main(obj: Any, info: DistInfo) -> list[Any] | None:
-    """Every rank's ``obj`` (picklable), in rank order, on rank 0; ``None`` on the other ranks."""
+    """Every rank's ``obj`` (picklable), in rank order, on rank 0; ``None`` on the other ranks.
+
+    Args:
+        obj: this rank's picklable object.
+        info: this rank's place in the run.
+    """
     if not info.distributed:
         return [obj]
     gathered: list[Any] | None = [None] * info.world_size if info.is_main else None
@@ -180,7 +189,16 @@ def spawn(fn: Callable[..., Any], nprocs: int, *args: Any) -> None:
     over the loopback interface (nothing listens on the network). A stop signal noted here
     (`stop_signals_noted()`) is passed on to the ranks, which end as a stopped
     run does (rank
-    0 saves and marks its run KILLED); once they have ended (a minute at most), `Interrupted` is raised."""
+    0 saves and marks its run KILLED); once they have ended (a minute at most), `Interrupted` is raised.
+
+    Args:
+        fn: what each process runs (picklable, as its arguments).
+        nprocs: the processes.
+        *args: ``fn``'s arguments.
+
+    Raises:
+        Interrupted: a stop signal, once the ranks have ended.
+    """
     # a failed rank is reported as one error: not also the ranks torch then ends (its warning for each)
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="se3pyg-rendezvous-") as folder:
@@ -206,7 +224,11 @@ def _end_ranks(processes: list[Any], stop: int) -> None:
 
 
 def spawns(world_size: int) -> bool:
-    """Whether `launch()` starts ``world_size`` processes itself (not one process, not under torchrun)."""
+    """Whether `launch()` starts ``world_size`` processes itself (not one process, not under torchrun).
+
+    Args:
+        world_size: the processes the run asks for.
+    """
     return world_size > 1 and not launched_by_torchrun()
 
 
@@ -223,7 +245,11 @@ class _Relay:
 @contextlib.contextmanager
 def relayed(*callbacks: Callable[..., None] | None) -> Iterator[tuple[Callable[..., None] | None, ...]]:
     """Stand-ins for ``callbacks`` (``None`` stays ``None``) to pass to spawned ranks: what they are called with
-    (picklable values) comes back through a queue and is passed on here, in order, by a thread of the launcher."""
+    (picklable values) comes back through a queue and is passed on here, in order, by a thread of the launcher.
+
+    Args:
+        *callbacks: the callbacks to relay (``None`` stays ``None``).
+    """
     queue = torch.multiprocessing.get_context("spawn").SimpleQueue()
 
     def pump() -> None:
@@ -252,6 +278,13 @@ def launch(
     ``prepare`` runs once before processes are spawned (e.g. a data build they would otherwise race for).
     Returns rank 0's result, also in a launcher that spawned; ``None`` on the other ranks. An exception
     of a spawned rank is raised again here, as itself.
+
+    Args:
+        worker: ``worker(info, *args)``, one rank's work.
+        world_size: the ranks.
+        use_cuda: one GPU a rank.
+        *args: ``worker``'s arguments after ``info`` (picklable for spawned ranks).
+        prepare: run once before the ranks start.
     """
     if not spawns(world_size):
         return run_worker(worker, use_cuda, *args)
@@ -284,7 +317,13 @@ def _first_error(scratch: Path) -> Exception | None:
 
 
 def run_worker(worker: Callable[..., R], use_cuda: bool, *args: Any) -> R | None:
-    """One rank: keep freed host memory, join the process group, ``worker(info, *args)``, leave the group."""
+    """One rank: keep freed host memory, join the process group, ``worker(info, *args)``, leave the group.
+
+    Args:
+        worker: ``worker(info, *args)``.
+        use_cuda: one GPU a rank.
+        *args: ``worker``'s arguments after ``info``.
+    """
     keep_freed_memory()
     info = init(use_cuda)
     try:

@@ -28,6 +28,11 @@ class Predictions:
     target: Tensor
 
     def to(self, device: torch.device | str) -> Predictions:
+        """The same predictions on ``device``.
+
+        Args:
+            device: where to move them.
+        """
         return Predictions(self.idx.to(device), self.pred.to(device), self.target.to(device))
 
 

@@ -66,7 +66,13 @@ class _Graph:
 
 class GraphedPredictor:
     """The model's prediction over padded batches, one CUDA graph per shape (see the module docstring): what
-    ``se3pyg predict --cuda-graphs`` runs. ``model`` in eval mode; grad mode is the caller's."""
+    ``se3pyg predict --cuda-graphs`` runs. ``model`` in eval mode; grad mode is the caller's.
+
+    Args:
+        model: the model, on its device, in eval mode.
+        precision: the precision policy of its steps.
+        capture: capture CUDA graphs (on a GPU; ``False``: the same padded steps, eagerly).
+    """
 
     WARMUP = 2  # eager runs on a side stream before a capture (builds cached constants, autograd's buffers)
 
@@ -78,7 +84,11 @@ class GraphedPredictor:
         self.pool: tuple | None = None
 
     def predict(self, batch: Batch) -> Tensor:
-        """The model's float32 prediction for ``batch`` (replayed)."""
+        """The model's float32 prediction for ``batch`` (replayed).
+
+        Args:
+            batch: a batch on the model's device.
+        """
         return self._replay("predict", batch).clone()
 
     def _replay(self, kind: str, batch: Batch) -> Tensor:
@@ -127,7 +137,12 @@ class GraphedPredictor:
 class GraphedSteps(GraphedPredictor):
     """[`train_step()`][se3pyg.engine.step.train_step] and [`predict_step()`][se3pyg.engine.step.predict_step] of
     ``state`` over
-    padded batches, one CUDA graph per shape (see the module docstring); both kinds share one memory pool."""
+    padded batches, one CUDA graph per shape (see the module docstring); both kinds share one memory pool.
+
+    Args:
+        state: the model, optimizer, scaler and precision of a run (`Trainable`).
+        capture: capture CUDA graphs (``False``: the same padded steps, eagerly).
+    """
 
     def __init__(self, state: Trainable, capture: bool = True) -> None:
         super().__init__(state.model, state.precision, capture)
@@ -143,7 +158,12 @@ class GraphedSteps(GraphedPredictor):
 
     def train(self, batch: Batch, update: bool = True) -> Tensor:
         """Forward, L1 loss and backward of ``batch`` (replayed); with ``update``, the optimizer step. Returns the
-        detached loss of the batch, on the device."""
+        detached loss of the batch, on the device.
+
+        Args:
+            batch: a batch on the model's device.
+            update: step the optimizer after it.
+        """
         state = self.state
         loss = self._replay("train", batch).clone()
         if update:

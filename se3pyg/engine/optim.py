@@ -19,6 +19,13 @@ class Lamb(torch.optim.Optimizer):
     $$
 
     with the trust ratio taken as 1 where either norm is 0 (apex FusedLAMB's behaviour).
+
+    Args:
+        params: the parameters to optimize.
+        lr: the learning rate.
+        betas: the moments' decay rates.
+        eps: added to the second moment's root.
+        weight_decay: decoupled weight decay.
     """
 
     def __init__(
@@ -69,6 +76,13 @@ def make_optimizer(
     of several per parameter, and with a ``GradScaler`` the loss scale and the non-finite flag stay on the device
     (the unfused step reads the flag on the host, a sync every step); on CPU one pass over each tensor (AdamW:
     1.3 instead of 3.7 ms a step for the small configuration, 8.3 instead of 40 for the published recipe).
+
+    Args:
+        name: ``adam`` (AdamW), ``sgd`` or ``lamb``.
+        params: the parameters to optimize.
+        lr: the learning rate.
+        weight_decay: weight decay (decoupled for adam and lamb).
+        momentum: SGD's momentum.
     """
     params = list(params)
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)

@@ -43,7 +43,11 @@ class Precision:
 
     def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager:
         """The autocast context of the forward pass (a no-op in full precision); ``cache=False`` inside a CUDA
-        graph capture (cached casts would outlive the graph's memory)."""
+        graph capture (cached casts would outlive the graph's memory).
+
+        Args:
+            cache: keep autocast's cast weights for the block (off inside CUDA graph captures).
+        """
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=cache)

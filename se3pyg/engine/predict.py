@@ -70,7 +70,19 @@ def load_model(
     num_heads: int = 8,
     channels_div: int = 2,
 ) -> LoadedModel:
-    """The model of an se3pyg checkpoint, or of an NVIDIA one (heads and ``channels_div`` as given)."""
+    """The model of an se3pyg checkpoint, or of an NVIDIA one (heads and ``channels_div`` as given).
+
+    Args:
+        path: an se3pyg or NVIDIA checkpoint file.
+        task: an NVIDIA checkpoint's task (default ``homo``).
+        target_mean: an NVIDIA checkpoint's training-split mean of the task.
+        target_std: its standard deviation.
+        num_heads: an NVIDIA checkpoint's attention heads.
+        channels_div: its key and value channel divisor.
+
+    Raises:
+        CheckpointError: a file that is no usable checkpoint, named.
+    """
     p = Path(path)
     payload = read_torch_file(p)
     if is_se3pyg_checkpoint(payload):
@@ -96,7 +108,14 @@ def prediction_step(
     model: SE3TransformerPooled, precision: Precision, device: torch.device, cuda_graphs: bool = False
 ) -> Callable[[Batch], torch.Tensor]:
     """``batch -> model's float32 prediction``: `predict_step()`, or with ``cuda_graphs`` a
-    `GraphedPredictor`'s (replayed CUDA graphs on a GPU; elsewhere the same padded batches run eagerly)."""
+    `GraphedPredictor`'s (replayed CUDA graphs on a GPU; elsewhere the same padded batches run eagerly).
+
+    Args:
+        model: the model, on ``device``.
+        precision: the precision policy.
+        device: where it predicts.
+        cuda_graphs: replay the step as CUDA graphs.
+    """
     if cuda_graphs:
         return GraphedPredictor(model, precision, capture=device.type == "cuda").predict
     return functools.partial(predict_step, model, precision=precision)
@@ -111,7 +130,19 @@ def predict_molecules(
     precision: Precision,
     cuda_graphs: bool = False,
 ) -> torch.Tensor:
-    """Predictions in the task's unit, one per molecule, in order (``cuda_graphs``: see `prediction_step()`)."""
+    """Predictions in the task's unit, one per molecule, in order (``cuda_graphs``: see `prediction_step()`).
+
+    Args:
+        loaded: the model and its task and statistics (`load_model`).
+        molecules: the molecules, in order.
+        batch_size: molecules a batch.
+        device: where it predicts.
+        precision: the precision policy.
+        cuda_graphs: replay the step as CUDA graphs.
+
+    Raises:
+        CheckpointError: a prediction that is not finite (unusable weights or statistics).
+    """
     if loaded.mean is None or loaded.std is None:
         raise CheckpointError(
             "an NVIDIA checkpoint holds no target statistics: pass --target-mean and --target-std "
@@ -152,6 +183,16 @@ def evaluate_split(
 
     Targets are standardized with the checkpoint's statistics (an se3pyg checkpoint) or the train split's.
     ``cuda_graphs``: see `prediction_step()`.
+
+    Args:
+        loaded: the model and its task and statistics.
+        data_dir: the QM9 folder.
+        limit: the first molecules, as the model was trained.
+        split: ``test`` or ``val``.
+        batch_size: molecules a batch.
+        device: where it predicts.
+        precision: the precision policy.
+        cuda_graphs: replay the step as CUDA graphs.
     """
     if split not in ("test", "val", "all") or (split == "all" and dataset is None):
         raise ValueError(f"--split must be test or val (or all, with --dataset), got {split!r}")
@@ -189,7 +230,14 @@ def _whole(spec: DatasetSpec, stats: TargetStats | None, node_features: int) -> 
 
 
 def write_predictions_csv(handle: TextIO, names: list[str], task: Task, values: torch.Tensor) -> None:
-    """``molecule,task,prediction,unit``, one row a molecule, to an open text file."""
+    """``molecule,task,prediction,unit``, one row a molecule, to an open text file.
+
+    Args:
+        handle: a text file open for writing.
+        names: the molecules' names, in order.
+        task: the task predicted.
+        values: the predictions, in the task's unit.
+    """
     writer = csv.writer(handle)
     writer.writerow(["molecule", "task", "prediction", "unit"])
     for name, value in zip(names, values.tolist(), strict=True):
@@ -222,30 +270,46 @@ def _load(config: PredictConfig) -> LoadedModel:
         return load_model(checkpoint_of(config.ckpt, scratch, config.tracking_uri), *options)
 
 
+def _predict_files(
+    config: PredictConfig, loaded: LoadedModel, device: torch.device, precision: Precision
+) -> PredictResult:
+    """``--input``'s molecules predicted, written to ``--output`` (atomically, held) or returned for stdout."""
+    if config.output is not None:
+        check_writable(config.output, "--output")
+    molecules = read_molecules(config.input, loaded.elements)
+    values = predict_molecules(loaded, molecules, config.batch_size, device, precision, config.cuda_graphs)
+    names = [m.name for m in molecules]
+    if config.output is not None:
+        try:
+            with (
+                exclusive_use(config.output, "--output"),  # no other se3pyg command writes it meanwhile
+                atomic_write(config.output) as tmp,
+                tmp.open("w", newline="") as handle,
+            ):
+                write_predictions_csv(handle, names, loaded.task, values)
+        except OSError as exc:  # a full disk: nothing is left at --output
+            raise ValueError(f"--output {config.output}: cannot be written ({exc.strerror or exc})") from None
+    return PredictResult(loaded.task, len(molecules), config.output, names, values)
+
+
 def run_predict(config: PredictConfig) -> PredictResult:
-    """Predict for ``config.input`` into a CSV, or evaluate on a QM9 split (an MLflow run)."""
+    """Predict for ``config.input`` into a CSV, or evaluate on a QM9 split (an MLflow run).
+
+    Args:
+        config: the command's options.
+
+    Raises:
+        CheckpointError: an unusable checkpoint or prediction.
+        DataError: unusable molecules.
+        ValueError: options that cannot be used together.
+    """
     config = config.resolve_gpus()
     device = torch.device("cuda" if config.gpus else "cpu")
     precision = Precision.choose(config.amp, config.amp_dtype, device)
     keep_freed_memory()
     loaded = _load(config)
     if config.input:
-        if config.output is not None:
-            check_writable(config.output, "--output")
-        molecules = read_molecules(config.input, loaded.elements)
-        values = predict_molecules(loaded, molecules, config.batch_size, device, precision, config.cuda_graphs)
-        names = [m.name for m in molecules]
-        if config.output is not None:
-            try:
-                with (
-                    exclusive_use(config.output, "--output"),  # no other se3pyg command writes it meanwhile
-                    atomic_write(config.output) as tmp,
-                    tmp.open("w", newline="") as handle,
-                ):
-                    write_predictions_csv(handle, names, loaded.task, values)
-            except OSError as exc:  # a full disk: nothing is left at --output
-                raise ValueError(f"--output {config.output}: cannot be written ({exc.strerror or exc})") from None
-        return PredictResult(loaded.task, len(molecules), config.output, names, values)
+        return _predict_files(config, loaded, device, precision)
     trained = loaded.config or {}
     data_dir = config.data_dir or trained.get("data_dir", "data/qm9")
     limit = config.limit if config.limit is not None else trained.get("limit")

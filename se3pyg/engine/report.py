@@ -21,14 +21,29 @@ LEARNING_CURVE, PARITY_PLOT, TEST_PREDICTIONS = "learning_curve.png", "parity_te
 
 
 def in_task_unit(predictions: Predictions, mean: float, std: float) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""``(truth, prediction)`` in the task's unit: $y = \sigma z + \mu$ of the standardized values."""
+    r"""``(truth, prediction)`` in the task's unit: $y = \sigma z + \mu$ of the standardized values.
+
+    Args:
+        predictions: standardized predictions and targets.
+        mean: the target's training-split mean.
+        std: its standard deviation.
+    """
     return predictions.target.double() * std + mean, predictions.pred.double() * std + mean
 
 
 def write_test_predictions(
     path: Path, predictions: Predictions, task: Task, mean: float, std: float, name: Callable[[int], str]
 ) -> None:
-    """``molecule,task,truth,prediction,error,unit``: one row a test molecule, named by ``name(index)``."""
+    """``molecule,task,truth,prediction,error,unit``: one row a test molecule, named by ``name(index)``.
+
+    Args:
+        path: the file written.
+        predictions: standardized predictions and targets.
+        task: the task, for labels and units.
+        mean: the target's training-split mean.
+        std: its standard deviation.
+        name: the name of a molecule by its index.
+    """
     truth, pred = in_task_unit(predictions, mean, std)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -53,7 +68,13 @@ def _figure(width: float, height: float):
 
 
 def write_learning_curve(path: Path, history: Sequence[dict[str, float]], task: Task) -> None:
-    """Training loss (L1 on standardized targets) and validation MAE (task unit) per epoch, side by side."""
+    """Training loss (L1 on standardized targets) and validation MAE (task unit) per epoch, side by side.
+
+    Args:
+        path: the file written.
+        history: each epoch's metrics (``epoch``, ``train_loss``, ``val_mae`` where validated).
+        task: the task, for labels and units.
+    """
     fig = _figure(9, 3.6)
     loss_ax, val_ax = fig.subplots(1, 2)
     epochs = [int(m["epoch"]) for m in history]
@@ -86,7 +107,15 @@ def write_learning_curve(path: Path, history: Sequence[dict[str, float]], task: 
 
 
 def write_parity_plot(path: Path, predictions: Predictions, task: Task, mean: float, std: float) -> None:
-    """Predictions against the truth on the test split, with the diagonal and the MAE."""
+    """Predictions against the truth on the test split, with the diagonal and the MAE.
+
+    Args:
+        path: the file written.
+        predictions: standardized predictions and targets.
+        task: the task, for labels and units.
+        mean: the target's training-split mean.
+        std: its standard deviation.
+    """
     truth, pred = (v.numpy() for v in in_task_unit(predictions, mean, std))
     fig = _figure(5, 5)
     ax = fig.subplots()
@@ -122,7 +151,17 @@ def write_run_report(
     name: Callable[[int], str],
 ) -> list[Path]:
     """The learning curve, the parity plot and the test predictions (molecules named by ``name(index)``) in
-    ``folder``; their paths."""
+    ``folder``; their paths.
+
+    Args:
+        folder: where the files go.
+        history: each epoch's metrics.
+        test: the test split's standardized predictions.
+        task: the task.
+        mean: the target's training-split mean.
+        std: its standard deviation.
+        name: the name of a molecule by its index.
+    """
     paths = [folder / LEARNING_CURVE, folder / PARITY_PLOT, folder / TEST_PREDICTIONS]
     write_learning_curve(paths[0], history, task)
     write_parity_plot(paths[1], test, task, mean, std)

@@ -25,7 +25,15 @@ EXAMPLE_MOLECULE = "3\nwater\nO 0.0 0.0 0.117\nH 0.0 0.757 -0.467\nH 0.0 -0.757 
 
 def read_molecule_texts(texts: Sequence[str], elements: Sequence[str]) -> list[Any]:
     """Model inputs of molecules given as XYZ or SDF text (SDF when the text holds a molfile's ``M  END``), one
-    molecule a text; [`DataError`][se3pyg.data.errors.DataError] naming the row (from 0) otherwise."""
+    molecule a text; [`DataError`][se3pyg.data.errors.DataError] naming the row (from 0) otherwise.
+
+    Args:
+        texts: one molecule a text, XYZ or SDF.
+        elements: the elements the model knows.
+
+    Raises:
+        DataError: a text that is no usable molecule, named by its row.
+    """
     from se3pyg.data.errors import DataError
     from se3pyg.data.molecules import read_molecules
 
@@ -60,7 +68,12 @@ class MoleculePropertyModel:
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> list[float]:
         """One prediction per molecule text: ``model_input`` a list of texts, or the one-column table MLflow makes
-        of it under the model's signature."""
+        of it under the model's signature.
+
+        Args:
+            model_input: molecule texts (a list, or a one-column DataFrame as MLflow's server passes them).
+            params: MLflow's inference parameters (none are taken).
+        """
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 

@@ -94,7 +94,12 @@ class TrainState:
     def restore(self, checkpoint: dict[str, Any], config: TrainConfig) -> None:
         """Optimizer, schedule (stretched to ``config.epochs`` in total), loss scale and progress of
         ``checkpoint``; then ``config``'s optimizer settings, which differ from the checkpoint's where a resume
-        gave others: the learning rate then follows the new schedule from where the run stands."""
+        gave others: the learning rate then follows the new schedule from where the run stands.
+
+        Args:
+            checkpoint: a checked checkpoint (`check_trained` with ``resuming``).
+            config: the resumed run's options (its optimizer settings take effect).
+        """
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scheduler.T_0 = self.scheduler.T_i = config.epochs
@@ -115,7 +120,12 @@ class TrainState:
                 group["lr"] = config.lr_floor + (config.learning_rate - config.lr_floor) * (1 + position) / 2
 
     def to_checkpoint(self, epoch: int, **extra: Any) -> dict[str, Any]:
-        """A checkpoint payload after ``epoch``, with ``extra`` entries (task, statistics, run id, ...)."""
+        """A checkpoint payload after ``epoch``, with ``extra`` entries (task, statistics, run id, ...).
+
+        Args:
+            epoch: the last epoch completed.
+            **extra: what the run records beside the state (task, statistics, config, ...).
+        """
         return {
             "model_config": self.model.config,
             "state_dict": self.model.state_dict(),

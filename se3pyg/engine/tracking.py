@@ -207,12 +207,23 @@ class Tracker:
             log.warning("%s; tracking disabled for this run, training goes on", self.failure)
 
     def log_params(self, params: dict[str, Any]) -> None:
+        """Log the run's parameters.
+
+        Args:
+            params: the parameters (values as text, cut at 6,000 characters).
+        """
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         self._guard("log_params", self.client.log_batch, self.run_id, params=items)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log metrics at one step.
+
+        Args:
+            metrics: the metrics.
+            step: their step (the epoch).
+        """
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -220,14 +231,32 @@ class Tracker:
         self._guard("log_metrics", self.client.log_batch, self.run_id, metrics=items)
 
     def log_artifact(self, path: str | os.PathLike) -> None:
+        """Store a file with the run.
+
+        Args:
+            path: the file.
+        """
         self._guard("log_artifact", self.client.log_artifact, self.run_id, str(path))
 
     def log_dict(self, data: dict, name: str) -> None:
+        """Store a dict with the run, as JSON.
+
+        Args:
+            data: a JSON-serializable dict.
+            name: the artifact's file name.
+        """
         self._guard("log_dict", self.client.log_dict, self.run_id, data, name)
 
     def log_dataset(self, name: str, source: str, digest: str, context: str = "training") -> None:
         """The run's input data as MLflow records datasets (the UI's dataset column): ``name``, where it lies
-        (``source``, a local path) and a ``digest`` of its content, which tells runs on other data apart."""
+        (``source``, a local path) and a ``digest`` of its content, which tells runs on other data apart.
+
+        Args:
+            name: the dataset's name.
+            source: where it lies (a local path).
+            digest: a digest of its content (the first 36 characters are kept).
+            context: what the run does with it.
+        """
         import warnings
 
         from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -265,6 +294,10 @@ def full_run_id(prefix: str, tracking_uri: str | None = None) -> str:
 
     Raises:
         TrackingError: no run, or several, start with it.
+
+    Args:
+        prefix: a run ID, or its first characters.
+        tracking_uri: the store.
     """
     import mlflow
     from mlflow.entities import ViewType

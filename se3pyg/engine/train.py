@@ -49,7 +49,12 @@ ProgressCallback = Callable[..., None]
 
 
 class TrainingError(Exception):
-    """Training ended early (interrupted, non-finite loss, nothing left to run); ``code`` is the exit status."""
+    """Training ended early (interrupted, non-finite loss, nothing left to run); ``code`` is the exit status.
+
+    Args:
+        message: what ended the training.
+        code: the exit status.
+    """
 
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
@@ -253,19 +258,19 @@ def train_worker(
     on_epoch: EpochCallback | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> TrainResult:
-    """One rank's training: state, data, tracking (rank 0), the epochs, the test MAE."""
+    """One rank's training: state, data, tracking (rank 0), the epochs, the test MAE.
+
+    Args:
+        info: this rank's place in the run.
+        config: the run's options.
+        checkpoint: the checkpoint resumed from.
+        on_epoch: called after each epoch on rank 0.
+        on_progress: called as data is prepared and batches are trained, on rank 0.
+    """
     stats = TargetStats(checkpoint["target_mean"], checkpoint["target_std"]) if checkpoint else None
     progress = on_progress if info.is_main else None
     data, config = _load_data(config, info, stats, progress)
-    elements = data.splits.elements
-    if checkpoint is not None and tuple(checkpoint.get("elements", elements)) != elements:
-        raise ValueError(
-            f"--dataset {config.dataset}: holds {elements}, the checkpoint was trained on "
-            f"{tuple(checkpoint['elements'])}"
-        )
-    state = TrainState.build(config, info, checkpoint, node_features=len(elements) + 1)
-    if checkpoint is not None and config.save_ckpt_path:
-        state.best_val_mae = min(state.best_val_mae, _recorded_best(config.save_ckpt_path))
+    state = _built_state(config, info, checkpoint, data.splits.elements)
     resumed = checkpoint and checkpoint.get("run_id")
     tracker = _start_tracking(config, info, state, data, resumed) if info.is_main and config.tracking else None
     result = _new_result(config, data, state, tracker)
@@ -305,6 +310,22 @@ def train_worker(
         if tracker is not None:
             tracker.finish(status)
         saver.close()
+
+
+def _built_state(
+    config: TrainConfig, info: DistInfo, checkpoint: dict[str, Any] | None, elements: tuple[str, ...]
+) -> TrainState:
+    """The run's state, new or the checkpoint's, for data of ``elements``; a resumed run's best validation MAE
+    is the better of its checkpoint's and the best checkpoint's beside ``--save-ckpt-path``."""
+    if checkpoint is not None and tuple(checkpoint.get("elements", elements)) != elements:
+        raise ValueError(
+            f"--dataset {config.dataset}: holds {elements}, the checkpoint was trained on "
+            f"{tuple(checkpoint['elements'])}"
+        )
+    state = TrainState.build(config, info, checkpoint, node_features=len(elements) + 1)
+    if checkpoint is not None and config.save_ckpt_path:
+        state.best_val_mae = min(state.best_val_mae, _recorded_best(config.save_ckpt_path))
+    return state
 
 
 def _new_result(config: TrainConfig, data: _Data, state: TrainState, tracker: Tracker | None) -> TrainResult:
@@ -456,6 +477,13 @@ def train_epoch(
     """One pass over the training batches: a `train_step()` each, an optimizer update every
     ``state.accumulate`` batches (and after the last); mean loss and throughput over all ranks.
     Nothing is read on the host inside the loop but ``health``'s periodic check (whose loss ``on_batch`` shows).
+
+    Args:
+        state: the model, optimizer and precision.
+        loader: this rank's training batches.
+        info: this rank's place in the run.
+        health: the periodic check of the loss and of stop signals.
+        on_batch: called after each batch.
     """
     state.net.train()
     start = time.perf_counter()

@@ -12,7 +12,12 @@ from se3pyg.engine.distributed import DistInfo
 
 
 def prepare_data(options: RunOptions, progress: Progress | None = None) -> BuiltDataset | None:
-    """Build what is missing: ``--dataset``'s cache (the built dataset is returned) or the QM9 folder."""
+    """Build what is missing: ``--dataset``'s cache (the built dataset is returned) or the QM9 folder.
+
+    Args:
+        options: the run's data options.
+        progress: told of the build's stages.
+    """
     if options.dataset:
         return build_dataset(options.dataset_spec())
     prepare_qm9(options.data_dir, options.limit, progress=progress)
@@ -28,7 +33,15 @@ def load_splits(
 ) -> QM9Splits:
     """This rank's splits, after local rank 0 has built what was missing: ``--dataset``'s, or QM9's for
     ``qm9_task`` (a task name, read only for QM9); with precomputed harmonics under ``precompute_bases``,
-    standardized with ``stats`` when given."""
+    standardized with ``stats`` when given.
+
+    Args:
+        options: the run's data and model options.
+        info: this rank's place in the run.
+        qm9_task: the QM9 task (unused with a ``--dataset``).
+        stats: the target statistics to standardize with (a resume's).
+        progress: told of the build's stages.
+    """
     built = prepare_data(options, progress) if info.local_rank == 0 else None
     distributed.barrier(info)
     degree = options.num_degrees - 1 if options.precompute_bases else None  # the model's highest degree

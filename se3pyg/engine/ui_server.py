@@ -22,7 +22,13 @@ from se3pyg.processes import guard_process_group, stop_handled, stop_signal, sto
 def runs_page(uri: str, experiment: str, base_url: str) -> str:
     """The UI page of ``experiment``'s runs under ``base_url`` (the UI's root when it has no runs yet), opened
     through ``/se3pyg/``, which keeps the UI in its model-training navigation for the pages that follow
-    (`se3pyg.engine.ui_app`)."""
+    (`se3pyg.engine.ui_app`).
+
+    Args:
+        uri: the store.
+        experiment: the experiment.
+        base_url: the UI's root URL.
+    """
     import mlflow
 
     try:
@@ -35,7 +41,13 @@ def runs_page(uri: str, experiment: str, base_url: str) -> str:
 
 
 def ui_server_command(uri: str, host: str, port: int) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment of an MLflow UI server over ``uri``: one worker, no job runner."""
+    """The command line and environment of an MLflow UI server over ``uri``: one worker, no job runner.
+
+    Args:
+        uri: the store.
+        host: the address to bind.
+        port: the port.
+    """
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--registry-store-uri", uri]
     cmd += ["--host", host, "--port", str(port), "--workers", "1", "--uvicorn-opts", "--log-level warning"]
     cmd += ["--app-name", "se3pyg"]  # se3pyg.engine.ui_app: MLflow's app and the page runs_page starts at
@@ -47,7 +59,11 @@ def ui_server_command(uri: str, host: str, port: int) -> tuple[list[str], dict[s
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` only accepts connections from this machine."""
+    """Whether ``host`` only accepts connections from this machine.
+
+    Args:
+        host: an address or host name.
+    """
     import ipaddress
 
     try:
@@ -57,7 +73,12 @@ def is_loopback(host: str) -> bool:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """`TrackingError` naming ``--port`` when ``host:port`` cannot be bound (in use, not an address here)."""
+    """`TrackingError` naming ``--port`` when ``host:port`` cannot be bound (in use, not an address here).
+
+    Args:
+        host: the address to bind.
+        port: the port.
+    """
     if not 0 <= port <= 65535:
         raise TrackingError(f"--port {port}: must be between 0 and 65535")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -76,6 +97,11 @@ def check_servable(uri: str, host: str, port: int) -> None:
 
     Raises:
         TrackingError: naming the option or the store.
+
+    Args:
+        uri: the store.
+        host: the address to bind.
+        port: the port.
     """
     check_port_free(host, port)
     db = sqlite_file(uri)
