@@ -38,7 +38,16 @@ if TYPE_CHECKING:
 
 class Trainable(Protocol):
     """What the graphed training steps read of a training state
-    ([`se3pyg.engine.state.TrainState`][se3pyg.engine.state.TrainState])."""
+    ([`se3pyg.engine.state.TrainState`][se3pyg.engine.state.TrainState]).
+
+    Attributes:
+        model: the model (its parameters' gradients are the step's output).
+        precision: the precision policy of the forward.
+        optimizer: the optimizer stepped after an update.
+        scaler: the loss scaler (fp16).
+        accumulate: batches an optimizer step.
+        gradient_clip: the gradient norm's clip (``None``: none).
+    """
 
     model: nn.Module
     precision: Precision
