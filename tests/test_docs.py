@@ -310,3 +310,11 @@ def test_every_public_callable_documents_its_parameters() -> None:
         loaded = importlib.import_module(module)
         missing += [m for name in names for m in _documented_parameters(f"{module}.{name}", getattr(loaded, name))]
     assert missing == []
+
+
+def test_the_readme_gives_both_test_commands_and_what_they_take() -> None:
+    """A contributor knows what to run and how long it takes before running it."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "python -m pytest -q # the test command" in readme and 'python -m pytest -q -m "not slow"' in readme
+    assert re.search(r"the whole suite took [\d.]+ minutes in CI on a clean clone \([\d,]+ tests", readme)
+    assert re.search(r"the fast tier \d+ min \d+ s \([\d,]+ tests\)", readme)
