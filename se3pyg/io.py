@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import socket
 import stat
@@ -183,6 +185,26 @@ def _awaited(lock: Path, described: str, waiting: str) -> int:
             said = True
         pause(0.2)
     return fd
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's content; a file unchanged since it was last hashed here (same inode, size and
+    modification time) is not read again, so the checks that each hash a dataset's files read them once.
+
+    Args:
+        path: the file (links followed).
+    """
+    st = os.stat(path)
+    return _sha256_of(os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256_of(path: str, inode: int, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def best_path(path: str | os.PathLike) -> Path:

@@ -20,7 +20,8 @@ from se3pyg.data import (
     split_indices,
     split_sizes,
 )
-from se3pyg.data.qm9 import MANIFEST, _sha256, verify
+from se3pyg.data.qm9 import MANIFEST, verify
+from se3pyg.io import file_sha256
 
 from .conftest import QM9_SUBSET
 
@@ -183,7 +184,7 @@ def test_loading_qm9_unpickles_nothing(qm9_dir, tmp_path) -> None:
     manifest = json.loads((root / MANIFEST).read_text())
     processed = root / "processed" / manifest["processed_file"]
     torch.save((_RunsCode(str(marker)), {}, None), processed)
-    manifest.update(processed_size=processed.stat().st_size, processed_sha256=_sha256(processed))
+    manifest.update(processed_size=processed.stat().st_size, processed_sha256=file_sha256(processed))
     (root / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(DataError, match=rf"{processed}: not a QM9 build se3pyg can read"):
         load_qm9(root, limit=QM9_SUBSET, build=False)

@@ -40,7 +40,7 @@ from se3pyg.data.molecules import (
 )
 from se3pyg.data.pairs import pair_dataset_edges
 from se3pyg.data.tasks import Task
-from se3pyg.io import cache_dir
+from se3pyg.io import cache_dir, file_sha256
 from se3pyg.processes import raise_if_stopped
 
 FORMAT = 2
@@ -95,12 +95,8 @@ def _source_files(source: Path) -> list[Path]:
 
 
 def _file_digest(path: Path, name: str | None = None) -> dict[str, object]:
-    """Name (``name``, else the file's), size and SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"name": name or path.name, "size": path.stat().st_size, "sha256": digest.hexdigest()}
+    """Name (``name``, else the file's), size and SHA-256 of a file (read once while it is unchanged)."""
+    return {"name": name or path.name, "size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def _raw_records(spec: DatasetSpec, errors: list[DataError]) -> list[tuple[str, list[str], list, dict[str, str]]]:

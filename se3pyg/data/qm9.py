@@ -20,8 +20,6 @@ import se3pyg.thirdparty  # noqa: F401  (first: third-party imports without thei
 import ast
 import contextlib
 import csv
-import functools
-import hashlib
 import io
 import json
 import os
@@ -40,7 +38,7 @@ from torch_geometric.datasets import QM9
 from se3pyg.data.errors import DataError
 from se3pyg.data.molecules import perceive_bonds
 from se3pyg.data.pairs import pair_dataset_edges
-from se3pyg.io import atomic_write, exclusive_use
+from se3pyg.io import atomic_write, exclusive_use, file_sha256
 from se3pyg.processes import end_with_parent, pid_alive, raise_if_stopped
 
 NUM_MOLECULES = 130_831
@@ -201,21 +199,6 @@ def _write_raw(raw_dir: Path, limit: int | None, progress: Progress | None, work
     return total
 
 
-def _sha256(path: Path) -> str:
-    """SHA-256 of a file; a file unchanged since (same inode, size and mtime) is not read again."""
-    st = path.stat()
-    return _sha256_of(str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256_of(path: str, inode: int, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_manifest(data_dir: str | os.PathLike) -> dict | None:
     """The manifest of a complete data folder, or ``None`` if there is none."""
     path = Path(data_dir) / MANIFEST
@@ -245,7 +228,7 @@ def verify(data_dir: str | os.PathLike) -> dict:
     processed = root / "processed" / manifest["processed_file"]
     if not processed.is_file() or processed.stat().st_size != manifest["processed_size"]:
         raise DataError(f"{processed}: missing or truncated (expected {manifest['processed_size']} bytes)")
-    if _sha256(processed) != manifest["processed_sha256"]:
+    if file_sha256(processed) != manifest["processed_sha256"]:
         raise DataError(f"{processed}: damaged (SHA-256 does not match the manifest)")
     return manifest
 
@@ -355,7 +338,7 @@ def _build(root: Path, limit: int | None, progress: Progress | None, workers: in
             "count": count,
             "processed_file": processed.name,
             "processed_size": processed.stat().st_size,
-            "processed_sha256": _sha256(processed),
+            "processed_sha256": file_sha256(processed),
             "source": "qm9pack + RDKit bond perception",
         }
         (root / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete from here until the rename below
