@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from se3pyg.cli.console import console, duration, err_console, one_line_errors, stage_progress
-from se3pyg.cli.options import announce_eager, config_options, typed_by_user, validated
+from se3pyg.cli.options import announce_eager, config_options, defaults_for_untyped, validated
 from se3pyg.engine.config import BenchmarkConfig
 
 #: ``--quick``: a benchmark that ends in about a minute on a CPU (a small model on 2,000 molecules); typed options
@@ -38,7 +38,7 @@ def benchmark(
 ) -> None:
     """Measure throughput (mol/ms), latency and peak memory; the last line is one JSON object."""
     if quick:
-        values.update({k: v for k, v in QUICK.items() if not typed_by_user(ctx, k)})
+        defaults_for_untyped(ctx, values, QUICK)
     config = validated(BenchmarkConfig, mode=mode, **values)
     from se3pyg.engine.benchmark import data_to_build, run_benchmark
 

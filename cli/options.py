@@ -162,6 +162,14 @@ def typed_by_user(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name != "DEFAULT"
 
 
+def defaults_for_untyped(ctx: typer.Context, values: dict[str, Any], defaults: dict[str, Any]) -> set[str]:
+    """Set ``defaults`` (``--quick``'s, a ``--config`` file's) in ``values`` for the options not typed (a typed
+    option wins); the names set."""
+    taken = {k: v for k, v in defaults.items() if not typed_by_user(ctx, k)}
+    values.update(taken)
+    return set(taken)
+
+
 def validated(cls: type[_Config], **values: Any) -> _Config:
     """The command's config, validated before the engine (and torch) loads: a mistyped option is refused at once,
     as one line."""

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from se3pyg.cli.console import console, duration, one_line_errors, stage_progress
-from se3pyg.cli.options import announce_eager, config_options, typed_by_user, validated
+from se3pyg.cli.options import announce_eager, config_options, defaults_for_untyped, typed_by_user, validated
 from se3pyg.engine.config import TrainConfig
 
 #: ``--quick``: defaults of a demo run (small model, 10,000 molecules, minutes on a CPU); typed options win.
@@ -74,7 +74,7 @@ def train(
 
 def _quick_defaults(ctx: typer.Context, values: dict[str, Any]) -> None:
     """``--quick``'s defaults for the options not typed; with ``--dataset``, its own checkpoint and no limit."""
-    values.update({k: v for k, v in QUICK.items() if not typed_by_user(ctx, k)})
+    defaults_for_untyped(ctx, values, QUICK)
     if values["dataset"] and not typed_by_user(ctx, "save_ckpt_path"):  # not over the QM9 demo's checkpoints
         values["save_ckpt_path"] = f"quick-{Path(values['dataset']).stem}.pt"
     if values["dataset"] and not typed_by_user(ctx, "limit"):
@@ -87,9 +87,7 @@ def _file_options(ctx: typer.Context, values: dict[str, Any], source: str) -> se
 
     with one_line_errors():
         found = options_from_file(TrainConfig, source, values.get("tracking_uri"))
-    taken = {k: v for k, v in found.items() if not typed_by_user(ctx, k)}
-    values.update(taken)
-    return set(taken)
+    return defaults_for_untyped(ctx, values, found)
 
 
 def _print_result(result: Any, seconds: float) -> None:
