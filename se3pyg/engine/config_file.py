@@ -79,6 +79,8 @@ def _decoded(data: bytes, source: str) -> str:
 
 def _parsed(text: str, suffix: str, source: str) -> dict[str, Any]:
     """The file's top-level table, by its suffix."""
+    if suffix not in (".json", ".toml", ".yaml", ".yml"):
+        raise ValueError(f"--config {source}: expected a .toml, .yaml, .yml or .json file")
     try:
         if suffix == ".json":
             entries = json.loads(text)
@@ -86,19 +88,13 @@ def _parsed(text: str, suffix: str, source: str) -> dict[str, Any]:
             import tomllib
 
             entries = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
+        else:
             import yaml
 
             entries = yaml.safe_load(text)
-        else:
-            raise ValueError(f"--config {source}: expected a .toml, .yaml, .yml or .json file")
     except ImportError as exc:  # tomllib before Python 3.11; PyYAML where MLflow is not installed
         raise ValueError(f"--config {source}: reading {suffix[1:].upper()} needs the module {exc.name}") from None
-    except ValueError as exc:
-        if str(exc).startswith("--config"):
-            raise
-        raise ValueError(f"--config {source}: not valid {suffix[1:].upper()} ({first_line(exc)[:200]})") from None
-    except Exception as exc:  # YAML's own errors
+    except Exception as exc:  # each parser's own errors
         raise ValueError(f"--config {source}: not valid {suffix[1:].upper()} ({first_line(exc)[:200]})") from None
     if not isinstance(entries, dict):
         raise ValueError(f"--config {source}: expected option = value entries at the top level")
