@@ -135,7 +135,8 @@ class _ServerOutput:
         self.kept: list[str] = []
         self.passing = False
         self.lock = threading.Lock()
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+        self.reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.reader.start()
 
     def _read(self, stream: Any) -> None:
         for line in stream:
@@ -155,8 +156,9 @@ class _ServerOutput:
             self.passing = True
 
     def last_line(self) -> str:
-        """The last line the server wrote (its error, when it failed), or nothing."""
-        time.sleep(0.2)  # the reader thread gets the output of a server that has just ended
+        """The last line the server wrote (its error, when it failed), or nothing: read to the end of its output
+        once the server has ended (a few seconds at most otherwise)."""
+        self.reader.join(timeout=5)
         with self.lock:
             lines = [line.strip() for line in self.kept if line.strip()]
         return lines[-1] if lines else ""
